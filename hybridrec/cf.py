@@ -1,0 +1,83 @@
+"""Pure transforms of the collaborative-filtering stage around Spark ALS."""
+
+from __future__ import annotations
+
+from pyspark.ml.recommendation import ALS, ALSModel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from hybridrec.config import Config
+from hybridrec.constants import (
+    EVENT_COL,
+    FACTORS_COL,
+    ITEM_COL,
+    RATING_COL,
+    SPLIT_COL,
+    TRAIN,
+    USER_COL,
+)
+
+
+def preferences(interactions: DataFrame, cfg: Config) -> DataFrame:
+    """One (user, item, preference) per train pair.
+
+    Implicit: the summed strength of the pair's events, a rating counting as its value and an
+    event without one as its ``als.event_weights`` entry (1.0 if unlisted). Explicit: the mean of
+    the pair's ratings; events without a rating carry no explicit signal and are left out.
+    """
+    train = interactions.where(F.col(SPLIT_COL) == TRAIN)
+    if cfg.als.implicit:
+        weights = F.create_map(
+            *[x for k, v in cfg.als.event_weights.items() for x in (F.lit(k), F.lit(float(v)))]
+        ) if cfg.als.event_weights else None
+        event_weight = F.coalesce(weights[F.col(EVENT_COL)], F.lit(1.0)) if weights is not None else F.lit(1.0)
+        strength = F.coalesce(F.col(RATING_COL), event_weight)
+        return train.groupBy(USER_COL, ITEM_COL).agg(F.sum(strength).alias("preference"))
+    return (
+        train.where(F.col(RATING_COL).isNotNull())
+        .groupBy(USER_COL, ITEM_COL)
+        .agg(F.avg(RATING_COL).alias("preference"))
+    )
+
+
+def index_ids(spark: SparkSession, ids: DataFrame, col: str) -> DataFrame:
+    """Dense int ids for ALS. zipWithIndex scales with the data (StringIndexer collects labels
+    on the driver); ids are sorted first so that the same data gives the same indices."""
+    rdd = ids.select(col).distinct().orderBy(col).rdd.zipWithIndex().map(lambda r: (r[0][0], r[1]))
+    schema = T.StructType(
+        [T.StructField(col, T.StringType(), False), T.StructField(f"{col}_idx", T.IntegerType(), False)]
+    )
+    return spark.createDataFrame(rdd.map(lambda r: (r[0], int(r[1]))), schema)
+
+
+def build_als(cfg: Config) -> ALS:
+    return ALS(
+        userCol=f"{USER_COL}_idx",
+        itemCol=f"{ITEM_COL}_idx",
+        ratingCol="preference",
+        rank=cfg.als.rank,
+        regParam=cfg.als.reg_param,
+        alpha=cfg.als.alpha,
+        maxIter=cfg.als.max_iter,
+        implicitPrefs=cfg.als.implicit,
+        nonnegative=cfg.als.nonnegative,
+        checkpointInterval=cfg.als.checkpoint_interval,
+        coldStartStrategy=cfg.als.cold_start_strategy,
+        seed=cfg.als.seed,
+    )
+
+
+def indexed_preferences(prefs: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
+    return prefs.join(users, USER_COL).join(items, ITEM_COL)
+
+
+def factor_table(factors: DataFrame, index: DataFrame, col: str) -> DataFrame:
+    """ALS factors keyed by the original string id."""
+    return factors.join(index, factors["id"] == index[f"{col}_idx"]).select(
+        col, F.col("features").alias(FACTORS_COL)
+    )
+
+
+def fit(prefs: DataFrame, cfg: Config) -> ALSModel:
+    return build_als(cfg).fit(prefs)

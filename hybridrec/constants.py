@@ -1,0 +1,33 @@
+"""Column and table names shared by every stage (the table contracts in DESIGN.md)."""
+
+USER_COL = "user_id"
+ITEM_COL = "item_id"
+RATING_COL = "rating"
+TS_COL = "event_ts"
+EVENT_COL = "event_type"
+TEXT_COL = "review_text"
+SPLIT_COL = "split"
+EMBEDDING_COL = "embedding"
+FACTORS_COL = "factors"
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+
+MODELS = ("hybrid", "als", "text", "popularity")
+# Fusion weights (cf, text, pop) that turn the hybrid kernel into each single-signal baseline.
+BASELINE_WEIGHTS = {
+    "als": {"cf": 1.0, "text": 0.0, "pop": 0.0},
+    "text": {"cf": 0.0, "text": 1.0, "pop": 0.0},
+    "popularity": {"cf": 0.0, "text": 0.0, "pop": 1.0},
+}
+
+INTERACTIONS = "interactions"
+ITEMS = "items"
+REJECTS = "rejects"
+TEXT_EMBEDDINGS = "text_embeddings"
+ITEM_EMBEDDINGS = "item_embeddings"
+USER_EMBEDDINGS = "user_embeddings"
+ALS_USER_FACTORS = "als_user_factors"
+ALS_ITEM_FACTORS = "als_item_factors"
+RECOMMENDATIONS = "recommendations"
+BASELINE_RECOMMENDATIONS = "baseline_recommendations"
+METRICS = "metrics"

@@ -1,0 +1,122 @@
+"""Pure transforms of the embed stage: which texts to encode, and how text vectors become item
+and user vectors. Only train interactions are read here: held-out reviews never shape a vector."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.stat import Summarizer
+
+from hybridrec.config import Config
+from hybridrec.constants import (
+    EMBEDDING_COL,
+    ITEM_COL,
+    RATING_COL,
+    SPLIT_COL,
+    TEXT_COL,
+    TRAIN,
+    TS_COL,
+    USER_COL,
+)
+
+SECONDS_PER_DAY = 86400.0
+
+
+def text_hash(text: Column) -> Column:
+    return F.sha2(text, 256)
+
+
+def review_documents(interactions: DataFrame, cfg: Config) -> DataFrame:
+    """Train reviews with the weight each gets in its user's vector.
+
+    Weight: rating scaled to (0, 1] (a missing rating counts as the scale's middle), halved every
+    ``recency_half_life_days`` before the user's latest train review when that is set.
+    """
+    low, high = cfg.ingest.min_rating, cfg.ingest.max_rating
+    weight = F.coalesce(F.col(RATING_COL), F.lit((low + high) / 2)) / F.lit(high)
+    reviews = interactions.where(
+        (F.col(SPLIT_COL) == TRAIN) & F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
+    )
+    half_life = cfg.embed.recency_half_life_days
+    if half_life:
+        from pyspark.sql import Window
+
+        latest = F.max(TS_COL).over(Window.partitionBy(USER_COL))
+        age_days = (F.unix_timestamp(latest) - F.unix_timestamp(TS_COL)) / SECONDS_PER_DAY
+        weight = weight * F.pow(F.lit(0.5), age_days / F.lit(float(half_life)))
+    return reviews.select(
+        USER_COL,
+        ITEM_COL,
+        F.col(TEXT_COL).alias("text"),
+        text_hash(F.col(TEXT_COL)).alias("text_hash"),
+        weight.alias("weight"),
+    )
+
+
+def item_documents(items: DataFrame) -> DataFrame:
+    """An item's own text: title and description, when the catalog has them."""
+    text = F.concat_ws(". ", F.col("title"), F.col("description"))
+    return items.where(text != "").select(
+        ITEM_COL, text.alias("text"), text_hash(text).alias("text_hash")
+    )
+
+
+def texts_to_encode(documents: DataFrame, cache: DataFrame | None, model_id: str) -> DataFrame:
+    """Distinct texts with no vector for ``model_id`` in the cache yet."""
+    distinct = documents.select("text_hash", "text").dropDuplicates(["text_hash"])
+    if cache is None:
+        return distinct
+    known = cache.where(F.col("model_id") == model_id).select("text_hash")
+    return distinct.join(known, "text_hash", "left_anti")
+
+
+def l2_normalise(vector: Column) -> Column:
+    norm = F.sqrt(F.aggregate(vector, F.lit(0.0), lambda acc, x: acc + x * x))
+    return F.when(norm > 0, F.transform(vector, lambda x: (x / norm).cast("float")))
+
+
+def weighted_mean_vectors(df: DataFrame, key: str, weight: str = "weight") -> DataFrame:
+    """Per ``key``: the L2-normalised weighted mean of ``embedding`` and how many rows fed it."""
+    mean = Summarizer.mean(array_to_vector(EMBEDDING_COL), F.col(weight))
+    return df.groupBy(key).agg(
+        vector_to_array(mean, dtype="float32").alias("_mean"), F.count(F.lit(1)).alias("n_texts")
+    ).select(key, l2_normalise(F.col("_mean")).alias(EMBEDDING_COL), "n_texts")
+
+
+def item_embeddings(
+    reviews: DataFrame, item_docs: DataFrame, vectors: DataFrame, cfg: Config, model_id: str
+) -> DataFrame:
+    """Mean of the item's train review vectors and its own text (weighted ``item_meta_weight``)."""
+    texts = reviews.select(ITEM_COL, "text_hash", F.lit(1.0).alias("weight")).unionByName(
+        item_docs.select(ITEM_COL, "text_hash", F.lit(cfg.embed.item_meta_weight).alias("weight"))
+    )
+    with_vectors = texts.join(vectors, "text_hash")
+    return weighted_mean_vectors(with_vectors, ITEM_COL).withColumnRenamed(
+        ITEM_COL, "id"
+    ).withColumn("model_id", F.lit(model_id))
+
+
+def user_embeddings(
+    reviews: DataFrame,
+    vectors: DataFrame,
+    interactions: DataFrame,
+    items: DataFrame,
+    model_id: str,
+) -> DataFrame:
+    """Weighted mean of the user's train review vectors; a user who wrote no train review gets the
+    mean of the vectors of the items they interacted with in train (``n_texts`` = 0)."""
+    from_reviews = weighted_mean_vectors(reviews.join(vectors, "text_hash"), USER_COL)
+    train_items = interactions.where(F.col(SPLIT_COL) == TRAIN).select(USER_COL, ITEM_COL)
+    silent = train_items.join(from_reviews.select(USER_COL), USER_COL, "left_anti")
+    fallback = (
+        silent.join(items.select(F.col("id").alias(ITEM_COL), EMBEDDING_COL), ITEM_COL)
+        .withColumn("weight", F.lit(1.0))
+        .transform(lambda df: weighted_mean_vectors(df, USER_COL))
+        .withColumn("n_texts", F.lit(0).cast("long"))
+    )
+    return (
+        from_reviews.unionByName(fallback)
+        .withColumnRenamed(USER_COL, "id")
+        .withColumn("model_id", F.lit(model_id))
+    )

@@ -1,0 +1,65 @@
+"""The one place a SparkSession is built."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from hybridrec.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def under_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands its gateway port to the Python driver."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def work_path(cfg: Config, key: str, default_name: str) -> str:
+    """An absolute path (or URI) for a run.* folder, defaulting under run.work_dir."""
+    value = cfg.run[key]
+    if value and "://" in str(value):
+        return str(value)
+    return str(Path(value or Path(cfg.run.work_dir) / default_name).resolve())
+
+
+def get_spark(cfg: Config) -> SparkSession:
+    """Build or join the session.
+
+    Outside spark-submit this is the embedded default: ``spark.master`` from config, workers on
+    this interpreter (or they start the system python without our packages), shuffle partitions
+    sized for small data. Under spark-submit the cluster's settings win and only app-level
+    settings are added.
+    """
+    builder = SparkSession.builder.appName(cfg.spark.app_name)
+    if not under_spark_submit():
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = (
+            builder.master(cfg.spark.master)
+            .config("spark.driver.memory", cfg.spark.driver_memory)
+            .config("spark.pyspark.python", sys.executable)
+            .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.sql.session.timeZone", "UTC")
+        )
+    warehouse = work_path(cfg, "warehouse_dir", "warehouse")
+    builder = (
+        builder.config("spark.sql.warehouse.dir", warehouse)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.spark.arrow_batch_rows))
+        # The encoder is cached per Python worker: reuse keeps it loaded across tasks.
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+    )
+    for key, value in cfg.spark.conf.items():
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    # ALS ignores checkpointInterval without a checkpoint dir, and long lineage overflows the stack.
+    spark.sparkContext.setCheckpointDir(work_path(cfg, "checkpoint_dir", "checkpoints"))
+    log.info("spark %s master=%s warehouse=%s", spark.version, spark.sparkContext.master, warehouse)
+    return spark

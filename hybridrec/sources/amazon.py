@@ -1,0 +1,80 @@
+"""Amazon review data (McAuley lab, 2014 and 2018 formats): JSON lines, plain or gzip.
+
+A review record is both a behaviour event (its star rating) and review text, so the reader gives a
+reviews table and no separate behaviour table: each input line then ends in exactly one row of
+``interactions`` or ``rejects``. Lines are read as text first so that an unparseable line is kept,
+as it came, in ``rejects``.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from hybridrec.sources import RawTables
+
+REVIEW_JSON = T.StructType(
+    [
+        T.StructField("reviewerID", T.StringType()),
+        T.StructField("asin", T.StringType()),
+        T.StructField("overall", T.StringType()),
+        T.StructField("summary", T.StringType()),
+        T.StructField("reviewText", T.StringType()),
+        T.StructField("unixReviewTime", T.StringType()),
+    ]
+)
+META_JSON = T.StructType(
+    [
+        T.StructField("asin", T.StringType()),
+        T.StructField("title", T.StringType()),
+        T.StructField("description", T.StringType()),
+    ]
+)
+HTML_TAG = r"<[^>]*>?"
+
+
+def read(spark: SparkSession, reviews_path: str, meta_path: str | None) -> RawTables:
+    return RawTables(
+        behaviour=None,
+        reviews=read_reviews(spark, reviews_path),
+        items=read_meta(spark, meta_path) if meta_path else None,
+    )
+
+
+def read_reviews(spark: SparkSession, path: str) -> DataFrame:
+    lines = spark.read.text(path).withColumnRenamed("value", "raw")
+    parsed = lines.withColumn("r", F.from_json("raw", REVIEW_JSON, {"mode": "PERMISSIVE"}))
+    return parsed.select(
+        F.col("r.reviewerID").alias("user_id"),
+        F.col("r.asin").alias("item_id"),
+        # Kept as text here so that a non-numeric rating is rejected by ingest, not nulled silently.
+        F.col("r.overall").alias("rating_raw"),
+        F.col("r.summary").alias("summary"),
+        F.col("r.reviewText").alias("review_text"),
+        F.col("r.unixReviewTime").alias("event_ts"),
+        "raw",
+        F.lit(f"reviews:amazon:{path}").alias("source"),
+    ).withColumn("rating", F.expr("try_cast(rating_raw as double)"))
+
+
+def read_meta(spark: SparkSession, path: str) -> DataFrame:
+    """Item metadata: list-valued description joined, HTML stripped."""
+    lines = spark.read.text(path).withColumnRenamed("value", "raw")
+    parsed = lines.withColumn("m", F.from_json("raw", META_JSON, {"mode": "PERMISSIVE"}))
+    description = F.regexp_replace(
+        F.coalesce(
+            F.expr("array_join(try_cast(from_json(m.description, 'array<string>') as array<string>), ' ')"),
+            F.col("m.description"),
+        ),
+        HTML_TAG,
+        " ",
+    )
+    title = F.trim(F.regexp_replace(F.col("m.title"), HTML_TAG, " "))
+    return parsed.select(
+        F.col("m.asin").alias("item_id"),
+        F.when(title != "", title).alias("title"),
+        F.trim(F.regexp_replace(description, r"\s+", " ")).alias("description"),
+        "raw",
+        F.lit(f"items:amazon:{path}").alias("source"),
+    )

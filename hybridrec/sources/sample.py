@@ -1,0 +1,174 @@
+"""The built-in sample data set: users and items with latent topics, so both signals carry weight.
+
+Users prefer one or two topics; items belong mostly to one. Which items a user touches follows
+popularity times topic affinity (the collaborative signal); review text and item text are built
+from the topic's words with a sentiment that follows the rating (the text signal). A small share of
+rows is broken on purpose so that the rejects path runs on every sample run.
+
+Generation is seeded numpy on the driver: the sample's size is set by config, not by the data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from hybridrec.config import Config
+
+TOPICS = {
+    "hiking": "trail tent backpack summit boots compass campfire mountain ridge canteen",
+    "coffee": "espresso roast grinder beans crema latte barista brew mug aroma",
+    "baking": "flour oven sourdough dough whisk pastry yeast cake icing loaf",
+    "gaming": "console controller multiplayer quest level boss graphics joystick arcade headset",
+    "gardening": "soil seeds compost tomatoes pruning shears greenhouse watering hose bulbs",
+    "fitness": "dumbbells treadmill protein workout yoga mat kettlebell cardio stretching gym",
+    "photography": "lens camera tripod aperture shutter portrait zoom flash sensor lighting",
+    "music": "guitar strings amplifier chords piano melody drum vinyl speaker tuner",
+    "skincare": "moisturizer serum sunscreen cleanser lotion hydrating acne fragrance cream toner",
+    "reading": "novel chapters author paperback mystery plot characters library fiction poems",
+    "pets": "dog leash kibble cat litter treats collar puppy aquarium grooming",
+    "cycling": "bike helmet pedals saddle gears tyres chain commute derailleur cyclist",
+    "travel": "suitcase passport luggage airport hotel map backpacking adapter itinerary beach",
+    "cooking": "skillet knife spices recipe saucepan grill marinade wok cutting board",
+}
+POSITIVE = ["love this", "excellent quality", "works great", "highly recommend", "really happy with"]
+NEUTRAL = ["it is okay", "does the job", "average overall", "fine for the price", "nothing special"]
+NEGATIVE = ["very disappointed", "broke quickly", "poor quality", "would not buy again", "waste"]
+KINDS = ["kit", "set", "guide", "pack", "essentials", "starter", "pro edition", "bundle"]
+STYLES = ["classic", "deluxe", "compact", "everyday", "premium", "travel", "eco", "ultra"]
+START_TS = 1_500_000_000  # 2017-07-14, so every timestamp is a plausible epoch second
+
+
+def generate(cfg: Config) -> dict[str, pd.DataFrame]:
+    """Return raw ``behaviour``, ``reviews`` and ``items`` frames in the sources' raw schema."""
+    p = cfg.source.sample
+    rng = np.random.default_rng(p.seed)
+    topics = list(TOPICS)[: p.n_topics] if p.n_topics <= len(TOPICS) else list(TOPICS)
+    n_topics = len(topics)
+    words = [TOPICS[t].split() for t in topics]
+
+    item_topic = rng.dirichlet(np.full(n_topics, 0.15), size=p.n_items)
+    item_main = item_topic.argmax(axis=1)
+    item_quality = rng.normal(0.0, 0.6, size=p.n_items)
+    item_pop = rng.zipf(1.6, size=p.n_items).clip(max=200).astype(float)
+    user_topic = rng.dirichlet(np.full(n_topics, 0.25), size=p.n_users)
+
+    affinity = user_topic @ item_topic.T  # users x items, in [0, 1]
+    logits = 6.0 * affinity + 0.5 * np.log(item_pop)
+    n_events = np.maximum(rng.poisson(p.events_per_user, size=p.n_users), 4)
+    users, items = [], []
+    for u in range(p.n_users):  # a generator loop over sample users, not over table rows
+        prob = np.exp(logits[u] - logits[u].max())
+        chosen = rng.choice(p.n_items, size=min(n_events[u], p.n_items), replace=False, p=prob / prob.sum())
+        users.append(np.full(len(chosen), u))
+        items.append(chosen)
+    user_idx = np.concatenate(users)
+    item_idx = np.concatenate(items)
+    n = len(user_idx)
+
+    start = START_TS + rng.integers(0, 400 * 86400, size=p.n_users)
+    gaps = rng.exponential(5 * 86400, size=n).astype(np.int64) + 60
+    order = np.lexsort((np.arange(n), user_idx))
+    ts = np.empty(n, dtype=np.int64)
+    ts[order] = start[user_idx[order]] + _cumsum_by_group(gaps[order], user_idx[order])
+
+    latent = 2.5 * (affinity[user_idx, item_idx] - 0.3) + item_quality[item_idx]
+    rating = np.clip(np.rint(3.0 + 1.6 * latent + rng.normal(0, 0.6, n)), 1, 5)
+    event_type = rng.choice(["rating", "purchase", "click"], size=n, p=[0.5, 0.25, 0.25])
+    user_ids = np.char.add("u", user_idx.astype(str))
+    item_ids = np.char.add("i", item_idx.astype(str))
+
+    behaviour = pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "item_id": item_ids,
+            "rating": np.where(event_type == "rating", rating, np.nan),
+            "event_type": event_type,
+            "event_ts": ts.astype(str),
+        }
+    )
+
+    reviewed = rng.random(n) < p.review_fraction
+    reviews = pd.DataFrame(
+        {
+            "user_id": user_ids[reviewed],
+            "item_id": item_ids[reviewed],
+            "rating": rating[reviewed],
+            "summary": _phrases(rng, rating[reviewed]),
+            "review_text": _review_texts(rng, words, item_main[item_idx[reviewed]], rating[reviewed]),
+            "event_ts": (ts[reviewed] + rng.integers(600, 86400, size=reviewed.sum())).astype(str),
+        }
+    )
+    reviews = pd.concat([reviews, _orphan_reviews(rng, p, words, item_main, reviews)], ignore_index=True)
+
+    items_df = pd.DataFrame(
+        {
+            "item_id": np.char.add("i", np.arange(p.n_items).astype(str)),
+            "title": [
+                f"{rng.choice(STYLES).title()} {topics[t]} {rng.choice(words[t])} {rng.choice(KINDS)}"
+                for t in item_main
+            ],
+            "description": [
+                f"A {topics[t]} {rng.choice(KINDS)} with {', '.join(rng.choice(words[t], 3, replace=False))}."
+                for t in item_main
+            ],
+        }
+    )
+    behaviour = _break_some_rows(rng, behaviour, p.bad_row_fraction)
+    return {"behaviour": behaviour, "reviews": reviews, "items": items_df}
+
+
+def _cumsum_by_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Running sum of ``values`` restarting at each new group (rows sorted by group)."""
+    total = np.cumsum(values)
+    starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1]
+    offsets = np.repeat(total[starts] - values[starts], np.diff(np.r_[starts, len(values)]))
+    return total - offsets
+
+
+def _phrases(rng: np.random.Generator, ratings: np.ndarray) -> list[str]:
+    pools = {1.0: NEGATIVE, 2.0: NEGATIVE, 3.0: NEUTRAL, 4.0: POSITIVE, 5.0: POSITIVE}
+    return [str(rng.choice(pools[r])).capitalize() for r in ratings]
+
+
+def _review_texts(
+    rng: np.random.Generator, words: list[list[str]], topic: np.ndarray, ratings: np.ndarray
+) -> list[str]:
+    texts = []
+    for t, r in zip(topic, ratings):
+        picked = rng.choice(words[t], size=3, replace=False)
+        mood = _phrases(rng, np.array([r]))[0].lower()
+        texts.append(f"Bought it for my {picked[0]} and {picked[1]}; {mood}. The {picked[2]} part is {'great' if r >= 4 else 'meh' if r == 3 else 'bad'}.")
+    return texts
+
+
+def _orphan_reviews(rng, p, words, item_main, reviews: pd.DataFrame) -> pd.DataFrame:
+    """Reviews whose (user, item) has no behaviour row: they become interactions of their own."""
+    n = int(len(reviews) * p.orphan_review_fraction)
+    users = rng.integers(0, p.n_users, size=n)
+    items = rng.integers(0, p.n_items, size=n)
+    ratings = rng.integers(1, 6, size=n).astype(float)
+    return pd.DataFrame(
+        {
+            "user_id": np.char.add("u", users.astype(str)),
+            "item_id": np.char.add("i", items.astype(str)),
+            "rating": ratings,
+            "summary": _phrases(rng, ratings),
+            "review_text": _review_texts(rng, words, item_main[items], ratings),
+            "event_ts": (START_TS + rng.integers(0, 400 * 86400, size=n)).astype(str),
+        }
+    )
+
+
+def _break_some_rows(rng: np.random.Generator, df: pd.DataFrame, fraction: float) -> pd.DataFrame:
+    n_bad = int(len(df) * fraction)
+    if n_bad == 0:
+        return df
+    broken = df.sample(n=n_bad, random_state=int(rng.integers(1 << 31))).copy()
+    kind = np.arange(n_bad) % 4
+    broken.loc[kind == 0, "user_id"] = None
+    broken.loc[kind == 1, "rating"] = 9.0
+    broken.loc[kind == 1, "event_type"] = "rating"
+    broken.loc[kind == 2, "event_ts"] = "not-a-date"
+    duplicates = df.sample(n=int(n_bad / 4) + 1, random_state=int(rng.integers(1 << 31)))
+    return pd.concat([df, broken[kind != 3], duplicates], ignore_index=True)

@@ -1,0 +1,103 @@
+"""embed: review and item text -> text_embeddings (cache), item_embeddings, user_embeddings.
+
+    spark-submit jobs/embed.py --conf conf/local.yaml [--set embed.model_path=/models/bert-base]
+    python -m jobs.embed --conf conf/local.yaml
+
+Texts are deduplicated by hash, and only texts with no vector for this model in the cache are
+encoded, so a re-run on grown data encodes just the new texts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from hybridrec import embedding
+from hybridrec.config import Config
+from hybridrec.constants import (
+    EMBEDDING_COL,
+    INTERACTIONS,
+    ITEM_EMBEDDINGS,
+    ITEMS,
+    TEXT_EMBEDDINGS,
+    USER_EMBEDDINGS,
+)
+from hybridrec.runner import job_main
+from hybridrec.tables import Warehouse
+from udfs.embedding_udf import encode_texts_udf
+from udfs.encoder import resolve_model
+
+NAME = "embed"
+log = logging.getLogger(__name__)
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
+    warehouse = Warehouse.from_config(spark, cfg)
+    model_path, model_id = resolve_model(
+        cfg.embed.model_path, cfg.embed.model_id, cfg.embed.max_length
+    )
+    interactions = warehouse.read(INTERACTIONS)
+    items = warehouse.read(ITEMS)
+    reviews = embedding.review_documents(interactions, cfg).cache()
+    item_docs = embedding.item_documents(items).cache()
+    documents = reviews.select("text_hash", "text").unionByName(item_docs.select("text_hash", "text"))
+
+    cache = warehouse.read(TEXT_EMBEDDINGS) if warehouse.exists(TEXT_EMBEDDINGS) else None
+    todo = embedding.texts_to_encode(documents, cache, model_id).cache()
+    n_todo = todo.count()
+    partitions = cfg.embed.partitions or spark.sparkContext.defaultParallelism
+    encode = encode_texts_udf(
+        model_path=model_path,
+        device=cfg.embed.device,
+        max_length=cfg.embed.max_length,
+        batch_size=cfg.embed.batch_size,
+    )
+    log.info("encoding %d new texts with %s in %d tasks", n_todo, model_id, partitions)
+    started = time.perf_counter()
+    encoded = (
+        todo.repartition(partitions)
+        .sortWithinPartitions(F.length("text"))
+        .select(
+            "text_hash",
+            F.lit(model_id).alias("model_id"),
+            encode(F.col("text")).alias(EMBEDDING_COL),
+            F.lit(run_id).alias("run_id"),
+        )
+    )
+    warehouse.write(encoded, TEXT_EMBEDDINGS, mode="append")
+    encode_seconds = time.perf_counter() - started
+    log.info(
+        "encoded %d texts in %.1fs (%.1f texts/s)",
+        n_todo, encode_seconds, n_todo / encode_seconds if encode_seconds else 0.0,
+    )
+
+    vectors = (
+        warehouse.read(TEXT_EMBEDDINGS)
+        .where(F.col("model_id") == model_id)
+        .dropDuplicates(["text_hash"])
+        .select("text_hash", EMBEDDING_COL)
+    )
+    n_items = warehouse.write(
+        embedding.item_embeddings(reviews, item_docs, vectors, cfg, model_id), ITEM_EMBEDDINGS
+    )
+    n_users = warehouse.write(
+        embedding.user_embeddings(
+            reviews, vectors, interactions, warehouse.read(ITEM_EMBEDDINGS), model_id
+        ),
+        USER_EMBEDDINGS,
+    )
+    return {
+        "texts_encoded": n_todo,
+        "texts_per_second": n_todo / encode_seconds if encode_seconds else 0.0,
+        "encode_seconds": encode_seconds,
+        "item_embeddings": n_items,
+        "user_embeddings": n_users,
+    }
+
+
+if __name__ == "__main__":
+    job_main(NAME, run, sys.argv[1:])

@@ -1,0 +1,104 @@
+"""ingest: raw behaviour, reviews and items -> interactions (with split), items, rejects.
+
+    spark-submit jobs/ingest.py --conf conf/local.yaml [--set source.kind=amazon ...] [--run-id R]
+    python -m jobs.ingest --conf conf/local.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import reduce
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from hybridrec import ingest
+from hybridrec.config import Config
+from hybridrec.constants import INTERACTIONS, ITEMS, REJECTS, SPLIT_COL
+from hybridrec.runner import job_main
+from hybridrec.sources import read_raw
+from hybridrec.tables import Warehouse
+
+NAME = "ingest"
+log = logging.getLogger(__name__)
+
+
+class RowAccountingError(RuntimeError):
+    """Input rows did not all end in interactions or rejects."""
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
+    warehouse = Warehouse.from_config(spark, cfg)
+    raw = read_raw(spark, cfg)
+    counts: dict[str, float] = {}
+    behaviour = reviews = items = None
+    rejects: list[DataFrame] = []
+    if raw.behaviour is not None:
+        raw.behaviour = raw.behaviour.cache()
+        counts["behaviour_in"] = raw.behaviour.count()
+        checked = ingest.validate_behaviour(raw.behaviour, cfg, run_id)
+        behaviour = checked.valid
+        rejects.append(checked.rejects)
+    if raw.reviews is not None:
+        raw.reviews = raw.reviews.cache()
+        counts["reviews_in"] = raw.reviews.count()
+        checked = ingest.validate_reviews(raw.reviews, cfg, run_id)
+        reviews = checked.valid
+        rejects.append(checked.rejects)
+    if raw.items is not None:
+        counts["items_in"] = raw.items.count()
+        checked = ingest.validate_items(raw.items, run_id)
+        items = checked.valid
+        rejects.append(checked.rejects)
+
+    interactions = ingest.leave_last_out_split(ingest.join_interactions(behaviour, reviews))
+    counts["interactions"] = warehouse.write(interactions, INTERACTIONS)
+    interactions = warehouse.read(INTERACTIONS)
+    counts["items"] = warehouse.write(ingest.build_items(items, interactions), ITEMS)
+    counts["rejects"] = warehouse.write(
+        reduce(DataFrame.unionByName, rejects), REJECTS, partition_by=["run_id"]
+    )
+    counts.update(_check_accounting(warehouse, interactions, run_id, counts))
+    for split, n in interactions.groupBy(SPLIT_COL).count().collect():
+        counts[f"{split}_rows"] = n
+    return counts
+
+
+def _check_accounting(
+    warehouse: Warehouse, interactions: DataFrame, run_id: str, counts: dict[str, float]
+) -> dict[str, float]:
+    """Prove that every input row is in interactions, in rejects, or attached as a review."""
+    by_origin = dict(interactions.groupBy("origin").count().collect())
+    rejects = warehouse.read(REJECTS).where(F.col("run_id") == run_id)
+    rejected = {
+        kind: rejects.where(F.col("source").startswith(f"{kind}:")).count()
+        for kind in ("behaviour", "reviews", "items")
+    }
+    attached = by_origin.get(ingest.ORIGIN_BEHAVIOUR_REVIEW, 0)
+    expected = {
+        "behaviour": (counts.get("behaviour_in", 0),
+                      by_origin.get(ingest.ORIGIN_BEHAVIOUR, 0) + attached),
+        "reviews": (counts.get("reviews_in", 0), by_origin.get(ingest.ORIGIN_REVIEW, 0) + attached),
+    }
+    for kind, (rows_in, kept) in expected.items():
+        if rows_in != kept + rejected[kind]:
+            raise RowAccountingError(
+                f"{kind}: {rows_in} rows in, but {kept} kept + {rejected[kind]} rejected"
+            )
+    log.info(
+        "row accounting ok: behaviour %d = %d kept + %d rejected; reviews %d = %d kept + %d "
+        "rejected (%d attached to behaviour rows)",
+        expected["behaviour"][0], expected["behaviour"][1], rejected["behaviour"],
+        expected["reviews"][0], expected["reviews"][1], rejected["reviews"], attached,
+    )
+    return {
+        "behaviour_rejected": rejected["behaviour"],
+        "reviews_rejected": rejected["reviews"],
+        "items_rejected": rejected["items"],
+        "reviews_attached": attached,
+    }
+
+
+if __name__ == "__main__":
+    job_main(NAME, run, sys.argv[1:])

