@@ -28,10 +28,16 @@ def preferences(interactions: DataFrame, cfg: Config) -> DataFrame:
     """
     train = interactions.where(F.col(SPLIT_COL) == TRAIN)
     if cfg.als.implicit:
-        weights = F.create_map(
-            *[x for k, v in cfg.als.event_weights.items() for x in (F.lit(k), F.lit(float(v)))]
-        ) if cfg.als.event_weights else None
-        event_weight = F.coalesce(weights[F.col(EVENT_COL)], F.lit(1.0)) if weights is not None else F.lit(1.0)
+        weights = (
+            F.create_map(
+                *[x for k, v in cfg.als.event_weights.items() for x in (F.lit(k), F.lit(float(v)))]
+            )
+            if cfg.als.event_weights
+            else None
+        )
+        event_weight = (
+            F.coalesce(weights[F.col(EVENT_COL)], F.lit(1.0)) if weights is not None else F.lit(1.0)
+        )
         strength = F.coalesce(F.col(RATING_COL), event_weight)
         return train.groupBy(USER_COL, ITEM_COL).agg(F.sum(strength).alias("preference"))
     return (
@@ -46,7 +52,10 @@ def index_ids(spark: SparkSession, ids: DataFrame, col: str) -> DataFrame:
     on the driver); ids are sorted first so that the same data gives the same indices."""
     rdd = ids.select(col).distinct().orderBy(col).rdd.zipWithIndex().map(lambda r: (r[0][0], r[1]))
     schema = T.StructType(
-        [T.StructField(col, T.StringType(), False), T.StructField(f"{col}_idx", T.IntegerType(), False)]
+        [
+            T.StructField(col, T.StringType(), False),
+            T.StructField(f"{col}_idx", T.IntegerType(), False),
+        ]
     )
     return spark.createDataFrame(rdd.map(lambda r: (r[0], int(r[1]))), schema)
 

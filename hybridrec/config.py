@@ -24,6 +24,7 @@ CHOICES = {
     "embed.device": {"auto", "cpu", "cuda"},
     "als.cold_start_strategy": {"drop", "nan"},
     "score.normalisation": {"zscore", "minmax", "rank"},
+    "score.catalog": {"interacted", "all"},
     "score.tune_metric": {"ndcg", "hr"},
 }
 
@@ -70,7 +71,10 @@ def conf_dir() -> Path:
 
 
 def load_config(
-    paths: Iterable[str | Path] = (), overrides: Iterable[str] = (), *, base: str | Path | None = None
+    paths: Iterable[str | Path] = (),
+    overrides: Iterable[str] = (),
+    *,
+    base: str | Path | None = None,
 ) -> Config:
     """Resolve base defaults, then each overlay file in order, then ``key=value`` overrides.
 
@@ -152,7 +156,7 @@ def _coerce(dotted: str, default: Any, value: Any, origin: str, open_map: bool) 
             raise ConfigError(f"{dotted!r} in {origin} must be a scalar, got {value!r}")
         return value
     if default is None or value is None:
-        # A null default marks an optional scalar (a path, a size); a null value restores the default.
+        # A null default marks an optional scalar (a path, a size); null restores the default.
         if isinstance(value, (Mapping, list)):
             raise ConfigError(f"{dotted!r} in {origin} must be a scalar, got {value!r}")
         return value

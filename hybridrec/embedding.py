@@ -3,10 +3,10 @@ and user vectors. Only train interactions are read here: held-out reviews never 
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 
 from hybridrec.config import Config
 from hybridrec.constants import (
@@ -79,9 +79,14 @@ def l2_normalise(vector: Column) -> Column:
 def weighted_mean_vectors(df: DataFrame, key: str, weight: str = "weight") -> DataFrame:
     """Per ``key``: the L2-normalised weighted mean of ``embedding`` and how many rows fed it."""
     mean = Summarizer.mean(array_to_vector(EMBEDDING_COL), F.col(weight))
-    return df.groupBy(key).agg(
-        vector_to_array(mean, dtype="float32").alias("_mean"), F.count(F.lit(1)).alias("n_texts")
-    ).select(key, l2_normalise(F.col("_mean")).alias(EMBEDDING_COL), "n_texts")
+    return (
+        df.groupBy(key)
+        .agg(
+            vector_to_array(mean, dtype="float32").alias("_mean"),
+            F.count(F.lit(1)).alias("n_texts"),
+        )
+        .select(key, l2_normalise(F.col("_mean")).alias(EMBEDDING_COL), "n_texts")
+    )
 
 
 def item_embeddings(
@@ -92,9 +97,11 @@ def item_embeddings(
         item_docs.select(ITEM_COL, "text_hash", F.lit(cfg.embed.item_meta_weight).alias("weight"))
     )
     with_vectors = texts.join(vectors, "text_hash")
-    return weighted_mean_vectors(with_vectors, ITEM_COL).withColumnRenamed(
-        ITEM_COL, "id"
-    ).withColumn("model_id", F.lit(model_id))
+    return (
+        weighted_mean_vectors(with_vectors, ITEM_COL)
+        .withColumnRenamed(ITEM_COL, "id")
+        .withColumn("model_id", F.lit(model_id))
+    )
 
 
 def user_embeddings(

@@ -78,7 +78,9 @@ def _common_checks(df: DataFrame, cfg: Config) -> list[tuple[Column, str]]:
     checks.append(
         (
             rating.isNotNull()
-            & (rating.isNaN() | (rating < cfg.ingest.min_rating) | (rating > cfg.ingest.max_rating)),
+            & (
+                rating.isNaN() | (rating < cfg.ingest.min_rating) | (rating > cfg.ingest.max_rating)
+            ),
             f"rating outside [{cfg.ingest.min_rating}, {cfg.ingest.max_rating}]",
         )
     )
@@ -105,9 +107,14 @@ def validate_behaviour(df: DataFrame, cfg: Config, run_id: str) -> Validated:
     df = df.withColumn("_ts", parse_event_ts(F.col(TS_COL)))
     checks = _common_checks(df, cfg)
     checks += [
-        (~F.col(EVENT_COL).isin(list(cfg.ingest.event_types)) | F.col(EVENT_COL).isNull(),
-         f"{EVENT_COL} not in {list(cfg.ingest.event_types)}"),
-        ((F.col(EVENT_COL) == "rating") & F.col(RATING_COL).isNull(), "rating event without rating"),
+        (
+            ~F.col(EVENT_COL).isin(list(cfg.ingest.event_types)) | F.col(EVENT_COL).isNull(),
+            f"{EVENT_COL} not in {list(cfg.ingest.event_types)}",
+        ),
+        (
+            (F.col(EVENT_COL) == "rating") & F.col(RATING_COL).isNull(),
+            "rating event without rating",
+        ),
     ]
     return _split_rejects(df, checks, [USER_COL, ITEM_COL, "_ts", EVENT_COL], run_id)
 
@@ -184,17 +191,22 @@ def join_interactions(behaviour: DataFrame | None, reviews: DataFrame | None) ->
     )
     if reviews is None:
         return b.select(
-            USER_COL, ITEM_COL, RATING_COL, EVENT_COL, F.col("_b_ts").alias(TS_COL),
-            F.lit(None).cast("string").alias(TEXT_COL), F.lit(ORIGIN_BEHAVIOUR).alias("origin"),
+            USER_COL,
+            ITEM_COL,
+            RATING_COL,
+            EVENT_COL,
+            F.col("_b_ts").alias(TS_COL),
+            F.lit(None).cast("string").alias(TEXT_COL),
+            F.lit(ORIGIN_BEHAVIOUR).alias("origin"),
         )
     joined = b.join(r, [USER_COL, ITEM_COL, "_k"], "full_outer")
     has_b = F.col("_has_b").isNotNull()
     parts = joined.select(
         USER_COL,
         ITEM_COL,
-        F.when(has_b, F.coalesce(RATING_COL, "_r_rating")).otherwise(F.col("_r_rating")).alias(
-            RATING_COL
-        ),
+        F.when(has_b, F.coalesce(RATING_COL, "_r_rating"))
+        .otherwise(F.col("_r_rating"))
+        .alias(RATING_COL),
         F.when(has_b, F.col(EVENT_COL)).otherwise(F.lit(REVIEW_EVENT)).alias(EVENT_COL),
         F.coalesce("_b_ts", "_r_ts").alias(TS_COL),
         TEXT_COL,
@@ -245,5 +257,8 @@ def build_items(items: DataFrame | None, interactions: DataFrame) -> DataFrame:
         F.lit(True).alias("has_metadata"),
     )
     return meta.join(seen, ITEM_COL, "full_outer").select(
-        ITEM_COL, "title", "description", F.coalesce("has_metadata", F.lit(False)).alias("has_metadata")
+        ITEM_COL,
+        "title",
+        "description",
+        F.coalesce("has_metadata", F.lit(False)).alias("has_metadata"),
     )

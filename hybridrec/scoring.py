@@ -58,17 +58,22 @@ TUNE_SCHEMA = T.StructType(
 def popularity(interactions: DataFrame) -> DataFrame:
     """log1p of the number of distinct train users per item: train only, so nothing leaks."""
     train = interactions.where(F.col(SPLIT_COL) == TRAIN)
-    return train.groupBy(ITEM_COL).agg(
-        F.log1p(F.countDistinct(USER_COL)).alias("popularity")
-    )
+    return train.groupBy(ITEM_COL).agg(F.log1p(F.countDistinct(USER_COL)).alias("popularity"))
 
 
-def load_catalog(warehouse: Warehouse) -> topk.ItemCatalog:
-    """Collect the catalog (it grows with items, never with users) into dense arrays."""
+def load_catalog(warehouse: Warehouse, cfg: Config) -> topk.ItemCatalog:
+    """Collect the candidate items (they grow with the catalog, never with users) into arrays.
+
+    ``score.catalog: interacted`` ranks the items that have any interaction (an item seen only in
+    validation or test is a cold item, ranked by its text); ``all`` adds metadata-only items.
+    """
+    interactions = warehouse.read(INTERACTIONS)
     items = warehouse.read(ITEMS).select(ITEM_COL)
+    if cfg.score.catalog == "interacted":
+        items = items.join(interactions.select(ITEM_COL).distinct(), ITEM_COL)
     factors = warehouse.read(ALS_ITEM_FACTORS)
     text = warehouse.read(ITEM_EMBEDDINGS).select(F.col("id").alias(ITEM_COL), EMBEDDING_COL)
-    pop = popularity(warehouse.read(INTERACTIONS))
+    pop = popularity(interactions)
     rows = (
         items.join(factors, ITEM_COL, "left")
         .join(text, ITEM_COL, "left")
@@ -90,7 +95,11 @@ def load_catalog(warehouse: Warehouse) -> topk.ItemCatalog:
     )
     log.info(
         "catalog: %d items, %d with ALS factors (rank %d), %d with text vectors (dim %d)",
-        len(catalog), has_cf.sum(), rank, has_text.sum(), dim,
+        len(catalog),
+        has_cf.sum(),
+        rank,
+        has_text.sum(),
+        dim,
     )
     return catalog
 
@@ -122,13 +131,10 @@ def user_frame(
         .agg(F.sort_array(F.collect_list(F.struct("_last", "idx")), asc=False).alias("_seen"))
         .select(USER_COL, F.col("_seen.idx").alias("seen"))
     )
-    users = (
-        seen.join(warehouse.read(ALS_USER_FACTORS), USER_COL, "full_outer")
-        .join(
-            warehouse.read(USER_EMBEDDINGS).select(F.col("id").alias(USER_COL), EMBEDDING_COL),
-            USER_COL,
-            "full_outer",
-        )
+    users = seen.join(warehouse.read(ALS_USER_FACTORS), USER_COL, "full_outer").join(
+        warehouse.read(USER_EMBEDDINGS).select(F.col("id").alias(USER_COL), EMBEDDING_COL),
+        USER_COL,
+        "full_outer",
     )
     if target_split is None:
         return users.withColumn("target", F.lit(None).cast("int"))

@@ -1,4 +1,4 @@
-"""The one table reader/writer: Parquet folders in the warehouse, registered in the Spark catalog."""
+"""The one table reader/writer: Parquet folders in the warehouse, registered in the catalog."""
 
 from __future__ import annotations
 

@@ -69,11 +69,13 @@ def job_run(cfg: Config, run_id: str, job: str) -> Iterator[mlflow.ActiveRun]:
     mlflow.set_tracking_uri(tracking_uri(cfg))
     experiment_id = _experiment_id(cfg)
     parent = _parent_run_id(cfg, experiment_id, run_id)
-    with mlflow.start_run(run_id=parent, experiment_id=experiment_id, log_system_metrics=False):
-        with mlflow.start_run(
+    with (
+        mlflow.start_run(run_id=parent, experiment_id=experiment_id, log_system_metrics=False),
+        mlflow.start_run(
             run_name=job, nested=True, experiment_id=experiment_id, tags={RUN_ID_TAG: run_id}
-        ) as child:
-            yield child
+        ) as child,
+    ):
+        yield child
     MlflowClient().set_terminated(parent, "FINISHED")
 
 
@@ -94,7 +96,11 @@ def log_job_metrics(metrics: Mapping[str, float], *, parent_too: bool = False) -
 
 
 def log_figure(figure, name: str) -> None:
+    """On the job run and on its parent, where a reader of the pipeline run looks first."""
     mlflow.log_figure(figure, name)
+    parent_id = mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    if parent_id:
+        MlflowClient().log_figure(parent_id, figure, name)
 
 
 def log_spark_model(model, name: str) -> None:

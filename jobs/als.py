@@ -1,7 +1,7 @@
 """als: train interactions -> als_user_factors, als_item_factors, and the ALS model in MLflow.
 
-    spark-submit jobs/als.py --conf conf/local.yaml [--set als.rank=64 --set als.implicit=false]
-    python -m jobs.als --conf conf/local.yaml
+spark-submit jobs/als.py --conf conf/local.yaml [--set als.rank=64 --set als.implicit=false]
+python -m jobs.als --conf conf/local.yaml
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     fit_seconds = time.perf_counter() - started
     log.info(
         "ALS fitted on %d pairs (rank %d, %s) in %.1fs",
-        n_prefs, cfg.als.rank, "implicit" if cfg.als.implicit else "explicit", fit_seconds,
+        n_prefs,
+        cfg.als.rank,
+        "implicit" if cfg.als.implicit else "explicit",
+        fit_seconds,
     )
     n_users = warehouse.write(cf.factor_table(model.userFactors, users, USER_COL), ALS_USER_FACTORS)
     n_items = warehouse.write(cf.factor_table(model.itemFactors, items, ITEM_COL), ALS_ITEM_FACTORS)

@@ -44,7 +44,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     items = warehouse.read(ITEMS)
     reviews = embedding.review_documents(interactions, cfg).cache()
     item_docs = embedding.item_documents(items).cache()
-    documents = reviews.select("text_hash", "text").unionByName(item_docs.select("text_hash", "text"))
+    documents = reviews.select("text_hash", "text").unionByName(
+        item_docs.select("text_hash", "text")
+    )
 
     cache = warehouse.read(TEXT_EMBEDDINGS) if warehouse.exists(TEXT_EMBEDDINGS) else None
     todo = embedding.texts_to_encode(documents, cache, model_id).cache()
@@ -72,7 +74,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     encode_seconds = time.perf_counter() - started
     log.info(
         "encoded %d texts in %.1fs (%.1f texts/s)",
-        n_todo, encode_seconds, n_todo / encode_seconds if encode_seconds else 0.0,
+        n_todo,
+        encode_seconds,
+        n_todo / encode_seconds if encode_seconds else 0.0,
     )
 
     vectors = (

@@ -1,7 +1,7 @@
 """ingest: raw behaviour, reviews and items -> interactions (with split), items, rejects.
 
-    spark-submit jobs/ingest.py --conf conf/local.yaml [--set source.kind=amazon ...] [--run-id R]
-    python -m jobs.ingest --conf conf/local.yaml
+spark-submit jobs/ingest.py --conf conf/local.yaml [--set source.kind=amazon ...] [--run-id R]
+python -m jobs.ingest --conf conf/local.yaml
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ def _check_accounting(
     }
     attached = by_origin.get(ingest.ORIGIN_BEHAVIOUR_REVIEW, 0)
     expected = {
-        "behaviour": (counts.get("behaviour_in", 0),
-                      by_origin.get(ingest.ORIGIN_BEHAVIOUR, 0) + attached),
+        "behaviour": (
+            counts.get("behaviour_in", 0),
+            by_origin.get(ingest.ORIGIN_BEHAVIOUR, 0) + attached,
+        ),
         "reviews": (counts.get("reviews_in", 0), by_origin.get(ingest.ORIGIN_REVIEW, 0) + attached),
     }
     for kind, (rows_in, kept) in expected.items():
@@ -89,8 +91,13 @@ def _check_accounting(
     log.info(
         "row accounting ok: behaviour %d = %d kept + %d rejected; reviews %d = %d kept + %d "
         "rejected (%d attached to behaviour rows)",
-        expected["behaviour"][0], expected["behaviour"][1], rejected["behaviour"],
-        expected["reviews"][0], expected["reviews"][1], rejected["reviews"], attached,
+        expected["behaviour"][0],
+        expected["behaviour"][1],
+        rejected["behaviour"],
+        expected["reviews"][0],
+        expected["reviews"][1],
+        rejected["reviews"],
+        attached,
     )
     return {
         "behaviour_rejected": rejected["behaviour"],

@@ -1,6 +1,6 @@
 """score: factors + embeddings + interactions -> recommendations (top-K per user, hybrid).
 
-    spark-submit jobs/score.py --conf conf/local.yaml [--set score.k=20 --set score.tune_on_validation=false]
+    spark-submit jobs/score.py --conf conf/local.yaml [--set score.k=20]
     python -m jobs.score --conf conf/local.yaml
 
 With ``score.tune_on_validation`` the fusion weights are picked on the validation split from a
@@ -49,7 +49,13 @@ def choose_weights(
     mlflow.log_text(results.to_csv(index=False), "weight_grid_validation.csv")
     log.info(
         "weights %s picked on validation: ndcg@%d=%.4f hr@%d=%.4f over %d users (%d grid points)",
-        weights, cfg.score.k, best["ndcg"], cfg.score.k, best["hr"], best["users"], len(grid),
+        weights,
+        cfg.score.k,
+        best["ndcg"],
+        cfg.score.k,
+        best["hr"],
+        best["users"],
+        len(grid),
     )
     return weights, {
         "validation_ndcg": float(best["ndcg"]),
@@ -60,7 +66,7 @@ def choose_weights(
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg)
-    catalog = scoring.load_catalog(warehouse)
+    catalog = scoring.load_catalog(warehouse, cfg)
     weights, tuning = choose_weights(spark, warehouse, catalog, cfg)
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})
     users = scoring.user_frame(spark, warehouse, catalog)

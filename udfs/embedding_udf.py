@@ -12,9 +12,7 @@ from pyspark.sql import types as T
 from udfs.encoder import choose_device, get_encoder
 
 
-def encode_texts_udf(
-    *, model_path: str, device: str, max_length: int, batch_size: int
-):
+def encode_texts_udf(*, model_path: str, device: str, max_length: int, batch_size: int):
     """A pandas UDF mapping a string column to ``array<float>`` L2-normalised text vectors."""
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
@@ -25,4 +23,3 @@ def encode_texts_udf(
             yield pd.Series(list(vectors))
 
     return encode_texts
-

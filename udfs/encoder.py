@@ -111,7 +111,6 @@ class TextEncoder:
 def get_encoder(path: str, device: str, max_length: int, batch_size: int) -> TextEncoder:
     """One encoder per worker process and model: Spark reuses the worker across tasks."""
     import torch
-
     from pyspark import TaskContext
 
     context = TaskContext.get()

@@ -48,12 +48,16 @@ def ragged_mask(lists: pd.Series, n_items: int) -> np.ndarray:
     mask = np.zeros((len(lists), n_items), dtype=bool)
     if lengths.sum():
         rows = np.repeat(np.arange(len(lists)), lengths)
-        cols = np.concatenate([np.asarray(a, dtype=np.int64) for a in lists if a is not None and len(a)])
+        cols = np.concatenate(
+            [np.asarray(a, dtype=np.int64) for a in lists if a is not None and len(a)]
+        )
         mask[rows, cols] = True
     return mask
 
 
-def raw_parts(block: pd.DataFrame, catalog: ItemCatalog) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def raw_parts(
+    block: pd.DataFrame, catalog: ItemCatalog
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per part, the raw (users, items) scores and where they are defined."""
     n = len(block)
     user_cf, has_user_cf = stack_vectors(block["factors"], catalog.cf.shape[1])
@@ -61,7 +65,10 @@ def raw_parts(block: pd.DataFrame, catalog: ItemCatalog) -> dict[str, tuple[np.n
     return {
         "cf": (user_cf @ catalog.cf.T, has_user_cf[:, None] & catalog.has_cf[None, :]),
         "text": (user_text @ catalog.text.T, has_user_text[:, None] & catalog.has_text[None, :]),
-        "pop": (np.broadcast_to(catalog.pop, (n, len(catalog))).copy(), np.ones((n, len(catalog)), bool)),
+        "pop": (
+            np.broadcast_to(catalog.pop, (n, len(catalog))).copy(),
+            np.ones((n, len(catalog)), bool),
+        ),
     }
 
 
@@ -116,8 +123,10 @@ def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarra
     masked = np.where(candidates, scores, -np.inf)
     k = min(k, masked.shape[1])
     # Negate and sort stably: equal scores keep catalog order.
-    part = np.argpartition(-masked, k - 1, axis=1)[:, :k] if k < masked.shape[1] else np.tile(
-        np.arange(masked.shape[1]), (masked.shape[0], 1)
+    part = (
+        np.argpartition(-masked, k - 1, axis=1)[:, :k]
+        if k < masked.shape[1]
+        else np.tile(np.arange(masked.shape[1]), (masked.shape[0], 1))
     )
     part_scores = np.take_along_axis(masked, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
@@ -204,12 +213,16 @@ def _reasons(
         for_rows = np.repeat(np.arange(len(block)), recent.map(len).to_numpy())
         positions = np.concatenate([np.arange(len(a)) for a in recent]) if len(for_rows) else []
         if len(for_rows):
-            padded[for_rows, positions] = np.concatenate([np.asarray(a, dtype=np.int64) for a in recent if a])
+            padded[for_rows, positions] = np.concatenate(
+                [np.asarray(a, dtype=np.int64) for a in recent if a]
+            )
         history_idx = padded[rows[is_text]]  # (m, width)
         sims = np.einsum(
             "md,mwd->mw", catalog.text[items[is_text]], catalog.text[np.maximum(history_idx, 0)]
         )
-        sims = np.where((history_idx >= 0) & catalog.has_text[np.maximum(history_idx, 0)], sims, -np.inf)
+        sims = np.where(
+            (history_idx >= 0) & catalog.has_text[np.maximum(history_idx, 0)], sims, -np.inf
+        )
         nearest = history_idx[np.arange(len(history_idx)), sims.argmax(axis=1)]
         has_nearest = np.isfinite(sims.max(axis=1))
         reasons[is_text] = np.where(

@@ -60,7 +60,9 @@ def read_raw(spark: SparkSession, cfg: Config) -> RawTables:
 
         frames = sample.generate(cfg)
         return RawTables(
-            behaviour=frame_to_raw(spark, frames["behaviour"], BEHAVIOUR_SCHEMA, "behaviour:sample"),
+            behaviour=frame_to_raw(
+                spark, frames["behaviour"], BEHAVIOUR_SCHEMA, "behaviour:sample"
+            ),
             reviews=frame_to_raw(spark, frames["reviews"], REVIEW_SCHEMA, "reviews:sample"),
             items=frame_to_raw(spark, frames["items"], ITEM_SCHEMA, "items:sample"),
         )

@@ -64,7 +64,7 @@ def read_meta(spark: SparkSession, path: str) -> DataFrame:
     parsed = lines.withColumn("m", F.from_json("raw", META_JSON, {"mode": "PERMISSIVE"}))
     description = F.regexp_replace(
         F.coalesce(
-            F.expr("array_join(try_cast(from_json(m.description, 'array<string>') as array<string>), ' ')"),
+            F.expr("array_join(from_json(m.description, 'array<string>'), ' ')"),
             F.col("m.description"),
         ),
         HTML_TAG,

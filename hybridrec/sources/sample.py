@@ -31,7 +31,13 @@ TOPICS = {
     "travel": "suitcase passport luggage airport hotel map backpacking adapter itinerary beach",
     "cooking": "skillet knife spices recipe saucepan grill marinade wok cutting board",
 }
-POSITIVE = ["love this", "excellent quality", "works great", "highly recommend", "really happy with"]
+POSITIVE = [
+    "love this",
+    "excellent quality",
+    "works great",
+    "highly recommend",
+    "really happy with",
+]
 NEUTRAL = ["it is okay", "does the job", "average overall", "fine for the price", "nothing special"]
 NEGATIVE = ["very disappointed", "broke quickly", "poor quality", "would not buy again", "waste"]
 KINDS = ["kit", "set", "guide", "pack", "essentials", "starter", "pro edition", "bundle"]
@@ -54,12 +60,14 @@ def generate(cfg: Config) -> dict[str, pd.DataFrame]:
     user_topic = rng.dirichlet(np.full(n_topics, 0.25), size=p.n_users)
 
     affinity = user_topic @ item_topic.T  # users x items, in [0, 1]
-    logits = 6.0 * affinity + 0.5 * np.log(item_pop)
+    logits = 10.0 * affinity + 0.5 * np.log(item_pop)
     n_events = np.maximum(rng.poisson(p.events_per_user, size=p.n_users), 4)
     users, items = [], []
     for u in range(p.n_users):  # a generator loop over sample users, not over table rows
         prob = np.exp(logits[u] - logits[u].max())
-        chosen = rng.choice(p.n_items, size=min(n_events[u], p.n_items), replace=False, p=prob / prob.sum())
+        chosen = rng.choice(
+            p.n_items, size=min(n_events[u], p.n_items), replace=False, p=prob / prob.sum()
+        )
         users.append(np.full(len(chosen), u))
         items.append(chosen)
     user_idx = np.concatenate(users)
@@ -95,21 +103,27 @@ def generate(cfg: Config) -> dict[str, pd.DataFrame]:
             "item_id": item_ids[reviewed],
             "rating": rating[reviewed],
             "summary": _phrases(rng, rating[reviewed]),
-            "review_text": _review_texts(rng, words, item_main[item_idx[reviewed]], rating[reviewed]),
+            "review_text": _review_texts(
+                rng, words, item_main[item_idx[reviewed]], rating[reviewed]
+            ),
             "event_ts": (ts[reviewed] + rng.integers(600, 86400, size=reviewed.sum())).astype(str),
         }
     )
-    reviews = pd.concat([reviews, _orphan_reviews(rng, p, words, item_main, reviews)], ignore_index=True)
+    reviews = pd.concat(
+        [reviews, _orphan_reviews(rng, p, words, item_main, reviews)], ignore_index=True
+    )
 
     items_df = pd.DataFrame(
         {
             "item_id": np.char.add("i", np.arange(p.n_items).astype(str)),
             "title": [
-                f"{rng.choice(STYLES).title()} {topics[t]} {rng.choice(words[t])} {rng.choice(KINDS)}"
+                f"{rng.choice(STYLES).title()} {topics[t]} {rng.choice(words[t])} "
+                f"{rng.choice(KINDS)}"
                 for t in item_main
             ],
             "description": [
-                f"A {topics[t]} {rng.choice(KINDS)} with {', '.join(rng.choice(words[t], 3, replace=False))}."
+                f"A {topics[t]} {rng.choice(KINDS)} with "
+                f"{', '.join(rng.choice(words[t], 3, replace=False))}."
                 for t in item_main
             ],
         }
@@ -135,10 +149,14 @@ def _review_texts(
     rng: np.random.Generator, words: list[list[str]], topic: np.ndarray, ratings: np.ndarray
 ) -> list[str]:
     texts = []
-    for t, r in zip(topic, ratings):
+    for t, r in zip(topic, ratings, strict=True):
         picked = rng.choice(words[t], size=3, replace=False)
         mood = _phrases(rng, np.array([r]))[0].lower()
-        texts.append(f"Bought it for my {picked[0]} and {picked[1]}; {mood}. The {picked[2]} part is {'great' if r >= 4 else 'meh' if r == 3 else 'bad'}.")
+        verdict = "great" if r >= 4 else "meh" if r == 3 else "bad"
+        texts.append(
+            f"Bought it for my {picked[0]} and {picked[1]}; {mood}. "
+            f"The {picked[2]} part is {verdict}."
+        )
     return texts
 
 

@@ -1,0 +1,106 @@
+"""Pure transforms of the evaluate stage: top-K ranking metrics in Spark SQL.
+
+Inputs are recommendations (model, user_id, rank, item_id) and the held-out truth (user_id,
+item_id). A user with held-out items but no recommendations from a model scores zero for it, so
+a model cannot look better by staying silent.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from hybridrec.constants import EMBEDDING_COL, ITEM_COL, USER_COL
+
+RANKING_METRICS = ("ndcg", "hr", "precision", "recall", "map")
+
+
+def _per_user(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
+    """Per (model, user with truth): the five ranking metrics at k."""
+    relevant = truth.select(USER_COL, ITEM_COL).distinct()
+    n_rel = relevant.groupBy(USER_COL).agg(F.count(F.lit(1)).alias("n_rel"))
+    top = recs.where(F.col("rank") <= k).select("model", USER_COL, "rank", ITEM_COL)
+    hit_order = Window.partitionBy("model", USER_COL).orderBy("rank")
+    hits = (
+        top.join(relevant, [USER_COL, ITEM_COL])
+        .withColumn("hit_pos", F.row_number().over(hit_order))
+        .groupBy("model", USER_COL)
+        .agg(
+            F.sum(1.0 / F.log2(F.col("rank") + 1)).alias("dcg"),
+            F.count(F.lit(1)).alias("n_hits"),
+            F.sum(F.col("hit_pos") / F.col("rank")).alias("ap_sum"),
+        )
+    )
+    models = recs.select("model").distinct()
+    # users x models (a handful of models), never users x items
+    base = (
+        n_rel.crossJoin(models)
+        .join(hits, ["model", USER_COL], "left")
+        .fillna(0, subset=["dcg", "n_hits", "ap_sum"])
+    )
+    cutoff = F.least(F.lit(k), F.col("n_rel"))
+    idcg = F.aggregate(
+        F.sequence(F.lit(1), cutoff), F.lit(0.0), lambda acc, i: acc + 1.0 / F.log2(i + 1)
+    )
+    return base.select(
+        "model",
+        USER_COL,
+        (F.col("dcg") / idcg).alias("ndcg"),
+        (F.col("n_hits") > 0).cast("double").alias("hr"),
+        (F.col("n_hits") / F.lit(float(k))).alias("precision"),
+        (F.col("n_hits") / F.col("n_rel")).alias("recall"),
+        (F.col("ap_sum") / cutoff).alias("map"),
+    )
+
+
+def ranking_metrics(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
+    """NDCG, HR, precision, recall and MAP at k (MAP divides by min(k, relevant)), averaged over
+    the users that have truth. Long format: model, metric, k, value."""
+    per_user = _per_user(recs, truth, k)
+    means = per_user.groupBy("model").agg(*[F.avg(m).alias(m) for m in RANKING_METRICS])
+    return _long(means, RANKING_METRICS, k)
+
+
+def catalog_coverage(recs: DataFrame, n_items: int, k: int) -> DataFrame:
+    """Share of the catalog that appears in at least one top-k list."""
+    covered = (
+        recs.where(F.col("rank") <= k)
+        .groupBy("model")
+        .agg((F.countDistinct(ITEM_COL) / F.lit(float(n_items))).alias("coverage"))
+    )
+    return _long(covered, ("coverage",), k)
+
+
+def intra_list_diversity(recs: DataFrame, item_vectors: DataFrame, k: int) -> DataFrame:
+    """Mean over users of the mean pairwise cosine distance between their top-k items' text
+    vectors (k^2 pairs per user, so it grows linearly with users)."""
+    top = recs.where(F.col("rank") <= k).join(
+        item_vectors.select(F.col("id").alias(ITEM_COL), EMBEDDING_COL), ITEM_COL
+    )
+    left = top.select(
+        "model", USER_COL, F.col("rank").alias("r1"), F.col(EMBEDDING_COL).alias("v1")
+    )
+    right = top.select(
+        "model", USER_COL, F.col("rank").alias("r2"), F.col(EMBEDDING_COL).alias("v2")
+    )
+    dot = F.aggregate(F.zip_with("v1", "v2", lambda a, b: a * b), F.lit(0.0), lambda s, x: s + x)
+    pairs = left.join(right, ["model", USER_COL]).where(F.col("r1") < F.col("r2"))
+    per_user = pairs.groupBy("model", USER_COL).agg(F.avg(1.0 - dot).alias("ild"))
+    return _long(per_user.groupBy("model").agg(F.avg("ild").alias("diversity")), ("diversity",), k)
+
+
+def novelty(recs: DataFrame, train: DataFrame, k: int) -> DataFrame:
+    """Mean self-information -log2(p) of recommended items, p = share of train users who have
+    the item (add-one smoothed, so an item nobody had is the most novel, not infinite)."""
+    n_users = train.select(USER_COL).distinct().count()
+    item_users = train.groupBy(ITEM_COL).agg(F.countDistinct(USER_COL).alias("n"))
+    p = (F.coalesce(F.col("n"), F.lit(0)) + 1) / F.lit(float(n_users + 1))
+    scored = recs.where(F.col("rank") <= k).join(item_users, ITEM_COL, "left")
+    return _long(scored.groupBy("model").agg(F.avg(-F.log2(p)).alias("novelty")), ("novelty",), k)
+
+
+def _long(wide: DataFrame, metrics, k: int) -> DataFrame:
+    stack = ", ".join(f"'{m}', cast({m} as double)" for m in metrics)
+    return wide.selectExpr("model", f"stack({len(metrics)}, {stack}) as (metric, value)").select(
+        "model", "metric", F.lit(k).alias("k"), "value"
+    )

@@ -1,0 +1,115 @@
+"""evaluate: recommendations + baselines vs the test split -> metrics (table, MLflow, plot).
+
+    spark-submit jobs/evaluate.py --conf conf/local.yaml --run-id R
+    python -m jobs.evaluate --conf conf/local.yaml --run-id R
+
+The baselines (ALS-only, text-only, popularity) come from the same scoring kernel with one part's
+weight at 1, so every model ranks the same candidates (items unseen in train) the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import reduce
+
+import matplotlib
+
+matplotlib.use("Agg")  # batch job: no display
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from pyspark.sql import DataFrame, SparkSession  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from hybridrec import evaluation, scoring, tracking  # noqa: E402
+from hybridrec.config import Config  # noqa: E402
+from hybridrec.constants import (  # noqa: E402
+    BASELINE_RECOMMENDATIONS,
+    BASELINE_WEIGHTS,
+    INTERACTIONS,
+    ITEM_EMBEDDINGS,
+    METRICS,
+    MODELS,
+    RECOMMENDATIONS,
+    SPLIT_COL,
+    TEST,
+    TRAIN,
+)
+from hybridrec.runner import job_main  # noqa: E402
+from hybridrec.tables import Warehouse  # noqa: E402
+
+NAME = "evaluate"
+log = logging.getLogger(__name__)
+
+
+def hybrid_recommendations(warehouse: Warehouse, run_id: str) -> DataFrame:
+    recs = warehouse.read(RECOMMENDATIONS).where(F.col("run_id") == run_id)
+    if recs.limit(1).count() == 0:
+        raise RuntimeError(
+            f"no recommendations for run {run_id!r}: run the score job with --run-id {run_id}"
+        )
+    return recs.withColumn("model", F.lit("hybrid"))
+
+
+def metrics_table(
+    recs: DataFrame, interactions: DataFrame, item_vectors: DataFrame, n_items: int, k: int
+) -> DataFrame:
+    truth = interactions.where(F.col(SPLIT_COL) == TEST)
+    train = interactions.where(F.col(SPLIT_COL) == TRAIN)
+    parts = [
+        evaluation.ranking_metrics(recs, truth, k),
+        evaluation.catalog_coverage(recs, n_items, k),
+        evaluation.intra_list_diversity(recs, item_vectors, k),
+        evaluation.novelty(recs, train, k),
+    ]
+    return reduce(DataFrame.unionByName, parts)
+
+
+def plot_metrics(metrics: pd.DataFrame, k: int):
+    """Grouped bars: one group per metric, one bar per model."""
+    wide = metrics.pivot(index="metric", columns="model", values="value")
+    wide = wide[[m for m in MODELS if m in wide.columns]]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    wide.plot.bar(ax=ax, rot=0, width=0.8)
+    ax.set_title(f"hybridrec: metrics at K={k} on the test split")
+    ax.set_ylabel("value")
+    ax.legend(title="model")
+    fig.tight_layout()
+    return fig
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
+    warehouse = Warehouse.from_config(spark, cfg)
+    k = cfg.evaluate.k
+    hybrid = hybrid_recommendations(warehouse, run_id)
+    catalog = scoring.load_catalog(warehouse, cfg)
+    users = scoring.user_frame(spark, warehouse, catalog)
+    baselines = scoring.recommend(users, catalog, BASELINE_WEIGHTS, cfg)
+    warehouse.write(
+        baselines.withColumn("run_id", F.lit(run_id)),
+        BASELINE_RECOMMENDATIONS,
+        partition_by=["run_id"],
+    )
+    recs = hybrid.unionByName(
+        warehouse.read(BASELINE_RECOMMENDATIONS).where(F.col("run_id") == run_id)
+    ).select("model", "user_id", "rank", "item_id")
+    metrics = metrics_table(
+        recs, warehouse.read(INTERACTIONS), warehouse.read(ITEM_EMBEDDINGS), len(catalog), k
+    )
+    warehouse.write(metrics.withColumn("run_id", F.lit(run_id)), METRICS, partition_by=["run_id"])
+    table = warehouse.read(METRICS).where(F.col("run_id") == run_id).drop("run_id").toPandas()
+    log.info(
+        "metrics at K=%d:\n%s", k, table.pivot(index="model", columns="metric", values="value")
+    )
+    results = {f"{r.model}.{r.metric}_at_{r.k}": r.value for r in table.itertuples()}
+    tracking.log_job_metrics(results, parent_too=True)
+    figure = plot_metrics(table, k)
+    tracking.log_figure(figure, "metrics_by_model.png")
+    plt.close(figure)
+    mlflow.log_text(table.to_csv(index=False), "metrics.csv")
+    return results
+
+
+if __name__ == "__main__":
+    job_main(NAME, run, sys.argv[1:])

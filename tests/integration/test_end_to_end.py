@@ -1,0 +1,165 @@
+"""The whole pipeline on a tiny sample: real Spark, the real bundled encoder, a real MLflow SQLite
+store. One run, many assertions on what it wrote."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
+
+from hybridrec.config import load_config
+from hybridrec.constants import MODELS
+from hybridrec.tables import Warehouse
+from hybridrec.tracking import RUN_ID_TAG, tracking_uri
+from pipelines.end_to_end import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+RUN_ID = "e2e-test-run"
+K = 5
+
+
+@pytest.fixture(scope="module")
+def e2e(spark, tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    cfg = load_config(
+        ["conf/local.yaml"],
+        [
+            f"run.work_dir={work}",
+            "source.sample.n_users=120",
+            "source.sample.n_items=60",
+            "source.sample.events_per_user=8",
+            "source.sample.bad_row_fraction=0.03",
+            "als.max_iter=5",
+            "als.rank=8",
+            "score.weight_grid_step=0.25",
+            f"score.k={K}",
+            f"evaluate.k={K}",
+        ],
+    )
+    results = run_pipeline(spark, cfg, RUN_ID)
+    return cfg, Warehouse.from_config(spark, cfg), results
+
+
+def test_every_input_row_is_kept_or_rejected(e2e):
+    _, warehouse, results = e2e
+    ingest = results["ingest"]
+    interactions = warehouse.read("interactions")
+    by_origin = dict(interactions.groupBy("origin").count().collect())
+    rejects = warehouse.read("rejects").where(F.col("run_id") == RUN_ID)
+    assert ingest["behaviour_rejected"] > 0, "the sample breaks some rows on purpose"
+    assert ingest["behaviour_in"] == (
+        by_origin["behaviour"] + by_origin["behaviour+review"] + ingest["behaviour_rejected"]
+    )
+    assert ingest["reviews_in"] == (
+        by_origin.get("review", 0) + by_origin["behaviour+review"] + ingest["reviews_rejected"]
+    )
+    assert rejects.count() == ingest["rejects"]
+    reasons = {r.reason for r in rejects.select("reason").distinct().collect()}
+    assert {"missing user_id", "invalid event_ts", "duplicate row"} <= reasons
+
+
+def test_split_is_leave_last_out(e2e):
+    _, warehouse, _ = e2e
+    interactions = warehouse.read("interactions")
+    per_user = interactions.groupBy("user_id").agg(
+        F.countDistinct(F.when(F.col("split") == "test", F.col("item_id"))).alias("test"),
+        F.countDistinct(F.when(F.col("split") == "validation", F.col("item_id"))).alias("val"),
+    )
+    assert per_user.where("test != 1 or val != 1").count() == 0
+    train_pairs = interactions.where("split = 'train'").select("user_id", "item_id")
+    held_out = interactions.where("split != 'train'").select("user_id", "item_id")
+    assert held_out.join(train_pairs, ["user_id", "item_id"]).count() == 0
+
+
+def test_embeddings_come_from_the_real_encoder(e2e):
+    _, warehouse, results = e2e
+    assert results["embed"]["texts_encoded"] > 100
+    users = warehouse.read("user_embeddings").toPandas()
+    items = warehouse.read("item_embeddings").toPandas()
+    assert len(users) == 120
+    assert items["id"].nunique() == 60
+    vectors = np.stack(items["embedding"].to_numpy())
+    assert vectors.shape[1] == 384
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert set(users["model_id"]) == {"sentence-transformers/all-MiniLM-L6-v2@256"}
+
+
+def test_als_factors_cover_train(e2e):
+    _, warehouse, results = e2e
+    train_users = warehouse.read("interactions").where("split = 'train'").select("user_id").distinct()
+    factors = warehouse.read("als_user_factors")
+    assert factors.count() == train_users.count() == results["als"]["user_factors"]
+    assert len(factors.first().factors) == 8
+
+
+def test_recommendations_are_top_k_unseen_items(e2e):
+    _, warehouse, _ = e2e
+    recs = warehouse.read("recommendations").where(F.col("run_id") == RUN_ID)
+    counts = recs.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("n"), F.countDistinct("item_id").alias("distinct")
+    )
+    assert counts.count() == 120
+    assert counts.where(f"n != {K} or distinct != {K}").count() == 0
+    train = warehouse.read("interactions").where("split = 'train'").select("user_id", "item_id")
+    assert recs.join(train, ["user_id", "item_id"]).count() == 0
+    rows = recs.toPandas()
+    # Scores fall with rank, and every row says why.
+    for _, user_rows in rows.sort_values("rank").groupby("user_id"):
+        assert (np.diff(user_rows["score"].to_numpy()) <= 1e-9).all()
+    assert rows["reason"].str.len().min() > 0
+
+
+def test_metrics_hold_all_four_models(e2e):
+    _, warehouse, results = e2e
+    metrics = warehouse.read("metrics").where(F.col("run_id") == RUN_ID).toPandas()
+    assert set(metrics["model"]) == set(MODELS)
+    expected = {"ndcg", "hr", "precision", "recall", "map", "coverage", "diversity", "novelty"}
+    for model in MODELS:
+        assert set(metrics.loc[metrics["model"] == model, "metric"]) == expected
+    ranking = metrics[metrics["metric"].isin(["ndcg", "hr", "precision", "recall", "map"])]
+    assert ranking["value"].between(0, 1).all()
+    # Popularity recommends (nearly) the same items to everyone: the least coverage.
+    coverage = metrics[metrics["metric"] == "coverage"].set_index("model")["value"]
+    assert coverage["popularity"] == coverage.min()
+    assert results["evaluate"][f"hybrid.ndcg_at_{K}"] == pytest.approx(
+        metrics.query("model == 'hybrid' and metric == 'ndcg'")["value"].item()
+    )
+
+
+def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
+    cfg, _, _ = e2e
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    assert tracking_uri(cfg).startswith("sqlite:///")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{RUN_ID_TAG}` = '{RUN_ID}' and tags.`mlflow.runName` = '{RUN_ID}'",
+    )
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["als.rank"] == "8"
+    assert parent.data.params["embed.max_length"] == "256"
+    assert 0 <= parent.data.metrics[f"hybrid.ndcg_at_{K}"] <= 1
+    assert "popularity.hr_at_5" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "metrics_by_model.png" in artifacts
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+    assert {c.data.tags["mlflow.runName"] for c in children} == {
+        "ingest", "embed", "als", "score", "evaluate"
+    }
+    als_run = next(c for c in children if c.data.tags["mlflow.runName"] == "als")
+    models = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"source_run_id = '{als_run.info.run_id}'",
+        output_format="list",
+    )
+    assert len(models) == 1
+    loaded = mlflow.spark.load_model(f"models:/{models[0].model_id}")
+    assert loaded.stages[0].rank == 8
