@@ -60,8 +60,12 @@ def index_ids(spark: SparkSession, ids: DataFrame, col: str) -> DataFrame:
     return spark.createDataFrame(rdd.map(lambda r: (r[0], int(r[1]))), schema)
 
 
-def build_als(cfg: Config) -> ALS:
+def build_als(cfg: Config, default_blocks: int) -> ALS:
+    # ALS's default of 10 blocks turns small data into many tiny tasks per iteration.
+    blocks = cfg.als.num_blocks or default_blocks
     return ALS(
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
         userCol=f"{USER_COL}_idx",
         itemCol=f"{ITEM_COL}_idx",
         ratingCol="preference",
@@ -89,4 +93,4 @@ def factor_table(factors: DataFrame, index: DataFrame, col: str) -> DataFrame:
 
 
 def fit(prefs: DataFrame, cfg: Config) -> ALSModel:
-    return build_als(cfg).fit(prefs)
+    return build_als(cfg, prefs.sparkSession.sparkContext.defaultParallelism).fit(prefs)

@@ -16,10 +16,17 @@ CONF_DIR_ENV = "HYBRIDREC_CONF_DIR"
 BASE_FILE = "base.yaml"
 
 # Sections whose keys are free-form (their values still have to be scalars of the right kind).
-OPEN_MAPS = {"spark.conf", "als.event_weights"}
+OPEN_MAPS = {
+    "spark.conf",
+    "als.event_weights",
+    "source.generic.options",
+    "source.generic.behaviour.columns",
+    "source.generic.reviews.columns",
+    "source.generic.items.columns",
+}
 
 CHOICES = {
-    "source.kind": {"sample", "amazon"},
+    "source.kind": {"sample", "amazon", "movielens", "generic"},
     "ingest.split": {"leave_last_out"},
     "embed.device": {"auto", "cpu", "cuda"},
     "als.cold_start_strategy": {"drop", "nan"},
@@ -104,7 +111,7 @@ def load_config(
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
         nested: dict[str, Any] = {}
         cursor = nested
-        parts = key.strip().split(".")
+        parts = _override_path(key.strip())
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
         cursor[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
@@ -116,6 +123,14 @@ def load_config(
             raise ConfigError(f"{key} = {value!r} is not one of {sorted(allowed)}")
     _check_values(resolved)
     return Config(resolved, tuple(sources))
+
+
+def _override_path(dotted: str) -> list[str]:
+    """Split a dotted key; inside an open map the rest is one key (``spark.conf.spark.x.y``)."""
+    for open_map in OPEN_MAPS:
+        if dotted.startswith(f"{open_map}.") and len(dotted) > len(open_map) + 1:
+            return [*open_map.split("."), dotted[len(open_map) + 1 :]]
+    return dotted.split(".")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -145,7 +160,11 @@ def _merge(target: dict, defaults: Any, update: Mapping, *, origin: str, prefix:
         if dotted in OPEN_MAPS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{dotted!r} in {origin} must be a mapping, got {value!r}")
-            target[key] = {**target.get(key, {}), **value}
+            checked = {
+                k: _coerce(f"{dotted}.{k}", None, v, origin, open_map=True)
+                for k, v in value.items()
+            }
+            target[key] = {**target.get(key, {}), **checked}
             continue
         target[key] = _coerce(dotted, default, value, origin, open_map)
 
@@ -155,8 +174,11 @@ def _coerce(dotted: str, default: Any, value: Any, origin: str, open_map: bool) 
         if isinstance(value, (Mapping, list)):
             raise ConfigError(f"{dotted!r} in {origin} must be a scalar, got {value!r}")
         return value
-    if default is None or value is None:
-        # A null default marks an optional scalar (a path, a size); null restores the default.
+    if value is None:
+        # null restores the default (which may itself be null: an optional path or size).
+        return copy.deepcopy(default)
+    if default is None:
+        # A null default marks an optional scalar.
         if isinstance(value, (Mapping, list)):
             raise ConfigError(f"{dotted!r} in {origin} must be a scalar, got {value!r}")
         return value
@@ -190,8 +212,19 @@ def _check_values(cfg: dict[str, Any]) -> None:
     step = cfg["score"]["weight_grid_step"]
     if not 0 < step <= 1:
         raise ConfigError(f"score.weight_grid_step must be in (0, 1], got {step}")
-    if cfg["source"]["kind"] == "amazon" and not cfg["source"]["amazon"]["reviews_path"]:
+    source = cfg["source"]
+    if source["kind"] == "amazon" and not source["amazon"]["reviews_path"]:
         raise ConfigError("source.kind is amazon but source.amazon.reviews_path is not set")
+    if source["kind"] == "movielens" and not source["movielens"]["path"]:
+        raise ConfigError("source.kind is movielens but source.movielens.path is not set")
+    generic = source["generic"]
+    if source["kind"] == "generic" and not (
+        generic["behaviour"]["path"] or generic["reviews"]["path"]
+    ):
+        raise ConfigError(
+            "source.kind is generic but neither source.generic.behaviour.path nor "
+            "source.generic.reviews.path is set"
+        )
 
 
 def _lookup(cfg: Mapping[str, Any], dotted: str) -> Any:

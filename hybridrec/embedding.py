@@ -114,7 +114,9 @@ def user_embeddings(
     """Weighted mean of the user's train review vectors; a user who wrote no train review gets the
     mean of the vectors of the items they interacted with in train (``n_texts`` = 0)."""
     from_reviews = weighted_mean_vectors(reviews.join(vectors, "text_hash"), USER_COL)
-    train_items = interactions.where(F.col(SPLIT_COL) == TRAIN).select(USER_COL, ITEM_COL)
+    train_items = (
+        interactions.where(F.col(SPLIT_COL) == TRAIN).select(USER_COL, ITEM_COL).distinct()
+    )
     silent = train_items.join(from_reviews.select(USER_COL), USER_COL, "left_anti")
     fallback = (
         silent.join(items.select(F.col("id").alias(ITEM_COL), EMBEDDING_COL), ITEM_COL)

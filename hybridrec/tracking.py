@@ -104,12 +104,17 @@ def log_figure(figure, name: str) -> None:
 
 
 def log_spark_model(model, name: str) -> None:
-    """Log a fitted Spark ML model. ``mlflow.spark`` wraps a bare model in a PipelineModel; the
-    temporary copy goes to a local folder so no DFS is needed in local mode."""
+    """Log a fitted Spark ML model. ``mlflow.spark`` wants a PipelineModel; the temporary copy
+    goes to a local folder so no DFS is needed in local mode."""
     import mlflow.spark
+    import pyspark
     from pyspark.ml import PipelineModel
 
     with tempfile.TemporaryDirectory(prefix="hybridrec-model-") as tmp:
         mlflow.spark.log_model(
-            PipelineModel(stages=[model]), artifact_path=name, dfs_tmpdir=Path(tmp).as_uri()
+            PipelineModel(stages=[model]),
+            artifact_path=name,
+            dfs_tmpdir=Path(tmp).as_uri(),
+            # Stated, not inferred: inference reloads the model in a subprocess (~40 s here).
+            pip_requirements=[f"pyspark=={pyspark.__version__}"],
         )

@@ -102,11 +102,14 @@ def normalise(scores: np.ndarray, valid: np.ndarray, method: str) -> np.ndarray:
 
 def normalised_parts(
     block: pd.DataFrame, catalog: ItemCatalog, candidates: np.ndarray, method: str
-) -> dict[str, np.ndarray]:
-    return {
-        part: normalise(scores, valid & candidates, method)
-        for part, (scores, valid) in raw_parts(block, catalog).items()
-    }
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per part, the normalised (users, items) scores and where the part is really defined
+    (elsewhere it holds the neutral fill)."""
+    normalised, defined = {}, {}
+    for part, (scores, valid) in raw_parts(block, catalog).items():
+        normalised[part] = normalise(scores, valid & candidates, method)
+        defined[part] = valid
+    return normalised, defined
 
 
 def fuse(parts: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
@@ -122,15 +125,8 @@ def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarra
     than k candidates. Ties go to the lower item index, so results are deterministic."""
     masked = np.where(candidates, scores, -np.inf)
     k = min(k, masked.shape[1])
-    # Negate and sort stably: equal scores keep catalog order.
-    part = (
-        np.argpartition(-masked, k - 1, axis=1)[:, :k]
-        if k < masked.shape[1]
-        else np.tile(np.arange(masked.shape[1]), (masked.shape[0], 1))
-    )
-    part_scores = np.take_along_axis(masked, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    best = np.take_along_axis(part, order, axis=1)
+    # A full stable sort: argpartition would break a tie at the k-th place arbitrarily.
+    best = np.argsort(-masked, axis=1, kind="stable")[:, :k]
     best_scores = np.take_along_axis(masked, best, axis=1)
     best[~np.isfinite(best_scores)] = -1
     return best, best_scores
@@ -166,14 +162,23 @@ def recommend_block(
 ) -> pd.DataFrame:
     """Top-k rows per (model, user) with the score, its normalised parts and a reason."""
     candidates = ~ragged_mask(block["seen"], len(catalog))
-    parts = normalised_parts(block, catalog, candidates, method)
+    parts, defined = normalised_parts(block, catalog, candidates, method)
     frames = []
     for model, weights in models.items():
         best, best_scores = top_k(fuse(parts, weights), candidates, k)
         rows, ranks = np.nonzero(best >= 0)
         items = best[rows, ranks]
+        # Only a part that is weighted and defined for this (user, item) can explain it.
         contributions = np.stack(
-            [np.float32(weights.get(p, 0.0)) * parts[p][rows, items] for p in PARTS], axis=1
+            [
+                np.where(
+                    defined[p][rows, items] & (weights.get(p, 0.0) > 0),
+                    np.float32(weights.get(p, 0.0)) * parts[p][rows, items],
+                    -np.inf,
+                )
+                for p in PARTS
+            ],
+            axis=1,
         )
         frames.append(
             pd.DataFrame(
@@ -205,6 +210,7 @@ def _reasons(
     similar recent train item."""
     dominant = contributions.argmax(axis=1)
     reasons = np.array(["liked by similar users", "", "popular"], dtype=object)[dominant]
+    reasons[np.isneginf(contributions.max(axis=1))] = "ranked by the remaining signals"
     is_text = dominant == 1
     if is_text.any():
         recent = block["seen"].map(lambda a: [] if a is None else list(a[:history]))
@@ -241,7 +247,7 @@ def tune_block(
     if block.empty:
         return pd.DataFrame({"combo": [], "user_id": [], "target_rank": []})
     candidates = ~ragged_mask(block["seen"], len(catalog))
-    parts = normalised_parts(block, catalog, candidates, method)
+    parts, _ = normalised_parts(block, catalog, candidates, method)
     target = block["target"].to_numpy().astype(np.int64)
     frames = [
         pd.DataFrame(

@@ -66,6 +66,14 @@ def read_raw(spark: SparkSession, cfg: Config) -> RawTables:
             reviews=frame_to_raw(spark, frames["reviews"], REVIEW_SCHEMA, "reviews:sample"),
             items=frame_to_raw(spark, frames["items"], ITEM_SCHEMA, "items:sample"),
         )
+    if cfg.source.kind == "movielens":
+        from hybridrec.sources import movielens
+
+        return movielens.read(spark, cfg.source.movielens.path)
+    if cfg.source.kind == "generic":
+        from hybridrec.sources import generic
+
+        return generic.read(spark, cfg)
     from hybridrec.sources import amazon
 
     return amazon.read(spark, cfg.source.amazon.reviews_path, cfg.source.amazon.meta_path)

@@ -89,7 +89,9 @@ def test_embeddings_come_from_the_real_encoder(e2e):
 
 def test_als_factors_cover_train(e2e):
     _, warehouse, results = e2e
-    train_users = warehouse.read("interactions").where("split = 'train'").select("user_id").distinct()
+    train_users = (
+        warehouse.read("interactions").where("split = 'train'").select("user_id").distinct()
+    )
     factors = warehouse.read("als_user_factors")
     assert factors.count() == train_users.count() == results["als"]["user_factors"]
     assert len(factors.first().factors) == 8
@@ -152,7 +154,11 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
     )
     assert {c.data.tags["mlflow.runName"] for c in children} == {
-        "ingest", "embed", "als", "score", "evaluate"
+        "ingest",
+        "embed",
+        "als",
+        "score",
+        "evaluate",
     }
     als_run = next(c for c in children if c.data.tags["mlflow.runName"] == "als")
     models = mlflow.search_logged_models(

@@ -1,4 +1,4 @@
-"""hybridrec.config: defaults, overlays in order, --set parsing, and errors that name the culprit."""
+"""hybridrec.config: defaults, overlays in order, --set parsing, errors naming the culprit."""
 
 from __future__ import annotations
 
@@ -231,9 +231,7 @@ def test_overlay_that_is_not_a_mapping_is_rejected(tmp_path):
 
 
 def test_spark_conf_accepts_arbitrary_keys(tmp_path):
-    overlay = _overlay(
-        tmp_path, "spark.yaml", "spark:\n  conf:\n    spark.executor.memory: 8g\n"
-    )
+    overlay = _overlay(tmp_path, "spark.yaml", "spark:\n  conf:\n    spark.executor.memory: 8g\n")
 
     cfg = load_config([overlay], ["spark.conf={spark.sql.adaptive.enabled: false}"])
 
@@ -249,47 +247,22 @@ def test_event_weights_accept_a_new_event_and_keep_the_others():
     assert cfg.als.event_weights.to_dict() == {"click": 1.0, "purchase": 3.0, "view": 0.5}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py:141-145: open-map values are merged unchecked (the scalar check in "
-    "_coerce is never reached), so a list lands in als.event_weights",
-)
 def test_open_map_value_must_be_a_scalar():
     with pytest.raises(ConfigError, match="als.event_weights.click"):
         load_config([], ["als.event_weights.click=[1, 2]"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py:141-145: --set spark.conf.spark.executor.memory=8g is accepted and "
-    "stores the nested mapping {'spark': {'executor': {'memory': '8g'}}} in spark.conf",
-)
 def test_dotted_set_into_spark_conf_never_leaves_a_nested_value():
-    try:
-        cfg = load_config([], ["spark.conf.spark.executor.memory=8g"])
-    except ConfigError:
-        return
+    cfg = load_config([], ["spark.conf.spark.executor.memory=8g"])
     assert cfg.spark.conf.to_dict() == {"spark.executor.memory": "8g"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py:148-152: a null value is stored as None although the comment says it "
-    "restores the default",
-)
 def test_null_override_restores_the_default():
     assert load_config([], ["spark.app_name=null"]).spark.app_name == "hybridrec"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="config.py:148-152 + 180: als.rank=null passes _coerce as None and the positive "
-    "check then fails with TypeError instead of a ConfigError naming the key",
-)
-def test_null_for_a_required_size_is_a_config_error():
-    with pytest.raises(ConfigError, match="als.rank"):
-        load_config([], ["als.rank=null"])
+def test_null_for_a_required_size_restores_its_default():
+    assert load_config([], ["als.rank=null"]).als.rank == 32
 
 
 def test_config_is_read_only_mapping():

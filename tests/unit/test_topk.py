@@ -129,11 +129,6 @@ def test_top_k_over_whole_catalog_breaks_ties_by_lower_index():
     np.testing.assert_array_equal(best, [[2, 0, 1, 3]])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="udfs/topk.py:119: argpartition picks an arbitrary member of a tie that straddles "
-    "the k-th place, so the lower index does not always win",
-)
 def test_top_k_tie_at_the_cut_goes_to_lower_index():
     scores = np.array([[0.0, 0.0, 1.0, 1.0]])
 
@@ -248,9 +243,7 @@ def test_ragged_mask_marks_listed_indices():
 
 def _catalog(*, e_has_text: bool = True) -> ItemCatalog:
     """Five items; text vectors are unit length, ALS factors have rank 2."""
-    text = np.array(
-        [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]], dtype=np.float32
-    )
+    text = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]], dtype=np.float32)
     has_text = np.array([True, True, True, True, e_has_text])
     if not e_has_text:
         text[4] = 0.0
@@ -323,7 +316,8 @@ def test_recommend_block_never_recommends_seen_items():
 
 def test_recommend_block_reasons_name_the_dominant_part():
     recs = _recommend(_catalog())
-    reasons = dict(zip(zip(recs["user_id"], recs["item_id"]), recs["reason"], strict=True))
+    keys = zip(recs["user_id"], recs["item_id"], strict=True)
+    reasons = dict(zip(keys, recs["reason"], strict=True))
 
     # d's text is nearest a (0.8 vs 0.6 to b); c's is nearest b (0.8 vs 0.6 to a).
     assert reasons[("cold", "d")] == "similar to a"
@@ -356,11 +350,6 @@ def test_recommend_block_one_frame_per_model():
     np.testing.assert_allclose(popular["score"], popular["pop_score"], rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="udfs/topk.py:197: the dominant part is the argmax over all parts, zero-weighted "
-    "ones included, so a popularity-only item whose pop part is <= 0 is 'liked by similar users'",
-)
 def test_single_signal_model_reason_names_that_signal():
     models = {"popularity": {"cf": 0.0, "text": 0.0, "pop": 1.0}}
 
@@ -381,12 +370,6 @@ def test_recommend_block_user_with_too_few_candidates_gets_fewer_rows():
     assert recs.loc[recs["user_id"] == "cold", "item_id"].tolist() == ["e"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="udfs/topk.py:197-219: an item without a text vector can still be text-dominated "
-    "(its text part is the row-mean fill) and is then said to be 'similar to' the first "
-    "history item, a similarity of 0",
-)
 def test_item_without_text_is_never_similar_to_a_seen_item():
     recs = _recommend(_catalog(e_has_text=False))
     e = recs[(recs["user_id"] == "cold") & (recs["item_id"] == "e")]
@@ -394,3 +377,22 @@ def test_item_without_text_is_never_similar_to_a_seen_item():
     # e's text part is the fill 0.5 (weighted 0.15), its pop part 1 (weighted 0.1).
     assert len(e) == 1
     assert not e["reason"].iloc[0].startswith("similar to")
+
+
+def test_text_reason_without_history_says_it_matches_reviews():
+    block = pd.DataFrame(
+        {
+            "user_id": ["new"],
+            "factors": [None],
+            "embedding": [np.array([1.0, 0.0])],
+            "seen": [None],
+        }
+    )
+
+    recs = recommend_block(
+        block, _catalog(), {"text": {"text": 1.0}}, k=2, method="minmax", reason_history=50
+    )
+
+    # text raw a 1, b 0, c .6, d .8, e -.6: the best two are a and d.
+    assert recs["item_id"].tolist() == ["a", "d"]
+    assert recs["reason"].tolist() == ["matches your reviews", "matches your reviews"]
