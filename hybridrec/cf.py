@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -13,20 +15,20 @@ from hybridrec.constants import (
     FACTORS_COL,
     ITEM_COL,
     RATING_COL,
-    SPLIT_COL,
-    TRAIN,
     USER_COL,
+    VALIDATION,
 )
+from hybridrec.folds import history
 
 
-def preferences(interactions: DataFrame, cfg: Config) -> DataFrame:
-    """One (user, item, preference) per train pair.
+def preferences(interactions: DataFrame, cfg: Config, fold: str = VALIDATION) -> DataFrame:
+    """One (user, item, preference) per pair of the fold's history.
 
     Implicit: the summed strength of the pair's events, a rating counting as its value and an
     event without one as its ``als.event_weights`` entry (1.0 if unlisted). Explicit: the mean of
     the pair's ratings; events without a rating carry no explicit signal and are left out.
     """
-    train = interactions.where(F.col(SPLIT_COL) == TRAIN)
+    train = history(interactions, fold)
     if cfg.als.implicit:
         weights = (
             F.create_map(
@@ -60,18 +62,21 @@ def index_ids(spark: SparkSession, ids: DataFrame, col: str) -> DataFrame:
     return spark.createDataFrame(rdd.map(lambda r: (r[0], int(r[1]))), schema)
 
 
-def build_als(cfg: Config, default_blocks: int) -> ALS:
+def build_als(cfg: Config, default_blocks: int, params: Mapping[str, float] | None = None) -> ALS:
+    """ALS from config; ``params`` (rank, reg_param, alpha) override it for a grid point."""
     # ALS's default of 10 blocks turns small data into many tiny tasks per iteration.
     blocks = cfg.als.num_blocks or default_blocks
+    chosen = {"rank": cfg.als.rank, "reg_param": cfg.als.reg_param, "alpha": cfg.als.alpha}
+    chosen.update(params or {})
     return ALS(
         numUserBlocks=blocks,
         numItemBlocks=blocks,
         userCol=f"{USER_COL}_idx",
         itemCol=f"{ITEM_COL}_idx",
         ratingCol="preference",
-        rank=cfg.als.rank,
-        regParam=cfg.als.reg_param,
-        alpha=cfg.als.alpha,
+        rank=int(chosen["rank"]),
+        regParam=float(chosen["reg_param"]),
+        alpha=float(chosen["alpha"]),
         maxIter=cfg.als.max_iter,
         implicitPrefs=cfg.als.implicit,
         nonnegative=cfg.als.nonnegative,
@@ -92,5 +97,16 @@ def factor_table(factors: DataFrame, index: DataFrame, col: str) -> DataFrame:
     )
 
 
-def fit(prefs: DataFrame, cfg: Config) -> ALSModel:
-    return build_als(cfg, prefs.sparkSession.sparkContext.defaultParallelism).fit(prefs)
+def fit(prefs: DataFrame, cfg: Config, params: Mapping[str, float] | None = None) -> ALSModel:
+    return build_als(cfg, prefs.sparkSession.sparkContext.defaultParallelism, params).fit(prefs)
+
+
+def param_grid(cfg: Config) -> list[dict[str, float]]:
+    """Every combination of ``als.grid`` values, in a fixed order."""
+    grid = cfg.als.grid
+    return [
+        {"rank": rank, "reg_param": reg, "alpha": alpha}
+        for rank in grid.rank
+        for reg in grid.reg_param
+        for alpha in (grid.alpha if cfg.als.implicit else [cfg.als.alpha])
+    ]

@@ -12,6 +12,12 @@ FACTORS_COL = "factors"
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
+# Every model is fitted twice. The ``validation`` fold is fitted on train and judged on
+# validation (hyper-parameters, fusion weights); the ``test`` fold is refitted on train and
+# validation with those choices, ranks for test, and is what gets served. Test never feeds a fit.
+FOLD_COL = "fold"
+FOLDS = {VALIDATION: (TRAIN,), TEST: (TRAIN, VALIDATION)}
+
 MODELS = ("hybrid", "als", "text", "popularity")
 # Fusion weights (cf, text, pop) that turn the hybrid kernel into each single-signal baseline.
 BASELINE_WEIGHTS = {

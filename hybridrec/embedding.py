@@ -1,5 +1,6 @@
 """Pure transforms of the embed stage: which texts to encode, and how text vectors become item
-and user vectors. Only train interactions are read here: held-out reviews never shape a vector."""
+and user vectors. Only a fold's history is read (``folds.history``): a review held out from a
+fold never shapes that fold's vectors."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from hybridrec.constants import (
     EMBEDDING_COL,
     ITEM_COL,
     RATING_COL,
-    SPLIT_COL,
     TEXT_COL,
-    TRAIN,
     TS_COL,
     USER_COL,
+    VALIDATION,
 )
+from hybridrec.folds import history
 
 SECONDS_PER_DAY = 86400.0
 
@@ -27,16 +28,16 @@ def text_hash(text: Column) -> Column:
     return F.sha2(text, 256)
 
 
-def review_documents(interactions: DataFrame, cfg: Config) -> DataFrame:
-    """Train reviews with the weight each gets in its user's vector.
+def review_documents(interactions: DataFrame, cfg: Config, fold: str = VALIDATION) -> DataFrame:
+    """The fold's history reviews with the weight each gets in its user's vector.
 
     Weight: rating scaled to (0, 1] (a missing rating counts as the scale's middle), halved every
-    ``recency_half_life_days`` before the user's latest train review when that is set.
+    ``recency_half_life_days`` before the user's latest review when that is set.
     """
     low, high = cfg.ingest.min_rating, cfg.ingest.max_rating
     weight = F.coalesce(F.col(RATING_COL), F.lit((low + high) / 2)) / F.lit(high)
-    reviews = interactions.where(
-        (F.col(SPLIT_COL) == TRAIN) & F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
+    reviews = history(interactions, fold).where(
+        F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
     )
     half_life = cfg.embed.recency_half_life_days
     if half_life:
@@ -110,13 +111,12 @@ def user_embeddings(
     interactions: DataFrame,
     items: DataFrame,
     model_id: str,
+    fold: str = VALIDATION,
 ) -> DataFrame:
-    """Weighted mean of the user's train review vectors; a user who wrote no train review gets the
-    mean of the vectors of the items they interacted with in train (``n_texts`` = 0)."""
+    """Weighted mean of the user's review vectors; a user who wrote no review in the fold's
+    history gets the mean of the vectors of the items they had there (``n_texts`` = 0)."""
     from_reviews = weighted_mean_vectors(reviews.join(vectors, "text_hash"), USER_COL)
-    train_items = (
-        interactions.where(F.col(SPLIT_COL) == TRAIN).select(USER_COL, ITEM_COL).distinct()
-    )
+    train_items = history(interactions, fold).select(USER_COL, ITEM_COL).distinct()
     silent = train_items.join(from_reviews.select(USER_COL), USER_COL, "left_anti")
     fallback = (
         silent.join(items.select(F.col("id").alias(ITEM_COL), EMBEDDING_COL), ITEM_COL)

@@ -1,7 +1,8 @@
 """Pure transforms of the evaluate stage: top-K ranking metrics in Spark SQL.
 
 Inputs are recommendations (model, user_id, rank, item_id) and the held-out truth (user_id,
-item_id). A user with held-out items but no recommendations from a model scores zero for it, so
+item_id); ``history`` is what the evaluated models were fitted on.
+A user with held-out items but no recommendations from a model scores zero for it, so
 a model cannot look better by staying silent.
 """
 
@@ -89,11 +90,11 @@ def intra_list_diversity(recs: DataFrame, item_vectors: DataFrame, k: int) -> Da
     return _long(per_user.groupBy("model").agg(F.avg("ild").alias("diversity")), ("diversity",), k)
 
 
-def novelty(recs: DataFrame, train: DataFrame, k: int) -> DataFrame:
-    """Mean self-information -log2(p) of recommended items, p = share of train users who have
+def novelty(recs: DataFrame, history: DataFrame, k: int) -> DataFrame:
+    """Mean self-information -log2(p) of recommended items, p = share of history users who have
     the item (add-one smoothed, so an item nobody had is the most novel, not infinite)."""
-    n_users = train.select(USER_COL).distinct().count()
-    item_users = train.groupBy(ITEM_COL).agg(F.countDistinct(USER_COL).alias("n"))
+    n_users = history.select(USER_COL).distinct().count()
+    item_users = history.groupBy(ITEM_COL).agg(F.countDistinct(USER_COL).alias("n"))
     p = (F.coalesce(F.col("n"), F.lit(0)) + 1) / F.lit(float(n_users + 1))
     scored = recs.where(F.col("rank") <= k).join(item_users, ITEM_COL, "left")
     return _long(scored.groupBy("model").agg(F.avg(-F.log2(p)).alias("novelty")), ("novelty",), k)
@@ -104,3 +105,31 @@ def _long(wide: DataFrame, metrics, k: int) -> DataFrame:
     return wide.selectExpr("model", f"stack({len(metrics)}, {stack}) as (metric, value)").select(
         "model", "metric", F.lit(k).alias("k"), "value"
     )
+
+
+def segment_truth(truth: DataFrame, history: DataFrame, fraction: float) -> dict[str, DataFrame]:
+    """The held-out truth of each segment.
+
+    ``sparse_users``: the ``fraction`` of truth users with the fewest history items.
+    ``tail_items``: truth rows whose item is among the ``fraction`` of catalog items with the
+    fewest history users. Both are where text has to carry what CF cannot. The orderings are
+    global windows: exact, and cheap next to everything else at one row per user or item.
+    """
+    user_items = history.groupBy(USER_COL).agg(F.countDistinct(ITEM_COL).alias("n"))
+    users = truth.select(USER_COL).distinct().join(user_items, USER_COL, "left").fillna(0, ["n"])
+    n_users = users.count()
+    sparse = users.withColumn("_r", F.row_number().over(Window.orderBy("n", USER_COL))).where(
+        F.col("_r") <= max(1, round(fraction * n_users))
+    )
+    items = truth.select(ITEM_COL).unionByName(history.select(ITEM_COL)).distinct()
+    item_users = history.groupBy(ITEM_COL).agg(F.countDistinct(USER_COL).alias("n"))
+    items = items.join(item_users, ITEM_COL, "left").fillna(0, ["n"])
+    n_items = items.count()
+    tail = items.withColumn("_r", F.row_number().over(Window.orderBy("n", ITEM_COL))).where(
+        F.col("_r") <= max(1, round(fraction * n_items))
+    )
+    return {
+        "all": truth,
+        "sparse_users": truth.join(sparse.select(USER_COL), USER_COL, "left_semi"),
+        "tail_items": truth.join(tail.select(ITEM_COL), ITEM_COL, "left_semi"),
+    }

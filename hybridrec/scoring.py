@@ -18,16 +18,17 @@ from hybridrec.constants import (
     ALS_USER_FACTORS,
     EMBEDDING_COL,
     FACTORS_COL,
+    FOLD_COL,
     INTERACTIONS,
     ITEM_COL,
     ITEM_EMBEDDINGS,
     ITEMS,
     SPLIT_COL,
-    TRAIN,
     TS_COL,
     USER_COL,
     USER_EMBEDDINGS,
 )
+from hybridrec.folds import history
 from hybridrec.tables import Warehouse
 from udfs import topk
 
@@ -55,53 +56,85 @@ TUNE_SCHEMA = T.StructType(
 )
 
 
-def popularity(interactions: DataFrame) -> DataFrame:
-    """log1p of the number of distinct train users per item: train only, so nothing leaks."""
-    train = interactions.where(F.col(SPLIT_COL) == TRAIN)
-    return train.groupBy(ITEM_COL).agg(F.log1p(F.countDistinct(USER_COL)).alias("popularity"))
-
-
-def load_catalog(warehouse: Warehouse, cfg: Config) -> topk.ItemCatalog:
-    """Collect the candidate items (they grow with the catalog, never with users) into arrays.
-
-    ``score.catalog: interacted`` ranks the items that have any interaction (an item seen only in
-    validation or test is a cold item, ranked by its text); ``all`` adds metadata-only items.
-    """
-    interactions = warehouse.read(INTERACTIONS)
-    items = warehouse.read(ITEMS).select(ITEM_COL)
-    if cfg.score.catalog == "interacted":
-        items = items.join(interactions.select(ITEM_COL).distinct(), ITEM_COL)
-    factors = warehouse.read(ALS_ITEM_FACTORS)
-    text = warehouse.read(ITEM_EMBEDDINGS).select(F.col("id").alias(ITEM_COL), EMBEDDING_COL)
-    pop = popularity(interactions)
-    rows = (
-        items.join(factors, ITEM_COL, "left")
-        .join(text, ITEM_COL, "left")
-        .join(pop, ITEM_COL, "left")
-        .orderBy(ITEM_COL)
-        .toPandas()
+def popularity(interactions: DataFrame, fold: str) -> DataFrame:
+    """log1p of the number of distinct users per item in the fold's history."""
+    return (
+        history(interactions, fold)
+        .groupBy(ITEM_COL)
+        .agg(F.log1p(F.countDistinct(USER_COL)).alias("popularity"))
     )
-    rank = _first_length(rows[FACTORS_COL])
-    dim = _first_length(rows[EMBEDDING_COL])
-    cf, has_cf = topk.stack_vectors(rows[FACTORS_COL], rank)
-    emb, has_text = topk.stack_vectors(rows[EMBEDDING_COL], dim)
-    catalog = topk.ItemCatalog(
-        ids=rows[ITEM_COL].to_numpy().astype(str),
+
+
+def catalog_items(interactions: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
+    """The candidate items. ``score.catalog: interacted`` keeps items with any interaction (an
+    item seen only in a held-out split is a cold item, ranked by its text); ``all`` adds
+    metadata-only items."""
+    ids = items.select(ITEM_COL)
+    if cfg.score.catalog == "interacted":
+        ids = ids.join(interactions.select(ITEM_COL).distinct(), ITEM_COL)
+    return ids
+
+
+def build_catalog(
+    items: DataFrame,
+    item_factors: DataFrame | None,
+    item_vectors: DataFrame | None,
+    pop: DataFrame,
+) -> topk.ItemCatalog:
+    """Collect the candidates (they grow with the catalog, never with users) into arrays.
+
+    Args:
+        items: item_id of every candidate.
+        item_factors: item_id, factors (ALS); None for a catalog without CF.
+        item_vectors: item_id, embedding; None for a catalog without text.
+        pop: item_id, popularity.
+    """
+    rows = items.join(pop, ITEM_COL, "left")
+    if item_factors is not None:
+        rows = rows.join(item_factors.select(ITEM_COL, FACTORS_COL), ITEM_COL, "left")
+    if item_vectors is not None:
+        rows = rows.join(item_vectors.select(ITEM_COL, EMBEDDING_COL), ITEM_COL, "left")
+    frame = rows.orderBy(ITEM_COL).toPandas()
+    for column in (FACTORS_COL, EMBEDDING_COL):
+        if column not in frame:
+            frame[column] = None
+    rank = _first_length(frame[FACTORS_COL])
+    dim = _first_length(frame[EMBEDDING_COL])
+    cf, has_cf = topk.stack_vectors(frame[FACTORS_COL], rank)
+    emb, has_text = topk.stack_vectors(frame[EMBEDDING_COL], dim)
+    return topk.ItemCatalog(
+        ids=frame[ITEM_COL].to_numpy().astype(str),
         cf=cf,
         has_cf=has_cf,
         text=emb,
         has_text=has_text,
-        pop=rows["popularity"].fillna(0.0).to_numpy(np.float32),
+        pop=frame["popularity"].fillna(0.0).to_numpy(np.float32),
+    )
+
+
+def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> topk.ItemCatalog:
+    """The catalog of ``fold`` from the written factor and embedding tables."""
+    interactions = warehouse.read(INTERACTIONS)
+    catalog = build_catalog(
+        catalog_items(interactions, warehouse.read(ITEMS), cfg),
+        of_fold(warehouse.read(ALS_ITEM_FACTORS), fold),
+        of_fold(warehouse.read(ITEM_EMBEDDINGS), fold).withColumnRenamed("id", ITEM_COL),
+        popularity(interactions, fold),
     )
     log.info(
-        "catalog: %d items, %d with ALS factors (rank %d), %d with text vectors (dim %d)",
+        "catalog (%s fold): %d items, %d with ALS factors (rank %d), %d with text (dim %d)",
+        fold,
         len(catalog),
-        has_cf.sum(),
-        rank,
-        has_text.sum(),
-        dim,
+        catalog.has_cf.sum(),
+        catalog.cf.shape[1],
+        catalog.has_text.sum(),
+        catalog.text.shape[1],
     )
     return catalog
+
+
+def of_fold(df: DataFrame, fold: str) -> DataFrame:
+    return df.where(F.col(FOLD_COL) == fold).drop(FOLD_COL)
 
 
 def _first_length(column) -> int:
@@ -109,37 +142,41 @@ def _first_length(column) -> int:
     return len(present.iloc[0]) if len(present) else 1
 
 
-def user_frame(
+def build_user_frame(
     spark: SparkSession,
-    warehouse: Warehouse,
+    interactions: DataFrame,
     catalog: topk.ItemCatalog,
+    fold: str,
+    user_factors: DataFrame | None,
+    user_vectors: DataFrame | None,
     *,
-    target_split: str | None = None,
+    with_target: bool = False,
 ) -> DataFrame:
-    """One row per user to score: ALS factors, text vector, train items as catalog indices
-    (newest first) and, for tuning, the index of the user's item in ``target_split``."""
-    interactions = warehouse.read(INTERACTIONS)
+    """One row per user to score: ALS factors, text vector, the fold's history items as catalog
+    indices (newest first) and, ``with_target``, the index of the user's held-out item of
+    ``fold`` (only users that have one are kept)."""
     index = spark.createDataFrame(
         [(str(item), i) for i, item in enumerate(catalog.ids)], [ITEM_COL, "idx"]
     )
-    train = interactions.where(F.col(SPLIT_COL) == TRAIN)
-    seen = (
-        train.groupBy(USER_COL, ITEM_COL)
+    users = (
+        history(interactions, fold)
+        .groupBy(USER_COL, ITEM_COL)
         .agg(F.max(TS_COL).alias("_last"))
         .join(index, ITEM_COL)
         .groupBy(USER_COL)
         .agg(F.sort_array(F.collect_list(F.struct("_last", "idx")), asc=False).alias("_seen"))
         .select(USER_COL, F.col("_seen.idx").alias("seen"))
     )
-    users = seen.join(warehouse.read(ALS_USER_FACTORS), USER_COL, "full_outer").join(
-        warehouse.read(USER_EMBEDDINGS).select(F.col("id").alias(USER_COL), EMBEDDING_COL),
-        USER_COL,
-        "full_outer",
-    )
-    if target_split is None:
+    vector_type = T.ArrayType(T.FloatType())
+    for table, column in ((user_factors, FACTORS_COL), (user_vectors, EMBEDDING_COL)):
+        if table is None:
+            users = users.withColumn(column, F.lit(None).cast(vector_type))
+        else:
+            users = users.join(table.select(USER_COL, column), USER_COL, "full_outer")
+    if not with_target:
         return users.withColumn("target", F.lit(None).cast("int"))
     targets = (
-        interactions.where(F.col(SPLIT_COL) == target_split)
+        interactions.where(F.col(SPLIT_COL) == fold)
         .select(USER_COL, ITEM_COL)
         .distinct()
         .join(index, ITEM_COL)
@@ -147,6 +184,25 @@ def user_frame(
         .agg(F.min("idx").alias("target"))
     )
     return users.join(targets, USER_COL, "inner")
+
+
+def load_user_frame(
+    spark: SparkSession,
+    warehouse: Warehouse,
+    catalog: topk.ItemCatalog,
+    fold: str,
+    *,
+    with_target: bool = False,
+) -> DataFrame:
+    return build_user_frame(
+        spark,
+        warehouse.read(INTERACTIONS),
+        catalog,
+        fold,
+        of_fold(warehouse.read(ALS_USER_FACTORS), fold),
+        of_fold(warehouse.read(USER_EMBEDDINGS), fold).withColumnRenamed("id", USER_COL),
+        with_target=with_target,
+    )
 
 
 def _blocks(users: DataFrame, cfg: Config) -> DataFrame:

@@ -79,12 +79,18 @@ def job_run(cfg: Config, run_id: str, job: str) -> Iterator[mlflow.ActiveRun]:
     MlflowClient().set_terminated(parent, "FINISHED")
 
 
+def _parent_of_active_run() -> str | None:
+    # The ActiveRun object holds the run as it was at start; ask the store for its tags.
+    run = MlflowClient().get_run(mlflow.active_run().info.run_id)
+    return run.data.tags.get("mlflow.parentRunId")
+
+
 def log_job_metrics(metrics: Mapping[str, float], *, parent_too: bool = False) -> None:
     """Log numeric results of the active job run (and, for headline numbers, of its parent)."""
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     mlflow.log_metrics(numeric)
     if parent_too:
-        parent_id = mlflow.active_run().data.tags.get("mlflow.parentRunId")
+        parent_id = _parent_of_active_run()
         if parent_id:
             MlflowClient().log_batch(
                 parent_id,
@@ -98,7 +104,7 @@ def log_job_metrics(metrics: Mapping[str, float], *, parent_too: bool = False) -
 def log_figure(figure, name: str) -> None:
     """On the job run and on its parent, where a reader of the pipeline run looks first."""
     mlflow.log_figure(figure, name)
-    parent_id = mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    parent_id = _parent_of_active_run()
     if parent_id:
         MlflowClient().log_figure(parent_id, figure, name)
 

@@ -1,7 +1,11 @@
-"""als: train interactions -> als_user_factors, als_item_factors, and the ALS model in MLflow.
+"""als: interactions -> als_user_factors, als_item_factors (per fold), and the ALS model in MLflow.
 
-spark-submit jobs/als.py --conf conf/local.yaml [--set als.rank=64 --set als.implicit=false]
-python -m jobs.als --conf conf/local.yaml
+    spark-submit jobs/als.py --conf conf/local.yaml [--set als.rank=64 --set als.implicit=false]
+    python -m jobs.als --conf conf/local.yaml
+
+With ``als.tune_on_validation`` every point of ``als.grid`` is fitted on train and ranked on
+validation (each a nested MLflow run); the best is refitted on train and validation for the
+test fold. Without it, the configured rank, reg_param and alpha are used for both folds.
 """
 
 from __future__ import annotations
@@ -9,12 +13,28 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
+from functools import reduce
 
-from pyspark.sql import SparkSession
+import mlflow
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from hybridrec import cf, tracking
+from hybridrec import cf, scoring, tracking
 from hybridrec.config import Config
-from hybridrec.constants import ALS_ITEM_FACTORS, ALS_USER_FACTORS, INTERACTIONS, ITEM_COL, USER_COL
+from hybridrec.constants import (
+    ALS_ITEM_FACTORS,
+    ALS_USER_FACTORS,
+    BASELINE_WEIGHTS,
+    FOLD_COL,
+    INTERACTIONS,
+    ITEM_COL,
+    ITEMS,
+    TEST,
+    USER_COL,
+    VALIDATION,
+)
 from hybridrec.runner import job_main
 from hybridrec.tables import Warehouse
 
@@ -22,33 +42,111 @@ NAME = "als"
 log = logging.getLogger(__name__)
 
 
-def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
-    warehouse = Warehouse.from_config(spark, cfg)
-    prefs = cf.preferences(warehouse.read(INTERACTIONS), cfg).cache()
+@dataclass
+class FoldData:
+    preferences: DataFrame
+    users: DataFrame
+    items: DataFrame
+
+
+def prepare(spark: SparkSession, interactions: DataFrame, cfg: Config, fold: str) -> FoldData:
+    prefs = cf.preferences(interactions, cfg, fold)
     users = cf.index_ids(spark, prefs, USER_COL).cache()
     items = cf.index_ids(spark, prefs, ITEM_COL).cache()
     indexed = cf.indexed_preferences(prefs, users, items).cache()
-    n_prefs = indexed.count()
-    started = time.perf_counter()
-    model = cf.fit(indexed, cfg)
-    fit_seconds = time.perf_counter() - started
-    log.info(
-        "ALS fitted on %d pairs (rank %d, %s) in %.1fs",
-        n_prefs,
-        cfg.als.rank,
-        "implicit" if cfg.als.implicit else "explicit",
-        fit_seconds,
+    log.info("%s fold: %d preference pairs", fold, indexed.count())
+    return FoldData(indexed, users, items)
+
+
+def factors(model: ALSModel, data: FoldData, fold: str) -> tuple[DataFrame, DataFrame]:
+    return (
+        cf.factor_table(model.userFactors, data.users, USER_COL).withColumn(FOLD_COL, F.lit(fold)),
+        cf.factor_table(model.itemFactors, data.items, ITEM_COL).withColumn(FOLD_COL, F.lit(fold)),
     )
-    n_users = warehouse.write(cf.factor_table(model.userFactors, users, USER_COL), ALS_USER_FACTORS)
-    n_items = warehouse.write(cf.factor_table(model.itemFactors, items, ITEM_COL), ALS_ITEM_FACTORS)
+
+
+def validation_scores(
+    spark: SparkSession,
+    model: ALSModel,
+    data: FoldData,
+    interactions: DataFrame,
+    items: DataFrame,
+    cfg: Config,
+) -> dict[str, float]:
+    """NDCG@K and HR@K of ALS alone on the validation split, ranking every unseen item."""
+    user_factors, item_factors = factors(model, data, VALIDATION)
+    catalog = scoring.build_catalog(
+        scoring.catalog_items(interactions, items, cfg),
+        item_factors,
+        None,
+        scoring.popularity(interactions, VALIDATION),
+    )
+    users = scoring.build_user_frame(
+        spark, interactions, catalog, VALIDATION, user_factors, None, with_target=True
+    )
+    row = scoring.tune(users, catalog, [BASELINE_WEIGHTS["als"]], cfg).first()
+    return {"validation_ndcg": row["ndcg"], "validation_hr": row["hr"]}
+
+
+def search(
+    spark: SparkSession, data: FoldData, interactions: DataFrame, items: DataFrame, cfg: Config
+) -> tuple[dict[str, float], ALSModel, dict[str, float]]:
+    """Fit every grid point on train, keep the best by validation NDCG (ties: the earlier)."""
+    best: tuple[float, dict, ALSModel, dict] | None = None
+    for params in cf.param_grid(cfg):
+        name = "als " + " ".join(f"{k}={v}" for k, v in params.items())
+        with mlflow.start_run(run_name=name, nested=True):
+            started = time.perf_counter()
+            model = cf.fit(data.preferences, cfg, params)
+            scores = validation_scores(spark, model, data, interactions, items, cfg)
+            mlflow.log_params(params)
+            mlflow.log_metrics({**scores, "fit_seconds": time.perf_counter() - started})
+        log.info("%s: validation ndcg@%d=%.4f", name, cfg.score.k, scores["validation_ndcg"])
+        if best is None or scores["validation_ndcg"] > best[0]:
+            best = (scores["validation_ndcg"], params, model, scores)
+    _, params, model, scores = best
+    log.info("ALS grid: picked %s (validation ndcg %.4f)", params, scores["validation_ndcg"])
+    return params, model, scores
+
+
+def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
+    warehouse = Warehouse.from_config(spark, cfg)
+    interactions = warehouse.read(INTERACTIONS).cache()
+    items = warehouse.read(ITEMS)
+    results: dict[str, float] = {}
+    validation_data = prepare(spark, interactions, cfg, VALIDATION)
+    if cfg.als.tune_on_validation:
+        params, validation_model, scores = search(spark, validation_data, interactions, items, cfg)
+        results.update(scores)
+    else:
+        params = {"rank": cfg.als.rank, "reg_param": cfg.als.reg_param, "alpha": cfg.als.alpha}
+        validation_model = cf.fit(validation_data.preferences, cfg)
+    mlflow.log_params({f"chosen.{k}": v for k, v in params.items()})
+
+    test_data = prepare(spark, interactions, cfg, TEST)
+    started = time.perf_counter()
+    test_model = cf.fit(test_data.preferences, cfg, params)
+    results["fit_seconds"] = time.perf_counter() - started
+    log.info("ALS %s refitted on train+validation in %.1fs", params, results["fit_seconds"])
+
+    fold_factors = [
+        factors(validation_model, validation_data, VALIDATION),
+        factors(test_model, test_data, TEST),
+    ]
+    results["user_factors"] = warehouse.write(
+        reduce(DataFrame.unionByName, [u for u, _ in fold_factors]),
+        ALS_USER_FACTORS,
+        partition_by=[FOLD_COL],
+    )
+    results["item_factors"] = warehouse.write(
+        reduce(DataFrame.unionByName, [i for _, i in fold_factors]),
+        ALS_ITEM_FACTORS,
+        partition_by=[FOLD_COL],
+    )
     if cfg.mlflow.log_model:
-        tracking.log_spark_model(model, "als_model")
-    return {
-        "train_pairs": n_prefs,
-        "fit_seconds": fit_seconds,
-        "user_factors": n_users,
-        "item_factors": n_items,
-    }
+        tracking.log_spark_model(test_model, "als_model")
+    results.update({f"chosen_{k}": float(v) for k, v in params.items()})
+    return results
 
 
 if __name__ == "__main__":

@@ -12,17 +12,21 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from functools import reduce
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from hybridrec import embedding
 from hybridrec.config import Config
 from hybridrec.constants import (
     EMBEDDING_COL,
+    FOLD_COL,
+    FOLDS,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
     ITEMS,
+    TEST,
     TEXT_EMBEDDINGS,
     USER_EMBEDDINGS,
 )
@@ -42,10 +46,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     )
     interactions = warehouse.read(INTERACTIONS)
     items = warehouse.read(ITEMS)
-    reviews = embedding.review_documents(interactions, cfg).cache()
+    reviews = {fold: embedding.review_documents(interactions, cfg, fold).cache() for fold in FOLDS}
     item_docs = embedding.item_documents(items).cache()
-    documents = reviews.select("text_hash", "text").unionByName(
-        item_docs.select("text_hash", "text")
+    # The test fold's history holds every review either fold uses: encode each text once.
+    documents = (
+        reviews[TEST].select("text_hash", "text").unionByName(item_docs.select("text_hash", "text"))
     )
 
     cache = warehouse.read(TEXT_EMBEDDINGS) if warehouse.exists(TEXT_EMBEDDINGS) else None
@@ -85,15 +90,32 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         .dropDuplicates(["text_hash"])
         .select("text_hash", EMBEDDING_COL)
     )
-    n_items = warehouse.write(
-        embedding.item_embeddings(reviews, item_docs, vectors, cfg, model_id), ITEM_EMBEDDINGS
+    item_vectors = reduce(
+        DataFrame.unionByName,
+        [
+            embedding.item_embeddings(reviews[fold], item_docs, vectors, cfg, model_id).withColumn(
+                FOLD_COL, F.lit(fold)
+            )
+            for fold in FOLDS
+        ],
     )
-    n_users = warehouse.write(
-        embedding.user_embeddings(
-            reviews, vectors, interactions, warehouse.read(ITEM_EMBEDDINGS), model_id
-        ),
-        USER_EMBEDDINGS,
+    n_items = warehouse.write(item_vectors, ITEM_EMBEDDINGS, partition_by=[FOLD_COL])
+    item_vectors = warehouse.read(ITEM_EMBEDDINGS)
+    user_vectors = reduce(
+        DataFrame.unionByName,
+        [
+            embedding.user_embeddings(
+                reviews[fold],
+                vectors,
+                interactions,
+                item_vectors.where(F.col(FOLD_COL) == fold).drop(FOLD_COL),
+                model_id,
+                fold,
+            ).withColumn(FOLD_COL, F.lit(fold))
+            for fold in FOLDS
+        ],
     )
+    n_users = warehouse.write(user_vectors, USER_EMBEDDINGS, partition_by=[FOLD_COL])
     return {
         "texts_encoded": n_todo,
         "texts_per_second": n_todo / encode_seconds if encode_seconds else 0.0,

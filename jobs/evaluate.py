@@ -34,8 +34,8 @@ from hybridrec.constants import (  # noqa: E402
     RECOMMENDATIONS,
     SPLIT_COL,
     TEST,
-    TRAIN,
 )
+from hybridrec.folds import history  # noqa: E402
 from hybridrec.runner import job_main  # noqa: E402
 from hybridrec.tables import Warehouse  # noqa: E402
 
@@ -53,15 +53,28 @@ def hybrid_recommendations(warehouse: Warehouse, run_id: str) -> DataFrame:
 
 
 def metrics_table(
-    recs: DataFrame, interactions: DataFrame, item_vectors: DataFrame, n_items: int, k: int
+    recs: DataFrame,
+    interactions: DataFrame,
+    item_vectors: DataFrame,
+    n_items: int,
+    k: int,
+    segment_fraction: float,
 ) -> DataFrame:
+    """Every metric of every model, overall and per segment (ranking metrics only)."""
     truth = interactions.where(F.col(SPLIT_COL) == TEST)
-    train = interactions.where(F.col(SPLIT_COL) == TRAIN)
+    seen = history(interactions, TEST)
+    segments = evaluation.segment_truth(truth, seen, segment_fraction)
     parts = [
-        evaluation.ranking_metrics(recs, truth, k),
-        evaluation.catalog_coverage(recs, n_items, k),
-        evaluation.intra_list_diversity(recs, item_vectors, k),
-        evaluation.novelty(recs, train, k),
+        evaluation.ranking_metrics(recs, rows, k).withColumn("segment", F.lit(name))
+        for name, rows in segments.items()
+    ]
+    parts += [
+        part.withColumn("segment", F.lit("all"))
+        for part in (
+            evaluation.catalog_coverage(recs, n_items, k),
+            evaluation.intra_list_diversity(recs, item_vectors, k),
+            evaluation.novelty(recs, seen, k),
+        )
     ]
     return reduce(DataFrame.unionByName, parts)
 
@@ -83,8 +96,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg)
     k = cfg.evaluate.k
     hybrid = hybrid_recommendations(warehouse, run_id)
-    catalog = scoring.load_catalog(warehouse, cfg)
-    users = scoring.user_frame(spark, warehouse, catalog)
+    catalog = scoring.load_catalog(warehouse, cfg, TEST)
+    users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
     baselines = scoring.recommend(users, catalog, BASELINE_WEIGHTS, cfg)
     warehouse.write(
         baselines.withColumn("run_id", F.lit(run_id)),
@@ -95,16 +108,23 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         warehouse.read(BASELINE_RECOMMENDATIONS).where(F.col("run_id") == run_id)
     ).select("model", "user_id", "rank", "item_id")
     metrics = metrics_table(
-        recs, warehouse.read(INTERACTIONS), warehouse.read(ITEM_EMBEDDINGS), len(catalog), k
+        recs,
+        warehouse.read(INTERACTIONS),
+        scoring.of_fold(warehouse.read(ITEM_EMBEDDINGS), TEST),
+        len(catalog),
+        k,
+        cfg.evaluate.segment_fraction,
     )
     warehouse.write(metrics.withColumn("run_id", F.lit(run_id)), METRICS, partition_by=["run_id"])
     table = warehouse.read(METRICS).where(F.col("run_id") == run_id).drop("run_id").toPandas()
-    log.info(
-        "metrics at K=%d:\n%s", k, table.pivot(index="model", columns="metric", values="value")
-    )
-    results = {f"{r.model}.{r.metric}_at_{r.k}": r.value for r in table.itertuples()}
+    wide = table.pivot_table(index=["segment", "model"], columns="metric", values="value")
+    log.info("metrics at K=%d:\n%s", k, wide.to_string(float_format="%.4f"))
+    results = {
+        f"{r.model}.{'' if r.segment == 'all' else r.segment + '.'}{r.metric}_at_{r.k}": r.value
+        for r in table.itertuples()
+    }
     tracking.log_job_metrics(results, parent_too=True)
-    figure = plot_metrics(table, k)
+    figure = plot_metrics(table[table["segment"] == "all"], k)
     tracking.log_figure(figure, "metrics_by_model.png")
     plt.close(figure)
     mlflow.log_text(table.to_csv(index=False), "metrics.csv")

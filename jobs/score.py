@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from hybridrec import scoring
 from hybridrec.config import Config
-from hybridrec.constants import RECOMMENDATIONS, VALIDATION
+from hybridrec.constants import RECOMMENDATIONS, TEST, VALIDATION
 from hybridrec.runner import job_main
 from hybridrec.tables import Warehouse
 from udfs.topk import weight_grid
@@ -28,13 +28,15 @@ log = logging.getLogger(__name__)
 
 
 def choose_weights(
-    spark: SparkSession, warehouse: Warehouse, catalog, cfg: Config
+    spark: SparkSession, warehouse: Warehouse, cfg: Config
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """The fusion weights, and how they were chosen (validation NDCG/HR of the pick)."""
+    """The fusion weights, and how they were chosen (validation NDCG/HR of the pick): scored
+    with the validation fold's models, which never saw the validation split."""
     configured = dict(cfg.score.weights)
     if not cfg.score.tune_on_validation:
         return configured, {}
-    users = scoring.user_frame(spark, warehouse, catalog, target_split=VALIDATION)
+    catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
+    users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
     grid = weight_grid(cfg.score.weight_grid_step)
     results = scoring.tune(users, catalog, grid, cfg).toPandas()
     if results.empty:
@@ -66,10 +68,11 @@ def choose_weights(
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg)
-    catalog = scoring.load_catalog(warehouse, cfg)
-    weights, tuning = choose_weights(spark, warehouse, catalog, cfg)
+    weights, tuning = choose_weights(spark, warehouse, cfg)
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})
-    users = scoring.user_frame(spark, warehouse, catalog)
+    # Served recommendations come from the test fold: models refitted on train and validation.
+    catalog = scoring.load_catalog(warehouse, cfg, TEST)
+    users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
     recs = scoring.recommend(users, catalog, {"hybrid": weights}, cfg).drop("model")
     n = warehouse.write(
         recs.withColumn("run_id", F.lit(run_id)), RECOMMENDATIONS, partition_by=["run_id"]

@@ -9,6 +9,7 @@ hurts and the other parts decide: a cold user is ranked by text and popularity a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,7 +77,9 @@ def normalise(scores: np.ndarray, valid: np.ndarray, method: str) -> np.ndarray:
     """Per row, scale the valid entries (zscore, minmax or rank); invalid entries get the row's
     mean normalised value, i.e. no preference either way."""
     x = np.where(valid, scores, np.nan).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # A row with no valid entry (a cold user's CF) is expected: its fill is 0 below.
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         if method == "zscore":
             mean = np.nanmean(x, axis=1, keepdims=True)
             std = np.nanstd(x, axis=1, keepdims=True)
