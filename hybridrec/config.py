@@ -209,6 +209,8 @@ def _check_values(cfg: dict[str, Any]) -> None:
     weights = cfg["score"]["weights"]
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ConfigError(f"score.weights must be non-negative with a positive sum, got {weights}")
+    if cfg["score"]["recent_half_life"] <= 0:
+        raise ConfigError("score.recent_half_life must be positive")
     step = cfg["score"]["weight_grid_step"]
     if not 0 < step <= 1:
         raise ConfigError(f"score.weight_grid_step must be in (0, 1], got {step}")

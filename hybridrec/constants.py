@@ -19,12 +19,14 @@ FOLD_COL = "fold"
 FOLDS = {VALIDATION: (TRAIN,), TEST: (TRAIN, VALIDATION)}
 
 MODELS = ("hybrid", "als", "text", "popularity")
-# Fusion weights (cf, text, pop) that turn the hybrid kernel into each single-signal baseline.
+# Fusion weights that turn the hybrid kernel into each single-signal baseline. The text
+# baseline's mix of its two text parts is re-picked on validation when the hybrid's weights are.
 BASELINE_WEIGHTS = {
-    "als": {"cf": 1.0, "text": 0.0, "pop": 0.0},
-    "text": {"cf": 0.0, "text": 1.0, "pop": 0.0},
-    "popularity": {"cf": 0.0, "text": 0.0, "pop": 1.0},
+    "als": {"cf": 1.0, "text": 0.0, "recent": 0.0, "pop": 0.0},
+    "text": {"cf": 0.0, "text": 0.5, "recent": 0.5, "pop": 0.0},
+    "popularity": {"cf": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0},
 }
+TEXT_PARTS = ("text", "recent")
 
 INTERACTIONS = "interactions"
 ITEMS = "items"
@@ -37,3 +39,4 @@ ALS_ITEM_FACTORS = "als_item_factors"
 RECOMMENDATIONS = "recommendations"
 BASELINE_RECOMMENDATIONS = "baseline_recommendations"
 METRICS = "metrics"
+FUSION_WEIGHTS = "fusion_weights"

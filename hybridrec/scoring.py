@@ -43,6 +43,7 @@ RECOMMENDATION_SCHEMA = T.StructType(
         T.StructField("score", T.DoubleType()),
         T.StructField("cf_score", T.DoubleType()),
         T.StructField("text_score", T.DoubleType()),
+        T.StructField("recent_score", T.DoubleType()),
         T.StructField("pop_score", T.DoubleType()),
         T.StructField("reason", T.StringType()),
     ]
@@ -219,7 +220,8 @@ def recommend(
     """Top-K rows per user for each named weight set (``model``)."""
     spark = users.sparkSession
     shared = spark.sparkContext.broadcast(catalog)
-    k, method, history = cfg.score.k, cfg.score.normalisation, cfg.score.reason_history
+    k, method, history = cfg.score.k, cfg.score.normalisation, cfg.score.history_items
+    half_life = cfg.score.recent_half_life
     models = {name: dict(weights) for name, weights in models.items()}
     block_rows = cfg.score.user_block_rows
 
@@ -234,6 +236,7 @@ def recommend(
                     k=k,
                     method=method,
                     reason_history=history,
+                    recent_half_life=half_life,
                 )
 
     return _blocks(users, cfg).mapInPandas(score_blocks, RECOMMENDATION_SCHEMA)
@@ -249,6 +252,10 @@ def tune(
     spark = users.sparkSession
     shared = spark.sparkContext.broadcast(catalog)
     method, block_rows = cfg.score.normalisation, cfg.score.user_block_rows
+    settings = {
+        "recent_half_life": cfg.score.recent_half_life,
+        "history_cap": cfg.score.history_items,
+    }
     grid = [dict(w) for w in grid]
 
     def rank_blocks(batches):
@@ -260,6 +267,7 @@ def tune(
                     items,
                     grid,
                     method=method,
+                    **settings,
                 )
 
     ranks = _blocks(users, cfg).mapInPandas(rank_blocks, TUNE_SCHEMA)

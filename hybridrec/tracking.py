@@ -19,6 +19,7 @@ from hybridrec.config import Config
 log = logging.getLogger(__name__)
 
 RUN_ID_TAG = "hybridrec.run_id"
+ROLE_TAG = "hybridrec.role"  # "pipeline" on the parent; job runs carry the run id tag too
 MAX_PARAM_CHARS = 6000
 
 
@@ -47,11 +48,15 @@ def _experiment_id(cfg: Config) -> str:
 def _parent_run_id(cfg: Config, experiment_id: str, run_id: str) -> str:
     client = MlflowClient()
     found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1
+        [experiment_id],
+        filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}' and tags.`{ROLE_TAG}` = 'pipeline'",
+        max_results=1,
     )
     if found:
         return found[0].info.run_id
-    parent = client.create_run(experiment_id, run_name=run_id, tags={RUN_ID_TAG: run_id})
+    parent = client.create_run(
+        experiment_id, run_name=run_id, tags={RUN_ID_TAG: run_id, ROLE_TAG: "pipeline"}
+    )
     client.log_batch(
         parent.info.run_id,
         params=[
@@ -68,6 +73,8 @@ def job_run(cfg: Config, run_id: str, job: str) -> Iterator[mlflow.ActiveRun]:
     nested run for ``job`` inside it."""
     mlflow.set_tracking_uri(tracking_uri(cfg))
     experiment_id = _experiment_id(cfg)
+    # Runs a job opens itself (an ALS grid point) then land in the same experiment.
+    mlflow.set_experiment(experiment_id=experiment_id)
     parent = _parent_run_id(cfg, experiment_id, run_id)
     with (
         mlflow.start_run(run_id=parent, experiment_id=experiment_id, log_system_metrics=False),

@@ -27,6 +27,7 @@ from hybridrec.config import Config  # noqa: E402
 from hybridrec.constants import (  # noqa: E402
     BASELINE_RECOMMENDATIONS,
     BASELINE_WEIGHTS,
+    FUSION_WEIGHTS,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
     METRICS,
@@ -38,6 +39,7 @@ from hybridrec.constants import (  # noqa: E402
 from hybridrec.folds import history  # noqa: E402
 from hybridrec.runner import job_main  # noqa: E402
 from hybridrec.tables import Warehouse  # noqa: E402
+from udfs.topk import PARTS  # noqa: E402
 
 NAME = "evaluate"
 log = logging.getLogger(__name__)
@@ -50,6 +52,18 @@ def hybrid_recommendations(warehouse: Warehouse, run_id: str) -> DataFrame:
             f"no recommendations for run {run_id!r}: run the score job with --run-id {run_id}"
         )
     return recs.withColumn("model", F.lit("hybrid"))
+
+
+def baseline_weights(warehouse: Warehouse, run_id: str) -> dict[str, dict[str, float]]:
+    """The fixed single-signal weightings, with the text mix the score job picked, if any."""
+    weights = {model: dict(w) for model, w in BASELINE_WEIGHTS.items()}
+    if warehouse.exists(FUSION_WEIGHTS):
+        picked = warehouse.read(FUSION_WEIGHTS).where(
+            (F.col("run_id") == run_id) & (F.col("model") == "text")
+        )
+        for row in picked.collect():
+            weights["text"] = {part: float(row[part]) for part in PARTS}
+    return weights
 
 
 def metrics_table(
@@ -98,7 +112,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     hybrid = hybrid_recommendations(warehouse, run_id)
     catalog = scoring.load_catalog(warehouse, cfg, TEST)
     users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
-    baselines = scoring.recommend(users, catalog, BASELINE_WEIGHTS, cfg)
+    baselines = scoring.recommend(users, catalog, baseline_weights(warehouse, run_id), cfg)
     warehouse.write(
         baselines.withColumn("run_id", F.lit(run_id)),
         BASELINE_RECOMMENDATIONS,

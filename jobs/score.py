@@ -13,62 +13,76 @@ import logging
 import sys
 
 import mlflow
+import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from hybridrec import scoring
 from hybridrec.config import Config
-from hybridrec.constants import RECOMMENDATIONS, TEST, VALIDATION
+from hybridrec.constants import BASELINE_WEIGHTS, FUSION_WEIGHTS, RECOMMENDATIONS, TEST, VALIDATION
 from hybridrec.runner import job_main
 from hybridrec.tables import Warehouse
-from udfs.topk import weight_grid
+from udfs.topk import PARTS, weight_grid
 
 NAME = "score"
 log = logging.getLogger(__name__)
 
 
-def choose_weights(
-    spark: SparkSession, warehouse: Warehouse, cfg: Config
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The fusion weights, and how they were chosen (validation NDCG/HR of the pick): scored
-    with the validation fold's models, which never saw the validation split."""
-    configured = dict(cfg.score.weights)
+def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd.DataFrame:
+    """Fusion weights of the hybrid and of the text-only baseline, one row per model.
+
+    Picked on validation with the validation fold's models (which never saw that split): the
+    hybrid from the whole simplex grid, the text baseline from the grid points that use text
+    parts only. Ties go to the earlier grid point, so the pick is reproducible.
+    """
+    configured = pd.DataFrame(
+        [
+            {"model": "hybrid", **cfg.score.weights},
+            {"model": "text", **BASELINE_WEIGHTS["text"]},
+        ]
+    )
     if not cfg.score.tune_on_validation:
-        return configured, {}
+        return configured
     catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
     users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
     grid = weight_grid(cfg.score.weight_grid_step)
     results = scoring.tune(users, catalog, grid, cfg).toPandas()
     if results.empty:
-        log.warning("no validation interactions: keeping configured weights %s", configured)
-        return configured, {}
-    metric = cfg.score.tune_metric
-    # Highest validation metric; ties go to the earlier grid point so the pick is reproducible.
-    results = results.sort_values([metric, "combo"], ascending=[False, True])
-    best = results.iloc[0]
-    weights = grid[int(best["combo"])]
-    results["weights"] = results["combo"].map(lambda c: grid[c])
-    mlflow.log_text(results.to_csv(index=False), "weight_grid_validation.csv")
-    log.info(
-        "weights %s picked on validation: ndcg@%d=%.4f hr@%d=%.4f over %d users (%d grid points)",
-        weights,
-        cfg.score.k,
-        best["ndcg"],
-        cfg.score.k,
-        best["hr"],
-        best["users"],
-        len(grid),
+        log.warning("no validation interactions: keeping the configured weights")
+        return configured
+    weights = pd.DataFrame(grid)
+    results = results.join(weights, on="combo").sort_values(
+        [cfg.score.tune_metric, "combo"], ascending=[False, True]
     )
-    return weights, {
-        "validation_ndcg": float(best["ndcg"]),
-        "validation_hr": float(best["hr"]),
-        "validation_users": float(best["users"]),
-    }
+    mlflow.log_text(results.to_csv(index=False), "weight_grid_validation.csv")
+    text_only = results[(results["cf"] == 0) & (results["pop"] == 0)]
+    picks = pd.concat(
+        [results.head(1).assign(model="hybrid"), text_only.head(1).assign(model="text")]
+    )
+    for pick in picks.itertuples():
+        log.info(
+            "%s weights %s picked on validation (%d grid points): ndcg@%d=%.4f hr=%.4f, %d users",
+            pick.model,
+            {p: getattr(pick, p) for p in PARTS},
+            len(grid),
+            cfg.score.k,
+            pick.ndcg,
+            pick.hr,
+            pick.users,
+        )
+    return picks.rename(columns={"ndcg": "validation_ndcg", "hr": "validation_hr"}).drop(
+        columns=["combo", "users"]
+    )
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg)
-    weights, tuning = choose_weights(spark, warehouse, cfg)
+    picks = choose_weights(spark, warehouse, cfg)
+    warehouse.write(
+        spark.createDataFrame(picks.assign(run_id=run_id)), FUSION_WEIGHTS, partition_by=["run_id"]
+    )
+    hybrid = picks[picks["model"] == "hybrid"].iloc[0]
+    weights = {part: float(hybrid[part]) for part in PARTS}
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})
     # Served recommendations come from the test fold: models refitted on train and validation.
     catalog = scoring.load_catalog(warehouse, cfg, TEST)
@@ -77,12 +91,17 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     n = warehouse.write(
         recs.withColumn("run_id", F.lit(run_id)), RECOMMENDATIONS, partition_by=["run_id"]
     )
-    return {
+    results = {
         "recommendations": n,
         "catalog_items": len(catalog),
         **{f"weight_{part}": w for part, w in weights.items()},
-        **tuning,
     }
+    if "validation_ndcg" in hybrid:
+        results.update(
+            validation_ndcg=float(hybrid["validation_ndcg"]),
+            validation_hr=float(hybrid["validation_hr"]),
+        )
+    return results
 
 
 if __name__ == "__main__":

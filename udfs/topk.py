@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-PARTS = ("cf", "text", "pop")
+PARTS = ("cf", "text", "recent", "pop")
+REASONS = {
+    "cf": "liked by similar users",
+    "text": "",  # filled with the most similar history item
+    "recent": "",
+    "pop": "popular",
+}
 
 
 @dataclass
@@ -56,16 +62,53 @@ def ragged_mask(lists: pd.Series, n_items: int) -> np.ndarray:
     return mask
 
 
+def padded_history(seen: pd.Series, width_cap: int) -> np.ndarray:
+    """(rows, width) catalog indices of each row's newest ``width_cap`` history items, -1 pads."""
+    recent = seen.map(lambda a: np.asarray([] if a is None else a[:width_cap], dtype=np.int64))
+    lengths = recent.map(len).to_numpy()
+    padded = np.full((len(seen), max(1, lengths.max(initial=0))), -1, dtype=np.int64)
+    if lengths.sum():
+        rows = np.repeat(np.arange(len(seen)), lengths)
+        positions = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        padded[rows, positions] = np.concatenate(recent.to_numpy())
+    return padded
+
+
+def recent_history_vectors(
+    history: np.ndarray, catalog: ItemCatalog, half_life: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the unit mean of its history items' text vectors, the newest weighted most (a
+    weight halves every ``half_life`` items back), and whether any history item had text."""
+    known = (history >= 0) & catalog.has_text[np.maximum(history, 0)]
+    weights = np.where(known, 0.5 ** (np.arange(history.shape[1]) / half_life)[None, :], 0.0)
+    vectors = np.einsum("rw,rwd->rd", weights, catalog.text[np.maximum(history, 0)])
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32), known.any(axis=1)
+
+
 def raw_parts(
-    block: pd.DataFrame, catalog: ItemCatalog
+    block: pd.DataFrame,
+    catalog: ItemCatalog,
+    *,
+    recent_half_life: float = 1.0,
+    history_cap: int = 50,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per part, the raw (users, items) scores and where they are defined."""
+    """Per part, the raw (users, items) scores and where they are defined.
+
+    ``text`` compares the user's own review vector with each item; ``recent`` compares the text
+    vectors of the items the user had most recently (what comes next tends to resemble what came
+    last).
+    """
     n = len(block)
     user_cf, has_user_cf = stack_vectors(block["factors"], catalog.cf.shape[1])
     user_text, has_user_text = stack_vectors(block["embedding"], catalog.text.shape[1])
+    user_recent, has_recent = recent_history_vectors(
+        padded_history(block["seen"], history_cap), catalog, recent_half_life
+    )
     return {
         "cf": (user_cf @ catalog.cf.T, has_user_cf[:, None] & catalog.has_cf[None, :]),
         "text": (user_text @ catalog.text.T, has_user_text[:, None] & catalog.has_text[None, :]),
+        "recent": (user_recent @ catalog.text.T, has_recent[:, None] & catalog.has_text[None, :]),
         "pop": (
             np.broadcast_to(catalog.pop, (n, len(catalog))).copy(),
             np.ones((n, len(catalog)), bool),
@@ -104,12 +147,12 @@ def normalise(scores: np.ndarray, valid: np.ndarray, method: str) -> np.ndarray:
 
 
 def normalised_parts(
-    block: pd.DataFrame, catalog: ItemCatalog, candidates: np.ndarray, method: str
+    block: pd.DataFrame, catalog: ItemCatalog, candidates: np.ndarray, method: str, **raw_settings
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per part, the normalised (users, items) scores and where the part is really defined
     (elsewhere it holds the neutral fill)."""
     normalised, defined = {}, {}
-    for part, (scores, valid) in raw_parts(block, catalog).items():
+    for part, (scores, valid) in raw_parts(block, catalog, **raw_settings).items():
         normalised[part] = normalise(scores, valid & candidates, method)
         defined[part] = valid
     return normalised, defined
@@ -144,13 +187,23 @@ def target_ranks(scores: np.ndarray, candidates: np.ndarray, target: np.ndarray)
     return better.sum(axis=1) + 1
 
 
-def weight_grid(step: float) -> list[dict[str, float]]:
-    """Every (cf, text, pop) on the simplex with the given step, pure signals included."""
+def weight_grid(step: float, parts: Sequence[str] = PARTS) -> list[dict[str, float]]:
+    """Every weighting of ``parts`` on the simplex with the given step, pure signals included;
+    parts not listed get 0."""
     n = round(1 / step)
+    points = []
+
+    def extend(prefix: list[int], left: int) -> None:
+        if len(prefix) == len(parts) - 1:
+            points.append([*prefix, left])
+            return
+        for i in range(left + 1):
+            extend([*prefix, i], left - i)
+
+    extend([], n)
     return [
-        {"cf": round(i / n, 6), "text": round(j / n, 6), "pop": round((n - i - j) / n, 6)}
-        for i in range(n + 1)
-        for j in range(n + 1 - i)
+        {p: round(dict(zip(parts, point, strict=True)).get(p, 0) / n, 6) for p in PARTS}
+        for point in points
     ]
 
 
@@ -162,10 +215,18 @@ def recommend_block(
     k: int,
     method: str,
     reason_history: int,
+    recent_half_life: float = 1.0,
 ) -> pd.DataFrame:
     """Top-k rows per (model, user) with the score, its normalised parts and a reason."""
     candidates = ~ragged_mask(block["seen"], len(catalog))
-    parts, defined = normalised_parts(block, catalog, candidates, method)
+    parts, defined = normalised_parts(
+        block,
+        catalog,
+        candidates,
+        method,
+        recent_half_life=recent_half_life,
+        history_cap=reason_history,
+    )
     frames = []
     for model, weights in models.items():
         best, best_scores = top_k(fuse(parts, weights), candidates, k)
@@ -193,6 +254,7 @@ def recommend_block(
                     "score": best_scores[rows, ranks].astype(np.float64),
                     "cf_score": parts["cf"][rows, items].astype(np.float64),
                     "text_score": parts["text"][rows, items].astype(np.float64),
+                    "recent_score": parts["recent"][rows, items].astype(np.float64),
                     "pop_score": parts["pop"][rows, items].astype(np.float64),
                     "reason": _reasons(block, catalog, rows, items, contributions, reason_history),
                 }
@@ -209,23 +271,14 @@ def _reasons(
     contributions: np.ndarray,
     history: int,
 ) -> np.ndarray:
-    """A short why per recommendation: the part that added most, and for text the user's most
-    similar recent train item."""
+    """A short why per recommendation: the part that added most, and for a text part the
+    user's most similar recent history item."""
     dominant = contributions.argmax(axis=1)
-    reasons = np.array(["liked by similar users", "", "popular"], dtype=object)[dominant]
+    reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
     reasons[np.isneginf(contributions.max(axis=1))] = "ranked by the remaining signals"
-    is_text = dominant == 1
+    is_text = np.isin(dominant, [PARTS.index("text"), PARTS.index("recent")])
     if is_text.any():
-        recent = block["seen"].map(lambda a: [] if a is None else list(a[:history]))
-        width = max(1, max(len(a) for a in recent))
-        padded = np.full((len(block), width), -1, dtype=np.int64)
-        for_rows = np.repeat(np.arange(len(block)), recent.map(len).to_numpy())
-        positions = np.concatenate([np.arange(len(a)) for a in recent]) if len(for_rows) else []
-        if len(for_rows):
-            padded[for_rows, positions] = np.concatenate(
-                [np.asarray(a, dtype=np.int64) for a in recent if a]
-            )
-        history_idx = padded[rows[is_text]]  # (m, width)
+        history_idx = padded_history(block["seen"], history)[rows[is_text]]  # (m, width)
         sims = np.einsum(
             "md,mwd->mw", catalog.text[items[is_text]], catalog.text[np.maximum(history_idx, 0)]
         )
@@ -243,14 +296,19 @@ def _reasons(
 
 
 def tune_block(
-    block: pd.DataFrame, catalog: ItemCatalog, grid: Sequence[Mapping[str, float]], *, method: str
+    block: pd.DataFrame,
+    catalog: ItemCatalog,
+    grid: Sequence[Mapping[str, float]],
+    *,
+    method: str,
+    **raw_settings,
 ) -> pd.DataFrame:
     """For each user with a target item and each weight set: the target's rank."""
     block = block[block["target"].notna()]
     if block.empty:
         return pd.DataFrame({"combo": [], "user_id": [], "target_rank": []})
     candidates = ~ragged_mask(block["seen"], len(catalog))
-    parts, _ = normalised_parts(block, catalog, candidates, method)
+    parts, _ = normalised_parts(block, catalog, candidates, method, **raw_settings)
     target = block["target"].to_numpy().astype(np.int64)
     frames = [
         pd.DataFrame(

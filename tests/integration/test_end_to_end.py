@@ -33,7 +33,9 @@ def e2e(spark, tmp_path_factory):
             "source.sample.events_per_user=8",
             "source.sample.bad_row_fraction=0.03",
             "als.max_iter=5",
-            "als.rank=8",
+            "als.grid.rank=[4, 8]",
+            "als.grid.reg_param=[0.1]",
+            "als.grid.alpha=[1.0]",
             "score.weight_grid_step=0.25",
             f"score.k={K}",
             f"evaluate.k={K}",
@@ -79,7 +81,7 @@ def test_embeddings_come_from_the_real_encoder(e2e):
     assert results["embed"]["texts_encoded"] > 100
     users = warehouse.read("user_embeddings").toPandas()
     items = warehouse.read("item_embeddings").toPandas()
-    assert len(users) == 120
+    assert users.groupby("fold")["id"].nunique().to_dict() == {"test": 120, "validation": 120}
     assert items["id"].nunique() == 60
     vectors = np.stack(items["embedding"].to_numpy())
     assert vectors.shape[1] == 384
@@ -87,14 +89,18 @@ def test_embeddings_come_from_the_real_encoder(e2e):
     assert set(users["model_id"]) == {"sentence-transformers/all-MiniLM-L6-v2@256"}
 
 
-def test_als_factors_cover_train(e2e):
+def test_als_factors_cover_each_folds_history(e2e):
     _, warehouse, results = e2e
-    train_users = (
-        warehouse.read("interactions").where("split = 'train'").select("user_id").distinct()
-    )
+    interactions = warehouse.read("interactions")
     factors = warehouse.read("als_user_factors")
-    assert factors.count() == train_users.count() == results["als"]["user_factors"]
-    assert len(factors.first().factors) == 8
+    for fold, splits in {"validation": ["train"], "test": ["train", "validation"]}.items():
+        history_users = interactions.where(F.col("split").isin(splits)).select("user_id")
+        in_fold = factors.where(F.col("fold") == fold)
+        assert in_fold.count() == history_users.distinct().count()
+    assert factors.count() == results["als"]["user_factors"]
+    # The grid was searched: the chosen rank is one of the grid's.
+    assert results["als"]["chosen_rank"] in (4.0, 8.0)
+    assert len(factors.first().factors) == results["als"]["chosen_rank"]
 
 
 def test_recommendations_are_top_k_unseen_items(e2e):
@@ -105,8 +111,9 @@ def test_recommendations_are_top_k_unseen_items(e2e):
     )
     assert counts.count() == 120
     assert counts.where(f"n != {K} or distinct != {K}").count() == 0
-    train = warehouse.read("interactions").where("split = 'train'").select("user_id", "item_id")
-    assert recs.join(train, ["user_id", "item_id"]).count() == 0
+    # Served from the test fold: nothing the user had in train or validation comes back.
+    history = warehouse.read("interactions").where("split != 'test'").select("user_id", "item_id")
+    assert recs.join(history, ["user_id", "item_id"]).count() == 0
     rows = recs.toPandas()
     # Scores fall with rank, and every row says why.
     for _, user_rows in rows.sort_values("rank").groupby("user_id"):
@@ -121,6 +128,8 @@ def test_metrics_hold_all_four_models(e2e):
     expected = {"ndcg", "hr", "precision", "recall", "map", "coverage", "diversity", "novelty"}
     for model in MODELS:
         assert set(metrics.loc[metrics["model"] == model, "metric"]) == expected
+    assert set(metrics["segment"]) == {"all", "sparse_users", "tail_items"}
+    metrics = metrics[metrics["segment"] == "all"]
     ranking = metrics[metrics["metric"].isin(["ndcg", "hr", "precision", "recall", "map"])]
     assert ranking["value"].between(0, 1).all()
     # Popularity recommends (nearly) the same items to everyone: the least coverage.
@@ -143,7 +152,7 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
     )
     assert len(parents) == 1
     parent = parents[0]
-    assert parent.data.params["als.rank"] == "8"
+    assert parent.data.params["als.grid.rank"] == "[4, 8]"
     assert parent.data.params["embed.max_length"] == "256"
     assert 0 <= parent.data.metrics[f"hybrid.ndcg_at_{K}"] <= 1
     assert "popularity.hr_at_5" in parent.data.metrics
@@ -161,11 +170,14 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
         "evaluate",
     }
     als_run = next(c for c in children if c.data.tags["mlflow.runName"] == "als")
-    models = mlflow.search_logged_models(
-        experiment_ids=[experiment.experiment_id],
-        filter_string=f"source_run_id = '{als_run.info.run_id}'",
-        output_format="list",
+    # mlflow.spark (3.x) still logs the model as run artifacts under artifact_path.
+    assert "als_model" in {a.path for a in client.list_artifacts(als_run.info.run_id)}
+    loaded = mlflow.spark.load_model(f"runs:/{als_run.info.run_id}/als_model")
+    assert loaded.stages[0].rank in (4, 8)
+    # One nested run per ALS grid point below the als job run.
+    grid_runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{als_run.info.run_id}'",
     )
-    assert len(models) == 1
-    loaded = mlflow.spark.load_model(f"models:/{models[0].model_id}")
-    assert loaded.stages[0].rank == 8
+    assert len(grid_runs) == 2
+    assert all("validation_ndcg" in r.data.metrics for r in grid_runs)

@@ -23,7 +23,7 @@ def test_defaults_come_from_base_yaml():
     assert cfg.als.reg_param == 0.1
     assert cfg.als.implicit is True
     assert cfg.score.normalisation == "zscore"
-    assert cfg["score"]["weights"].to_dict() == {"cf": 0.6, "text": 0.3, "pop": 0.1}
+    assert cfg["score"]["weights"].to_dict() == {"cf": 0.5, "text": 0.1, "recent": 0.3, "pop": 0.1}
     assert cfg.ingest.event_types == ["rating", "review", "click", "purchase"]
     assert cfg.run.warehouse_dir is None
     assert cfg.sources == (str(conf_dir() / "base.yaml"),)
@@ -187,7 +187,7 @@ def test_negative_fusion_weight_is_rejected():
 
 
 def test_all_zero_fusion_weights_are_rejected():
-    zero = ["score.weights.cf=0", "score.weights.text=0", "score.weights.pop=0"]
+    zero = [f"score.weights.{part}=0" for part in ("cf", "text", "recent", "pop")]
 
     with pytest.raises(ConfigError, match="with a positive sum"):
         load_config([], zero)
@@ -271,4 +271,4 @@ def test_config_is_read_only_mapping():
     with pytest.raises(AttributeError, match="config has no key 'nope'"):
         _ = cfg.als.nope
     assert "rank" in cfg.als
-    assert len(cfg.score.weights) == 3
+    assert len(cfg.score.weights) == 4

@@ -9,7 +9,9 @@ import pytest
 from udfs.topk import (
     ItemCatalog,
     normalise,
+    padded_history,
     ragged_mask,
+    recent_history_vectors,
     recommend_block,
     stack_vectors,
     target_ranks,
@@ -191,8 +193,8 @@ def test_target_ranks_counts_better_candidates_and_ties_against_the_target():
 # --- weight_grid -----------------------------------------------------------------------------
 
 
-def test_weight_grid_half_step_has_six_points():
-    grid = weight_grid(0.5)
+def test_weight_grid_over_three_parts_at_half_step_has_six_points():
+    grid = weight_grid(0.5, ("cf", "text", "pop"))
 
     as_tuples = sorted((w["cf"], w["text"], w["pop"]) for w in grid)
     assert as_tuples == [
@@ -203,19 +205,20 @@ def test_weight_grid_half_step_has_six_points():
         (0.5, 0.5, 0.0),
         (1.0, 0.0, 0.0),
     ]
+    assert all(w["recent"] == 0.0 for w in grid)
 
 
-@pytest.mark.parametrize(("step", "size"), [(1.0, 3), (0.5, 6), (0.25, 15), (0.1, 66)])
+@pytest.mark.parametrize(("step", "size"), [(1.0, 4), (0.5, 10), (0.25, 35), (0.1, 286)])
 def test_weight_grid_size_and_every_point_sums_to_one(step, size):
     grid = weight_grid(step)
 
     assert len(grid) == size
-    assert len({(w["cf"], w["text"], w["pop"]) for w in grid}) == size
+    assert len({tuple(w.values()) for w in grid}) == size
     for weights in grid:
         assert sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
         assert min(weights.values()) >= 0.0
-    assert {"cf": 1.0, "text": 0.0, "pop": 0.0} in grid
-    assert {"cf": 0.0, "text": 0.0, "pop": 1.0} in grid
+    assert {"cf": 1.0, "text": 0.0, "recent": 0.0, "pop": 0.0} in grid
+    assert {"cf": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0} in grid
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -396,3 +399,52 @@ def test_text_reason_without_history_says_it_matches_reviews():
     # text raw a 1, b 0, c .6, d .8, e -.6: the best two are a and d.
     assert recs["item_id"].tolist() == ["a", "d"]
     assert recs["reason"].tolist() == ["matches your reviews", "matches your reviews"]
+
+
+# --- recent history part -----------------------------------------------------------------------
+
+
+def test_padded_history_keeps_the_newest_items_and_pads():
+    seen = pd.Series([np.array([4, 1, 0]), None, np.array([2])])
+
+    np.testing.assert_array_equal(padded_history(seen, 2), [[4, 1], [-1, -1], [2, -1]])
+
+
+def test_recent_history_vector_weights_the_newest_item_most():
+    history = np.array([[1, 0], [-1, -1]])  # user 0 saw b (newest) then a; user 1 saw nothing
+
+    vectors, has = recent_history_vectors(history, _catalog(), half_life=1.0)
+
+    # b = (0, 1) weight 1, a = (1, 0) weight 0.5 -> (0.5, 1) / |(0.5, 1)|
+    np.testing.assert_allclose(vectors[0], np.array([0.5, 1.0]) / np.sqrt(1.25), rtol=1e-6)
+    np.testing.assert_array_equal(vectors[1], [0.0, 0.0])
+    np.testing.assert_array_equal(has, [True, False])
+
+
+def test_recent_history_ignores_items_without_text():
+    history = np.array([[4, 0]])  # e has no text: only a counts
+
+    vectors, has = recent_history_vectors(history, _catalog(e_has_text=False), half_life=1.0)
+
+    np.testing.assert_allclose(vectors[0], [1.0, 0.0], rtol=1e-6)
+    assert has[0]
+
+
+def test_recent_only_model_ranks_by_similarity_to_the_newest_item():
+    recs = recommend_block(
+        _block(),
+        _catalog(),
+        {"recent": {"cf": 0.0, "text": 0.0, "recent": 1.0, "pop": 0.0}},
+        k=3,
+        method="minmax",
+        reason_history=50,
+        recent_half_life=1.0,
+    )
+    cold = recs[recs["user_id"] == "cold"]
+
+    # Cold user's recent vector v = (0.5, 1)/|.|: c (0.6, 0.8) -> 1.1, e (-0.6, 0.8) -> 0.5,
+    # d (0.8, 0.6) -> 1.0 (all / |v|): c, d, e.
+    assert cold["item_id"].tolist() == ["c", "d", "e"]
+    # c is most like b = (0, 1) among the cold user's history (0.8 against a's 0.6).
+    assert cold["reason"].iloc[0] == "similar to b"
+    np.testing.assert_allclose(cold["score"], cold["recent_score"], rtol=1e-6)
