@@ -206,9 +206,35 @@ def load_user_frame(
     )
 
 
-def _blocks(users: DataFrame, cfg: Config) -> DataFrame:
-    """Spread users over tasks; the Arrow batch size sets the users per vectorised block."""
-    return users.repartition(users.sparkSession.sparkContext.defaultParallelism * 2, USER_COL)
+def _map_user_blocks(
+    users: DataFrame, catalog: topk.ItemCatalog, cfg: Config, schema: T.StructType, score_block
+) -> DataFrame:
+    """Run ``score_block(block, catalog)`` over blocks of ``score.user_block_rows`` users.
+
+    The catalog is broadcast once; users are spread over twice the default parallelism so both
+    cores (or all executors) stay busy.
+    """
+    shared = users.sparkSession.sparkContext.broadcast(catalog)
+    block_rows = cfg.score.user_block_rows
+
+    def score_batches(batches):
+        items = shared.value
+        for batch in batches:
+            for start in range(0, len(batch), block_rows):
+                yield score_block(
+                    batch.iloc[start : start + block_rows].reset_index(drop=True), items
+                )
+
+    partitions = users.sparkSession.sparkContext.defaultParallelism * 2
+    return users.repartition(partitions, USER_COL).mapInPandas(score_batches, schema)
+
+
+def _kernel_settings(cfg: Config) -> dict:
+    return {
+        "method": cfg.score.normalisation,
+        "recent_half_life": cfg.score.recent_half_life,
+        "history_cap": cfg.score.history_items,
+    }
 
 
 def recommend(
@@ -218,28 +244,15 @@ def recommend(
     cfg: Config,
 ) -> DataFrame:
     """Top-K rows per user for each named weight set (``model``)."""
-    spark = users.sparkSession
-    shared = spark.sparkContext.broadcast(catalog)
-    k, method, history = cfg.score.k, cfg.score.normalisation, cfg.score.history_items
-    half_life = cfg.score.recent_half_life
     models = {name: dict(weights) for name, weights in models.items()}
-    block_rows = cfg.score.user_block_rows
-
-    def score_blocks(batches):
-        items = shared.value
-        for batch in batches:
-            for start in range(0, len(batch), block_rows):
-                yield topk.recommend_block(
-                    batch.iloc[start : start + block_rows].reset_index(drop=True),
-                    items,
-                    models,
-                    k=k,
-                    method=method,
-                    reason_history=history,
-                    recent_half_life=half_life,
-                )
-
-    return _blocks(users, cfg).mapInPandas(score_blocks, RECOMMENDATION_SCHEMA)
+    k, settings = cfg.score.k, _kernel_settings(cfg)
+    return _map_user_blocks(
+        users,
+        catalog,
+        cfg,
+        RECOMMENDATION_SCHEMA,
+        lambda block, items: topk.recommend_block(block, items, models, k=k, **settings),
+    )
 
 
 def tune(
@@ -249,28 +262,15 @@ def tune(
     cfg: Config,
 ) -> DataFrame:
     """Per weight set of ``grid``: NDCG@K and HR@K of the held-out target, one row per set."""
-    spark = users.sparkSession
-    shared = spark.sparkContext.broadcast(catalog)
-    method, block_rows = cfg.score.normalisation, cfg.score.user_block_rows
-    settings = {
-        "recent_half_life": cfg.score.recent_half_life,
-        "history_cap": cfg.score.history_items,
-    }
     grid = [dict(w) for w in grid]
-
-    def rank_blocks(batches):
-        items = shared.value
-        for batch in batches:
-            for start in range(0, len(batch), block_rows):
-                yield topk.tune_block(
-                    batch.iloc[start : start + block_rows].reset_index(drop=True),
-                    items,
-                    grid,
-                    method=method,
-                    **settings,
-                )
-
-    ranks = _blocks(users, cfg).mapInPandas(rank_blocks, TUNE_SCHEMA)
+    settings = _kernel_settings(cfg)
+    ranks = _map_user_blocks(
+        users,
+        catalog,
+        cfg,
+        TUNE_SCHEMA,
+        lambda block, items: topk.tune_block(block, items, grid, **settings),
+    )
     k = cfg.score.k
     hit = F.col("target_rank") <= k
     return ranks.groupBy("combo").agg(

@@ -89,6 +89,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         .where(F.col("model_id") == model_id)
         .dropDuplicates(["text_hash"])
         .select("text_hash", EMBEDDING_COL)
+        .cache()  # joined four times: two folds, items and users
     )
     item_vectors = reduce(
         DataFrame.unionByName,

@@ -214,7 +214,7 @@ def recommend_block(
     *,
     k: int,
     method: str,
-    reason_history: int,
+    history_cap: int = 50,
     recent_half_life: float = 1.0,
 ) -> pd.DataFrame:
     """Top-k rows per (model, user) with the score, its normalised parts and a reason."""
@@ -225,7 +225,7 @@ def recommend_block(
         candidates,
         method,
         recent_half_life=recent_half_life,
-        history_cap=reason_history,
+        history_cap=history_cap,
     )
     frames = []
     for model, weights in models.items():
@@ -256,7 +256,7 @@ def recommend_block(
                     "text_score": parts["text"][rows, items].astype(np.float64),
                     "recent_score": parts["recent"][rows, items].astype(np.float64),
                     "pop_score": parts["pop"][rows, items].astype(np.float64),
-                    "reason": _reasons(block, catalog, rows, items, contributions, reason_history),
+                    "reason": _reasons(block, catalog, rows, items, contributions, history_cap),
                 }
             )
         )

@@ -29,9 +29,10 @@ META_JSON = T.StructType(
         T.StructField("asin", T.StringType()),
         T.StructField("title", T.StringType()),
         T.StructField("description", T.StringType()),
+        T.StructField("category", T.StringType()),
     ]
 )
-HTML_TAG = r"<[^>]*>?"
+HTML_TAG = r"<[A-Za-z/!][^>]*>?"  # a tag, possibly cut off; a bare "<" is text
 
 
 def read(spark: SparkSession, reviews_path: str, meta_path: str | None) -> RawTables:
@@ -59,7 +60,8 @@ def read_reviews(spark: SparkSession, path: str) -> DataFrame:
 
 
 def read_meta(spark: SparkSession, path: str) -> DataFrame:
-    """Item metadata: list-valued description joined, HTML stripped."""
+    """Item metadata: list-valued description and categories joined, HTML stripped; the
+    categories (minus the top one, which every item of a file shares) follow the description."""
     lines = spark.read.text(path).withColumnRenamed("value", "raw")
     parsed = lines.withColumn("m", F.from_json("raw", META_JSON, {"mode": "PERMISSIVE"}))
     description = F.regexp_replace(
@@ -71,10 +73,16 @@ def read_meta(spark: SparkSession, path: str) -> DataFrame:
         " ",
     )
     title = F.trim(F.regexp_replace(F.col("m.title"), HTML_TAG, " "))
+    categories = F.expr("array_join(slice(from_json(m.category, 'array<string>'), 2, 100), ', ')")
+    text = F.concat_ws(
+        ". ", F.when(F.trim(description) != "", description), F.when(categories != "", categories)
+    )
     return parsed.select(
         F.col("m.asin").alias("item_id"),
         F.when(title != "", title).alias("title"),
-        F.trim(F.regexp_replace(description, r"\s+", " ")).alias("description"),
+        F.trim(F.regexp_replace(F.regexp_replace(text, "&amp;", "&"), r"\s+", " ")).alias(
+            "description"
+        ),
         "raw",
         F.lit(f"items:amazon:{path}").alias("source"),
     )

@@ -46,7 +46,7 @@ def test_overlays_apply_in_order_and_set_wins(tmp_path):
     assert cfg.als.rank == 24  # the later file wins
     assert cfg.als.reg_param == 0.5  # a key only the first file sets survives the second
     assert cfg.score.k == 7  # --set comes after every file
-    assert cfg.als.max_iter == 15  # untouched default
+    assert cfg.als.max_iter == 10  # untouched default
     assert cfg.sources[1:] == (str(first), str(second), "--set score.k=7")
 
 

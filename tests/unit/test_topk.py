@@ -274,7 +274,7 @@ def _block() -> pd.DataFrame:
 
 def _recommend(catalog: ItemCatalog, models=None) -> pd.DataFrame:
     return recommend_block(
-        _block(), catalog, models or {"hybrid": HYBRID}, k=3, method="minmax", reason_history=50
+        _block(), catalog, models or {"hybrid": HYBRID}, k=3, method="minmax", history_cap=50
     )
 
 
@@ -331,9 +331,9 @@ def test_recommend_block_reasons_name_the_dominant_part():
     assert reasons[("warm", "b")] == "similar to c"
 
 
-def test_recommend_block_reason_history_limits_the_items_a_reason_names():
+def test_recommend_block_history_cap_limits_the_items_a_reason_names():
     recs = recommend_block(
-        _block(), _catalog(), {"hybrid": HYBRID}, k=3, method="minmax", reason_history=1
+        _block(), _catalog(), {"hybrid": HYBRID}, k=3, method="minmax", history_cap=1
     )
     cold = recs[recs["user_id"] == "cold"]
 
@@ -367,7 +367,7 @@ def test_recommend_block_user_with_too_few_candidates_gets_fewer_rows():
     block.at[0, "seen"] = np.array([0, 1, 2, 3])
 
     recs = recommend_block(
-        block, _catalog(), {"hybrid": HYBRID}, k=3, method="minmax", reason_history=50
+        block, _catalog(), {"hybrid": HYBRID}, k=3, method="minmax", history_cap=50
     )
 
     assert recs.loc[recs["user_id"] == "cold", "item_id"].tolist() == ["e"]
@@ -393,7 +393,7 @@ def test_text_reason_without_history_says_it_matches_reviews():
     )
 
     recs = recommend_block(
-        block, _catalog(), {"text": {"text": 1.0}}, k=2, method="minmax", reason_history=50
+        block, _catalog(), {"text": {"text": 1.0}}, k=2, method="minmax", history_cap=50
     )
 
     # text raw a 1, b 0, c .6, d .8, e -.6: the best two are a and d.
@@ -437,7 +437,7 @@ def test_recent_only_model_ranks_by_similarity_to_the_newest_item():
         {"recent": {"cf": 0.0, "text": 0.0, "recent": 1.0, "pop": 0.0}},
         k=3,
         method="minmax",
-        reason_history=50,
+        history_cap=50,
         recent_half_life=1.0,
     )
     cold = recs[recs["user_id"] == "cold"]

@@ -1,0 +1,323 @@
+"""hybridrec.evaluation: ranking metrics, coverage, diversity, novelty and segments, checked
+against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+
+from hybridrec import evaluation
+
+LOG2_3 = math.log2(3)  # 1.5849625: the discount of rank 2
+
+
+def _recs(spark: SparkSession, rows: list[tuple]) -> DataFrame:
+    return spark.createDataFrame(rows, "model string, user_id string, rank int, item_id string")
+
+
+def _truth(spark: SparkSession, rows: list[tuple]) -> DataFrame:
+    return spark.createDataFrame(rows, "user_id string, item_id string")
+
+
+def _values(df: DataFrame) -> dict[tuple[str, str], float]:
+    """Long-format metrics as {(model, metric): value}, after checking the shape."""
+    rows = df.collect()
+    assert df.columns == ["model", "metric", "k", "value"]
+    keys = [(r["model"], r["metric"]) for r in rows]
+    assert len(keys) == len(set(keys)), f"one row per (model, metric), got {keys}"
+    return {(r["model"], r["metric"]): r["value"] for r in rows}
+
+
+def _ks(df: DataFrame) -> set[int]:
+    return {r["k"] for r in df.select("k").collect()}
+
+
+# --- ranking_metrics -------------------------------------------------------------------------
+
+
+def test_ranking_metrics_two_models_hand_computed(spark):
+    truth = _truth(
+        spark,
+        [
+            ("u1", "a"),
+            ("u1", "b"),
+            ("u1", "b"),  # a repeated truth row is still one relevant item
+            ("u2", "c"),
+            ("u3", "d"),
+        ],
+    )
+    recs = _recs(
+        spark,
+        [
+            # m1, u1: one hit (a) at rank 2; b at rank 4 is beyond k = 3 and ignored.
+            ("m1", "u1", 1, "x"),
+            ("m1", "u1", 2, "a"),
+            ("m1", "u1", 3, "y"),
+            ("m1", "u1", 4, "b"),
+            # m1, u2: the only relevant item first.
+            ("m1", "u2", 1, "c"),
+            ("m1", "u2", 2, "x"),
+            ("m1", "u2", 3, "y"),
+            # m1 says nothing for u3 (m2 does): u3 counts as zero for m1.
+            # m1, u9 has no truth: not part of any average.
+            ("m1", "u9", 1, "a"),
+            # m2, u1: both relevant items at the top (perfect).
+            ("m2", "u1", 1, "a"),
+            ("m2", "u1", 2, "b"),
+            ("m2", "u1", 3, "x"),
+            # m2, u2: the hit is at rank 4, beyond k: zero.
+            ("m2", "u2", 1, "x"),
+            ("m2", "u2", 2, "y"),
+            ("m2", "u2", 3, "z"),
+            ("m2", "u2", 4, "c"),
+            # m2, u3: a one-item list with the hit.
+            ("m2", "u3", 1, "d"),
+        ],
+    )
+
+    out = evaluation.ranking_metrics(recs, truth, 3)
+    values = _values(out)
+
+    # Per user at k = 3 (n_rel: u1 2, u2 1, u3 1):
+    #   m1 u1: dcg = 1/log2(3); idcg = 1 + 1/log2(3) (min(3, 2) = 2 slots);
+    #          ndcg = 0.6309298 / 1.6309298 = 0.3868528; hr 1; precision 1/3; recall 1/2;
+    #          AP = (1 hit / rank 2) / min(3, 2) = 0.25.
+    #   m1 u2: all 1 except precision 1/3.   m1 u3: all 0.
+    #   m2 u1: ndcg 1, hr 1, precision 2/3, recall 1, AP (1/1 + 2/2) / 2 = 1.
+    #   m2 u2: all 0.   m2 u3: ndcg, hr, recall, AP 1; precision 1/3.
+    assert values == {
+        ("m1", "ndcg"): pytest.approx((0.3868528 + 1 + 0) / 3, rel=1e-6),
+        ("m1", "hr"): pytest.approx(2 / 3),
+        ("m1", "precision"): pytest.approx((1 / 3 + 1 / 3 + 0) / 3),
+        ("m1", "recall"): pytest.approx((0.5 + 1 + 0) / 3),
+        ("m1", "map"): pytest.approx((0.25 + 1 + 0) / 3),
+        ("m2", "ndcg"): pytest.approx(2 / 3),
+        ("m2", "hr"): pytest.approx(2 / 3),
+        ("m2", "precision"): pytest.approx((2 / 3 + 0 + 1 / 3) / 3),
+        ("m2", "recall"): pytest.approx(2 / 3),
+        ("m2", "map"): pytest.approx(2 / 3),
+    }
+    assert values[("m1", "ndcg")] == pytest.approx(0.4622843, rel=1e-6)
+    assert _ks(out) == {3}
+
+
+def test_ranking_metrics_perfect_ranking_scores_one(spark):
+    truth = _truth(spark, [("u1", "a"), ("u1", "b"), ("u2", "c"), ("u2", "d")])
+    recs = _recs(
+        spark,
+        [
+            ("m", "u1", 1, "a"),
+            ("m", "u1", 2, "b"),
+            ("m", "u2", 1, "d"),
+            ("m", "u2", 2, "c"),
+            ("m", "u2", 3, "x"),  # beyond k
+        ],
+    )
+
+    values = _values(evaluation.ranking_metrics(recs, truth, 2))
+
+    assert values == {("m", metric): pytest.approx(1.0) for metric in evaluation.RANKING_METRICS}
+
+
+def test_ranking_metrics_k_smaller_than_relevant_items(spark):
+    # Three relevant items, k = 2: MAP and the ideal DCG only have room for two.
+    truth = _truth(spark, [("u1", "a"), ("u1", "b"), ("u1", "c")])
+    recs = _recs(
+        spark,
+        [
+            ("full", "u1", 1, "b"),
+            ("full", "u1", 2, "a"),
+            ("full", "u1", 3, "c"),
+            ("half", "u1", 1, "a"),
+            ("half", "u1", 2, "z"),
+            ("half", "u1", 3, "b"),
+        ],
+    )
+
+    values = _values(evaluation.ranking_metrics(recs, truth, 2))
+
+    # full: both slots hit: ndcg 1, AP (1/1 + 2/2) / min(2, 3) = 1, recall 2/3.
+    # half: a at rank 1: dcg 1, idcg 1 + 1/log2(3) -> ndcg 1 / 1.6309298 = 0.6131472;
+    #       AP (1/1) / 2 = 0.5; precision 1/2; recall 1/3.
+    assert values == {
+        ("full", "ndcg"): pytest.approx(1.0),
+        ("full", "hr"): pytest.approx(1.0),
+        ("full", "precision"): pytest.approx(1.0),
+        ("full", "recall"): pytest.approx(2 / 3),
+        ("full", "map"): pytest.approx(1.0),
+        ("half", "ndcg"): pytest.approx(0.6131472, rel=1e-6),
+        ("half", "hr"): pytest.approx(1.0),
+        ("half", "precision"): pytest.approx(0.5),
+        ("half", "recall"): pytest.approx(1 / 3),
+        ("half", "map"): pytest.approx(0.5),
+    }
+    assert values[("half", "ndcg")] == pytest.approx(1 / (1 + 1 / LOG2_3))
+
+
+def test_ranking_metrics_map_counts_hits_in_order(spark):
+    # Two relevant of three at k = 3, hits at ranks 1 and 3: AP = (1/1 + 2/3) / 2 = 0.8333333.
+    # ndcg = (1 + 1/log2(4)) / (1 + 1/log2(3)) = 1.5 / 1.6309298 = 0.9197208.
+    truth = _truth(spark, [("u1", "a"), ("u1", "b")])
+    recs = _recs(spark, [("m", "u1", 1, "a"), ("m", "u1", 2, "x"), ("m", "u1", 3, "b")])
+
+    values = _values(evaluation.ranking_metrics(recs, truth, 3))
+
+    assert values[("m", "map")] == pytest.approx(0.8333333, rel=1e-6)
+    assert values[("m", "ndcg")] == pytest.approx(0.9197208, rel=1e-6)
+    assert values[("m", "precision")] == pytest.approx(2 / 3)
+    assert values[("m", "recall")] == pytest.approx(1.0)
+
+
+# --- catalog_coverage ------------------------------------------------------------------------
+
+
+def test_catalog_coverage_counts_distinct_items_in_top_k(spark):
+    recs = _recs(
+        spark,
+        [
+            ("m1", "u1", 1, "a"),
+            ("m1", "u1", 2, "b"),
+            ("m1", "u1", 3, "c"),  # beyond k
+            ("m1", "u2", 1, "a"),  # a again: counted once
+            ("m1", "u2", 2, "d"),
+            ("m2", "u1", 1, "e"),
+        ],
+    )
+
+    out = evaluation.catalog_coverage(recs, 10, 2)
+
+    assert _values(out) == {
+        ("m1", "coverage"): pytest.approx(0.3),  # {a, b, d} of 10
+        ("m2", "coverage"): pytest.approx(0.1),
+    }
+    assert _ks(out) == {2}
+
+
+# --- intra_list_diversity --------------------------------------------------------------------
+
+
+def test_intra_list_diversity_mean_pairwise_cosine_distance(spark):
+    vectors = spark.createDataFrame(
+        [
+            ("a", [1.0, 0.0]),
+            ("b", [0.0, 1.0]),
+            ("c", [-1.0, 0.0]),
+            ("d", [0.6, 0.8]),
+            ("e", [0.0, -1.0]),
+        ],
+        "id string, embedding array<float>",
+    )
+    recs = _recs(
+        spark,
+        [
+            # m1 u1: pairs ab 1 - 0 = 1, ac 1 - (-1) = 2, bc 1 - 0 = 1 -> mean 4/3.
+            ("m1", "u1", 1, "a"),
+            ("m1", "u1", 2, "b"),
+            ("m1", "u1", 3, "c"),
+            # m1 u2: pair ad 1 - 0.6 = 0.4; e at rank 4 is beyond k.
+            ("m1", "u2", 1, "a"),
+            ("m1", "u2", 2, "d"),
+            ("m1", "u2", 4, "e"),
+            # m2 u1: pair bd 1 - 0.8 = 0.2. m2 u2: one item, no pair, no value.
+            ("m2", "u1", 1, "b"),
+            ("m2", "u1", 2, "d"),
+            ("m2", "u2", 1, "a"),
+        ],
+    )
+
+    out = evaluation.intra_list_diversity(recs, vectors, 3)
+
+    assert _values(out) == {
+        ("m1", "diversity"): pytest.approx((4 / 3 + 0.4) / 2, rel=1e-6),  # 0.8666667
+        ("m2", "diversity"): pytest.approx(0.2, rel=1e-6),
+    }
+    assert _ks(out) == {3}
+
+
+# --- novelty ---------------------------------------------------------------------------------
+
+
+def test_novelty_is_mean_self_information_with_add_one_smoothing(spark):
+    history = _truth(
+        spark,
+        [
+            ("u1", "a"),
+            ("u1", "a"),  # a repeat of the same user does not make a more popular
+            ("u2", "a"),
+            ("u3", "a"),
+            ("u1", "b"),
+            ("u1", "b"),
+        ],
+    )
+    recs = _recs(
+        spark,
+        [
+            ("m1", "u1", 1, "b"),
+            ("m1", "u1", 2, "c"),
+            ("m1", "u1", 3, "a"),  # beyond k
+            ("m1", "u2", 1, "c"),
+            ("m2", "u1", 1, "a"),
+        ],
+    )
+
+    out = evaluation.novelty(recs, history, 2)
+
+    # 3 history users. a: 3 users -> p = 4/4 -> 0 bits; b: 1 user -> p = 2/4 -> 1 bit;
+    # c: nobody -> p = 1/4 -> 2 bits.  m1 recommends b, c, c -> (1 + 2 + 2) / 3.  m2: a -> 0.
+    assert _values(out) == {
+        ("m1", "novelty"): pytest.approx(5 / 3),
+        ("m2", "novelty"): pytest.approx(0.0, abs=1e-12),
+    }
+    assert _ks(out) == {2}
+
+
+# --- segment_truth ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def segment_data(spark):
+    # Distinct history items per truth user: u1 3, u2 1 (one item twice), u3 1, u4 0 (no history).
+    # History users per item: i1 {u1, u2} 2, i2 {u1, u3} 2, i3 {u1, u5} 2; t1 only in truth: 0.
+    history = _truth(
+        spark,
+        [
+            ("u1", "i1"),
+            ("u1", "i2"),
+            ("u1", "i3"),
+            ("u2", "i1"),
+            ("u2", "i1"),
+            ("u3", "i2"),
+            ("u5", "i3"),  # u5 has no truth: never a sparse user
+        ],
+    )
+    truth = _truth(spark, [("u1", "t1"), ("u2", "i2"), ("u3", "i3"), ("u4", "i1"), ("u4", "t1")])
+    return truth, history
+
+
+def _rows(df: DataFrame) -> list[tuple]:
+    return sorted(tuple(r) for r in df.select("user_id", "item_id").collect())
+
+
+def test_segment_truth_membership_with_ties_broken_by_id(segment_data):
+    truth, history = segment_data
+
+    segments = evaluation.segment_truth(truth, history, 0.5)
+
+    assert set(segments) == {"all", "sparse_users", "tail_items"}
+    assert _rows(segments["all"]) == _rows(truth)
+    # Users by (n, id): u4 0, u2 1, u3 1, u1 3; half of 4 = 2 -> u4 and u2 (u2 < u3 on the tie).
+    assert _rows(segments["sparse_users"]) == [("u2", "i2"), ("u4", "i1"), ("u4", "t1")]
+    # Items (truth and history) by (n, id): t1 0, i1 2, i2 2, i3 2; half of 4 = 2 -> t1 and i1.
+    assert _rows(segments["tail_items"]) == [("u1", "t1"), ("u4", "i1"), ("u4", "t1")]
+
+
+def test_segment_truth_small_fraction_keeps_at_least_one(segment_data):
+    truth, history = segment_data
+
+    segments = evaluation.segment_truth(truth, history, 0.1)
+
+    # 0.1 of 4 rounds to 0: still the single sparsest user (u4) and rarest item (t1).
+    assert _rows(segments["sparse_users"]) == [("u4", "i1"), ("u4", "t1")]
+    assert _rows(segments["tail_items"]) == [("u1", "t1"), ("u4", "t1")]
