@@ -69,8 +69,12 @@ class Warehouse:
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(self.path(name))
-        self.register(name)
-        rows = self.spark.read.parquet(self.path(name)).count()
+        if self.exists(name):
+            self.register(name)
+            rows = self.spark.read.parquet(self.path(name)).count()
+        else:
+            # A partitioned write of no rows leaves no file, so there is nothing to register yet.
+            rows = 0
         log.info(
             "wrote %s.%s: %d rows in %.1fs -> %s",
             self.database,

@@ -356,3 +356,23 @@ def test_amazon_ingest_accounts_for_every_line(spark, amazon_files, tmp_path):
             (REVIEW_LINES[3], "duplicate row", source, "run-x"),
         ]
     )
+
+
+def test_clean_input_ingests_with_no_rejects(spark, tmp_path):
+    # A partitioned write of zero reject rows leaves no file: ingest must still account and finish.
+    reviews = _gzip_lines(
+        tmp_path / "clean.json.gz",
+        [
+            _review("U1", "A1", 5.0, 1_400_000_000, "great"),
+            _review("U1", "A2", 4.0, 1_400_000_100, "good"),
+        ],
+    )
+    cfg2 = load_config(
+        [REPO / "conf" / "amazon.yaml"],
+        [f"run.work_dir={tmp_path}", f"source.amazon.reviews_path={reviews}"],
+    )
+
+    counts = ingest_job.run(spark, cfg2, "run-clean")
+
+    assert (counts["reviews_in"], counts["interactions"], counts["rejects"]) == (2, 2, 0)
+    assert (counts["train_rows"], counts["test_rows"]) == (1, 1)
