@@ -117,17 +117,23 @@ def log_figure(figure, name: str) -> None:
 
 
 def log_spark_model(model, name: str) -> None:
-    """Log a fitted Spark ML model. ``mlflow.spark`` wants a PipelineModel; the temporary copy
-    goes to a local folder so no DFS is needed in local mode."""
+    """Log a fitted Spark ML model as an MLflow ``spark`` flavour model, on the job run and on
+    its parent (where a reader of the pipeline run looks). ``mlflow.spark`` wants a
+    PipelineModel; it is saved once to a local folder, so no DFS is needed in local mode."""
     import mlflow.spark
     import pyspark
     from pyspark.ml import PipelineModel
 
     with tempfile.TemporaryDirectory(prefix="hybridrec-model-") as tmp:
-        mlflow.spark.log_model(
+        local = Path(tmp) / name
+        mlflow.spark.save_model(
             PipelineModel(stages=[model]),
-            artifact_path=name,
-            dfs_tmpdir=Path(tmp).as_uri(),
+            str(local),
+            dfs_tmpdir=(Path(tmp) / "dfs").as_uri(),
             # Stated, not inferred: inference reloads the model in a subprocess (~40 s here).
             pip_requirements=[f"pyspark=={pyspark.__version__}"],
         )
+        mlflow.log_artifacts(str(local), artifact_path=name)
+        parent_id = _parent_of_active_run()
+        if parent_id:
+            MlflowClient().log_artifacts(parent_id, str(local), artifact_path=name)
