@@ -158,9 +158,9 @@ def join_interactions(behaviour: DataFrame | None, reviews: DataFrame | None) ->
     The k-th latest review of a (user, item) pair attaches to its k-th latest behaviour row; a
     review left over (no behaviour row for it) is an interaction of its own, so no text is lost.
     """
-    out_cols = [USER_COL, ITEM_COL, RATING_COL, EVENT_COL, TS_COL, TEXT_COL, "origin"]
+    if behaviour is None and reviews is None:
+        raise ValueError("the source gave neither a behaviour nor a reviews table")
     pair_rank = Window.partitionBy(USER_COL, ITEM_COL).orderBy(F.col("_ts").desc(), F.col("raw"))
-    parts = []
     if reviews is not None:
         r = reviews.select(
             USER_COL,
@@ -201,12 +201,11 @@ def join_interactions(behaviour: DataFrame | None, reviews: DataFrame | None) ->
         )
     joined = b.join(r, [USER_COL, ITEM_COL, "_k"], "full_outer")
     has_b = F.col("_has_b").isNotNull()
-    parts = joined.select(
+    return joined.select(
         USER_COL,
         ITEM_COL,
-        F.when(has_b, F.coalesce(RATING_COL, "_r_rating"))
-        .otherwise(F.col("_r_rating"))
-        .alias(RATING_COL),
+        # A behaviour row without a rating takes its review's (null when there is no review).
+        F.coalesce(RATING_COL, "_r_rating").alias(RATING_COL),
         F.when(has_b, F.col(EVENT_COL)).otherwise(F.lit(REVIEW_EVENT)).alias(EVENT_COL),
         F.coalesce("_b_ts", "_r_ts").alias(TS_COL),
         TEXT_COL,
@@ -215,7 +214,6 @@ def join_interactions(behaviour: DataFrame | None, reviews: DataFrame | None) ->
         .otherwise(F.lit(ORIGIN_REVIEW))
         .alias("origin"),
     )
-    return parts.select(out_cols)
 
 
 def leave_last_out_split(interactions: DataFrame) -> DataFrame:
