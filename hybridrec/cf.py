@@ -30,16 +30,11 @@ def preferences(interactions: DataFrame, cfg: Config, fold: str = VALIDATION) ->
     """
     train = history(interactions, fold)
     if cfg.als.implicit:
-        weights = (
-            F.create_map(
-                *[x for k, v in cfg.als.event_weights.items() for x in (F.lit(k), F.lit(float(v)))]
+        event_weight = F.lit(1.0)
+        for event, weight in cfg.als.event_weights.items():
+            event_weight = F.when(F.col(EVENT_COL) == event, F.lit(float(weight))).otherwise(
+                event_weight
             )
-            if cfg.als.event_weights
-            else None
-        )
-        event_weight = (
-            F.coalesce(weights[F.col(EVENT_COL)], F.lit(1.0)) if weights is not None else F.lit(1.0)
-        )
         strength = F.coalesce(F.col(RATING_COL), event_weight)
         return train.groupBy(USER_COL, ITEM_COL).agg(F.sum(strength).alias("preference"))
     return (

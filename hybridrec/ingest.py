@@ -87,20 +87,27 @@ def _common_checks(df: DataFrame, cfg: Config) -> list[tuple[Column, str]]:
     return checks
 
 
-def _split_rejects(df: DataFrame, checks: list, keys: list[str], run_id: str) -> Validated:
+def _split_rejects(
+    df: DataFrame, checks: list, repeats: Window, repeat_reason: str, run_id: str
+) -> Validated:
+    """Reject a row with its first failing check's reason; of the valid rows that fall in one
+    ``repeats`` window, keep the first and reject the others with ``repeat_reason``."""
     flagged = df.withColumn("_reason", _reason(df, checks))
-    # Exact repeats of a valid row (same keys and same raw record) carry no new information.
-    first = Window.partitionBy(*keys, "raw").orderBy(F.lit(1))
     flagged = flagged.withColumn(
         "_reason",
         F.when(
-            F.col("_reason").isNull() & (F.row_number().over(first) > 1), F.lit("duplicate row")
+            F.col("_reason").isNull() & (F.row_number().over(repeats) > 1), F.lit(repeat_reason)
         ).otherwise(F.col("_reason")),
     )
     rejects = flagged.where(F.col("_reason").isNotNull()).select(
         "source", "raw", F.col("_reason").alias("reason"), F.lit(run_id).alias("run_id")
     )
     return Validated(flagged.where(F.col("_reason").isNull()).drop("_reason"), rejects)
+
+
+def _exact_repeats(keys: list[str]) -> Window:
+    # Exact repeats of a valid row (same keys and same raw record) carry no new information.
+    return Window.partitionBy(*keys, "raw").orderBy(F.lit(1))
 
 
 def validate_behaviour(df: DataFrame, cfg: Config, run_id: str) -> Validated:
@@ -116,32 +123,23 @@ def validate_behaviour(df: DataFrame, cfg: Config, run_id: str) -> Validated:
             "rating event without rating",
         ),
     ]
-    return _split_rejects(df, checks, [USER_COL, ITEM_COL, "_ts", EVENT_COL], run_id)
+    repeats = _exact_repeats([USER_COL, ITEM_COL, "_ts", EVENT_COL])
+    return _split_rejects(df, checks, repeats, "duplicate row", run_id)
 
 
 def validate_reviews(df: DataFrame, cfg: Config, run_id: str) -> Validated:
     df = df.withColumn("_ts", parse_event_ts(F.col(TS_COL)))
-    return _split_rejects(df, _common_checks(df, cfg), [USER_COL, ITEM_COL, "_ts"], run_id)
+    repeats = _exact_repeats([USER_COL, ITEM_COL, "_ts"])
+    return _split_rejects(df, _common_checks(df, cfg), repeats, "duplicate row", run_id)
 
 
 def validate_items(df: DataFrame, run_id: str) -> Validated:
     checks = [(_blank(ITEM_COL), f"missing {ITEM_COL}")]
-    flagged = df.withColumn("_reason", _reason(df, checks))
     # Metadata dumps repeat products: keep the record with the most text, reject the others.
     richest = Window.partitionBy(ITEM_COL).orderBy(
         F.length(F.coalesce("description", F.lit(""))).desc(), F.col("raw")
     )
-    flagged = flagged.withColumn(
-        "_reason",
-        F.when(
-            F.col("_reason").isNull() & (F.row_number().over(richest) > 1),
-            F.lit(f"duplicate {ITEM_COL}"),
-        ).otherwise(F.col("_reason")),
-    )
-    rejects = flagged.where(F.col("_reason").isNotNull()).select(
-        "source", "raw", F.col("_reason").alias("reason"), F.lit(run_id).alias("run_id")
-    )
-    return Validated(flagged.where(F.col("_reason").isNull()).drop("_reason"), rejects)
+    return _split_rejects(df, checks, richest, f"duplicate {ITEM_COL}", run_id)
 
 
 def review_text(df: DataFrame) -> Column:

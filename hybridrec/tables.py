@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from hybridrec.config import Config
 from hybridrec.session import work_path
@@ -58,23 +59,30 @@ class Warehouse:
         *,
         mode: str = "overwrite",
         partition_by: list[str] | None = None,
+        run_id: str | None = None,
     ) -> int:
-        """Write ``df`` as Parquet, register it in the catalog, and return the rows now stored.
+        """Write ``df`` as Parquet, register it in the catalog, and return the rows written.
 
-        With ``partition_by`` and mode overwrite only the partitions present in ``df`` are
-        replaced (dynamic partition overwrite), so earlier runs stay queryable.
+        With ``run_id`` the rows get a ``run_id`` column and replace only that run's partition
+        (dynamic partition overwrite), so earlier runs stay queryable. With ``partition_by``
+        only the partitions present in ``df`` are replaced. Rows written are counted from the
+        stored files (this run's partition, or the whole table), not by recomputing ``df``.
         """
         started = time.perf_counter()
+        if run_id is not None:
+            df = df.withColumn("run_id", F.lit(run_id))
+            partition_by = [*(partition_by or []), "run_id"]
         writer = df.write.mode(mode)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(self.path(name))
+        rows = 0  # a partitioned write of no rows leaves no file: nothing to register yet
         if self.exists(name):
             self.register(name)
-            rows = self.spark.read.parquet(self.path(name)).count()
-        else:
-            # A partitioned write of no rows leaves no file, so there is nothing to register yet.
-            rows = 0
+            stored = self.spark.read.parquet(self.path(name))
+            if run_id is not None:
+                stored = stored.where(F.col("run_id") == run_id)
+            rows = stored.count()
         log.info(
             "wrote %s.%s: %d rows in %.1fs -> %s",
             self.database,

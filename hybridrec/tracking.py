@@ -130,7 +130,7 @@ def log_spark_model(model, name: str) -> None:
             PipelineModel(stages=[model]),
             str(local),
             dfs_tmpdir=(Path(tmp) / "dfs").as_uri(),
-            # Stated, not inferred: inference reloads the model in a subprocess (~40 s here).
+            # Stated, not inferred: inference reloads the model in a subprocess (~50 s a run here).
             pip_requirements=[f"pyspark=={pyspark.__version__}"],
         )
         mlflow.log_artifacts(str(local), artifact_path=name)

@@ -113,11 +113,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     catalog = scoring.load_catalog(warehouse, cfg, TEST)
     users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
     baselines = scoring.recommend(users, catalog, baseline_weights(warehouse, run_id), cfg)
-    warehouse.write(
-        baselines.withColumn("run_id", F.lit(run_id)),
-        BASELINE_RECOMMENDATIONS,
-        partition_by=["run_id"],
-    )
+    warehouse.write(baselines, BASELINE_RECOMMENDATIONS, run_id=run_id)
     recs = hybrid.unionByName(
         warehouse.read(BASELINE_RECOMMENDATIONS).where(F.col("run_id") == run_id)
     ).select("model", "user_id", "rank", "item_id")
@@ -129,7 +125,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         k,
         cfg.evaluate.segment_fraction,
     )
-    warehouse.write(metrics.withColumn("run_id", F.lit(run_id)), METRICS, partition_by=["run_id"])
+    warehouse.write(metrics, METRICS, run_id=run_id)
     table = warehouse.read(METRICS).where(F.col("run_id") == run_id).drop("run_id").toPandas()
     wide = table.pivot_table(index=["segment", "model"], columns="metric", values="value")
     log.info("metrics at K=%d:\n%s", k, wide.to_string(float_format="%.4f"))

@@ -32,25 +32,24 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg)
     raw = read_raw(spark, cfg)
     counts: dict[str, float] = {}
-    behaviour = reviews = items = None
+    validated: dict[str, DataFrame | None] = {"behaviour": None, "reviews": None, "items": None}
     rejects: list[DataFrame] = []
-    if raw.behaviour is not None:
-        raw.behaviour = raw.behaviour.cache()
-        counts["behaviour_in"] = raw.behaviour.count()
-        checked = ingest.validate_behaviour(raw.behaviour, cfg, run_id)
-        behaviour = checked.valid
+    validators = {
+        "behaviour": lambda df: ingest.validate_behaviour(df, cfg, run_id),
+        "reviews": lambda df: ingest.validate_reviews(df, cfg, run_id),
+        "items": lambda df: ingest.validate_items(df, run_id),
+    }
+    for kind, validate in validators.items():
+        table = getattr(raw, kind)
+        if table is None:
+            continue
+        # Counted here and validated below: cached so the source is read once.
+        table = table.cache()
+        counts[f"{kind}_in"] = table.count()
+        checked = validate(table)
+        validated[kind] = checked.valid
         rejects.append(checked.rejects)
-    if raw.reviews is not None:
-        raw.reviews = raw.reviews.cache()
-        counts["reviews_in"] = raw.reviews.count()
-        checked = ingest.validate_reviews(raw.reviews, cfg, run_id)
-        reviews = checked.valid
-        rejects.append(checked.rejects)
-    if raw.items is not None:
-        counts["items_in"] = raw.items.count()
-        checked = ingest.validate_items(raw.items, run_id)
-        items = checked.valid
-        rejects.append(checked.rejects)
+    behaviour, reviews, items = validated["behaviour"], validated["reviews"], validated["items"]
 
     interactions = ingest.leave_last_out_split(ingest.join_interactions(behaviour, reviews))
     counts["interactions"] = warehouse.write(interactions, INTERACTIONS)
@@ -71,10 +70,9 @@ def _check_accounting(
     """Prove that every input row is in interactions (as written), in this run's rejects, or
     attached as a review."""
     by_origin = dict(interactions.groupBy("origin").count().collect())
-    rejected = {
-        kind: rejects.where(F.col("source").startswith(f"{kind}:")).count()
-        for kind in ("behaviour", "reviews", "items")
-    }
+    # ``source`` names the raw table first: ``reviews:amazon:<path>``.
+    by_table = dict(rejects.groupBy(F.split("source", ":").getItem(0)).count().collect())
+    rejected = {kind: by_table.get(kind, 0) for kind in ("behaviour", "reviews", "items")}
     attached = by_origin.get(ingest.ORIGIN_BEHAVIOUR_REVIEW, 0)
     expected = {
         "behaviour": (

@@ -15,7 +15,6 @@ import sys
 import mlflow
 import pandas as pd
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from hybridrec import scoring
 from hybridrec.config import Config
@@ -78,9 +77,7 @@ def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg)
     picks = choose_weights(spark, warehouse, cfg)
-    warehouse.write(
-        spark.createDataFrame(picks.assign(run_id=run_id)), FUSION_WEIGHTS, partition_by=["run_id"]
-    )
+    warehouse.write(spark.createDataFrame(picks), FUSION_WEIGHTS, run_id=run_id)
     hybrid = picks[picks["model"] == "hybrid"].iloc[0]
     weights = {part: float(hybrid[part]) for part in PARTS}
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})
@@ -88,9 +85,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     catalog = scoring.load_catalog(warehouse, cfg, TEST)
     users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
     recs = scoring.recommend(users, catalog, {"hybrid": weights}, cfg).drop("model")
-    n = warehouse.write(
-        recs.withColumn("run_id", F.lit(run_id)), RECOMMENDATIONS, partition_by=["run_id"]
-    )
+    n = warehouse.write(recs, RECOMMENDATIONS, run_id=run_id)
     results = {
         "recommendations": n,
         "catalog_items": len(catalog),
