@@ -203,14 +203,16 @@ def _coerce(dotted: str, default: Any, value: Any, origin: str, open_map: bool) 
 def _check_values(cfg: dict[str, Any]) -> None:
     positive = ["als.rank", "als.max_iter", "score.k", "evaluate.k", "embed.batch_size"]
     positive += ["embed.max_length", "score.user_block_rows", "spark.arrow_batch_rows"]
+    positive += ["cooc.neighbours", "cooc.history_items", "score.history_items"]
     for key in positive:
         if _lookup(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_lookup(cfg, key)!r}")
     weights = cfg["score"]["weights"]
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ConfigError(f"score.weights must be non-negative with a positive sum, got {weights}")
-    if cfg["score"]["recent_half_life"] <= 0:
-        raise ConfigError("score.recent_half_life must be positive")
+    for key in ("score.recent_half_life", "score.cooc_half_life", "cooc.time_scale_days"):
+        if _lookup(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {_lookup(cfg, key)!r}")
     step = cfg["score"]["weight_grid_step"]
     if not 0 < step <= 1:
         raise ConfigError(f"score.weight_grid_step must be in (0, 1], got {step}")

@@ -18,13 +18,14 @@ TRAIN, VALIDATION, TEST = "train", "validation", "test"
 FOLD_COL = "fold"
 FOLDS = {VALIDATION: (TRAIN,), TEST: (TRAIN, VALIDATION)}
 
-MODELS = ("hybrid", "als", "text", "popularity")
+MODELS = ("hybrid", "als", "cooc", "text", "popularity")
 # Fusion weights that turn the hybrid kernel into each single-signal baseline. The text
 # baseline's mix of its two text parts is re-picked on validation when the hybrid's weights are.
 BASELINE_WEIGHTS = {
-    "als": {"cf": 1.0, "text": 0.0, "recent": 0.0, "pop": 0.0},
-    "text": {"cf": 0.0, "text": 0.5, "recent": 0.5, "pop": 0.0},
-    "popularity": {"cf": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0},
+    "als": {"cf": 1.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 0.0},
+    "cooc": {"cf": 0.0, "cooc": 1.0, "text": 0.0, "recent": 0.0, "pop": 0.0},
+    "text": {"cf": 0.0, "cooc": 0.0, "text": 0.5, "recent": 0.5, "pop": 0.0},
+    "popularity": {"cf": 0.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0},
 }
 TEXT_PARTS = ("text", "recent")
 
@@ -36,6 +37,7 @@ ITEM_EMBEDDINGS = "item_embeddings"
 USER_EMBEDDINGS = "user_embeddings"
 ALS_USER_FACTORS = "als_user_factors"
 ALS_ITEM_FACTORS = "als_item_factors"
+ITEM_NEIGHBOURS = "item_neighbours"
 RECOMMENDATIONS = "recommendations"
 BASELINE_RECOMMENDATIONS = "baseline_recommendations"
 METRICS = "metrics"

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -22,12 +23,14 @@ from hybridrec.constants import (
     INTERACTIONS,
     ITEM_COL,
     ITEM_EMBEDDINGS,
+    ITEM_NEIGHBOURS,
     ITEMS,
     SPLIT_COL,
     TS_COL,
     USER_COL,
     USER_EMBEDDINGS,
 )
+from hybridrec.cooc import NEIGHBOUR_COL
 from hybridrec.folds import history
 from hybridrec.tables import Warehouse
 from udfs import topk
@@ -42,6 +45,7 @@ RECOMMENDATION_SCHEMA = T.StructType(
         T.StructField(ITEM_COL, T.StringType()),
         T.StructField("score", T.DoubleType()),
         T.StructField("cf_score", T.DoubleType()),
+        T.StructField("cooc_score", T.DoubleType()),
         T.StructField("text_score", T.DoubleType()),
         T.StructField("recent_score", T.DoubleType()),
         T.StructField("pop_score", T.DoubleType()),
@@ -81,6 +85,7 @@ def build_catalog(
     item_factors: DataFrame | None,
     item_vectors: DataFrame | None,
     pop: DataFrame,
+    neighbours: DataFrame | None = None,
 ) -> topk.ItemCatalog:
     """Collect the candidates (they grow with the catalog, never with users) into arrays.
 
@@ -89,6 +94,7 @@ def build_catalog(
         item_factors: item_id, factors (ALS); None for a catalog without CF.
         item_vectors: item_id, embedding; None for a catalog without text.
         pop: item_id, popularity.
+        neighbours: item_id, neighbour_id, similarity; None for a catalog without co-occurrence.
     """
     rows = items.join(pop, ITEM_COL, "left")
     if item_factors is not None:
@@ -103,14 +109,46 @@ def build_catalog(
     dim = _first_length(frame[EMBEDDING_COL])
     cf, has_cf = topk.stack_vectors(frame[FACTORS_COL], rank)
     emb, has_text = topk.stack_vectors(frame[EMBEDDING_COL], dim)
+    ids = frame[ITEM_COL].to_numpy().astype(str)
+    neighbour_idx, neighbour_sims = _neighbour_arrays(items, neighbours, ids)
     return topk.ItemCatalog(
-        ids=frame[ITEM_COL].to_numpy().astype(str),
+        ids=ids,
         cf=cf,
         has_cf=has_cf,
         text=emb,
         has_text=has_text,
         pop=frame["popularity"].fillna(0.0).to_numpy(np.float32),
+        neighbours=neighbour_idx,
+        neighbour_sims=neighbour_sims,
     )
+
+
+def _neighbour_arrays(
+    items: DataFrame, neighbours: DataFrame | None, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each catalog item's neighbours as (n, m) catalog indices (-1 pads) and similarities;
+    neighbours outside the catalog are dropped."""
+    if neighbours is None:
+        return np.full((len(ids), 0), -1, np.int64), np.zeros((len(ids), 0), np.float32)
+    candidates = items.select(ITEM_COL)
+    pairs = (
+        neighbours.join(candidates, ITEM_COL)
+        .join(candidates.withColumnRenamed(ITEM_COL, NEIGHBOUR_COL), NEIGHBOUR_COL)
+        .select(ITEM_COL, NEIGHBOUR_COL, "similarity")
+        .toPandas()
+    )
+    position = pd.Series(np.arange(len(ids)), index=ids)
+    row = position.reindex(pairs[ITEM_COL].astype(str)).to_numpy()
+    col = position.reindex(pairs[NEIGHBOUR_COL].astype(str)).to_numpy()
+    order = np.lexsort((-pairs["similarity"].to_numpy(), row))
+    row, col, sims = row[order], col[order], pairs["similarity"].to_numpy()[order]
+    counts = np.bincount(row, minlength=len(ids))
+    slot = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    neighbour_idx = np.full((len(ids), max(1, counts.max(initial=0))), -1, np.int64)
+    neighbour_sims = np.zeros(neighbour_idx.shape, np.float32)
+    neighbour_idx[row, slot] = col
+    neighbour_sims[row, slot] = sims
+    return neighbour_idx, neighbour_sims
 
 
 def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> topk.ItemCatalog:
@@ -121,15 +159,18 @@ def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> topk.ItemCatal
         of_fold(warehouse.read(ALS_ITEM_FACTORS), fold),
         of_fold(warehouse.read(ITEM_EMBEDDINGS), fold).withColumnRenamed("id", ITEM_COL),
         popularity(interactions, fold),
+        of_fold(warehouse.read(ITEM_NEIGHBOURS), fold),
     )
     log.info(
-        "catalog (%s fold): %d items, %d with ALS factors (rank %d), %d with text (dim %d)",
+        "catalog (%s fold): %d items, %d with ALS factors (rank %d), %d with text (dim %d), "
+        "%d with co-occurrence neighbours",
         fold,
         len(catalog),
         catalog.has_cf.sum(),
         catalog.cf.shape[1],
         catalog.has_text.sum(),
         catalog.text.shape[1],
+        (catalog.neighbours >= 0).any(axis=1).sum(),
     )
     return catalog
 
@@ -233,6 +274,7 @@ def _kernel_settings(cfg: Config) -> dict:
     return {
         "method": cfg.score.normalisation,
         "recent_half_life": cfg.score.recent_half_life,
+        "cooc_half_life": cfg.score.cooc_half_life,
         "history_cap": cfg.score.history_items,
     }
 

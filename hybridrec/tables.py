@@ -50,7 +50,8 @@ class Warehouse:
                 f"table {self.database}.{name} not found at {self.path(name)}: "
                 "run the job that writes it first (see README, 'Tables')"
             )
-        return self.spark.read.parquet(self.path(name))
+        # mergeSchema: partitions written before a column was added still read (as null).
+        return self.spark.read.option("mergeSchema", "true").parquet(self.path(name))
 
     def write(
         self,

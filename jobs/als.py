@@ -1,4 +1,5 @@
-"""als: interactions -> als_user_factors, als_item_factors (per fold), and the ALS model in MLflow.
+"""als: interactions -> als_user_factors, als_item_factors, item_neighbours (per fold), and the
+ALS model in MLflow: the collaborative signals.
 
     spark-submit jobs/als.py --conf conf/local.yaml [--set als.rank=64 --set als.implicit=false]
     python -m jobs.als --conf conf/local.yaml
@@ -6,6 +7,7 @@
 With ``als.tune_on_validation`` every point of ``als.grid`` is fitted on train and ranked on
 validation (each a nested MLflow run); the best is refitted on train and validation for the
 test fold. Without it, the configured rank, reg_param and alpha are used for both folds.
+Item co-occurrence neighbours (``cooc``) are built from each fold's history alongside.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import cf, scoring, tracking
+from hybridrec import cf, cooc, scoring, tracking
 from hybridrec.config import Config
 from hybridrec.constants import (
     ALS_ITEM_FACTORS,
@@ -30,6 +32,7 @@ from hybridrec.constants import (
     FOLD_COL,
     INTERACTIONS,
     ITEM_COL,
+    ITEM_NEIGHBOURS,
     ITEMS,
     TEST,
     USER_COL,
@@ -141,6 +144,23 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     results["item_factors"] = warehouse.write(
         reduce(DataFrame.unionByName, [i for _, i in fold_factors]),
         ALS_ITEM_FACTORS,
+        partition_by=[FOLD_COL],
+    )
+    results["item_neighbours"] = warehouse.write(
+        reduce(
+            DataFrame.unionByName,
+            [
+                cooc.item_neighbours(
+                    interactions,
+                    fold,
+                    history_items=cfg.cooc.history_items,
+                    time_scale_days=cfg.cooc.time_scale_days,
+                    neighbours=cfg.cooc.neighbours,
+                )
+                for fold in (VALIDATION, TEST)
+            ],
+        ),
+        ITEM_NEIGHBOURS,
         partition_by=[FOLD_COL],
     )
     if cfg.mlflow.log_model:

@@ -18,7 +18,14 @@ from pyspark.sql import SparkSession
 
 from hybridrec import scoring
 from hybridrec.config import Config
-from hybridrec.constants import BASELINE_WEIGHTS, FUSION_WEIGHTS, RECOMMENDATIONS, TEST, VALIDATION
+from hybridrec.constants import (
+    BASELINE_WEIGHTS,
+    FUSION_WEIGHTS,
+    RECOMMENDATIONS,
+    TEST,
+    TEXT_PARTS,
+    VALIDATION,
+)
 from hybridrec.runner import job_main
 from hybridrec.tables import Warehouse
 from udfs.topk import PARTS, weight_grid
@@ -54,7 +61,7 @@ def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd
         [cfg.score.tune_metric, "combo"], ascending=[False, True]
     )
     mlflow.log_text(results.to_csv(index=False), "weight_grid_validation.csv")
-    text_only = results[(results["cf"] == 0) & (results["pop"] == 0)]
+    text_only = results[(results[[p for p in PARTS if p not in TEXT_PARTS]] == 0).all(axis=1)]
     picks = pd.concat(
         [results.head(1).assign(model="hybrid"), text_only.head(1).assign(model="text")]
     )

@@ -1,10 +1,10 @@
 """The hybrid scoring kernel: numpy over one block of users against the whole item catalog.
 
-Each part (CF, text, popularity) is scored for every (user, item) of the block, normalised per
-user over the candidate items (those the user has not interacted with in train), fused with
-weights, and reduced to the top K. A part a user or an item lacks (a cold user without ALS
-factors, an item without text) takes the user's average normalised value, so it neither helps nor
-hurts and the other parts decide: a cold user is ranked by text and popularity alone.
+Each part (ALS, co-occurrence, text, recent text, popularity) is scored for every (user, item) of
+the block, normalised per user over the candidate items (those the user has not interacted with in
+train), fused with weights, and reduced to the top K. A part a user or an item lacks (a cold user
+without ALS factors, an item without text) takes the user's average normalised value, so it neither
+helps nor hurts and the other parts decide: a cold user is ranked by text and popularity alone.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-PARTS = ("cf", "text", "recent", "pop")
+PARTS = ("cf", "cooc", "text", "recent", "pop")
 REASONS = {
     "cf": "liked by similar users",
+    "cooc": "",  # filled with the history item it was most often had with
     "text": "",  # filled with the most similar history item
     "recent": "",
     "pop": "popular",
@@ -35,6 +36,8 @@ class ItemCatalog:
     text: np.ndarray  # (n, dim) unit text vectors, zeros where missing
     has_text: np.ndarray  # (n,) bool
     pop: np.ndarray  # (n,) log1p(train users)
+    neighbours: np.ndarray  # (n, m) catalog indices of co-occurrence neighbours, -1 pads
+    neighbour_sims: np.ndarray  # (n, m) their similarities, 0 at pads
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,27 +89,49 @@ def recent_history_vectors(
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32), known.any(axis=1)
 
 
+def cooc_scores(history: np.ndarray, catalog: ItemCatalog, half_life: float) -> np.ndarray:
+    """(rows, items): the similarity-weighted votes of each row's history items for their
+    co-occurrence neighbours, the newest history item weighted most (halving every
+    ``half_life`` items back). Sums over a sparse gather: never an items x items matrix."""
+    rows, n_items = history.shape[0], len(catalog)
+    neighbours = catalog.neighbours[np.maximum(history, 0)]  # (rows, width, m)
+    recency = np.where(history >= 0, 0.5 ** (np.arange(history.shape[1]) / half_life), 0.0)
+    votes = catalog.neighbour_sims[np.maximum(history, 0)] * recency[:, :, None]
+    present = (neighbours >= 0) & (votes > 0)
+    flat = (np.arange(rows)[:, None, None] * n_items + neighbours)[present]
+    return (
+        np.bincount(flat, weights=votes[present], minlength=rows * n_items)
+        .reshape(rows, n_items)
+        .astype(np.float32)
+    )
+
+
 def raw_parts(
     block: pd.DataFrame,
     catalog: ItemCatalog,
     *,
     recent_half_life: float = 1.0,
+    cooc_half_life: float = 3.0,
     history_cap: int = 50,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per part, the raw (users, items) scores and where they are defined.
 
-    ``text`` compares the user's own review vector with each item; ``recent`` compares the text
-    vectors of the items the user had most recently (what comes next tends to resemble what came
-    last).
+    ``cooc`` sums the co-occurrence neighbours of the user's recent items; ``text`` compares the
+    user's own review vector with each item; ``recent`` compares the text vectors of the items
+    the user had most recently (what comes next tends to resemble what came last).
     """
     n = len(block)
     user_cf, has_user_cf = stack_vectors(block["factors"], catalog.cf.shape[1])
     user_text, has_user_text = stack_vectors(block["embedding"], catalog.text.shape[1])
-    user_recent, has_recent = recent_history_vectors(
-        padded_history(block["seen"], history_cap), catalog, recent_half_life
-    )
+    history = padded_history(block["seen"], history_cap)
+    user_recent, has_recent = recent_history_vectors(history, catalog, recent_half_life)
+    has_history = (history >= 0).any(axis=1)
     return {
         "cf": (user_cf @ catalog.cf.T, has_user_cf[:, None] & catalog.has_cf[None, :]),
+        "cooc": (
+            cooc_scores(history, catalog, cooc_half_life),
+            np.broadcast_to(has_history[:, None], (n, len(catalog))).copy(),
+        ),
         "text": (user_text @ catalog.text.T, has_user_text[:, None] & catalog.has_text[None, :]),
         "recent": (user_recent @ catalog.text.T, has_recent[:, None] & catalog.has_text[None, :]),
         "pop": (
@@ -216,6 +241,7 @@ def recommend_block(
     method: str,
     history_cap: int = 50,
     recent_half_life: float = 1.0,
+    cooc_half_life: float = 3.0,
 ) -> pd.DataFrame:
     """Top-k rows per (model, user) with the score, its normalised parts and a reason."""
     candidates = ~ragged_mask(block["seen"], len(catalog))
@@ -225,6 +251,7 @@ def recommend_block(
         candidates,
         method,
         recent_half_life=recent_half_life,
+        cooc_half_life=cooc_half_life,
         history_cap=history_cap,
     )
     frames = []
@@ -253,6 +280,7 @@ def recommend_block(
                     "item_id": catalog.ids[items],
                     "score": best_scores[rows, ranks].astype(np.float64),
                     "cf_score": parts["cf"][rows, items].astype(np.float64),
+                    "cooc_score": parts["cooc"][rows, items].astype(np.float64),
                     "text_score": parts["text"][rows, items].astype(np.float64),
                     "recent_score": parts["recent"][rows, items].astype(np.float64),
                     "pop_score": parts["pop"][rows, items].astype(np.float64),
@@ -291,6 +319,23 @@ def _reasons(
             has_nearest,
             np.char.add("similar to ", catalog.ids[np.maximum(nearest, 0)].astype(str)),
             "matches your reviews",
+        )
+    is_cooc = dominant == PARTS.index("cooc")
+    if is_cooc.any():
+        history_idx = padded_history(block["seen"], history)[rows[is_cooc]]  # (m, width)
+        known = np.maximum(history_idx, 0)
+        # How similar each history item is to the recommended one, from its neighbour list.
+        sims = np.where(
+            catalog.neighbours[known] == items[is_cooc][:, None, None],
+            catalog.neighbour_sims[known],
+            0.0,
+        ).max(axis=2, initial=0.0)
+        sims = np.where(history_idx >= 0, sims, 0.0)
+        partner = history_idx[np.arange(len(history_idx)), sims.argmax(axis=1)]
+        reasons[is_cooc] = np.where(
+            sims.max(axis=1) > 0,
+            np.char.add("often had with ", catalog.ids[np.maximum(partner, 0)].astype(str)),
+            "often had with your items",
         )
     return reasons
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hybridrec.config import ConfigError, conf_dir, load_config
+from udfs.topk import PARTS
 
 
 def _overlay(folder: Path, name: str, text: str) -> Path:
@@ -23,7 +24,14 @@ def test_defaults_come_from_base_yaml():
     assert cfg.als.reg_param == 0.1
     assert cfg.als.implicit is True
     assert cfg.score.normalisation == "zscore"
-    assert cfg["score"]["weights"].to_dict() == {"cf": 0.5, "text": 0.1, "recent": 0.3, "pop": 0.1}
+    assert cfg["score"]["weights"].to_dict() == {
+        "cf": 0.2,
+        "cooc": 0.2,
+        "text": 0.1,
+        "recent": 0.5,
+        "pop": 0.0,
+    }
+    assert cfg.cooc.time_scale_days == 30.0
     assert cfg.ingest.event_types == ["rating", "review", "click", "purchase"]
     assert cfg.run.warehouse_dir is None
     assert cfg.sources == (str(conf_dir() / "base.yaml"),)
@@ -33,7 +41,7 @@ def test_flat_gives_dotted_keys():
     flat = load_config().flat()
 
     assert flat["als.rank"] == 32
-    assert flat["score.weights.pop"] == 0.1
+    assert flat["score.weights.recent"] == 0.5
     assert flat["spark.conf"] == {}
 
 
@@ -187,7 +195,7 @@ def test_negative_fusion_weight_is_rejected():
 
 
 def test_all_zero_fusion_weights_are_rejected():
-    zero = [f"score.weights.{part}=0" for part in ("cf", "text", "recent", "pop")]
+    zero = [f"score.weights.{part}=0" for part in PARTS]
 
     with pytest.raises(ConfigError, match="with a positive sum"):
         load_config([], zero)
@@ -271,4 +279,4 @@ def test_config_is_read_only_mapping():
     with pytest.raises(AttributeError, match="config has no key 'nope'"):
         _ = cfg.als.nope
     assert "rank" in cfg.als
-    assert len(cfg.score.weights) == 4
+    assert len(cfg.score.weights) == len(PARTS)

@@ -1,11 +1,11 @@
 """No held-out data feeds a fold's models.
 
 Each fold's fitted inputs (review documents and their weights, item and user text vectors, ALS
-preferences, popularity) are computed on a small interactions table, then again with rows added
-that exist only in a held-out split. Rows only in ``test`` must change nothing in either fold;
-rows only in ``validation`` must change nothing in the validation fold but must change the test
-fold, which is fitted on train and validation. The same rows labelled ``train`` change every
-output of both folds, so each comparison below is able to fail.
+preferences, popularity, co-occurrence neighbours) are computed on a small interactions table, then
+again with rows added that exist only in a held-out split. Rows only in ``test`` must change
+nothing in either fold; rows only in ``validation`` must change nothing in the validation fold but
+must change the test fold, which is fitted on train and validation. The same rows labelled
+``train`` change every output of both folds, so each comparison below is able to fail.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import cf, embedding, scoring
+from hybridrec import cf, cooc, embedding, scoring
 from hybridrec.config import Config, load_config
 from hybridrec.constants import FOLDS, TEST, TRAIN, VALIDATION
 
 T0 = 1_700_000_000
 DAY = 86_400
 MODEL_ID = "fake-3d"
-OUTPUTS = ("documents", "item_vectors", "user_vectors", "preferences", "popularity")
+OUTPUTS = ("documents", "item_vectors", "user_vectors", "preferences", "popularity", "neighbours")
 
 # Fake encoder: every text used below has a fixed 3-d vector, each pointing somewhere else.
 # No base vector is a mean of more than two terms: two doubles add the same in either order, so
@@ -114,8 +114,11 @@ def fit(spark, leak_cfg):
             "user_vectors": users,
             "preferences": cf.preferences(interactions, leak_cfg, fold),
             "popularity": scoring.popularity(interactions, fold),
+            "neighbours": cooc.item_neighbours(
+                interactions, fold, history_items=50, time_scale_days=30.0, neighbours=100
+            ),
         }
-        # One query for all five: a row per output row, as JSON (floats written exactly).
+        # One query for all outputs: a row per output row, as JSON (floats written exactly).
         rows = reduce(
             DataFrame.unionByName,
             [

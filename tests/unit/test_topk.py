@@ -8,6 +8,7 @@ import pytest
 
 from udfs.topk import (
     ItemCatalog,
+    cooc_scores,
     normalise,
     padded_history,
     ragged_mask,
@@ -208,7 +209,7 @@ def test_weight_grid_over_three_parts_at_half_step_has_six_points():
     assert all(w["recent"] == 0.0 for w in grid)
 
 
-@pytest.mark.parametrize(("step", "size"), [(1.0, 4), (0.5, 10), (0.25, 35), (0.1, 286)])
+@pytest.mark.parametrize(("step", "size"), [(1.0, 5), (0.5, 15), (0.25, 70), (0.1, 1001)])
 def test_weight_grid_size_and_every_point_sums_to_one(step, size):
     grid = weight_grid(step)
 
@@ -217,8 +218,8 @@ def test_weight_grid_size_and_every_point_sums_to_one(step, size):
     for weights in grid:
         assert sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
         assert min(weights.values()) >= 0.0
-    assert {"cf": 1.0, "text": 0.0, "recent": 0.0, "pop": 0.0} in grid
-    assert {"cf": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0} in grid
+    assert {"cf": 1.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 0.0} in grid
+    assert {"cf": 0.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0} in grid
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -245,7 +246,8 @@ def test_ragged_mask_marks_listed_indices():
 
 
 def _catalog(*, e_has_text: bool = True) -> ItemCatalog:
-    """Five items; text vectors are unit length, ALS factors have rank 2."""
+    """Five items; text vectors are unit length, ALS factors have rank 2; co-occurrence
+    neighbours a-d 0.9, c-d 0.7, a-b 0.5, b-e 0.4 (symmetric, up to two per item)."""
     text = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-0.6, 0.8]], dtype=np.float32)
     has_text = np.array([True, True, True, True, e_has_text])
     if not e_has_text:
@@ -257,6 +259,10 @@ def _catalog(*, e_has_text: bool = True) -> ItemCatalog:
         text=text,
         has_text=has_text,
         pop=np.array([1.0, 2.0, 0.0, 3.0, 4.0], dtype=np.float32),
+        neighbours=np.array([[3, 1], [0, 4], [3, -1], [0, 2], [1, -1]]),
+        neighbour_sims=np.array(
+            [[0.9, 0.5], [0.5, 0.4], [0.7, 0.0], [0.9, 0.7], [0.4, 0.0]], dtype=np.float32
+        ),
     )
 
 
@@ -448,3 +454,48 @@ def test_recent_only_model_ranks_by_similarity_to_the_newest_item():
     # c is most like b = (0, 1) among the cold user's history (0.8 against a's 0.6).
     assert cold["reason"].iloc[0] == "similar to b"
     np.testing.assert_allclose(cold["score"], cold["recent_score"], rtol=1e-6)
+
+
+# --- co-occurrence part ------------------------------------------------------------------------
+
+
+def test_cooc_scores_sum_neighbour_similarities_weighted_by_recency():
+    history = np.array([[1, 0], [2, -1], [-1, -1]])  # b (newest) then a; c only; nothing
+
+    scores = cooc_scores(history, _catalog(), half_life=1.0)
+
+    # Row 0: b votes a .5, e .4 (weight 1); a votes d .9, b .5 (weight .5).
+    np.testing.assert_allclose(scores[0], [0.5, 0.25, 0.0, 0.45, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(scores[1], [0.0, 0.0, 0.0, 0.7, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(scores[2], np.zeros(5))
+
+
+def test_catalog_without_neighbours_gives_zero_cooc_scores():
+    catalog = _catalog()
+    catalog.neighbours = np.full((5, 0), -1)
+    catalog.neighbour_sims = np.zeros((5, 0), np.float32)
+
+    scores = cooc_scores(np.array([[1, 0]]), catalog, half_life=1.0)
+
+    np.testing.assert_array_equal(scores, np.zeros((1, 5)))
+
+
+def test_cooc_model_ranks_neighbours_of_recent_items_and_names_the_partner():
+    recs = recommend_block(
+        _block(),
+        _catalog(),
+        {"cooc": {"cooc": 1.0}},
+        k=3,
+        method="minmax",
+        history_cap=50,
+        cooc_half_life=1.0,
+    )
+    cold = recs[recs["user_id"] == "cold"]
+    warm = recs[recs["user_id"] == "warm"]
+
+    # Cold (b, a): candidates c 0, d .45, e .4 -> d, e, c. Warm (c): only d is a neighbour.
+    assert cold["item_id"].tolist() == ["d", "e", "c"]
+    assert cold["reason"].tolist()[:2] == ["often had with a", "often had with b"]
+    assert warm["item_id"].iloc[0] == "d"
+    assert warm["reason"].iloc[0] == "often had with c"
+    np.testing.assert_allclose(cold["score"], cold["cooc_score"], rtol=1e-6)
