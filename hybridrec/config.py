@@ -210,7 +210,12 @@ def _check_values(cfg: dict[str, Any]) -> None:
     weights = cfg["score"]["weights"]
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ConfigError(f"score.weights must be non-negative with a positive sum, got {weights}")
-    for key in ("score.recent_half_life", "score.cooc_half_life", "cooc.time_scale_days"):
+    for key in (
+        "score.recent_half_life",
+        "score.recent_sharpness",
+        "score.cooc_half_life",
+        "cooc.time_scale_days",
+    ):
         if _lookup(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_lookup(cfg, key)!r}")
     step = cfg["score"]["weight_grid_step"]

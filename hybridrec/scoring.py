@@ -274,6 +274,7 @@ def _kernel_settings(cfg: Config) -> dict:
     return {
         "method": cfg.score.normalisation,
         "recent_half_life": cfg.score.recent_half_life,
+        "recent_sharpness": cfg.score.recent_sharpness,
         "cooc_half_life": cfg.score.cooc_half_life,
         "history_cap": cfg.score.history_items,
     }

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 PARTS = ("cf", "cooc", "text", "recent", "pop")
+# A history item weighted less than this (relative to the newest, 1) is too old to matter.
+MIN_RECENCY_WEIGHT = 1e-4
 REASONS = {
     "cf": "liked by similar users",
     "cooc": "",  # filled with the history item it was most often had with
@@ -77,16 +79,30 @@ def padded_history(seen: pd.Series, width_cap: int) -> np.ndarray:
     return padded
 
 
-def recent_history_vectors(
-    history: np.ndarray, catalog: ItemCatalog, half_life: float
+def recent_similarity(
+    history: np.ndarray, catalog: ItemCatalog, half_life: float, sharpness: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the unit mean of its history items' text vectors, the newest weighted most (a
-    weight halves every ``half_life`` items back), and whether any history item had text."""
+    """(rows, items): the recency-weighted sum over each row's history items of their text
+    similarity to every item, raised to ``sharpness`` (sign kept), and whether any history item
+    had text.
+
+    At sharpness 1 this ranks as the similarity to the mean of the recent items' vectors. Higher
+    values let only the closest history item count: an item almost the same as a recent one (the
+    same magazine under another listing, the next season of a show) outranks one that is
+    half-like several of them.
+    """
     known = (history >= 0) & catalog.has_text[np.maximum(history, 0)]
-    weights = np.where(known, 0.5 ** (np.arange(history.shape[1]) / half_life)[None, :], 0.0)
-    vectors = np.einsum("rw,rwd->rd", weights, catalog.text[np.maximum(history, 0)])
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32), known.any(axis=1)
+    recency = 0.5 ** (np.arange(history.shape[1]) / half_life)
+    weights = np.where(known, recency[None, :], 0.0)
+    scores = np.zeros((len(history), len(catalog)), dtype=np.float32)
+    # Recency only shrinks with age: the history items past this one cannot move a score.
+    for position in range(int((recency >= MIN_RECENCY_WEIGHT).sum())):
+        if not known[:, position].any():
+            continue
+        sims = catalog.text[np.maximum(history[:, position], 0)] @ catalog.text.T
+        sharpened = sims if sharpness == 1 else sims * np.abs(sims) ** (sharpness - 1)
+        scores += weights[:, position, None].astype(np.float32) * sharpened
+    return scores, known.any(axis=1)
 
 
 def cooc_scores(history: np.ndarray, catalog: ItemCatalog, half_life: float) -> np.ndarray:
@@ -111,6 +127,7 @@ def raw_parts(
     catalog: ItemCatalog,
     *,
     recent_half_life: float = 1.0,
+    recent_sharpness: float = 1.0,
     cooc_half_life: float = 3.0,
     history_cap: int = 50,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -124,7 +141,7 @@ def raw_parts(
     user_cf, has_user_cf = stack_vectors(block["factors"], catalog.cf.shape[1])
     user_text, has_user_text = stack_vectors(block["embedding"], catalog.text.shape[1])
     history = padded_history(block["seen"], history_cap)
-    user_recent, has_recent = recent_history_vectors(history, catalog, recent_half_life)
+    recent, has_recent = recent_similarity(history, catalog, recent_half_life, recent_sharpness)
     has_history = (history >= 0).any(axis=1)
     return {
         "cf": (user_cf @ catalog.cf.T, has_user_cf[:, None] & catalog.has_cf[None, :]),
@@ -133,7 +150,7 @@ def raw_parts(
             np.broadcast_to(has_history[:, None], (n, len(catalog))).copy(),
         ),
         "text": (user_text @ catalog.text.T, has_user_text[:, None] & catalog.has_text[None, :]),
-        "recent": (user_recent @ catalog.text.T, has_recent[:, None] & catalog.has_text[None, :]),
+        "recent": (recent, has_recent[:, None] & catalog.has_text[None, :]),
         "pop": (
             np.broadcast_to(catalog.pop, (n, len(catalog))).copy(),
             np.ones((n, len(catalog)), bool),
@@ -241,6 +258,7 @@ def recommend_block(
     method: str,
     history_cap: int = 50,
     recent_half_life: float = 1.0,
+    recent_sharpness: float = 1.0,
     cooc_half_life: float = 3.0,
 ) -> pd.DataFrame:
     """Top-k rows per (model, user) with the score, its normalised parts and a reason."""
@@ -251,6 +269,7 @@ def recommend_block(
         candidates,
         method,
         recent_half_life=recent_half_life,
+        recent_sharpness=recent_sharpness,
         cooc_half_life=cooc_half_life,
         history_cap=history_cap,
     )

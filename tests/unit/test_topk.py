@@ -12,7 +12,7 @@ from udfs.topk import (
     normalise,
     padded_history,
     ragged_mask,
-    recent_history_vectors,
+    recent_similarity,
     recommend_block,
     stack_vectors,
     target_ranks,
@@ -416,23 +416,41 @@ def test_padded_history_keeps_the_newest_items_and_pads():
     np.testing.assert_array_equal(padded_history(seen, 2), [[4, 1], [-1, -1], [2, -1]])
 
 
-def test_recent_history_vector_weights_the_newest_item_most():
+def test_recent_similarity_weights_the_newest_item_most():
     history = np.array([[1, 0], [-1, -1]])  # user 0 saw b (newest) then a; user 1 saw nothing
 
-    vectors, has = recent_history_vectors(history, _catalog(), half_life=1.0)
+    scores, has = recent_similarity(history, _catalog(), half_life=1.0, sharpness=1.0)
 
-    # b = (0, 1) weight 1, a = (1, 0) weight 0.5 -> (0.5, 1) / |(0.5, 1)|
-    np.testing.assert_allclose(vectors[0], np.array([0.5, 1.0]) / np.sqrt(1.25), rtol=1e-6)
-    np.testing.assert_array_equal(vectors[1], [0.0, 0.0])
+    # 1 * sim(b, .) + 0.5 * sim(a, .): b = (0, 1), a = (1, 0).
+    np.testing.assert_allclose(scores[0], [0.5, 1.0, 1.1, 1.0, 0.5], rtol=1e-6)
+    np.testing.assert_array_equal(scores[1], np.zeros(5))
     np.testing.assert_array_equal(has, [True, False])
 
 
-def test_recent_history_ignores_items_without_text():
-    history = np.array([[4, 0]])  # e has no text: only a counts
+def test_recent_similarity_sharpness_lets_the_closest_history_item_win():
+    catalog = _catalog()
+    catalog.text[4] = np.array([0.1, 0.995]) / np.hypot(0.1, 0.995)  # e: nearly b
+    history = np.array([[1, 0]])  # b and a, weighted alike (half-life huge)
 
-    vectors, has = recent_history_vectors(history, _catalog(e_has_text=False), half_life=1.0)
+    flat, _ = recent_similarity(history, catalog, half_life=1e9, sharpness=1.0)
+    sharp, _ = recent_similarity(history, catalog, half_life=1e9, sharpness=40.0)
 
-    np.testing.assert_allclose(vectors[0], [1.0, 0.0], rtol=1e-6)
+    # Sharpness 1: c and d are fairly like both (0.6 + 0.8 = 1.4), e is like b alone (~1.09).
+    assert flat[0, 2] == pytest.approx(1.4, rel=1e-5)
+    assert flat[0, 2] > flat[0, 4]
+    # Sharpness 40: 0.8 ** 40 is ~1e-4, e's ~0.995 ** 40 ~0.8: the near-duplicate of b wins.
+    assert sharp[0, 2] == pytest.approx(0.6**40 + 0.8**40, rel=1e-4)
+    assert sharp[0, 4] > 100 * sharp[0, 2]
+
+
+def test_recent_similarity_ignores_items_without_text():
+    history = np.array([[4, 0]])  # e has no text: only a (weight 0.5, second newest) counts
+
+    scores, has = recent_similarity(
+        history, _catalog(e_has_text=False), half_life=1.0, sharpness=1.0
+    )
+
+    np.testing.assert_allclose(scores[0], [0.5, 0.0, 0.3, 0.4, 0.0], rtol=1e-6)
     assert has[0]
 
 
