@@ -218,6 +218,14 @@ def _check_values(cfg: dict[str, Any]) -> None:
     ):
         if _lookup(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_lookup(cfg, key)!r}")
+    sharpness = cfg["score"]["recent_sharpness_grid"]
+    if not sharpness or any(
+        isinstance(p, bool) or not isinstance(p, int | float) or p <= 0 for p in sharpness
+    ):
+        raise ConfigError(
+            f"score.recent_sharpness_grid must be a non-empty list of positive numbers, "
+            f"got {sharpness!r}"
+        )
     step = cfg["score"]["weight_grid_step"]
     if not 0 < step <= 1:
         raise ConfigError(f"score.weight_grid_step must be in (0, 1], got {step}")

@@ -270,11 +270,13 @@ def _map_user_blocks(
     return users.repartition(partitions, USER_COL).mapInPandas(score_batches, schema)
 
 
-def _kernel_settings(cfg: Config) -> dict:
+def _kernel_settings(cfg: Config, recent_sharpness: float | None) -> dict:
     return {
         "method": cfg.score.normalisation,
         "recent_half_life": cfg.score.recent_half_life,
-        "recent_sharpness": cfg.score.recent_sharpness,
+        "recent_sharpness": (
+            cfg.score.recent_sharpness if recent_sharpness is None else recent_sharpness
+        ),
         "cooc_half_life": cfg.score.cooc_half_life,
         "history_cap": cfg.score.history_items,
     }
@@ -285,10 +287,13 @@ def recommend(
     catalog: topk.ItemCatalog,
     models: Mapping[str, Mapping[str, float]],
     cfg: Config,
+    *,
+    recent_sharpness: float | None = None,
 ) -> DataFrame:
-    """Top-K rows per user for each named weight set (``model``)."""
+    """Top-K rows per user for each named weight set (``model``); ``recent_sharpness`` overrides
+    the configured one."""
     models = {name: dict(weights) for name, weights in models.items()}
-    k, settings = cfg.score.k, _kernel_settings(cfg)
+    k, settings = cfg.score.k, _kernel_settings(cfg, recent_sharpness)
     return _map_user_blocks(
         users,
         catalog,
@@ -303,10 +308,12 @@ def tune(
     catalog: topk.ItemCatalog,
     grid: Sequence[Mapping[str, float]],
     cfg: Config,
+    *,
+    recent_sharpness: float | None = None,
 ) -> DataFrame:
     """Per weight set of ``grid``: NDCG@K and HR@K of the held-out target, one row per set."""
     grid = [dict(w) for w in grid]
-    settings = _kernel_settings(cfg)
+    settings = _kernel_settings(cfg, recent_sharpness)
     ranks = _map_user_blocks(
         users,
         catalog,

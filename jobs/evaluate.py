@@ -54,16 +54,22 @@ def hybrid_recommendations(warehouse: Warehouse, run_id: str) -> DataFrame:
     return recs.withColumn("model", F.lit("hybrid"))
 
 
-def baseline_weights(warehouse: Warehouse, run_id: str) -> dict[str, dict[str, float]]:
-    """The fixed single-signal weightings, with the text mix the score job picked, if any."""
+def baseline_weights(
+    warehouse: Warehouse, run_id: str, cfg: Config
+) -> tuple[dict[str, dict[str, float]], float]:
+    """The fixed single-signal weightings, with the text mix and recent-part sharpness the score
+    job picked, if any (only the text baseline uses that part)."""
     weights = {model: dict(w) for model, w in BASELINE_WEIGHTS.items()}
+    sharpness = cfg.score.recent_sharpness
     if warehouse.exists(FUSION_WEIGHTS):
         picked = warehouse.read(FUSION_WEIGHTS).where(
             (F.col("run_id") == run_id) & (F.col("model") == "text")
         )
         for row in picked.collect():
             weights["text"] = {part: float(row[part]) for part in PARTS}
-    return weights
+            if row["recent_sharpness"] is not None:
+                sharpness = float(row["recent_sharpness"])
+    return weights, sharpness
 
 
 def metrics_table(
@@ -112,7 +118,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     hybrid = hybrid_recommendations(warehouse, run_id)
     catalog = scoring.load_catalog(warehouse, cfg, TEST)
     users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
-    baselines = scoring.recommend(users, catalog, baseline_weights(warehouse, run_id), cfg)
+    weights, sharpness = baseline_weights(warehouse, run_id, cfg)
+    baselines = scoring.recommend(users, catalog, weights, cfg, recent_sharpness=sharpness)
     warehouse.write(baselines, BASELINE_RECOMMENDATIONS, run_id=run_id)
     recs = hybrid.unionByName(
         warehouse.read(BASELINE_RECOMMENDATIONS).where(F.col("run_id") == run_id)

@@ -38,27 +38,42 @@ def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd
     """Fusion weights of the hybrid and of the text-only baseline, one row per model.
 
     Picked on validation with the validation fold's models (which never saw that split): the
-    hybrid from the whole simplex grid, the text baseline from the grid points that use text
-    parts only. Ties go to the earlier grid point, so the pick is reproducible.
+    hybrid from the whole simplex grid times ``score.recent_sharpness_grid``, the text baseline
+    from the points that use text parts only. Ties go to the earlier sharpness and grid point,
+    so the pick is reproducible.
     """
+    sharpness = cfg.score.recent_sharpness
     configured = pd.DataFrame(
         [
-            {"model": "hybrid", **cfg.score.weights},
-            {"model": "text", **BASELINE_WEIGHTS["text"]},
+            {"model": "hybrid", **cfg.score.weights, "recent_sharpness": sharpness},
+            {"model": "text", **BASELINE_WEIGHTS["text"], "recent_sharpness": sharpness},
         ]
     )
     if not cfg.score.tune_on_validation:
         return configured
     catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
     users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
+    users = users.cache()
     grid = weight_grid(cfg.score.weight_grid_step)
-    results = scoring.tune(users, catalog, grid, cfg).toPandas()
+    sharpness_grid = [float(p) for p in cfg.score.recent_sharpness_grid]
+    results = pd.concat(
+        [
+            scoring.tune(users, catalog, grid, cfg, recent_sharpness=p)
+            .toPandas()
+            .assign(recent_sharpness=p, _order=i)
+            for i, p in enumerate(sharpness_grid)
+        ],
+        ignore_index=True,
+    )
+    users.unpersist()
     if results.empty:
         log.warning("no validation interactions: keeping the configured weights")
         return configured
     weights = pd.DataFrame(grid)
-    results = results.join(weights, on="combo").sort_values(
-        [cfg.score.tune_metric, "combo"], ascending=[False, True]
+    results = (
+        results.join(weights, on="combo")
+        .sort_values([cfg.score.tune_metric, "_order", "combo"], ascending=[False, True, True])
+        .drop(columns="_order")
     )
     mlflow.log_text(results.to_csv(index=False), "weight_grid_validation.csv")
     text_only = results[(results[[p for p in PARTS if p not in TEXT_PARTS]] == 0).all(axis=1)]
@@ -67,10 +82,12 @@ def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd
     )
     for pick in picks.itertuples():
         log.info(
-            "%s weights %s picked on validation (%d grid points): ndcg@%d=%.4f hr=%.4f, %d users",
+            "%s weights %s, recent sharpness %g, picked on validation (%d grid points): "
+            "ndcg@%d=%.4f hr=%.4f, %d users",
             pick.model,
             {p: getattr(pick, p) for p in PARTS},
-            len(grid),
+            pick.recent_sharpness,
+            len(results),
             cfg.score.k,
             pick.ndcg,
             pick.hr,
@@ -87,16 +104,21 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse.write(spark.createDataFrame(picks), FUSION_WEIGHTS, run_id=run_id)
     hybrid = picks[picks["model"] == "hybrid"].iloc[0]
     weights = {part: float(hybrid[part]) for part in PARTS}
+    sharpness = float(hybrid["recent_sharpness"])
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})
+    mlflow.log_param("hybrid_recent_sharpness", sharpness)
     # Served recommendations come from the test fold: models refitted on train and validation.
     catalog = scoring.load_catalog(warehouse, cfg, TEST)
     users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
-    recs = scoring.recommend(users, catalog, {"hybrid": weights}, cfg).drop("model")
+    recs = scoring.recommend(
+        users, catalog, {"hybrid": weights}, cfg, recent_sharpness=sharpness
+    ).drop("model")
     n = warehouse.write(recs, RECOMMENDATIONS, run_id=run_id)
     results = {
         "recommendations": n,
         "catalog_items": len(catalog),
         **{f"weight_{part}": w for part, w in weights.items()},
+        "recent_sharpness": sharpness,
     }
     if "validation_ndcg" in hybrid:
         results.update(

@@ -103,6 +103,16 @@ def test_als_factors_cover_each_folds_history(e2e):
     assert len(factors.first().factors) == results["als"]["chosen_rank"]
 
 
+def test_item_neighbours_are_built_per_fold(e2e):
+    cfg, warehouse, results = e2e
+    neighbours = warehouse.read("item_neighbours")
+    assert neighbours.count() == results["als"]["item_neighbours"] > 0
+    per_item = neighbours.groupBy("fold", "item_id").count().toPandas()
+    assert set(per_item["fold"]) == {"validation", "test"}
+    assert per_item["count"].max() <= cfg.cooc.neighbours
+    assert neighbours.where("item_id = neighbour_id or similarity <= 0").count() == 0
+
+
 def test_recommendations_are_top_k_unseen_items(e2e):
     _, warehouse, _ = e2e
     recs = warehouse.read("recommendations").where(F.col("run_id") == RUN_ID)
@@ -119,9 +129,18 @@ def test_recommendations_are_top_k_unseen_items(e2e):
     for _, user_rows in rows.sort_values("rank").groupby("user_id"):
         assert (np.diff(user_rows["score"].to_numpy()) <= 1e-9).all()
     assert rows["reason"].str.len().min() > 0
+    # Each score is its normalised parts weighted as picked on validation.
+    weights = (
+        warehouse.read("fusion_weights")
+        .where(f"run_id = '{RUN_ID}' and model = 'hybrid'")
+        .toPandas()
+        .iloc[0]
+    )
+    fused = sum(weights[p] * rows[f"{p}_score"] for p in ("cf", "cooc", "text", "recent", "pop"))
+    np.testing.assert_allclose(rows["score"], fused, rtol=1e-4, atol=1e-5)
 
 
-def test_metrics_hold_all_four_models(e2e):
+def test_metrics_hold_every_model(e2e):
     _, warehouse, results = e2e
     metrics = warehouse.read("metrics").where(F.col("run_id") == RUN_ID).toPandas()
     assert set(metrics["model"]) == set(MODELS)
