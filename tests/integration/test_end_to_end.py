@@ -114,7 +114,7 @@ def test_item_neighbours_are_built_per_fold(e2e):
 
 
 def test_recommendations_are_top_k_unseen_items(e2e):
-    _, warehouse, _ = e2e
+    cfg, warehouse, _ = e2e
     recs = warehouse.read("recommendations").where(F.col("run_id") == RUN_ID)
     counts = recs.groupBy("user_id").agg(
         F.count(F.lit(1)).alias("n"), F.countDistinct("item_id").alias("distinct")
@@ -136,6 +136,7 @@ def test_recommendations_are_top_k_unseen_items(e2e):
         .toPandas()
         .iloc[0]
     )
+    assert weights["recent_sharpness"] in cfg.score.recent_sharpness_grid
     fused = sum(weights[p] * rows[f"{p}_score"] for p in ("cf", "cooc", "text", "recent", "pop"))
     np.testing.assert_allclose(rows["score"], fused, rtol=1e-4, atol=1e-5)
 

@@ -201,6 +201,30 @@ def test_all_zero_fusion_weights_are_rejected():
         load_config([], zero)
 
 
+@pytest.mark.parametrize("grid", ["[]", "[1.0, 0]", "[true]", "['x']"])
+def test_recent_sharpness_grid_must_hold_positive_numbers(grid):
+    with pytest.raises(ConfigError, match="score.recent_sharpness_grid must be a non-empty list"):
+        load_config([], [f"score.recent_sharpness_grid={grid}"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("score.recent_sharpness", "0"),
+        ("score.cooc_half_life", "-1"),
+        ("cooc.time_scale_days", "0"),
+    ],
+)
+def test_kernel_scales_must_be_positive(key, value):
+    with pytest.raises(ConfigError, match=f"{key} must be positive"):
+        load_config([], [f"{key}={value}"])
+
+
+def test_cooc_neighbours_must_be_positive():
+    with pytest.raises(ConfigError, match="cooc.neighbours must be positive"):
+        load_config([], ["cooc.neighbours=0"])
+
+
 @pytest.mark.parametrize("step", ["0", "1.5"])
 def test_weight_grid_step_outside_unit_interval_is_rejected(step):
     with pytest.raises(ConfigError, match=r"score.weight_grid_step must be in \(0, 1\]"):
