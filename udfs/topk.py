@@ -93,16 +93,38 @@ def recent_similarity(
     """
     known = (history >= 0) & catalog.has_text[np.maximum(history, 0)]
     recency = 0.5 ** (np.arange(history.shape[1]) / half_life)
-    weights = np.where(known, recency[None, :], 0.0)
+    weights = np.where(known, recency[None, :], 0.0).astype(np.float32)
+    vectors = catalog.text[np.maximum(history, 0)]  # (rows, width, dim)
+    if sharpness == 1:
+        # Linear in the similarity: one product with the weighted sum of the vectors, exactly.
+        return np.einsum("rw,rwd->rd", weights, vectors) @ catalog.text.T, known.any(axis=1)
     scores = np.zeros((len(history), len(catalog)), dtype=np.float32)
     # Recency only shrinks with age: the history items past this one cannot move a score.
     for position in range(int((recency >= MIN_RECENCY_WEIGHT).sum())):
         if not known[:, position].any():
             continue
-        sims = catalog.text[np.maximum(history[:, position], 0)] @ catalog.text.T
-        sharpened = sims if sharpness == 1 else sims * np.abs(sims) ** (sharpness - 1)
-        scores += weights[:, position, None].astype(np.float32) * sharpened
+        sharpened = signed_power(vectors[:, position] @ catalog.text.T, sharpness)
+        sharpened *= weights[:, position, None]
+        scores += sharpened
     return scores, known.any(axis=1)
+
+
+def signed_power(x: np.ndarray, exponent: float) -> np.ndarray:
+    """sign(x) * |x| ** exponent. Whole exponents by repeated squaring: a float ``np.power``
+    costs about 15 times as much on CPU, and this runs on every (user, item, history item)."""
+    magnitude = np.abs(x)
+    if float(exponent).is_integer() and exponent >= 1:
+        n, result = int(exponent), None
+        while n:
+            if n & 1:
+                result = magnitude.copy() if result is None else result * magnitude
+            n >>= 1
+            if n:
+                np.multiply(magnitude, magnitude, out=magnitude)
+    else:
+        with np.errstate(divide="ignore"):  # log(0) = -inf, and exp(-inf) = 0 as wanted
+            result = np.exp(exponent * np.log(magnitude))
+    return np.copysign(result, x)
 
 
 def cooc_scores(history: np.ndarray, catalog: ItemCatalog, half_life: float) -> np.ndarray:

@@ -14,6 +14,7 @@ from udfs.topk import (
     ragged_mask,
     recent_similarity,
     recommend_block,
+    signed_power,
     stack_vectors,
     target_ranks,
     top_k,
@@ -441,6 +442,14 @@ def test_recent_similarity_sharpness_lets_the_closest_history_item_win():
     # Sharpness 40: 0.8 ** 40 is ~1e-4, e's ~0.995 ** 40 ~0.8: the near-duplicate of b wins.
     assert sharp[0, 2] == pytest.approx(0.6**40 + 0.8**40, rel=1e-4)
     assert sharp[0, 4] > 100 * sharp[0, 2]
+
+
+@pytest.mark.parametrize("exponent", [1, 2, 3, 40, 2.5, 0.5])
+def test_signed_power_keeps_the_sign(exponent):
+    x = np.array([[-0.9, -0.5, 0.0, 0.3, 1.0]], dtype=np.float32)
+
+    expected = np.sign(x) * np.abs(x.astype(np.float64)) ** exponent
+    np.testing.assert_allclose(signed_power(x, exponent), expected, rtol=1e-5, atol=1e-30)
 
 
 def test_recent_similarity_ignores_items_without_text():
