@@ -23,14 +23,6 @@ from udfs.topk import (
 
 HYBRID = {"cf": 0.6, "text": 0.3, "pop": 0.1}
 
-# Rows with no valid entry (a cold user's CF part) are expected; numpy warns about them.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning"),
-    pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning"),
-    pytest.mark.filterwarnings("ignore:Degrees of freedom:RuntimeWarning"),
-]
-
-
 # --- normalise -------------------------------------------------------------------------------
 
 
