@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -90,3 +91,21 @@ def test_neighbours_and_history_caps(spark):
     assert ("b", "c") not in capped
     assert ("a", "c") in capped
     assert capped[("a", "b")] == pytest.approx(1 / math.sqrt(2 * 1))
+
+
+def test_catalog_holds_neighbours_as_padded_index_arrays_best_first(spark):
+    from hybridrec.scoring import build_catalog
+
+    items = spark.createDataFrame([("a",), ("b",), ("c",)], "item_id string")
+    pop = spark.createDataFrame([("a", 1.0)], "item_id string, popularity double")
+    neighbours = spark.createDataFrame(
+        [("a", "c", 0.2), ("a", "b", 0.9), ("b", "a", 0.9), ("b", "z", 0.5)],
+        "item_id string, neighbour_id string, similarity double",
+    )
+
+    catalog = build_catalog(items, None, None, pop, neighbours)
+
+    # z is outside the catalog: dropped. c has no neighbours: all padding.
+    assert catalog.ids.tolist() == ["a", "b", "c"]
+    assert catalog.neighbours.tolist() == [[1, 2], [0, -1], [-1, -1]]
+    np.testing.assert_allclose(catalog.neighbour_sims, [[0.9, 0.2], [0.9, 0.0], [0.0, 0.0]])
