@@ -204,20 +204,14 @@ def _check_values(cfg: dict[str, Any]) -> None:
     positive = ["als.rank", "als.max_iter", "score.k", "evaluate.k", "embed.batch_size"]
     positive += ["embed.max_length", "score.user_block_rows", "spark.arrow_batch_rows"]
     positive += ["cooc.neighbours", "cooc.history_items", "score.history_items"]
+    positive += ["score.recent_half_life", "score.recent_sharpness", "score.cooc_half_life"]
+    positive += ["cooc.time_scale_days"]
     for key in positive:
         if _lookup(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_lookup(cfg, key)!r}")
     weights = cfg["score"]["weights"]
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ConfigError(f"score.weights must be non-negative with a positive sum, got {weights}")
-    for key in (
-        "score.recent_half_life",
-        "score.recent_sharpness",
-        "score.cooc_half_life",
-        "cooc.time_scale_days",
-    ):
-        if _lookup(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {_lookup(cfg, key)!r}")
     sharpness = cfg["score"]["recent_sharpness_grid"]
     if not sharpness or any(
         isinstance(p, bool) or not isinstance(p, int | float) or p <= 0 for p in sharpness

@@ -1,5 +1,7 @@
 """Column and table names shared by every stage (the table contracts in DESIGN.md)."""
 
+from udfs.topk import PARTS
+
 USER_COL = "user_id"
 ITEM_COL = "item_id"
 RATING_COL = "rating"
@@ -22,10 +24,13 @@ MODELS = ("hybrid", "als", "cooc", "text", "popularity")
 # Fusion weights that turn the hybrid kernel into each single-signal baseline. The text
 # baseline's mix of its two text parts is re-picked on validation when the hybrid's weights are.
 BASELINE_WEIGHTS = {
-    "als": {"cf": 1.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 0.0},
-    "cooc": {"cf": 0.0, "cooc": 1.0, "text": 0.0, "recent": 0.0, "pop": 0.0},
-    "text": {"cf": 0.0, "cooc": 0.0, "text": 0.5, "recent": 0.5, "pop": 0.0},
-    "popularity": {"cf": 0.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0},
+    model: {part: weights.get(part, 0.0) for part in PARTS}
+    for model, weights in {
+        "als": {"cf": 1.0},
+        "cooc": {"cooc": 1.0},
+        "text": {"text": 0.5, "recent": 0.5},
+        "popularity": {"pop": 1.0},
+    }.items()
 }
 TEXT_PARTS = ("text", "recent")
 

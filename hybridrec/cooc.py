@@ -34,6 +34,7 @@ def item_neighbours(
 
     Returns item_id, neighbour_id, similarity, fold.
     """
+    # Each kept (user, item) carries its item's user count, so the self-join needs no lookups.
     pairs = (
         history(interactions, fold)
         .groupBy(USER_COL, ITEM_COL)
@@ -45,27 +46,25 @@ def item_neighbours(
             ),
         )
         .where(F.col("_r") <= history_items)
-        .drop("_r")
-        .cache()
+        .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy(ITEM_COL)))
     )
-    users_per_item = pairs.groupBy(ITEM_COL).agg(F.count(F.lit(1)).alias("_n"))
-    left = pairs.select(USER_COL, ITEM_COL, F.col("_t").alias("_ta"))
-    right = pairs.select(USER_COL, F.col(ITEM_COL).alias(NEIGHBOUR_COL), F.col("_t").alias("_tb"))
+    left = pairs.select(USER_COL, ITEM_COL, F.col("_t").alias("_ta"), F.col("_n").alias("_na"))
+    right = pairs.select(
+        USER_COL,
+        F.col(ITEM_COL).alias(NEIGHBOUR_COL),
+        F.col("_t").alias("_tb"),
+        F.col("_n").alias("_nb"),
+    )
     days_apart = F.abs(F.col("_ta") - F.col("_tb")) / SECONDS_PER_DAY
-    together = (
+    scored = (
         left.join(right, USER_COL)
         .where(F.col(ITEM_COL) != F.col(NEIGHBOUR_COL))
-        .groupBy(ITEM_COL, NEIGHBOUR_COL)
+        .groupBy(ITEM_COL, NEIGHBOUR_COL, "_na", "_nb")
         .agg(F.sum(F.exp(-days_apart / F.lit(float(time_scale_days)))).alias("_w"))
-    )
-    counts_b = users_per_item.select(F.col(ITEM_COL).alias(NEIGHBOUR_COL), F.col("_n").alias("_nb"))
-    scored = (
-        together.join(users_per_item, ITEM_COL)
-        .join(counts_b, NEIGHBOUR_COL)
         .select(
             ITEM_COL,
             NEIGHBOUR_COL,
-            (F.col("_w") / F.sqrt(F.col("_n") * F.col("_nb"))).alias("similarity"),
+            (F.col("_w") / F.sqrt(F.col("_na") * F.col("_nb"))).alias("similarity"),
         )
     )
     best_first = Window.partitionBy(ITEM_COL).orderBy(

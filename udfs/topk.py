@@ -359,40 +359,47 @@ def _reasons(
     dominant = contributions.argmax(axis=1)
     reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
     reasons[np.isneginf(contributions.max(axis=1))] = "ranked by the remaining signals"
+    history_idx = padded_history(block["seen"], history)[rows]  # (recommendations, width)
+    known = np.maximum(history_idx, 0)
     is_text = np.isin(dominant, [PARTS.index("text"), PARTS.index("recent")])
     if is_text.any():
-        history_idx = padded_history(block["seen"], history)[rows[is_text]]  # (m, width)
-        sims = np.einsum(
-            "md,mwd->mw", catalog.text[items[is_text]], catalog.text[np.maximum(history_idx, 0)]
-        )
-        sims = np.where(
-            (history_idx >= 0) & catalog.has_text[np.maximum(history_idx, 0)], sims, -np.inf
-        )
-        nearest = history_idx[np.arange(len(history_idx)), sims.argmax(axis=1)]
-        has_nearest = np.isfinite(sims.max(axis=1))
-        reasons[is_text] = np.where(
-            has_nearest,
-            np.char.add("similar to ", catalog.ids[np.maximum(nearest, 0)].astype(str)),
+        sims = np.einsum("md,mwd->mw", catalog.text[items[is_text]], catalog.text[known[is_text]])
+        has_text = (history_idx[is_text] >= 0) & catalog.has_text[known[is_text]]
+        reasons[is_text] = _name_closest(
+            history_idx[is_text],
+            np.where(has_text, sims, -np.inf),
+            catalog,
+            "similar to ",
             "matches your reviews",
         )
     is_cooc = dominant == PARTS.index("cooc")
     if is_cooc.any():
-        history_idx = padded_history(block["seen"], history)[rows[is_cooc]]  # (m, width)
-        known = np.maximum(history_idx, 0)
         # How similar each history item is to the recommended one, from its neighbour list.
-        sims = np.where(
-            catalog.neighbours[known] == items[is_cooc][:, None, None],
-            catalog.neighbour_sims[known],
-            0.0,
-        ).max(axis=2, initial=0.0)
-        sims = np.where(history_idx >= 0, sims, 0.0)
-        partner = history_idx[np.arange(len(history_idx)), sims.argmax(axis=1)]
-        reasons[is_cooc] = np.where(
-            sims.max(axis=1) > 0,
-            np.char.add("often had with ", catalog.ids[np.maximum(partner, 0)].astype(str)),
+        listed = catalog.neighbours[known[is_cooc]] == items[is_cooc][:, None, None]
+        sims = np.where(listed, catalog.neighbour_sims[known[is_cooc]], -np.inf).max(
+            axis=2, initial=-np.inf
+        )
+        reasons[is_cooc] = _name_closest(
+            history_idx[is_cooc],
+            np.where(history_idx[is_cooc] >= 0, sims, -np.inf),
+            catalog,
+            "often had with ",
             "often had with your items",
         )
     return reasons
+
+
+def _name_closest(
+    history_idx: np.ndarray, closeness: np.ndarray, catalog: ItemCatalog, prefix: str, fallback: str
+) -> np.ndarray:
+    """Per row, ``prefix`` + the id of its history item with the highest closeness, or
+    ``fallback`` where no history item has any (-inf everywhere)."""
+    closest = history_idx[np.arange(len(history_idx)), closeness.argmax(axis=1)]
+    return np.where(
+        np.isfinite(closeness.max(axis=1)),
+        np.char.add(prefix, catalog.ids[np.maximum(closest, 0)].astype(str)),
+        fallback,
+    )
 
 
 def tune_block(
