@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from hybridrec.config import load_config
-from hybridrec.constants import METRICS
+from hybridrec.constants import COMPARISONS, METRICS
 from hybridrec.runner import new_run_id, setup_logging
 from hybridrec.session import get_spark
 from hybridrec.tables import Warehouse
@@ -43,24 +43,33 @@ def source_settings(folder: Path) -> tuple[str, list[str]]:
     return "conf/amazon.yaml", overrides
 
 
-def summary(table: pd.DataFrame) -> pd.DataFrame:
+def summary(table: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     """Per data set: the hybrid against the best single-signal baseline (ALS, text, popularity),
-    against every baseline including co-occurrence, and its sparse-user HR against ALS's."""
+    against every baseline including co-occurrence, and its sparse-user HR against ALS's; the
+    gaps with their paired 95% intervals and p-values, so a win can be told from noise."""
     by_model = table.pivot_table(
         index="data set", columns="model", values=["ndcg@10", "sparse hr@10"]
     )
     ndcg, sparse = by_model["ndcg@10"], by_model["sparse hr@10"]
-    single = ndcg[[m for m in ("als", "text", "popularity") if m in ndcg]].max(axis=1)
-    every = ndcg.drop(columns="hybrid").max(axis=1)
+    single = ndcg[[m for m in ("als", "text", "popularity") if m in ndcg]]
+    every = ndcg.drop(columns="hybrid")
+    gaps = compared.set_index(["data set", "segment", "model", "metric"])
+
+    def gap(data_set: str, segment: str, model: str, metric: str) -> str:
+        r = gaps.loc[(data_set, segment, model, metric)]
+        return f"{r.difference:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] p={r.p_value:.3f}"
+
     return pd.DataFrame(
         {
             "hybrid ndcg@10": ndcg["hybrid"],
-            "best of als/text/pop": single,
-            "hybrid / that": ndcg["hybrid"] / single,
-            "best incl. cooc": every,
-            "hybrid / that ": ndcg["hybrid"] / every,
+            "best of als/text/pop": single.max(axis=1),
+            "hybrid / that": ndcg["hybrid"] / single.max(axis=1),
+            "gap to that": [gap(d, "all", single.loc[d].idxmax(), "ndcg") for d in ndcg.index],
+            "best incl. cooc": every.max(axis=1),
+            "hybrid / that ": ndcg["hybrid"] / every.max(axis=1),
             "sparse hr hybrid": sparse["hybrid"],
             "sparse hr als": sparse["als"],
+            "sparse hr gap": [gap(d, "sparse_users", "als", "hr") for d in ndcg.index],
         }
     )
 
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     setup_logging()
-    rows = []
+    rows, comparisons = [], []
     spark = None
     for folder in args.folders:
         conf, overrides = source_settings(folder.resolve())
@@ -86,8 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         results = run_pipeline(spark, cfg, run_id)
         seconds = time.perf_counter() - started
-        metrics = (
-            Warehouse.from_config(spark, cfg).read(METRICS).where(f"run_id = '{run_id}'").toPandas()
+        warehouse = Warehouse.from_config(spark, cfg)
+        metrics = warehouse.read(METRICS).where(f"run_id = '{run_id}'").toPandas()
+        comparisons.append(
+            warehouse.read(COMPARISONS)
+            .where(f"run_id = '{run_id}'")
+            .toPandas()
+            .assign(**{"data set": folder.name})
         )
         wide = metrics.pivot_table(index="model", columns=["segment", "metric"], values="value")
         ingest = results["ingest"]
@@ -111,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nNDCG@10, HR@10 and coverage on the test split (choices made on validation)\n")
     print(table.round(4).to_string(index=False))
     print()
-    print(summary(table).round(4).to_string())
+    print("Gaps: hybrid minus the baseline, paired by user, 95% interval and p-value\n")
+    print(summary(table, pd.concat(comparisons)).round(4).T.to_string())
     return 0
 
 

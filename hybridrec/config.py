@@ -220,9 +220,14 @@ def _check_values(cfg: dict[str, Any]) -> None:
             f"score.recent_sharpness_grid must be a non-empty list of positive numbers, "
             f"got {sharpness!r}"
         )
-    step = cfg["score"]["weight_grid_step"]
-    if not 0 < step <= 1:
-        raise ConfigError(f"score.weight_grid_step must be in (0, 1], got {step}")
+    for key, upper_closed in [
+        ("score.weight_grid_step", True),
+        ("evaluate.segment_fraction", True),
+        ("evaluate.confidence", False),
+    ]:
+        value = _lookup(cfg, key)
+        if not (0 < value <= 1 if upper_closed else 0 < value < 1):
+            raise ConfigError(f"{key} must be in (0, 1{']' if upper_closed else ')'}, got {value}")
     source = cfg["source"]
     if source["kind"] == "amazon" and not source["amazon"]["reviews_path"]:
         raise ConfigError("source.kind is amazon but source.amazon.reviews_path is not set")

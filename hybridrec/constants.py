@@ -20,7 +20,8 @@ TRAIN, VALIDATION, TEST = "train", "validation", "test"
 FOLD_COL = "fold"
 FOLDS = {VALIDATION: (TRAIN,), TEST: (TRAIN, VALIDATION)}
 
-MODELS = ("hybrid", "als", "cooc", "text", "popularity")
+HYBRID = "hybrid"
+MODELS = (HYBRID, "als", "cooc", "text", "popularity")
 # Fusion weights that turn the hybrid kernel into each single-signal baseline. The text
 # baseline's mix of its two text parts is re-picked on validation when the hybrid's weights are.
 BASELINE_WEIGHTS = {
@@ -46,4 +47,5 @@ ITEM_NEIGHBOURS = "item_neighbours"
 RECOMMENDATIONS = "recommendations"
 BASELINE_RECOMMENDATIONS = "baseline_recommendations"
 METRICS = "metrics"
+COMPARISONS = "comparisons"
 FUSION_WEIGHTS = "fusion_weights"

@@ -8,6 +8,9 @@ a model cannot look better by staying silent.
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
+
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -16,7 +19,7 @@ from hybridrec.constants import EMBEDDING_COL, ITEM_COL, USER_COL
 RANKING_METRICS = ("ndcg", "hr", "precision", "recall", "map")
 
 
-def _per_user(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
+def per_user_metrics(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
     """Per (model, user with truth): the five ranking metrics at k."""
     relevant = truth.select(USER_COL, ITEM_COL).distinct()
     n_rel = relevant.groupBy(USER_COL).agg(F.count(F.lit(1)).alias("n_rel"))
@@ -57,9 +60,55 @@ def _per_user(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
 def ranking_metrics(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
     """NDCG, HR, precision, recall and MAP at k (MAP divides by min(k, relevant)), averaged over
     the users that have truth. Long format: model, metric, k, value."""
-    per_user = _per_user(recs, truth, k)
+    return mean_metrics(per_user_metrics(recs, truth, k), k)
+
+
+def mean_metrics(per_user: DataFrame, k: int) -> DataFrame:
+    """The long-format means of ``per_user_metrics``."""
     means = per_user.groupBy("model").agg(*[F.avg(m).alias(m) for m in RANKING_METRICS])
     return _long(means, RANKING_METRICS, k)
+
+
+COMPARISON_SCHEMA = (
+    "model string, metric string, k int, users long, difference double, "
+    "ci_low double, ci_high double, p_value double"
+)
+
+
+def paired_comparison(per_user: DataFrame, reference: str, k: int, confidence: float) -> DataFrame:
+    """``reference`` against every other model, paired by user: the mean per-user difference
+    (reference minus model) of each ranking metric, its ``confidence`` interval and two-sided
+    p-value (normal approximation of the paired mean, sound at the hundreds of users a segment
+    holds). Pairing matters: both models rank the same users, so the spread of the per-user
+    differences, not of each model's scores, says whether a gap is more than noise.
+
+    Aggregated in Spark; only one row per (model, metric) reaches the driver, for the p-value.
+    """
+    ref = per_user.where(F.col("model") == reference).select(
+        USER_COL, *[F.col(m).alias(f"_ref_{m}") for m in RANKING_METRICS]
+    )
+    stack = ", ".join(f"'{m}', _ref_{m} - {m}" for m in RANKING_METRICS)
+    diffs = (
+        per_user.where(F.col("model") != reference)
+        .join(ref, USER_COL)
+        .selectExpr("model", f"stack({len(RANKING_METRICS)}, {stack}) as (metric, diff)")
+    )
+    summary = diffs.groupBy("model", "metric").agg(
+        F.count(F.lit(1)).alias("users"),
+        F.avg("diff").alias("difference"),
+        F.stddev_samp("diff").alias("sd"),
+    )
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    rows = []
+    for r in summary.collect():
+        diff, lo, hi, p = r["difference"], math.nan, math.nan, math.nan
+        if r["users"] > 1:  # one user has no spread to weigh a gap against
+            se = r["sd"] / math.sqrt(r["users"])
+            lo, hi = diff - z * se, diff + z * se
+            # se 0: every user moved by the same amount, a certain gap (or none)
+            p = math.erfc(abs(diff) / se / math.sqrt(2)) if se > 0 else float(diff == 0)
+        rows.append((r["model"], r["metric"], k, r["users"], diff, lo, hi, p))
+    return per_user.sparkSession.createDataFrame(rows, COMPARISON_SCHEMA)
 
 
 def catalog_coverage(recs: DataFrame, n_items: int, k: int) -> DataFrame:

@@ -27,7 +27,9 @@ from hybridrec.config import Config  # noqa: E402
 from hybridrec.constants import (  # noqa: E402
     BASELINE_RECOMMENDATIONS,
     BASELINE_WEIGHTS,
+    COMPARISONS,
     FUSION_WEIGHTS,
+    HYBRID,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
     METRICS,
@@ -51,7 +53,7 @@ def hybrid_recommendations(warehouse: Warehouse, run_id: str) -> DataFrame:
         raise RuntimeError(
             f"no recommendations for run {run_id!r}: run the score job with --run-id {run_id}"
         )
-    return recs.withColumn("model", F.lit("hybrid"))
+    return recs.withColumn("model", F.lit(HYBRID))
 
 
 def baseline_weights(
@@ -72,23 +74,29 @@ def baseline_weights(
     return weights, sharpness
 
 
-def metrics_table(
+def metrics_tables(
     recs: DataFrame,
     interactions: DataFrame,
     item_vectors: DataFrame,
     n_items: int,
-    k: int,
-    segment_fraction: float,
-) -> DataFrame:
-    """Every metric of every model, overall and per segment (ranking metrics only)."""
+    cfg: Config,
+) -> tuple[DataFrame, DataFrame]:
+    """Every metric of every model, overall and per segment (ranking metrics only); and per
+    segment, the hybrid against each baseline, paired by user."""
+    k = cfg.evaluate.k
     truth = interactions.where(F.col(SPLIT_COL) == TEST)
     seen = history(interactions, TEST)
-    segments = evaluation.segment_truth(truth, seen, segment_fraction)
-    parts = [
-        evaluation.ranking_metrics(recs, rows, k).withColumn("segment", F.lit(name))
-        for name, rows in segments.items()
-    ]
-    parts += [
+    segments = evaluation.segment_truth(truth, seen, cfg.evaluate.segment_fraction)
+    metrics, comparisons = [], []
+    for name, rows in segments.items():
+        per_user = evaluation.per_user_metrics(recs, rows, k)
+        metrics.append(evaluation.mean_metrics(per_user, k).withColumn("segment", F.lit(name)))
+        comparisons.append(
+            evaluation.paired_comparison(per_user, HYBRID, k, cfg.evaluate.confidence).withColumn(
+                "segment", F.lit(name)
+            )
+        )
+    metrics += [
         part.withColumn("segment", F.lit("all"))
         for part in (
             evaluation.catalog_coverage(recs, n_items, k),
@@ -96,7 +104,21 @@ def metrics_table(
             evaluation.novelty(recs, seen, k),
         )
     ]
-    return reduce(DataFrame.unionByName, parts)
+    return reduce(DataFrame.unionByName, metrics), reduce(DataFrame.unionByName, comparisons)
+
+
+def log_comparisons(table: pd.DataFrame, confidence: float) -> None:
+    bounds = zip(table.ci_low, table.ci_high, strict=True)
+    shown = table.assign(interval=[f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in bounds])[
+        ["segment", "model", "metric", "users", "difference", "interval", "p_value"]
+    ]
+    log.info(
+        "hybrid minus each baseline, paired by user (%.0f%% intervals):\n%s",
+        100 * confidence,
+        shown.sort_values(["segment", "metric", "model"]).to_string(
+            index=False, float_format="%.4f"
+        ),
+    )
 
 
 def plot_metrics(metrics: pd.DataFrame, k: int):
@@ -124,15 +146,15 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     recs = hybrid.unionByName(
         warehouse.read(BASELINE_RECOMMENDATIONS).where(F.col("run_id") == run_id)
     ).select("model", "user_id", "rank", "item_id")
-    metrics = metrics_table(
+    metrics, comparisons = metrics_tables(
         recs,
         warehouse.read(INTERACTIONS),
         scoring.of_fold(warehouse.read(ITEM_EMBEDDINGS), TEST),
         len(catalog),
-        k,
-        cfg.evaluate.segment_fraction,
+        cfg,
     )
     warehouse.write(metrics, METRICS, run_id=run_id)
+    warehouse.write(comparisons, COMPARISONS, run_id=run_id)
     table = warehouse.read(METRICS).where(F.col("run_id") == run_id).drop("run_id").toPandas()
     wide = table.pivot_table(index=["segment", "model"], columns="metric", values="value")
     log.info("metrics at K=%d:\n%s", k, wide.to_string(float_format="%.4f"))
@@ -140,11 +162,19 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         f"{r.model}.{'' if r.segment == 'all' else r.segment + '.'}{r.metric}_at_{r.k}": r.value
         for r in table.itertuples()
     }
+    compared = warehouse.read(COMPARISONS).where(F.col("run_id") == run_id).toPandas()
+    log_comparisons(compared, cfg.evaluate.confidence)
+    # The headline metrics only: every metric's comparison is in comparisons.csv.
+    for r in compared[compared["metric"].isin(["ndcg", "hr"])].itertuples():
+        name = f"hybrid_minus_{r.model}.{'' if r.segment == 'all' else r.segment + '.'}{r.metric}"
+        results[f"{name}_at_{r.k}"] = r.difference
+        results[f"{name}_p_value_at_{r.k}"] = r.p_value
     tracking.log_job_metrics(results, parent_too=True)
     figure = plot_metrics(table[table["segment"] == "all"], k)
     tracking.log_figure(figure, "metrics_by_model.png")
     plt.close(figure)
     mlflow.log_text(table.to_csv(index=False), "metrics.csv")
+    mlflow.log_text(compared.drop(columns="run_id").to_csv(index=False), "comparisons.csv")
     return results
 
 

@@ -160,6 +160,26 @@ def test_metrics_hold_every_model(e2e):
     )
 
 
+def test_comparisons_are_the_paired_gaps_behind_the_metrics(e2e):
+    _, warehouse, results = e2e
+    compared = warehouse.read("comparisons").where(F.col("run_id") == RUN_ID).toPandas()
+    metrics = warehouse.read("metrics").where(F.col("run_id") == RUN_ID).toPandas()
+    baselines = [m for m in MODELS if m != "hybrid"]
+    ranking = ["ndcg", "hr", "precision", "recall", "map"]
+    assert len(compared) == 3 * len(baselines) * len(ranking)
+    mean = metrics.set_index(["segment", "model", "metric"])["value"]
+    for r in compared.itertuples():
+        # the mean of per-user gaps is the gap of the means, since both rank the same users
+        gap = mean[(r.segment, "hybrid", r.metric)] - mean[(r.segment, r.model, r.metric)]
+        assert r.difference == pytest.approx(gap, abs=1e-9)
+        assert r.ci_low <= r.difference <= r.ci_high
+        assert 0 <= r.p_value <= 1
+    every_user = compared.query("segment == 'all'")["users"]
+    test_users = warehouse.read("interactions").where("split = 'test'").select("user_id")
+    assert (every_user == test_users.distinct().count()).all()
+    assert f"hybrid_minus_als.sparse_users.hr_p_value_at_{K}" in results["evaluate"]
+
+
 def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
     cfg, _, _ = e2e
     mlflow.set_tracking_uri(tracking_uri(cfg))
@@ -178,6 +198,7 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
     assert "popularity.hr_at_5" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"metrics_by_model.png", "als_model"} <= artifacts
+    assert f"hybrid_minus_als.sparse_users.hr_p_value_at_{K}" in parent.data.metrics
     children = client.search_runs(
         [experiment.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
@@ -189,6 +210,9 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
         "score",
         "evaluate",
     }
+    evaluate_run = next(c for c in children if c.data.tags["mlflow.runName"] == "evaluate")
+    evaluate_artifacts = {a.path for a in client.list_artifacts(evaluate_run.info.run_id)}
+    assert {"metrics.csv", "comparisons.csv"} <= evaluate_artifacts
     als_run = next(c for c in children if c.data.tags["mlflow.runName"] == "als")
     # The spark-flavour model sits as run artifacts on the als job run and on the parent.
     assert "als_model" in {a.path for a in client.list_artifacts(als_run.info.run_id)}

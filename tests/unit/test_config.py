@@ -231,6 +231,25 @@ def test_weight_grid_step_outside_unit_interval_is_rejected(step):
         load_config([], [f"score.weight_grid_step={step}"])
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("evaluate.segment_fraction=0", r"evaluate.segment_fraction must be in \(0, 1\]"),
+        ("evaluate.segment_fraction=1.2", r"evaluate.segment_fraction must be in \(0, 1\]"),
+        ("evaluate.confidence=1", r"evaluate.confidence must be in \(0, 1\)"),
+        ("evaluate.confidence=0", r"evaluate.confidence must be in \(0, 1\)"),
+    ],
+)
+def test_evaluate_shares_outside_their_range_are_rejected(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([], [setting])
+
+
+def test_whole_segment_and_high_confidence_are_accepted():
+    cfg = load_config([], ["evaluate.segment_fraction=1", "evaluate.confidence=0.99"])
+    assert (cfg.evaluate.segment_fraction, cfg.evaluate.confidence) == (1.0, 0.99)
+
+
 def test_amazon_kind_without_reviews_path_is_rejected():
     with pytest.raises(ConfigError) as excinfo:
         load_config([conf_dir() / "amazon.yaml"])

@@ -273,6 +273,88 @@ def test_novelty_is_mean_self_information_with_add_one_smoothing(spark):
     assert _ks(out) == {2}
 
 
+# --- paired_comparison -----------------------------------------------------------------------
+
+
+def _per_user(spark: SparkSession, hr_by_model: dict[str, list[float]]) -> DataFrame:
+    """Per-user metrics where every ranking metric of a user equals their HR."""
+    rows = [
+        (model, f"u{i}", *[float(v)] * len(evaluation.RANKING_METRICS))
+        for model, values in hr_by_model.items()
+        for i, v in enumerate(values)
+    ]
+    metrics = ", ".join(f"{m} double" for m in evaluation.RANKING_METRICS)
+    return spark.createDataFrame(rows, f"model string, user_id string, {metrics}")
+
+
+def _comparison(df: DataFrame) -> dict[tuple[str, str], dict]:
+    assert df.columns == [
+        "model",
+        "metric",
+        "k",
+        "users",
+        "difference",
+        "ci_low",
+        "ci_high",
+        "p_value",
+    ]
+    return {(r["model"], r["metric"]): r.asDict() for r in df.collect()}
+
+
+def test_paired_comparison_hand_computed(spark):
+    per_user = _per_user(
+        spark,
+        {
+            "hybrid": [1, 1, 1, 0],
+            "als": [1, 0, 0, 0],  # per-user gaps 0, 1, 1, 0
+            "same": [1, 1, 1, 0],  # no gap anywhere
+            "worse": [0, 0, 0, -1],  # every user one below: a certain gap
+        },
+    )
+
+    out = _comparison(evaluation.paired_comparison(per_user, "hybrid", 10, 0.95))
+
+    assert set(out) == {
+        (m, metric) for m in ("als", "same", "worse") for metric in evaluation.RANKING_METRICS
+    }
+    als = out[("als", "hr")]
+    # mean 0.5; sample sd sqrt(1/3); se sqrt(1/3)/2 = 0.288675; z(0.975) = 1.959964
+    half = 1.959964 * 0.288675
+    assert (als["k"], als["users"]) == (10, 4)
+    assert als["difference"] == pytest.approx(0.5)
+    assert (als["ci_low"], als["ci_high"]) == (
+        pytest.approx(0.5 - half, abs=1e-5),
+        pytest.approx(0.5 + half, abs=1e-5),
+    )
+    # two-sided: 2 * (1 - Phi(0.5 / 0.288675 = 1.7321)) = 0.08326
+    assert als["p_value"] == pytest.approx(0.08326, abs=1e-4)
+    same = out[("same", "ndcg")]
+    assert (same["difference"], same["ci_low"], same["ci_high"], same["p_value"]) == (0, 0, 0, 1)
+    worse = out[("worse", "map")]
+    assert (worse["difference"], worse["p_value"]) == (1, 0)
+
+
+def test_paired_comparison_wider_interval_at_higher_confidence(spark):
+    per_user = _per_user(spark, {"hybrid": [1, 1, 1, 0], "als": [1, 0, 0, 0]})
+
+    at_90 = _comparison(evaluation.paired_comparison(per_user, "hybrid", 10, 0.90))
+    at_99 = _comparison(evaluation.paired_comparison(per_user, "hybrid", 10, 0.99))
+
+    # z(0.95) = 1.644854, z(0.995) = 2.575829; the p-value does not depend on the level
+    assert at_90[("als", "hr")]["ci_high"] == pytest.approx(0.5 + 1.644854 * 0.288675, abs=1e-5)
+    assert at_99[("als", "hr")]["ci_high"] == pytest.approx(0.5 + 2.575829 * 0.288675, abs=1e-5)
+    assert at_90[("als", "hr")]["p_value"] == at_99[("als", "hr")]["p_value"]
+
+
+def test_paired_comparison_one_user_has_no_interval(spark):
+    per_user = _per_user(spark, {"hybrid": [1], "als": [0]})
+
+    als = _comparison(evaluation.paired_comparison(per_user, "hybrid", 5, 0.95))[("als", "hr")]
+
+    assert als["difference"] == 1
+    assert all(math.isnan(als[f]) for f in ("ci_low", "ci_high", "p_value"))
+
+
 # --- segment_truth ---------------------------------------------------------------------------
 
 
