@@ -39,6 +39,10 @@ def synthetic(rng: np.random.Generator, n_items: int, n_users: int):
         pop=np.log1p(rng.zipf(1.5, n_items).astype(np.float32)),
         neighbours=rng.integers(0, n_items, (n_items, NEIGHBOURS)),
         neighbour_sims=rng.random((n_items, NEIGHBOURS)).astype(np.float32),
+        # Random, like the co-occurrence neighbours: the kernel's cost does not depend on which
+        # items they are, and finding the true ones is the embed job's work, not the kernel's.
+        text_neighbours=rng.integers(0, n_items, (n_items, NEIGHBOURS)),
+        text_neighbour_sims=rng.random((n_items, NEIGHBOURS)).astype(np.float32),
     )
     block = pd.DataFrame(
         {

@@ -205,7 +205,7 @@ def _check_values(cfg: dict[str, Any]) -> None:
     positive += ["embed.max_length", "score.user_block_rows", "spark.arrow_batch_rows"]
     positive += ["cooc.neighbours", "cooc.history_items", "score.history_items"]
     positive += ["score.recent_half_life", "score.recent_sharpness", "score.cooc_half_life"]
-    positive += ["cooc.time_scale_days"]
+    positive += ["cooc.time_scale_days", "embed.text_neighbours"]
     for key in positive:
         if _lookup(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_lookup(cfg, key)!r}")

@@ -4,6 +4,10 @@ fold never shapes that fold's vectors."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame
@@ -19,7 +23,9 @@ from hybridrec.constants import (
     USER_COL,
     VALIDATION,
 )
+from hybridrec.cooc import NEIGHBOUR_COL
 from hybridrec.folds import history
+from udfs.topk import closest_items
 
 SECONDS_PER_DAY = 86400.0
 
@@ -128,4 +134,50 @@ def user_embeddings(
         from_reviews.unionByName(fallback)
         .withColumnRenamed(USER_COL, "id")
         .withColumn("model_id", F.lit(model_id))
+    )
+
+
+def text_neighbours(item_vectors: DataFrame, neighbours: int, block_rows: int) -> DataFrame:
+    """Per item (``id``, ``embedding``), its ``neighbours`` closest other items by text:
+    item_id, neighbour_id, similarity (cosine).
+
+    The vectors are collected and broadcast once: like the scoring catalog they grow with the
+    items, never with users. Each task ranks its items against all of them ``block_rows`` at a
+    time, so an items x items product is only ever held one block of rows at once.
+    """
+    spark = item_vectors.sparkSession
+    frame = item_vectors.select("id", EMBEDDING_COL).toPandas()
+    ids = frame["id"].to_numpy().astype(str)
+    schema = f"{ITEM_COL} string, {NEIGHBOUR_COL} string, similarity float"
+    if len(ids) < 2:
+        return spark.createDataFrame([], schema)
+    matrix = np.stack(frame[EMBEDDING_COL].to_numpy()).astype(np.float32)
+    shared = spark.sparkContext.broadcast((ids, matrix))
+
+    def closest(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        ids, matrix = shared.value
+        position = pd.Series(np.arange(len(ids)), index=ids)
+        for batch in batches:
+            for start in range(0, len(batch), block_rows):
+                rows = batch.iloc[start : start + block_rows]
+                own = position.loc[rows["id"].astype(str)].to_numpy()
+                top, sims = closest_items(
+                    np.stack(rows[EMBEDDING_COL].to_numpy()).astype(np.float32),
+                    matrix,
+                    own,
+                    neighbours,
+                )
+                yield pd.DataFrame(
+                    {
+                        ITEM_COL: np.repeat(rows["id"].to_numpy(), top.shape[1]),
+                        NEIGHBOUR_COL: ids[top.ravel()],
+                        "similarity": sims.ravel(),
+                    }
+                )
+
+    parallelism = spark.sparkContext.defaultParallelism
+    return (
+        item_vectors.select("id", EMBEDDING_COL)
+        .repartition(parallelism)
+        .mapInPandas(closest, schema)
     )

@@ -24,6 +24,7 @@ from hybridrec.constants import (
     ITEM_COL,
     ITEM_EMBEDDINGS,
     ITEM_NEIGHBOURS,
+    ITEM_TEXT_NEIGHBOURS,
     ITEMS,
     SPLIT_COL,
     TS_COL,
@@ -86,6 +87,7 @@ def build_catalog(
     item_vectors: DataFrame | None,
     pop: DataFrame,
     neighbours: DataFrame | None = None,
+    text_neighbours: DataFrame | None = None,
 ) -> topk.ItemCatalog:
     """Collect the candidates (they grow with the catalog, never with users) into arrays.
 
@@ -95,6 +97,7 @@ def build_catalog(
         item_vectors: item_id, embedding; None for a catalog without text.
         pop: item_id, popularity.
         neighbours: item_id, neighbour_id, similarity; None for a catalog without co-occurrence.
+        text_neighbours: the same, the closest items by text; None for a catalog without text.
     """
     rows = items.join(pop, ITEM_COL, "left")
     if item_factors is not None:
@@ -111,6 +114,7 @@ def build_catalog(
     emb, has_text = topk.stack_vectors(frame[EMBEDDING_COL], dim)
     ids = frame[ITEM_COL].to_numpy().astype(str)
     neighbour_idx, neighbour_sims = _neighbour_arrays(items, neighbours, ids)
+    text_idx, text_sims = _neighbour_arrays(items, text_neighbours, ids)
     return topk.ItemCatalog(
         ids=ids,
         cf=cf,
@@ -120,6 +124,8 @@ def build_catalog(
         pop=frame["popularity"].fillna(0.0).to_numpy(np.float32),
         neighbours=neighbour_idx,
         neighbour_sims=neighbour_sims,
+        text_neighbours=text_idx,
+        text_neighbour_sims=text_sims,
     )
 
 
@@ -160,10 +166,11 @@ def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> topk.ItemCatal
         of_fold(warehouse.read(ITEM_EMBEDDINGS), fold).withColumnRenamed("id", ITEM_COL),
         popularity(interactions, fold),
         of_fold(warehouse.read(ITEM_NEIGHBOURS), fold),
+        of_fold(warehouse.read(ITEM_TEXT_NEIGHBOURS), fold),
     )
     log.info(
         "catalog (%s fold): %d items, %d with ALS factors (rank %d), %d with text (dim %d), "
-        "%d with co-occurrence neighbours",
+        "%d with co-occurrence neighbours, %d with text neighbours",
         fold,
         len(catalog),
         catalog.has_cf.sum(),
@@ -171,6 +178,7 @@ def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> topk.ItemCatal
         catalog.has_text.sum(),
         catalog.text.shape[1],
         (catalog.neighbours >= 0).any(axis=1).sum(),
+        (catalog.text_neighbours >= 0).any(axis=1).sum(),
     )
     return catalog
 

@@ -25,6 +25,7 @@ from hybridrec.constants import (
     FOLDS,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
+    ITEM_TEXT_NEIGHBOURS,
     ITEMS,
     TEST,
     TEXT_EMBEDDINGS,
@@ -102,6 +103,25 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     )
     n_items = warehouse.write(item_vectors, ITEM_EMBEDDINGS, partition_by=[FOLD_COL])
     item_vectors = warehouse.read(ITEM_EMBEDDINGS)
+    started = time.perf_counter()
+    closest = reduce(
+        DataFrame.unionByName,
+        [
+            embedding.text_neighbours(
+                item_vectors.where(F.col(FOLD_COL) == fold),
+                cfg.embed.text_neighbours,
+                cfg.score.user_block_rows,
+            ).withColumn(FOLD_COL, F.lit(fold))
+            for fold in FOLDS
+        ],
+    )
+    n_pairs = warehouse.write(closest, ITEM_TEXT_NEIGHBOURS, partition_by=[FOLD_COL])
+    log.info(
+        "%d text neighbour pairs (up to %d per item, both folds) in %.1fs",
+        n_pairs,
+        cfg.embed.text_neighbours,
+        time.perf_counter() - started,
+    )
     user_vectors = reduce(
         DataFrame.unionByName,
         [
@@ -123,6 +143,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         "encode_seconds": encode_seconds,
         "item_embeddings": n_items,
         "user_embeddings": n_users,
+        "text_neighbour_pairs": n_pairs,
     }
 
 

@@ -44,6 +44,8 @@ from hybridrec.tables import Warehouse  # noqa: E402
 from udfs.topk import PARTS  # noqa: E402
 
 NAME = "evaluate"
+# The gaps that reach the log and MLflow metrics; comparisons.csv and the table hold every one.
+HEADLINE_METRICS = ("ndcg", "hr")
 log = logging.getLogger(__name__)
 
 
@@ -108,6 +110,7 @@ def metrics_tables(
 
 
 def log_comparisons(table: pd.DataFrame, confidence: float) -> None:
+    table = table[table["metric"].isin(HEADLINE_METRICS)]
     bounds = zip(table.ci_low, table.ci_high, strict=True)
     shown = table.assign(interval=[f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in bounds])[
         ["segment", "model", "metric", "users", "difference", "interval", "p_value"]
@@ -164,12 +167,13 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     }
     compared = warehouse.read(COMPARISONS).where(F.col("run_id") == run_id).toPandas()
     log_comparisons(compared, cfg.evaluate.confidence)
-    # The headline metrics only: every metric's comparison is in comparisons.csv.
-    for r in compared[compared["metric"].isin(["ndcg", "hr"])].itertuples():
+    # To MLflow alone: the job's results stay a short line in the log.
+    gaps = {}
+    for r in compared[compared["metric"].isin(HEADLINE_METRICS)].itertuples():
         name = f"hybrid_minus_{r.model}.{'' if r.segment == 'all' else r.segment + '.'}{r.metric}"
-        results[f"{name}_at_{r.k}"] = r.difference
-        results[f"{name}_p_value_at_{r.k}"] = r.p_value
-    tracking.log_job_metrics(results, parent_too=True)
+        gaps[f"{name}_at_{r.k}"] = r.difference
+        gaps[f"{name}_p_value_at_{r.k}"] = r.p_value
+    tracking.log_job_metrics({**results, **gaps}, parent_too=True)
     figure = plot_metrics(table[table["segment"] == "all"], k)
     tracking.log_figure(figure, "metrics_by_model.png")
     plt.close(figure)

@@ -16,8 +16,6 @@ import numpy as np
 import pandas as pd
 
 PARTS = ("cf", "cooc", "text", "recent", "pop")
-# A history item weighted less than this (relative to the newest, 1) is too old to matter.
-MIN_RECENCY_WEIGHT = 1e-4
 REASONS = {
     "cf": "liked by similar users",
     "cooc": "",  # filled with the history item it was most often had with
@@ -39,6 +37,8 @@ class ItemCatalog:
     pop: np.ndarray  # (n,) log1p(train users)
     neighbours: np.ndarray  # (n, m) catalog indices of co-occurrence neighbours, -1 pads
     neighbour_sims: np.ndarray  # (n, m) their similarities, 0 at pads
+    text_neighbours: np.ndarray  # (n, t) catalog indices of the closest items by text, -1 pads
+    text_neighbour_sims: np.ndarray  # (n, t) their cosine similarities, 0 at pads
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,24 +88,53 @@ def recent_similarity(
     At sharpness 1 this ranks as the similarity to the mean of the recent items' vectors. Higher
     values let only the closest history item count: an item almost the same as a recent one (the
     same magazine under another listing, the next season of a show) outranks one that is
-    half-like several of them.
+    half-like several of them. Then only each history item's closest items by text
+    (``catalog.text_neighbours``) are summed: raised to a high power, the similarity of any item
+    further away is lost next to theirs, and a sparse gather replaces a product with the whole
+    catalog per history item.
     """
     known = (history >= 0) & catalog.has_text[np.maximum(history, 0)]
     recency = 0.5 ** (np.arange(history.shape[1]) / half_life)
     weights = np.where(known, recency[None, :], 0.0).astype(np.float32)
-    vectors = catalog.text[np.maximum(history, 0)]  # (rows, width, dim)
     if sharpness == 1:
         # Linear in the similarity: one product with the weighted sum of the vectors, exactly.
+        vectors = catalog.text[np.maximum(history, 0)]  # (rows, width, dim)
         return np.einsum("rw,rwd->rd", weights, vectors) @ catalog.text.T, known.any(axis=1)
-    scores = np.zeros((len(history), len(catalog)), dtype=np.float32)
-    # Recency only shrinks with age: the history items past this one cannot move a score.
-    for position in range(int((recency >= MIN_RECENCY_WEIGHT).sum())):
-        if not known[:, position].any():
-            continue
-        sharpened = signed_power(vectors[:, position] @ catalog.text.T, sharpness)
-        sharpened *= weights[:, position, None]
-        scores += sharpened
-    return scores, known.any(axis=1)
+    sims = signed_power(catalog.text_neighbour_sims[np.maximum(history, 0)], sharpness)
+    votes = sims * weights[:, :, None]
+    return neighbour_votes(catalog.text_neighbours[np.maximum(history, 0)], votes, len(catalog)), (
+        known.any(axis=1)
+    )
+
+
+def closest_items(
+    vectors: np.ndarray, catalog_text: np.ndarray, own: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``vectors``, the indices (rows, m) of its ``m`` most similar rows of
+    ``catalog_text`` (dot product; cosine for unit rows), most similar first, leaving out the row's
+    own index ``own``; and those similarities."""
+    sims = vectors @ catalog_text.T
+    sims[np.arange(len(vectors)), own] = -np.inf
+    m = min(m, catalog_text.shape[0] - 1)
+    if m <= 0:
+        return np.empty((len(vectors), 0), np.int64), np.empty((len(vectors), 0), np.float32)
+    top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+    top_sims = np.take_along_axis(sims, top, axis=1)
+    order = np.argsort(-top_sims, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_sims, order, axis=1)
+
+
+def neighbour_votes(neighbours: np.ndarray, votes: np.ndarray, n_items: int) -> np.ndarray:
+    """(rows, items): per row, the sum of ``votes`` (rows, width, m) cast for ``neighbours``
+    (rows, width, m; -1 pads), as one ``bincount``: never an items x items matrix."""
+    rows = neighbours.shape[0]
+    present = (neighbours >= 0) & (votes != 0)
+    flat = (np.arange(rows)[:, None, None] * n_items + neighbours)[present]
+    return (
+        np.bincount(flat, weights=votes[present], minlength=rows * n_items)
+        .reshape(rows, n_items)
+        .astype(np.float32)
+    )
 
 
 def signed_power(x: np.ndarray, exponent: float) -> np.ndarray:
@@ -129,18 +158,10 @@ def signed_power(x: np.ndarray, exponent: float) -> np.ndarray:
 def cooc_scores(history: np.ndarray, catalog: ItemCatalog, half_life: float) -> np.ndarray:
     """(rows, items): the similarity-weighted votes of each row's history items for their
     co-occurrence neighbours, the newest history item weighted most (halving every
-    ``half_life`` items back). Sums over a sparse gather: never an items x items matrix."""
-    rows, n_items = history.shape[0], len(catalog)
-    neighbours = catalog.neighbours[np.maximum(history, 0)]  # (rows, width, m)
+    ``half_life`` items back)."""
     recency = np.where(history >= 0, 0.5 ** (np.arange(history.shape[1]) / half_life), 0.0)
     votes = catalog.neighbour_sims[np.maximum(history, 0)] * recency[:, :, None]
-    present = (neighbours >= 0) & (votes > 0)
-    flat = (np.arange(rows)[:, None, None] * n_items + neighbours)[present]
-    return (
-        np.bincount(flat, weights=votes[present], minlength=rows * n_items)
-        .reshape(rows, n_items)
-        .astype(np.float32)
-    )
+    return neighbour_votes(catalog.neighbours[np.maximum(history, 0)], votes, len(catalog))
 
 
 def raw_parts(

@@ -229,3 +229,53 @@ def test_user_embeddings_from_reviews_and_fallback_for_silent_users(spark):
     assert out["u2"]["embedding"] == pytest.approx([INV_SQRT2, 0.0, INV_SQRT2], rel=1e-6)
     assert out["u2"]["n_texts"] == 0
     assert {r["model_id"] for r in out.values()} == {"m1"}
+
+
+# --- text_neighbours ---------------------------------------------------------------------------
+
+
+def _item_vectors(spark: SparkSession, rows: list[tuple]) -> DataFrame:
+    return _vectors(spark, rows, key="id")
+
+
+def test_text_neighbours_are_the_closest_other_items_by_cosine(spark):
+    # a (1, 0, 0), b (0.8, 0.6, 0), c (0, 1, 0), d (0, 0, 1)
+    vectors = _item_vectors(
+        spark,
+        [
+            ("a", [1.0, 0.0, 0.0]),
+            ("b", [0.8, 0.6, 0.0]),
+            ("c", [0.0, 1.0, 0.0]),
+            ("d", [0.0, 0.0, 1.0]),
+        ],
+    )
+
+    # Two rows per block: the items of one task span blocks.
+    rows = embedding.text_neighbours(vectors, 2, block_rows=2).collect()
+
+    got = {(r["item_id"], r["neighbour_id"]): r["similarity"] for r in rows}
+    # a: b .8, then c and d tie at 0 (one of them); b: a .8, c .6; c: b .6, then a/d at 0;
+    # d: every other item at 0.
+    assert len(rows) == 8
+    assert got[("a", "b")] == pytest.approx(0.8) and got[("b", "a")] == pytest.approx(0.8)
+    assert got[("b", "c")] == pytest.approx(0.6) and got[("c", "b")] == pytest.approx(0.6)
+    assert ("b", "d") not in got
+    assert all(item != neighbour for item, neighbour in got)
+    assert sum(1 for item, _ in got if item == "d") == 2
+
+
+def test_text_neighbours_capped_by_the_other_items(spark):
+    vectors = _item_vectors(spark, [("a", [1.0, 0.0, 0.0]), ("b", [0.0, 1.0, 0.0])])
+
+    rows = embedding.text_neighbours(vectors, 10, block_rows=64).collect()
+
+    assert sorted((r["item_id"], r["neighbour_id"]) for r in rows) == [("a", "b"), ("b", "a")]
+
+
+def test_text_neighbours_of_a_single_item_is_empty(spark):
+    vectors = _item_vectors(spark, [("a", [1.0, 0.0, 0.0])])
+
+    out = embedding.text_neighbours(vectors, 10, block_rows=64)
+
+    assert out.count() == 0
+    assert out.columns == ["item_id", "neighbour_id", "similarity"]

@@ -1,11 +1,12 @@
 """No held-out data feeds a fold's models.
 
-Each fold's fitted inputs (review documents and their weights, item and user text vectors, ALS
-preferences, popularity, co-occurrence neighbours) are computed on a small interactions table, then
-again with rows added that exist only in a held-out split. Rows only in ``test`` must change
-nothing in either fold; rows only in ``validation`` must change nothing in the validation fold but
-must change the test fold, which is fitted on train and validation. The same rows labelled
-``train`` change every output of both folds, so each comparison below is able to fail.
+Each fold's fitted inputs (review documents and their weights, item and user text vectors, the
+items closest by text, ALS preferences, popularity, co-occurrence neighbours) are computed on a
+small interactions table, then again with rows added that exist only in a held-out split. Rows
+only in ``test`` must change nothing in either fold; rows only in ``validation`` must change
+nothing in the validation fold but must change the test fold, which is fitted on train and
+validation. The same rows labelled ``train`` change every output of both folds, so each
+comparison below is able to fail.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from hybridrec.constants import FOLDS, TEST, TRAIN, VALIDATION
 T0 = 1_700_000_000
 DAY = 86_400
 MODEL_ID = "fake-3d"
-OUTPUTS = ("documents", "item_vectors", "user_vectors", "preferences", "popularity", "neighbours")
+OUTPUTS = (
+    "documents",
+    "item_vectors",
+    "user_vectors",
+    "text_neighbours",
+    "preferences",
+    "popularity",
+    "neighbours",
+)
 
 # Fake encoder: every text used below has a fixed 3-d vector, each pointing somewhere else.
 # No base vector is a mean of more than two terms: two doubles add the same in either order, so
@@ -112,6 +121,7 @@ def fit(spark, leak_cfg):
             "documents": docs,
             "item_vectors": items,
             "user_vectors": users,
+            "text_neighbours": embedding.text_neighbours(items, 100, 64),
             "preferences": cf.preferences(interactions, leak_cfg, fold),
             "popularity": scoring.popularity(interactions, fold),
             "neighbours": cooc.item_neighbours(

@@ -8,6 +8,7 @@ import pytest
 
 from udfs.topk import (
     ItemCatalog,
+    closest_items,
     cooc_scores,
     normalise,
     padded_history,
@@ -245,18 +246,35 @@ def _catalog(*, e_has_text: bool = True) -> ItemCatalog:
     has_text = np.array([True, True, True, True, e_has_text])
     if not e_has_text:
         text[4] = 0.0
-    return ItemCatalog(
-        ids=np.array(["a", "b", "c", "d", "e"]),
-        cf=np.array([[1, 0], [0, 1], [1, 1], [2, 0], [0, 2]], dtype=np.float32),
-        has_cf=np.ones(5, dtype=bool),
-        text=text,
-        has_text=has_text,
-        pop=np.array([1.0, 2.0, 0.0, 3.0, 4.0], dtype=np.float32),
-        neighbours=np.array([[3, 1], [0, 4], [3, -1], [0, 2], [1, -1]]),
-        neighbour_sims=np.array(
-            [[0.9, 0.5], [0.5, 0.4], [0.7, 0.0], [0.9, 0.7], [0.4, 0.0]], dtype=np.float32
+    return with_text_neighbours(
+        ItemCatalog(
+            ids=np.array(["a", "b", "c", "d", "e"]),
+            cf=np.array([[1, 0], [0, 1], [1, 1], [2, 0], [0, 2]], dtype=np.float32),
+            has_cf=np.ones(5, dtype=bool),
+            text=text,
+            has_text=has_text,
+            pop=np.array([1.0, 2.0, 0.0, 3.0, 4.0], dtype=np.float32),
+            neighbours=np.array([[3, 1], [0, 4], [3, -1], [0, 2], [1, -1]]),
+            neighbour_sims=np.array(
+                [[0.9, 0.5], [0.5, 0.4], [0.7, 0.0], [0.9, 0.7], [0.4, 0.0]], dtype=np.float32
+            ),
+            text_neighbours=np.full((5, 0), -1),
+            text_neighbour_sims=np.zeros((5, 0), np.float32),
         ),
+        4,
     )
+
+
+def with_text_neighbours(catalog: ItemCatalog, m: int) -> ItemCatalog:
+    """The catalog with its ``m`` closest items by text, from its own text vectors (items
+    without text are nobody's neighbour, as in the item_text_neighbours table)."""
+    texted = np.flatnonzero(catalog.has_text)
+    top, sims = closest_items(catalog.text[texted], catalog.text[texted], np.arange(len(texted)), m)
+    catalog.text_neighbours = np.full((len(catalog), top.shape[1]), -1)
+    catalog.text_neighbours[texted] = texted[top]
+    catalog.text_neighbour_sims = np.zeros(catalog.text_neighbours.shape, np.float32)
+    catalog.text_neighbour_sims[texted] = sims
+    return catalog
 
 
 def _block() -> pd.DataFrame:
@@ -423,6 +441,7 @@ def test_recent_similarity_weights_the_newest_item_most():
 def test_recent_similarity_sharpness_lets_the_closest_history_item_win():
     catalog = _catalog()
     catalog.text[4] = np.array([0.1, 0.995]) / np.hypot(0.1, 0.995)  # e: nearly b
+    catalog = with_text_neighbours(catalog, 4)
     history = np.array([[1, 0]])  # b and a, weighted alike (half-life huge)
 
     flat, _ = recent_similarity(history, catalog, half_life=1e9, sharpness=1.0)
@@ -434,6 +453,54 @@ def test_recent_similarity_sharpness_lets_the_closest_history_item_win():
     # Sharpness 40: 0.8 ** 40 is ~1e-4, e's ~0.995 ** 40 ~0.8: the near-duplicate of b wins.
     assert sharp[0, 2] == pytest.approx(0.6**40 + 0.8**40, rel=1e-4)
     assert sharp[0, 4] > 100 * sharp[0, 2]
+
+
+def test_closest_items_best_first_without_the_item_itself():
+    catalog = _catalog()
+
+    top, sims = closest_items(catalog.text[[2, 0]], catalog.text, np.array([2, 0]), 2)
+
+    # c (0.6, 0.8): d 0.96, b 0.8, e 0.28, a 0.6. a (1, 0): d 0.8, c 0.6, e -0.6, b 0.
+    np.testing.assert_array_equal(top, [[3, 1], [3, 2]])
+    np.testing.assert_allclose(sims, [[0.96, 0.8], [0.8, 0.6]], rtol=1e-6)
+
+
+def test_closest_items_never_more_than_the_other_items():
+    catalog = _catalog()
+
+    top, _ = closest_items(catalog.text, catalog.text, np.arange(5), 100)
+
+    assert top.shape == (5, 4)
+    assert not (top == np.arange(5)[:, None]).any()
+
+
+@pytest.mark.parametrize("sharpness", [2.0, 40.0])
+def test_sharpened_recent_similarity_over_every_neighbour_is_the_dense_sum(sharpness):
+    catalog = _catalog()
+    history = np.array([[1, 0], [2, -1]])  # newest first
+    recency = np.array([1.0, 0.5])
+
+    scores, has = recent_similarity(history, catalog, half_life=1.0, sharpness=sharpness)
+
+    dense = catalog.text @ catalog.text.T
+    expected = np.zeros((2, 5))
+    for row, items in enumerate(history):
+        for position, item in enumerate(items[items >= 0]):
+            expected[row] += (
+                recency[position] * np.sign(dense[item]) * np.abs(dense[item]) ** sharpness
+            )
+    candidates = ~ragged_mask(pd.Series([np.array([1, 0]), np.array([2])]), 5)
+    # A history item's similarity to itself is left out: it is never a candidate.
+    np.testing.assert_allclose(scores[candidates], expected[candidates], rtol=1e-5, atol=1e-12)
+    np.testing.assert_array_equal(has, [True, True])
+
+
+def test_sharpened_recent_similarity_reaches_only_the_text_neighbours():
+    catalog = with_text_neighbours(_catalog(), 1)  # c's closest is d; d's is c
+
+    scores, _ = recent_similarity(np.array([[2]]), catalog, half_life=1.0, sharpness=2.0)
+
+    np.testing.assert_allclose(scores[0], [0.0, 0.0, 0.0, 0.96**2, 0.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("exponent", [1, 2, 3, 40, 2.5, 0.5])
