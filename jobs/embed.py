@@ -17,13 +17,14 @@ from functools import reduce
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import embedding
+from hybridrec import embedding, scoring
 from hybridrec.config import Config
 from hybridrec.constants import (
     EMBEDDING_COL,
     FOLD_COL,
     FOLDS,
     INTERACTIONS,
+    ITEM_COL,
     ITEM_EMBEDDINGS,
     ITEM_TEXT_NEIGHBOURS,
     ITEMS,
@@ -104,11 +105,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     n_items = warehouse.write(item_vectors, ITEM_EMBEDDINGS, partition_by=[FOLD_COL])
     item_vectors = warehouse.read(ITEM_EMBEDDINGS)
     started = time.perf_counter()
+    # Neighbours among the candidates only: metadata-only items outside the scoring catalog
+    # would take places in the top list and then be dropped when the catalog is built.
+    candidates = scoring.catalog_items(interactions, items, cfg).withColumnRenamed(ITEM_COL, "id")
     closest = reduce(
         DataFrame.unionByName,
         [
             embedding.text_neighbours(
-                item_vectors.where(F.col(FOLD_COL) == fold),
+                item_vectors.where(F.col(FOLD_COL) == fold).join(candidates, "id"),
                 cfg.embed.text_neighbours,
                 cfg.score.user_block_rows,
             ).withColumn(FOLD_COL, F.lit(fold))

@@ -117,7 +117,10 @@ def test_text_neighbours_are_every_text_item_s_closest_per_fold(e2e):
     cfg, warehouse, results = e2e
     closest = warehouse.read("item_text_neighbours")
     assert closest.count() == results["embed"]["text_neighbour_pairs"] > 0
-    vectors = warehouse.read("item_embeddings").groupBy("fold").count().toPandas()
+    interacted = warehouse.read("interactions").select(F.col("item_id").alias("id")).distinct()
+    vectors = (
+        warehouse.read("item_embeddings").join(interacted, "id").groupBy("fold").count().toPandas()
+    )
     per_fold = (
         closest.groupBy("fold", "item_id")
         .count()
@@ -131,7 +134,8 @@ def test_text_neighbours_are_every_text_item_s_closest_per_fold(e2e):
         .merge(vectors, on="fold")
     )
     assert set(per_fold["fold"]) == {"validation", "test"}
-    # Every item with text, each with exactly min(cap, other items) neighbours.
+    # Every candidate item with text (score.catalog: interacted), each with exactly
+    # min(cap, other such items) neighbours.
     assert (per_fold["items"] == per_fold["count"]).all()
     expected = np.minimum(cfg.embed.text_neighbours, per_fold["count"] - 1)
     assert (per_fold["least"] == expected).all() and (per_fold["most"] == expected).all()
