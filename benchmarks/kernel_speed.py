@@ -5,10 +5,10 @@
 The kernel (``udfs.topk``) is what every score and evaluate task runs on each block of users,
 so its cost per user times the number of users, divided by the task slots, is the scoring time.
 Synthetic inputs of production shape: 384-d unit text vectors, rank-64 ALS factors, 100
-co-occurrence neighbours per item, 50 history items per user. Prints one row per catalog size:
-seconds per block for the raw parts (split by part), for recommend (top-K of one model) and for
-each weight-grid point of tuning past the first (the parts are scored once per block), and users
-per second for each.
+co-occurrence and 100 text neighbours per item, 50 history items per user. Prints one row per
+catalog size: seconds per block for the raw parts (split by part), for recommend (top-K of one
+model) and for each weight-grid point of tuning past the first (the parts are scored once per
+block), and users per second for each.
 """
 
 from __future__ import annotations
