@@ -211,11 +211,15 @@ def normalise(scores: np.ndarray, valid: np.ndarray, method: str) -> np.ndarray:
     n_valid = valid.sum(axis=1, keepdims=True)
     count = np.maximum(n_valid, 1)
     if method == "zscore":
-        mean = np.where(valid, scores, 0).sum(axis=1, keepdims=True, dtype=np.float64) / count
-        centred = np.where(valid, scores - mean.astype(np.float32), 0)
-        std = np.sqrt(np.square(centred).sum(axis=1, keepdims=True, dtype=np.float64) / count)
+        # In place on one float32 copy: every temporary here is a (users, items) matrix.
+        out = np.where(valid, scores, np.float32(0)).astype(np.float32, copy=False)
+        mean = out.sum(axis=1, keepdims=True, dtype=np.float64) / count
+        out -= mean.astype(np.float32)
         # z-scores average 0 over the valid entries, so 0 is the neutral fill.
-        return (centred / np.where(std > 0, std, 1.0).astype(np.float32)).astype(np.float32)
+        out *= valid
+        std = np.sqrt(np.square(out).sum(axis=1, keepdims=True, dtype=np.float64) / count)
+        out /= np.where(std > 0, std, 1.0).astype(np.float32)
+        return out
     if method == "minmax":
         low = np.where(valid, scores, np.inf).min(axis=1, keepdims=True)
         high = np.where(valid, scores, -np.inf).max(axis=1, keepdims=True)
