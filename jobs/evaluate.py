@@ -91,13 +91,23 @@ def metrics_tables(
     segments = evaluation.segment_truth(truth, seen, cfg.evaluate.segment_fraction)
     metrics, comparisons = [], []
     for name, rows in segments.items():
-        per_user = evaluation.per_user_metrics(recs, rows, k)
-        metrics.append(evaluation.mean_metrics(per_user, k).withColumn("segment", F.lit(name)))
-        comparisons.append(
-            evaluation.paired_comparison(per_user, HYBRID, k, cfg.evaluate.confidence).withColumn(
-                "segment", F.lit(name)
+        # Both summaries read the per-user metrics (a join and a shuffle over every top-K row):
+        # computed once, and both summaries (a few rows each) are collected before it is released.
+        per_user = evaluation.per_user_metrics(recs, rows, k).persist()
+        try:
+            means = evaluation.mean_metrics(per_user, k)
+            metrics.append(
+                recs.sparkSession.createDataFrame(means.collect(), means.schema).withColumn(
+                    "segment", F.lit(name)
+                )
             )
-        )
+            comparisons.append(
+                evaluation.paired_comparison(
+                    per_user, HYBRID, k, cfg.evaluate.confidence
+                ).withColumn("segment", F.lit(name))
+            )
+        finally:
+            per_user.unpersist()
     metrics += [
         part.withColumn("segment", F.lit("all"))
         for part in (
