@@ -52,7 +52,7 @@ def summary(table: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     )
     ndcg, sparse = by_model["ndcg@10"], by_model["sparse hr@10"]
     single = ndcg[[m for m in ("als", "text", "popularity") if m in ndcg]]
-    every = ndcg.drop(columns="hybrid")
+    best_single, best_every = single.max(axis=1), ndcg.drop(columns="hybrid").max(axis=1)
     gaps = compared.set_index(["data set", "segment", "model", "metric"])
 
     def gap(data_set: str, segment: str, model: str, metric: str) -> str:
@@ -62,11 +62,11 @@ def summary(table: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "hybrid ndcg@10": ndcg["hybrid"],
-            "best of als/text/pop": single.max(axis=1),
-            "hybrid / that": ndcg["hybrid"] / single.max(axis=1),
+            "best of als/text/pop": best_single,
+            "hybrid / that": ndcg["hybrid"] / best_single,
             "gap to that": [gap(d, "all", single.loc[d].idxmax(), "ndcg") for d in ndcg.index],
-            "best incl. cooc": every.max(axis=1),
-            "hybrid / that ": ndcg["hybrid"] / every.max(axis=1),
+            "best incl. cooc": best_every,
+            "hybrid / that ": ndcg["hybrid"] / best_every,
             "sparse hr hybrid": sparse["hybrid"],
             "sparse hr als": sparse["als"],
             "sparse hr gap": [gap(d, "sparse_users", "als", "hr") for d in ndcg.index],

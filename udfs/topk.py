@@ -93,18 +93,17 @@ def recent_similarity(
     further away is lost next to theirs, and a sparse gather replaces a product with the whole
     catalog per history item.
     """
-    known = (history >= 0) & catalog.has_text[np.maximum(history, 0)]
+    items = np.maximum(history, 0)  # pads read item 0, masked out by ``known``
+    known = (history >= 0) & catalog.has_text[items]
     recency = 0.5 ** (np.arange(history.shape[1]) / half_life)
     weights = np.where(known, recency[None, :], 0.0).astype(np.float32)
     if sharpness == 1:
         # Linear in the similarity: one product with the weighted sum of the vectors, exactly.
-        vectors = catalog.text[np.maximum(history, 0)]  # (rows, width, dim)
-        return np.einsum("rw,rwd->rd", weights, vectors) @ catalog.text.T, known.any(axis=1)
-    sims = signed_power(catalog.text_neighbour_sims[np.maximum(history, 0)], sharpness)
-    votes = sims * weights[:, :, None]
-    return neighbour_votes(catalog.text_neighbours[np.maximum(history, 0)], votes, len(catalog)), (
-        known.any(axis=1)
-    )
+        scores = np.einsum("rw,rwd->rd", weights, catalog.text[items]) @ catalog.text.T
+    else:
+        votes = signed_power(catalog.text_neighbour_sims[items], sharpness) * weights[:, :, None]
+        scores = neighbour_votes(catalog.text_neighbours[items], votes, len(catalog))
+    return scores, known.any(axis=1)
 
 
 def closest_items(
@@ -139,7 +138,7 @@ def neighbour_votes(neighbours: np.ndarray, votes: np.ndarray, n_items: int) -> 
 
 def signed_power(x: np.ndarray, exponent: float) -> np.ndarray:
     """sign(x) * |x| ** exponent. Whole exponents by repeated squaring: a float ``np.power``
-    costs about 15 times as much on CPU, and this runs on every (user, item, history item)."""
+    costs about 15 times as much on CPU, and this runs on every (user, history item, neighbour)."""
     magnitude = np.abs(x)
     if float(exponent).is_integer() and exponent >= 1:
         n, result = int(exponent), None
@@ -159,9 +158,10 @@ def cooc_scores(history: np.ndarray, catalog: ItemCatalog, half_life: float) -> 
     """(rows, items): the similarity-weighted votes of each row's history items for their
     co-occurrence neighbours, the newest history item weighted most (halving every
     ``half_life`` items back)."""
+    items = np.maximum(history, 0)  # pads read item 0, weighted 0
     recency = np.where(history >= 0, 0.5 ** (np.arange(history.shape[1]) / half_life), 0.0)
-    votes = catalog.neighbour_sims[np.maximum(history, 0)] * recency[:, :, None]
-    return neighbour_votes(catalog.neighbours[np.maximum(history, 0)], votes, len(catalog))
+    votes = catalog.neighbour_sims[items] * recency[:, :, None]
+    return neighbour_votes(catalog.neighbours[items], votes, len(catalog))
 
 
 def raw_parts(
