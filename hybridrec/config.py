@@ -28,6 +28,7 @@ OPEN_MAPS = {
 CHOICES = {
     "source.kind": {"sample", "amazon", "movielens", "generic"},
     "ingest.split": {"leave_last_out"},
+    "ingest.id_whitespace": {"reject", "trim"},
     "embed.device": {"auto", "cpu", "cuda"},
     "als.cold_start_strategy": {"drop", "nan"},
     "score.normalisation": {"zscore", "minmax", "rank"},
