@@ -95,13 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         results = run_pipeline(spark, cfg, run_id)
         seconds = time.perf_counter() - started
-        warehouse = Warehouse.from_config(spark, cfg)
-        metrics = warehouse.read(METRICS).where(f"run_id = '{run_id}'").toPandas()
+        warehouse = Warehouse.from_config(spark, cfg, run_id)
+        metrics = warehouse.read(METRICS).toPandas()
         comparisons.append(
-            warehouse.read(COMPARISONS)
-            .where(f"run_id = '{run_id}'")
-            .toPandas()
-            .assign(**{"data set": folder.name})
+            warehouse.read(COMPARISONS).toPandas().assign(**{"data set": folder.name})
         )
         wide = metrics.pivot_table(index="model", columns=["segment", "metric"], values="value")
         ingest = results["ingest"]

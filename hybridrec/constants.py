@@ -35,6 +35,9 @@ BASELINE_WEIGHTS = {
 }
 TEXT_PARTS = ("text", "recent")
 
+# The pipeline's stages in order; a run is complete once all of them have succeeded.
+STAGE_NAMES = ("ingest", "embed", "als", "score", "evaluate")
+
 INTERACTIONS = "interactions"
 ITEMS = "items"
 REJECTS = "rejects"

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import secrets
+import signal
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 
 from hybridrec import tracking
-from hybridrec.config import Config, load_config
+from hybridrec.config import Config, ConfigError, check_run_id, load_config
+from hybridrec.constants import STAGE_NAMES
+from hybridrec.locking import RunLock, WarehouseBusyError
+from hybridrec.runs import COMPLETE, FAILED, INCOMPLETE, RunLog
 from hybridrec.session import get_spark
+from hybridrec.tables import Warehouse
 
 log = logging.getLogger("hybridrec")
 
@@ -74,13 +81,94 @@ def run_stage(
     return results
 
 
+def run_stages(
+    spark: SparkSession, cfg: Config, run_id: str, stages: Mapping[str, JobFn]
+) -> dict[str, dict[str, float]]:
+    """Run ``stages`` of ``run_id`` in order while holding the warehouse lock, keeping the
+    ``runs`` table and MLflow in step: ``complete`` once every stage of the run has succeeded,
+    ``failed`` if one raises (or the process dies: the next lock holder says so)."""
+    started = time.perf_counter()
+    lock = RunLock(
+        tracking.warehouse_folder(cfg),
+        run_id,
+        wait_seconds=cfg.run.lock_wait_seconds,
+        stale_seconds=cfg.run.lock_stale_seconds,
+        spark=spark,
+    )
+    with lock:
+        warehouse = Warehouse.from_config(spark, cfg, run_id)
+        history = RunLog(warehouse)
+        history.fail_abandoned()
+        tracking.fail_abandoned_runs(cfg)
+        history.begin(run_id, cfg)
+        results: dict[str, dict[str, float]] = {}
+        try:
+            for name, job in stages.items():
+                results[name] = run_stage(name, job, spark, cfg, run_id)
+                record = history.stage_done(run_id, name, results[name], STAGE_NAMES)
+        except BaseException as exc:
+            _record_failure(history, run_id, exc)
+            raise
+        done = set((record.get("stages_done") or "").split(","))
+        status = COMPLETE if done >= set(STAGE_NAMES) else INCOMPLETE
+        history.end(run_id, status)
+        if status == COMPLETE:
+            history.apply_retention(cfg.run.keep_runs)
+    log.info(
+        "run %s %s in %.1fs (stages done: %s); tables: %s (catalog database %s, table runs); "
+        "MLflow: %s",
+        run_id,
+        status,
+        time.perf_counter() - started,
+        record.get("stages_done"),
+        warehouse.db_root,
+        warehouse.database,
+        tracking.display_uri(cfg),
+    )
+    return results
+
+
+def _record_failure(history: RunLog, run_id: str, exc: BaseException) -> None:
+    message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    try:
+        history.end(run_id, FAILED, message)
+    except Exception:  # the session may be gone (a kill); the next lock holder marks it
+        log.warning("could not mark run %s failed", run_id, exc_info=True)
+
+
 def job_main(name: str, job: JobFn, argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Entry point of ``spark-submit jobs/<name>.py`` and ``python -m jobs.<name>``."""
+    """Entry point of ``spark-submit jobs/<name>.py`` and ``python -m jobs.<name>``: exits 2 on
+    a config error and 3 when another run holds the warehouse, with one line on stderr."""
     args = argument_parser(f"hybridrec {name} job").parse_args(argv)
     setup_logging()
-    cfg = load_config(args.conf, args.set)
-    spark = get_spark(cfg)
-    return run_stage(name, job, spark, cfg, args.run_id or new_run_id())
+    with exit_on_known_errors():
+        cfg = load_config(args.conf, args.set)
+        run_id = check_run_id(args.run_id) if args.run_id else new_run_id()
+        spark = get_spark(cfg)
+        return run_stages(spark, cfg, run_id, {name: job})[name]
+
+
+@contextlib.contextmanager
+def exit_on_known_errors() -> Iterator[None]:
+    """One line and an exit status an operator (or Airflow) can act on, not a traceback.
+    SIGTERM (Airflow's kill) becomes an exception, so the run is marked failed on the way out."""
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    except ConfigError as exc:
+        print(f"hybridrec: config error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except WarehouseBusyError as exc:
+        print(f"hybridrec: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(3)
+
+
+def _terminated(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _fmt(value: float) -> str:

@@ -27,6 +27,23 @@ def work_path(cfg: Config, key: str, default_name: str) -> str:
     return str(Path(value or Path(cfg.run.work_dir) / default_name).resolve())
 
 
+def metastore_home(cfg: Config) -> str:
+    return str((Path(cfg.run.work_dir) / "metastore").resolve())
+
+
+def metastore_settings(cfg: Config) -> dict[str, str]:
+    """The persistent catalog: an external Hive metastore (thrift URI or JDBC URL) from
+    ``run.metastore``, else embedded Derby under ``run.work_dir`` (one process at a time)."""
+    uri = cfg.run.metastore
+    if uri and uri.startswith("thrift://"):
+        return {"spark.hadoop.hive.metastore.uris": uri}
+    if not uri:
+        home = Path(metastore_home(cfg))
+        home.mkdir(parents=True, exist_ok=True)
+        uri = f"jdbc:derby:;databaseName={home / 'metastore_db'};create=true"
+    return {"spark.hadoop.javax.jdo.option.ConnectionURL": uri}
+
+
 def get_spark(cfg: Config) -> SparkSession:
     """Build or join the session.
 
@@ -36,6 +53,9 @@ def get_spark(cfg: Config) -> SparkSession:
     settings are added.
     """
     builder = SparkSession.builder.appName(cfg.spark.app_name)
+    builder = builder.config("spark.sql.catalogImplementation", "hive")
+    for key, value in metastore_settings(cfg).items():
+        builder = builder.config(key, value)
     if not under_spark_submit():
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (
@@ -45,6 +65,8 @@ def get_spark(cfg: Config) -> SparkSession:
             .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.session.timeZone", "UTC")
+            # Derby writes derby.log into the JVM's working folder unless told where.
+            .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={metastore_home(cfg)}")
         )
     warehouse = work_path(cfg, "warehouse_dir", "warehouse")
     builder = (
@@ -53,7 +75,8 @@ def get_spark(cfg: Config) -> SparkSession:
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.spark.arrow_batch_rows))
         # The encoder is cached per Python worker: reuse keeps it loaded across tasks.
         .config("spark.python.worker.reuse", "true")
-        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        # Run ids such as 20261123 must stay strings, not become partition integers.
+        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
     )
     for key, value in cfg.spark.conf.items():
         builder = builder.config(key, str(value))

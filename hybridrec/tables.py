@@ -1,9 +1,25 @@
-"""The one table reader/writer: Parquet folders in the warehouse, registered in the catalog."""
+"""The one table reader/writer: every table is a set of run snapshots, each published whole.
+
+Layout under ``<run.warehouse_dir>/<run.database>.db``::
+
+    <table>/run_id=<run>/[fold=<fold>/]part-*.parquet   a published snapshot (one per run)
+    _staging/<table>/<run>.<token>/                     a snapshot being written
+    _trash/<table>/<run>.<token>/                       a replaced snapshot, removed right after
+
+A write goes to a fresh staging folder and is then renamed to ``run_id=<run>``: a reader sees a
+run's snapshot whole or not at all (a directory rename is atomic on local disks and HDFS). A
+retry of the same run moves the old snapshot aside first, so a retry that writes 0 rows leaves
+0 rows. Each table is registered in the catalog as ``<database>.<table>``, partitioned by
+``run_id`` (and ``fold`` where a table has folds); a new snapshot becomes a new partition. No
+SQL text is built from names or paths: identifiers and values travel as parameters.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -14,99 +30,241 @@ from hybridrec.session import work_path
 
 log = logging.getLogger(__name__)
 
+RUN_COL = "run_id"
+STAGING = "_staging"
+TRASH = "_trash"
+
 
 class MissingTableError(RuntimeError):
-    """An input table has not been written yet: the job that writes it has to run first."""
+    """An input snapshot has not been written yet: the job that writes it has to run first."""
 
 
 @dataclass
 class Warehouse:
+    """Tables of one database. ``run_id`` is the run whose snapshots ``read``/``write`` use when
+    they are not given one."""
+
     spark: SparkSession
     root: str
     database: str
+    run_id: str | None = None
 
     @classmethod
-    def from_config(cls, spark: SparkSession, cfg: Config) -> Warehouse:
-        warehouse = cls(spark, work_path(cfg, "warehouse_dir", "warehouse"), cfg.run.database)
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {warehouse.database}")
+    def from_config(cls, spark: SparkSession, cfg: Config, run_id: str | None = None) -> Warehouse:
+        warehouse = cls(
+            spark, work_path(cfg, "warehouse_dir", "warehouse"), cfg.run.database, run_id
+        )
+        spark.sql("CREATE DATABASE IF NOT EXISTS IDENTIFIER(:db)", args={"db": warehouse.database})
         return warehouse
 
+    @property
+    def db_root(self) -> str:
+        return f"{self.root}/{self.database}.db"
+
     def path(self, name: str) -> str:
-        return f"{self.root}/{self.database}.db/{name}"
+        return f"{self.db_root}/{name}"
 
-    def exists(self, name: str) -> bool:
-        """A table exists once a write to it has left data files or partition folders."""
+    def snapshot_path(self, name: str, run_id: str) -> str:
+        return f"{self.path(name)}/{RUN_COL}={run_id}"
+
+    def qualified(self, name: str) -> str:
+        return f"{self.database}.{name}"
+
+    # -- file system -------------------------------------------------------------------------
+
+    def _hpath(self, path: str):
         jvm = self.spark.sparkContext._jvm
-        path = jvm.org.apache.hadoop.fs.Path(self.path(name))
-        fs = path.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration())
-        if not fs.exists(path):
-            return False
-        names = [status.getPath().getName() for status in fs.listStatus(path)]
-        return any(not n.startswith(("_", ".")) for n in names)
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        return hpath.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()), hpath
 
-    def read(self, name: str) -> DataFrame:
-        if not self.exists(name):
+    def _exists(self, path: str) -> bool:
+        fs, hpath = self._hpath(path)
+        return fs.exists(hpath)
+
+    def _children(self, path: str) -> list[str]:
+        fs, hpath = self._hpath(path)
+        if not fs.exists(hpath):
+            return []
+        return [status.getPath().getName() for status in fs.listStatus(hpath)]
+
+    def _has_data(self, path: str) -> bool:
+        """Data files or partition folders, not only ``_SUCCESS`` and checksums."""
+        return any(not n.startswith(("_", ".")) for n in self._children(path))
+
+    def _delete(self, path: str) -> None:
+        fs, hpath = self._hpath(path)
+        fs.delete(hpath, True)
+
+    def _rename(self, source: str, target: str) -> None:
+        fs, src = self._hpath(source)
+        _, dst = self._hpath(target)
+        fs.mkdirs(dst.getParent())
+        if not fs.rename(src, dst):
+            raise OSError(f"could not rename {source} to {target}")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def tables(self) -> list[str]:
+        """Tables with a folder in the warehouse."""
+        return sorted(n for n in self._children(self.db_root) if not n.startswith(("_", ".")))
+
+    def runs(self, name: str) -> list[str]:
+        """Run ids with a published snapshot of ``name``."""
+        prefix = f"{RUN_COL}="
+        return sorted(
+            n[len(prefix) :] for n in self._children(self.path(name)) if n.startswith(prefix)
+        )
+
+    def exists(self, name: str, *, run_id: str | None = None) -> bool:
+        return self._exists(self.snapshot_path(name, self._run(run_id)))
+
+    def read(self, name: str, *, run_id: str | None = None) -> DataFrame:
+        """One run's snapshot of ``name``, with its ``run_id`` column."""
+        run_id = self._run(run_id)
+        snapshot = self.snapshot_path(name, run_id)
+        if not self._exists(snapshot):
             raise MissingTableError(
-                f"table {self.database}.{name} not found at {self.path(name)}: "
-                "run the job that writes it first (see README, 'Tables')"
+                f"table {self.qualified(name)} has no snapshot of run {run_id!r} at {snapshot}: "
+                "run the job that writes it first, with the same --run-id (see README, 'Runs')"
             )
-        # mergeSchema: partitions written before a column was added still read (as null).
+        if not self._has_data(snapshot):
+            return self._empty(name, run_id)
+        # basePath keeps run_id (and fold) as columns; mergeSchema reads snapshots written
+        # before a column was added.
+        return (
+            self.spark.read.option("basePath", self.path(name))
+            .option("mergeSchema", "true")
+            .parquet(snapshot)
+        )
+
+    def read_all(self, name: str) -> DataFrame | None:
+        """Every published snapshot of ``name`` (a cache shared across runs), or None."""
+        if not self.runs(name):
+            return None
         return self.spark.read.option("mergeSchema", "true").parquet(self.path(name))
+
+    def _empty(self, name: str, run_id: str) -> DataFrame:
+        """A snapshot written with 0 rows and partition columns holds no file to take a schema
+        from: take it from the catalog."""
+        if not self.spark.catalog.tableExists(self.qualified(name)):
+            raise MissingTableError(
+                f"table {self.qualified(name)} has an empty snapshot of run {run_id!r} and no "
+                "schema in the catalog"
+            )
+        return self.spark.table(self.qualified(name)).where(F.lit(False))
+
+    def _run(self, run_id: str | None) -> str:
+        run_id = run_id or self.run_id
+        if not run_id:
+            raise ValueError("no run id: pass run_id or use Warehouse.from_config(..., run_id)")
+        return run_id
+
+    # -- writing -----------------------------------------------------------------------------
 
     def write(
         self,
         df: DataFrame,
         name: str,
         *,
-        mode: str = "overwrite",
-        partition_by: list[str] | None = None,
         run_id: str | None = None,
+        partition_by: list[str] | None = None,
     ) -> int:
-        """Write ``df`` as Parquet, register it in the catalog, and return the rows written.
-
-        With ``run_id`` the rows get a ``run_id`` column and replace only that run's partition
-        (dynamic partition overwrite), so earlier runs stay queryable. With ``partition_by``
-        only the partitions present in ``df`` are replaced. Rows written are counted from the
-        stored files (this run's partition, or the whole table), not by recomputing ``df``.
-        """
+        """Write ``df`` as run ``run_id``'s snapshot of ``name``, replacing an earlier attempt's
+        whole, and return the rows written (counted from the staged files)."""
+        run_id = self._run(run_id)
         started = time.perf_counter()
-        if run_id is not None:
-            df = df.withColumn("run_id", F.lit(run_id))
-            partition_by = [*(partition_by or []), "run_id"]
-        writer = df.write.mode(mode)
+        staging = f"{self.db_root}/{STAGING}/{name}/{run_id}.{secrets.token_hex(4)}"
+        if RUN_COL in df.columns:
+            df = df.drop(RUN_COL)  # the folder carries it
+        writer = df.write.mode("errorifexists")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
-        writer.parquet(self.path(name))
-        rows = 0  # a partitioned write of no rows leaves no file: nothing to register yet
-        if self.exists(name):
-            self.register(name)
-            stored = self.spark.read.parquet(self.path(name))
-            if run_id is not None:
-                stored = stored.where(F.col("run_id") == run_id)
-            rows = stored.count()
+        writer.parquet(staging)
+        rows = self.spark.read.parquet(staging).count() if self._has_data(staging) else 0
+        self.publish(name, run_id, staging, columns={*df.columns, *(partition_by or []), RUN_COL})
         log.info(
-            "wrote %s.%s: %d rows in %.1fs -> %s",
-            self.database,
-            name,
+            "wrote %s run %s: %d rows in %.1fs -> %s",
+            self.qualified(name),
+            run_id,
             rows,
             time.perf_counter() - started,
-            self.path(name),
+            self.snapshot_path(name, run_id),
         )
         return rows
 
-    def register(self, name: str) -> None:
-        table = f"{self.database}.{name}"
-        self.spark.sql(
-            f"CREATE TABLE IF NOT EXISTS {table} USING parquet LOCATION '{self.path(name)}'"
-        )
-        # Partitions and files written after registration (a later run's) become visible to SQL.
-        if any(c.isPartition for c in self.spark.catalog.listColumns(table)):
-            self.spark.sql(f"ALTER TABLE {table} RECOVER PARTITIONS")
-        self.spark.sql(f"REFRESH TABLE {table}")
+    def publish(
+        self, name: str, run_id: str, staging: str, *, columns: set[str] | None = None
+    ) -> None:
+        """Make ``staging`` run ``run_id``'s snapshot: two renames, never a partial folder."""
+        target = self.snapshot_path(name, run_id)
+        if self._exists(target):
+            trash = f"{self.db_root}/{TRASH}/{name}/{run_id}.{secrets.token_hex(4)}"
+            self._rename(target, trash)
+            self._rename(staging, target)
+            self._delete(trash)
+        else:
+            self._rename(staging, target)
+        self.register(name, columns=columns)
 
-    def register_all(self, names: list[str]) -> list[str]:
-        """Register every table of ``names`` that exists, so that SQL works in a fresh session."""
-        present = [name for name in names if self.exists(name)]
+    def drop_runs(self, name: str, run_ids: Iterable[str]) -> None:
+        """Remove snapshots (retention): the catalog partition first, then the files."""
+        registered = self.spark.catalog.tableExists(self.qualified(name))
+        for run_id in run_ids:
+            if registered:
+                self.spark.sql(
+                    "ALTER TABLE IDENTIFIER(:t) DROP IF EXISTS PARTITION (run_id = :r)",
+                    args={"t": self.qualified(name), "r": run_id},
+                )
+            self._delete(self.snapshot_path(name, run_id))
+
+    def clear_leftovers(self) -> list[str]:
+        """Staging and trash folders of killed writes (call only while holding the run lock)."""
+        left = [
+            f"{folder}/{name}"
+            for folder in (STAGING, TRASH)
+            for name in self._children(f"{self.db_root}/{folder}")
+        ]
+        for path in left:
+            self._delete(f"{self.db_root}/{path}")
+        return left
+
+    # -- catalog -----------------------------------------------------------------------------
+
+    def register(self, name: str, *, columns: set[str] | None = None) -> None:
+        """Register ``name`` (partitioned by run) in the catalog and add new snapshots to it.
+
+        ``columns``: those of the snapshot just written; a catalog entry that lacks one of them
+        (a column added since) or points at another folder is re-created. It is metadata only
+        (an external table): no data moves.
+        """
+        table = self.qualified(name)
+        if not any(self._has_data(self.snapshot_path(name, r)) for r in self.runs(name)):
+            return  # no file to take a schema from yet
+        if self.spark.catalog.tableExists(table) and not self._registered_here(name, columns):
+            self.spark.sql("DROP TABLE IF EXISTS IDENTIFIER(:t)", args={"t": table})
+        if not self.spark.catalog.tableExists(table):
+            self.spark.catalog.createTable(
+                table, path=self.path(name), source="parquet", mergeSchema="true"
+            )
+        self.spark.catalog.recoverPartitions(table)
+        self.spark.catalog.refreshTable(table)
+
+    def _registered_here(self, name: str, columns: set[str] | None) -> bool:
+        table = self.qualified(name)
+        details = self.spark.sql("DESCRIBE TABLE EXTENDED IDENTIFIER(:t)", args={"t": table})
+        location = {r.col_name: r.data_type for r in details.collect()}.get("Location", "")
+        if _local(location) != _local(self.path(name)):
+            return False
+        registered = {c.name for c in self.spark.catalog.listColumns(table)}
+        return columns is None or columns <= registered
+
+    def register_all(self, names: Iterable[str]) -> list[str]:
+        """Register every table of ``names`` that has a snapshot."""
+        present = [name for name in names if self.runs(name)]
         for name in present:
             self.register(name)
         return present
+
+
+def _local(path: str) -> str:
+    return path.removeprefix("file:").rstrip("/")

@@ -5,6 +5,7 @@ job is a nested run below it."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -14,12 +15,18 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from hybridrec import runs
 from hybridrec.config import Config
+from hybridrec.redaction import mask_uri, redact_mapping
+from hybridrec.session import work_path
 
 log = logging.getLogger(__name__)
 
 RUN_ID_TAG = "hybridrec.run_id"
 ROLE_TAG = "hybridrec.role"  # "pipeline" on the parent; job runs carry the run id tag too
+JOB_TAG = "hybridrec.job"
+WAREHOUSE_TAG = "hybridrec.warehouse"  # runs of one warehouse: the lock holder owns them
+CONFIG_HASH_TAG = "hybridrec.config_hash"
 MAX_PARAM_CHARS = 6000
 
 
@@ -34,6 +41,20 @@ def tracking_uri(cfg: Config) -> str:
     return f"sqlite:///{db}"
 
 
+def display_uri(cfg: Config) -> str:
+    """The tracking URI as it may be shown: credentials masked."""
+    return mask_uri(tracking_uri(cfg))
+
+
+def warehouse_folder(cfg: Config) -> str:
+    return f"{work_path(cfg, 'warehouse_dir', 'warehouse')}/{cfg.run.database}.db"
+
+
+def warehouse_key(cfg: Config) -> str:
+    """A search-safe tag value for the warehouse (its path may hold quotes)."""
+    return hashlib.sha256(warehouse_folder(cfg).encode()).hexdigest()[:16]
+
+
 def _experiment_id(cfg: Config) -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
@@ -46,43 +67,119 @@ def _experiment_id(cfg: Config) -> str:
 
 
 def _parent_run_id(cfg: Config, experiment_id: str, run_id: str) -> str:
+    """The pipeline run's parent: found by its tag, else created with the settings that decide
+    results as params (a run id never changes them: see ``runs.RunLog.begin``) and the
+    operational ones as tags, which may change between attempts. Secrets are masked."""
     client = MlflowClient()
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}' and tags.`{ROLE_TAG}` = 'pipeline'",
         max_results=1,
     )
+    settings = redact_mapping(cfg.flat())
+    operational = {
+        f"setting.{k}": str(v)[:MAX_PARAM_CHARS]
+        for k, v in settings.items()
+        if k.startswith(runs.OPERATIONAL_SECTIONS)
+    }
+    tags = {
+        RUN_ID_TAG: run_id,
+        ROLE_TAG: "pipeline",
+        WAREHOUSE_TAG: warehouse_key(cfg),
+        f"{WAREHOUSE_TAG}_folder": warehouse_folder(cfg),
+        CONFIG_HASH_TAG: runs.config_hash(cfg),
+        **operational,
+    }
     if found:
-        return found[0].info.run_id
-    parent = client.create_run(
-        experiment_id, run_name=run_id, tags={RUN_ID_TAG: run_id, ROLE_TAG: "pipeline"}
-    )
+        parent_id = found[0].info.run_id
+        for key, value in tags.items():
+            client.set_tag(parent_id, key, value)
+        return parent_id
+    parent = client.create_run(experiment_id, run_name=run_id, tags=tags)
     client.log_batch(
         parent.info.run_id,
         params=[
             mlflow.entities.Param(key, str(value)[:MAX_PARAM_CHARS])
-            for key, value in cfg.flat().items()
+            for key, value in settings.items()
+            if not key.startswith(runs.OPERATIONAL_SECTIONS)
         ],
     )
     return parent.info.run_id
 
 
+def _job_run_id(experiment_id: str, parent_id: str, run_id: str, job: str) -> str:
+    """The nested run of ``job`` under the parent: a retry reuses it (and drops the grid-point
+    runs the earlier attempt left below it) instead of adding a copy."""
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{RUN_ID_TAG}` = '{run_id}' and tags.`{JOB_TAG}` = '{job}' "
+            f"and tags.`mlflow.parentRunId` = '{parent_id}'"
+        ),
+        max_results=1,
+    )
+    if not found:
+        return client.create_run(
+            experiment_id,
+            run_name=job,
+            tags={RUN_ID_TAG: run_id, JOB_TAG: job, "mlflow.parentRunId": parent_id},
+        ).info.run_id
+    job_run_id = found[0].info.run_id
+    for child in client.search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{job_run_id}'"
+    ):
+        client.delete_run(child.info.run_id)
+    return job_run_id
+
+
+def fail_abandoned_runs(cfg: Config) -> list[str]:
+    """Mark FAILED the MLflow runs of this warehouse left RUNNING by a process that died (the
+    caller holds the warehouse lock, so no live process owns them)."""
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is None:
+        return []
+    stale = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(
+            f"tags.`{WAREHOUSE_TAG}` = '{warehouse_key(cfg)}' and attributes.status = 'RUNNING'"
+        ),
+    )
+    ids = [r.info.run_id for r in stale]
+    ids += [
+        child.info.run_id
+        for parent in stale
+        for child in client.search_runs(
+            [experiment.experiment_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+                "and attributes.status = 'RUNNING'"
+            ),
+        )
+    ]
+    for mlflow_run_id in ids:
+        client.set_terminated(mlflow_run_id, "FAILED")
+    if ids:
+        log.warning("marked %d MLflow runs FAILED: their processes are gone", len(ids))
+    return ids
+
+
 @contextlib.contextmanager
 def job_run(cfg: Config, run_id: str, job: str) -> Iterator[mlflow.ActiveRun]:
-    """Open the parent run of ``run_id`` (creating it with the resolved config as params) and a
-    nested run for ``job`` inside it."""
+    """Open the parent run of ``run_id`` and the nested run of ``job`` inside it."""
     mlflow.set_tracking_uri(tracking_uri(cfg))
     experiment_id = _experiment_id(cfg)
     # Runs a job opens itself (an ALS grid point) then land in the same experiment.
     mlflow.set_experiment(experiment_id=experiment_id)
     parent = _parent_run_id(cfg, experiment_id, run_id)
+    child = _job_run_id(experiment_id, parent, run_id, job)
     with (
         mlflow.start_run(run_id=parent, experiment_id=experiment_id, log_system_metrics=False),
-        mlflow.start_run(
-            run_name=job, nested=True, experiment_id=experiment_id, tags={RUN_ID_TAG: run_id}
-        ) as child,
+        mlflow.start_run(run_id=child, nested=True, experiment_id=experiment_id) as active,
     ):
-        yield child
+        yield active
     MlflowClient().set_terminated(parent, "FINISHED")
 
 

@@ -113,7 +113,7 @@ def search(
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
-    warehouse = Warehouse.from_config(spark, cfg)
+    warehouse = Warehouse.from_config(spark, cfg, run_id)
     interactions = warehouse.read(INTERACTIONS).cache()
     items = warehouse.read(ITEMS)
     results: dict[str, float] = {}

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
-    warehouse = Warehouse.from_config(spark, cfg)
+    warehouse = Warehouse.from_config(spark, cfg, run_id)
     model_path, model_id = resolve_model(
         cfg.embed.model_path, cfg.embed.model_id, cfg.embed.max_length
     )
@@ -55,7 +55,10 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         reviews[TEST].select("text_hash", "text").unionByName(item_docs.select("text_hash", "text"))
     )
 
-    cache = warehouse.read(TEXT_EMBEDDINGS) if warehouse.exists(TEXT_EMBEDDINGS) else None
+    # Vectors of every kept run's snapshot (each is whole): encode only texts none of them has.
+    cache = warehouse.read_all(TEXT_EMBEDDINGS)
+    if cache is not None:
+        cache = cache.where(F.col("model_id") == model_id).dropDuplicates(["text_hash"])
     todo = embedding.texts_to_encode(documents, cache, model_id).cache()
     n_todo = todo.count()
     partitions = cfg.embed.partitions or spark.sparkContext.defaultParallelism
@@ -74,22 +77,26 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
             "text_hash",
             F.lit(model_id).alias("model_id"),
             encode(F.col("text")).alias(EMBEDDING_COL),
-            F.lit(run_id).alias("run_id"),
         )
     )
-    warehouse.write(encoded, TEXT_EMBEDDINGS, mode="append")
+    # This run's snapshot holds every vector the run uses, cached ones too, so that retention
+    # can drop older runs without losing a vector a kept run needs.
+    if cache is not None:
+        reused = cache.join(documents.select("text_hash").distinct(), "text_hash", "left_semi")
+        encoded = encoded.unionByName(reused.select("text_hash", "model_id", EMBEDDING_COL))
+    n_vectors = warehouse.write(encoded, TEXT_EMBEDDINGS)
     encode_seconds = time.perf_counter() - started
     log.info(
-        "encoded %d texts in %.1fs (%.1f texts/s)",
+        "encoded %d texts in %.1fs (%.1f texts/s); %d vectors in this run's snapshot",
         n_todo,
         encode_seconds,
         n_todo / encode_seconds if encode_seconds else 0.0,
+        n_vectors,
     )
 
     vectors = (
         warehouse.read(TEXT_EMBEDDINGS)
         .where(F.col("model_id") == model_id)
-        .dropDuplicates(["text_hash"])
         .select("text_hash", EMBEDDING_COL)
         .cache()  # joined four times: two folds, items and users
     )

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 def hybrid_recommendations(warehouse: Warehouse, run_id: str) -> DataFrame:
-    recs = warehouse.read(RECOMMENDATIONS).where(F.col("run_id") == run_id)
+    recs = warehouse.read(RECOMMENDATIONS)
     if recs.limit(1).count() == 0:
         raise RuntimeError(
             f"no recommendations for run {run_id!r}: run the score job with --run-id {run_id}"
@@ -66,9 +66,7 @@ def baseline_weights(
     weights = {model: dict(w) for model, w in BASELINE_WEIGHTS.items()}
     sharpness = cfg.score.recent_sharpness
     if warehouse.exists(FUSION_WEIGHTS):
-        picked = warehouse.read(FUSION_WEIGHTS).where(
-            (F.col("run_id") == run_id) & (F.col("model") == "text")
-        )
+        picked = warehouse.read(FUSION_WEIGHTS).where(F.col("model") == "text")
         for row in picked.collect():
             weights["text"] = {part: float(row[part]) for part in PARTS}
             if row["recent_sharpness"] is not None:
@@ -148,7 +146,7 @@ def plot_metrics(metrics: pd.DataFrame, k: int):
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
-    warehouse = Warehouse.from_config(spark, cfg)
+    warehouse = Warehouse.from_config(spark, cfg, run_id)
     k = cfg.evaluate.k
     hybrid = hybrid_recommendations(warehouse, run_id)
     catalog = scoring.load_catalog(warehouse, cfg, TEST)
@@ -156,9 +154,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     weights, sharpness = baseline_weights(warehouse, run_id, cfg)
     baselines = scoring.recommend(users, catalog, weights, cfg, recent_sharpness=sharpness)
     warehouse.write(baselines, BASELINE_RECOMMENDATIONS, run_id=run_id)
-    recs = hybrid.unionByName(
-        warehouse.read(BASELINE_RECOMMENDATIONS).where(F.col("run_id") == run_id)
-    ).select("model", "user_id", "rank", "item_id")
+    recs = hybrid.unionByName(warehouse.read(BASELINE_RECOMMENDATIONS)).select(
+        "model", "user_id", "rank", "item_id"
+    )
     metrics, comparisons = metrics_tables(
         recs,
         warehouse.read(INTERACTIONS),
@@ -168,14 +166,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     )
     warehouse.write(metrics, METRICS, run_id=run_id)
     warehouse.write(comparisons, COMPARISONS, run_id=run_id)
-    table = warehouse.read(METRICS).where(F.col("run_id") == run_id).drop("run_id").toPandas()
+    table = warehouse.read(METRICS).drop("run_id").toPandas()
     wide = table.pivot_table(index=["segment", "model"], columns="metric", values="value")
     log.info("metrics at K=%d:\n%s", k, wide.to_string(float_format="%.4f"))
     results = {
         f"{r.model}.{'' if r.segment == 'all' else r.segment + '.'}{r.metric}_at_{r.k}": r.value
         for r in table.itertuples()
     }
-    compared = warehouse.read(COMPARISONS).where(F.col("run_id") == run_id).toPandas()
+    compared = warehouse.read(COMPARISONS).toPandas()
     log_comparisons(compared, cfg.evaluate.confidence)
     # To MLflow alone: the job's results stay a short line in the log.
     gaps = {}

@@ -99,7 +99,7 @@ def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
-    warehouse = Warehouse.from_config(spark, cfg)
+    warehouse = Warehouse.from_config(spark, cfg, run_id)
     picks = choose_weights(spark, warehouse, cfg)
     warehouse.write(spark.createDataFrame(picks), FUSION_WEIGHTS, run_id=run_id)
     hybrid = picks[picks["model"] == "hybrid"].iloc[0]

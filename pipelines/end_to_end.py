@@ -3,16 +3,11 @@ evaluate, each stage a nested MLflow run of one parent run."""
 
 from __future__ import annotations
 
-import logging
-import time
-
 from pyspark.sql import SparkSession
 
 from hybridrec.config import Config
-from hybridrec.runner import JobFn, run_stage
+from hybridrec.runner import JobFn, run_stages
 from jobs import als, embed, evaluate, ingest, score
-
-log = logging.getLogger("hybridrec")
 
 STAGES: dict[str, JobFn] = {
     ingest.NAME: ingest.run,
@@ -31,7 +26,4 @@ def run_pipeline(
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
-    started = time.perf_counter()
-    results = {name: run_stage(name, STAGES[name], spark, cfg, run_id) for name in chosen}
-    log.info("pipeline run %s finished in %.1fs", run_id, time.perf_counter() - started)
-    return results
+    return run_stages(spark, cfg, run_id, {name: STAGES[name] for name in chosen})
