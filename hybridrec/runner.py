@@ -14,8 +14,15 @@ from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 
-from hybridrec import tracking
-from hybridrec.config import Config, ConfigError, check_run_id, load_config
+from hybridrec import redaction, tracking
+from hybridrec.config import (
+    Config,
+    ConfigError,
+    check_run_id,
+    error_line,
+    load_config,
+    one_line,
+)
 from hybridrec.constants import STAGE_NAMES
 from hybridrec.locking import RunLock, WarehouseBusyError
 from hybridrec.runs import COMPLETE, FAILED, INCOMPLETE, RunLog
@@ -63,6 +70,13 @@ def setup_logging() -> None:
     )
     for noisy in ("py4j", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    redaction.quiet_mlflow_urls()
+    redaction.install_log_redaction()
+
+
+def protect_secrets(cfg: Config) -> None:
+    """From here on, the config's secrets (and the environment's) are masked in every log line."""
+    redaction.install_log_redaction(redaction.secret_values(cfg.flat()))
 
 
 def run_stage(
@@ -144,6 +158,7 @@ def job_main(name: str, job: JobFn, argv: Sequence[str] | None = None) -> dict[s
     with exit_on_known_errors():
         cfg = load_config(args.conf, args.set)
         run_id = check_run_id(args.run_id) if args.run_id else new_run_id()
+        protect_secrets(cfg)
         spark = get_spark(cfg)
         return run_stages(spark, cfg, run_id, {name: job})[name]
 
@@ -156,19 +171,15 @@ def exit_on_known_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        print(f"hybridrec: config error: {_one_line(exc)}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         sys.exit(2)
     except WarehouseBusyError as exc:
-        print(f"hybridrec: {_one_line(exc)}", file=sys.stderr)
+        print(f"hybridrec: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(3)
 
 
 def _terminated(signum: int, frame) -> None:
     raise SystemExit(128 + signum)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _fmt(value: float) -> str:

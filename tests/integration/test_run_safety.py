@@ -1,0 +1,157 @@
+"""Runs as an operator meets them: pipelines killed with SIGKILL mid-write and mid-stage, a
+second pipeline on a busy warehouse, and a resume of an older run after all that. Every
+pipeline is its own process (the real CLI), and tables are read back through the persistent
+catalog from a fresh process, as an analyst would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hybridrec.tracking import ROLE_TAG, RUN_ID_TAG
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "source.sample.n_users=60",
+    "source.sample.n_items=40",
+    "source.sample.events_per_user=6",
+    "als.max_iter=3",
+    "als.grid.rank=[4]",
+    "als.grid.reg_param=[0.1]",
+    "als.grid.alpha=[1.0]",
+    "score.weight_grid_step=0.5",
+    "score.recent_sharpness_grid=[1.0]",
+    "score.k=5",
+    "evaluate.k=5",
+    "embed.text_neighbours=10",
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+]
+TABLES = (
+    "interactions",
+    "items",
+    "rejects",
+    "text_embeddings",
+    "item_embeddings",
+    "user_embeddings",
+    "item_text_neighbours",
+    "als_user_factors",
+    "als_item_factors",
+    "item_neighbours",
+    "recommendations",
+    "metrics",
+)
+READER = """
+import json, sys
+from hybridrec.config import load_config
+from hybridrec.session import get_spark
+run_id, tables = sys.argv[1], json.loads(sys.argv[2])
+spark = get_spark(load_config(["conf/local.yaml"], sys.argv[3:]))
+counts = {t: spark.table(f"hybridrec.{t}").where(f"run_id = '{run_id}'").count() for t in tables}
+runs = {r.run_id: r.status for r in spark.table("hybridrec.runs").collect()}
+print("RESULT " + json.dumps({"counts": counts, "runs": runs}))
+"""
+
+
+def _settings(work: Path) -> list[str]:
+    return [f"run.work_dir={work}", *TINY]
+
+
+def _cli(work: Path, *args: str) -> list[str]:
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--conf", "conf/local.yaml"]
+    for setting in _settings(work):
+        command += ["--set", setting]
+    return [*command, *args]
+
+
+def _run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _wait_for(condition, what: str, timeout: float = 300, every: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _read_back(work: Path, run_id: str) -> dict:
+    """Counts of ``run_id`` in every table, through the catalog, from a fresh process."""
+    done = _run([sys.executable, "-c", READER, run_id, json.dumps(TABLES), *_settings(work)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("safety")
+
+
+def test_kills_and_a_busy_warehouse_leave_the_complete_run_whole(work, tmp_path):
+    first = _run(_cli(work, "--run-id", "P1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _read_back(work, "P1")
+    assert all(before["counts"][t] > 0 for t in TABLES if t != "rejects"), before
+    assert before["runs"] == {"P1": "complete"}
+
+    # SIGKILL while interactions is being written.
+    staging = work / "warehouse" / "hybridrec.db" / "_staging" / "interactions"
+    killed_in_write = _start(_cli(work, "--run-id", "P2"), tmp_path / "p2.log")
+    _wait_for(lambda: staging.exists() and any(staging.iterdir()), "the interactions write")
+    killed_in_write.send_signal(signal.SIGKILL)
+    killed_in_write.wait()
+    assert any(staging.iterdir()), "the kill came after the write had been published"
+
+    # A run killed in the middle of a stage, and a second pipeline refused while it runs.
+    log = tmp_path / "p3.log"
+    killed_in_stage = _start(_cli(work, "--run-id", "P3"), log)
+    _wait_for(lambda: "stage embed: starting" in log.read_text(), "stage embed", every=0.2)
+    refused = _run(_cli(work, "--run-id", "P4"), timeout=120)
+    assert refused.returncode == 3, refused.stderr[-3000:]
+    message = refused.stderr.strip().splitlines()[-1]
+    assert "in use by run P3" in message
+    assert f"pid {killed_in_stage.pid}" in message
+    assert "started 20" in message
+    os.kill(killed_in_stage.pid, signal.SIGKILL)
+    killed_in_stage.wait()
+
+    after_kills = _read_back(work, "P1")
+    assert after_kills["counts"] == before["counts"]
+
+    # Resume the older run: it reads its own snapshots whatever the killed runs did.
+    resumed = _run(_cli(work, "--run-id", "P1", "--stages", "score,evaluate"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "took over the lock of run P3" in resumed.stderr
+    final = _read_back(work, "P1")
+    assert final["counts"] == before["counts"]
+    assert final["runs"]["P1"] == "complete"
+    assert final["runs"]["P2"] == "failed"
+    assert final["runs"]["P3"] == "failed"
+    assert "P4" not in final["runs"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    statuses = {
+        r.data.tags[RUN_ID_TAG]: r.info.status
+        for r in client.search_runs(
+            [client.get_experiment_by_name("hybridrec").experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'pipeline'",
+        )
+    }
+    assert statuses == {"P1": "FINISHED", "P2": "FAILED", "P3": "FAILED"}
