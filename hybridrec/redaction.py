@@ -502,6 +502,11 @@ _INSTALL_LOCK = threading.Lock()
 _FILTERED_LOGGERS = ("", "hybridrec", "mlflow", "py4j", "alembic", "sqlalchemy.engine", "huey")
 
 
+def _environment() -> dict[str, str]:
+    # The shell's PWD/OLDPWD are folders, not passwords: masking them hid every path in the logs.
+    return {k: v for k, v in os.environ.items() if k not in {"PWD", "OLDPWD"}}
+
+
 def _all_loggers() -> list[logging.Logger]:
     existing = [
         logger
@@ -539,7 +544,7 @@ def install_log_redaction(secrets: Iterable[str] = (), *, from_env: bool = True)
         redacting = _FILTER
         redacting.add_secrets(secrets)
         if from_env:
-            redacting.add_secrets(secret_values(dict(os.environ)))
+            redacting.add_secrets(secret_values(_environment()))
         for logger in _all_loggers():
             for handler in logger.handlers:
                 handler.addFilter(redacting)  # addFilter skips a filter already there

@@ -85,11 +85,16 @@ def run_stage(
     """Run one job inside its nested MLflow run and log its results and seconds."""
     log.info("stage %s: starting (run %s)", name, run_id)
     started = time.perf_counter()
-    with tracking.job_run(cfg, run_id, name):
-        results = dict(job(spark, cfg, run_id))
-        results["seconds"] = time.perf_counter() - started
-        tracking.log_job_metrics(results)
-        tracking.log_job_metrics({f"{name}.seconds": results["seconds"]}, parent_too=True)
+    try:
+        with tracking.job_run(cfg, run_id, name):
+            results = dict(job(spark, cfg, run_id))
+            results["seconds"] = time.perf_counter() - started
+            tracking.log_job_metrics(results)
+            tracking.log_job_metrics({f"{name}.seconds": results["seconds"]}, parent_too=True)
+    finally:
+        # A stage's cached frames are keyed by their plans: a retry in this process reading a
+        # corrected input file under the same path would otherwise get the old rows back.
+        spark.catalog.clearCache()
     summary = ", ".join(f"{k}={_fmt(v)}" for k, v in results.items())
     log.info("stage %s: done in %.1fs: %s", name, results["seconds"], summary)
     return results

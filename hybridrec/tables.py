@@ -54,7 +54,10 @@ class Warehouse:
         warehouse = cls(
             spark, work_path(cfg, "warehouse_dir", "warehouse"), cfg.run.database, run_id
         )
-        spark.sql("CREATE DATABASE IF NOT EXISTS IDENTIFIER(:db)", args={"db": warehouse.database})
+        if not spark.catalog.databaseExists(warehouse.database):
+            spark.sql(
+                "CREATE DATABASE IF NOT EXISTS IDENTIFIER(:db)", args={"db": warehouse.database}
+            )
         return warehouse
 
     @property
