@@ -1,11 +1,15 @@
 """Readers that turn each supported source into raw tables of one shape, for ``ingest``.
 
-Raw ``behaviour``: user_id, item_id, rating, event_type, event_ts (string: epoch seconds or ISO),
-raw, source. Raw ``reviews``: user_id, item_id, rating, summary, review_text, event_ts, raw,
-source. Raw ``items``: item_id, title, description, raw, source. ``raw`` is the record as read
-(a JSON line, or the row as JSON), kept so that a rejected row can be inspected as it came in.
-``source`` names the table first (``reviews:amazon:<path>``).
-A source without a behaviour (or items) table gives None for it.
+Raw ``behaviour``: user_id, item_id, rating_raw (text, where the source has it), rating,
+event_type, event_ts (string: epoch seconds, millis or ISO), raw, source, parse_error. Raw
+``reviews``: user_id, item_id, rating_raw, rating, summary, review_text, event_ts, raw, source,
+parse_error. Raw ``items``: item_id, title, description, raw, source, parse_error.
+
+``raw`` is the record as read, kept so that a rejected row can be inspected as it came in: a JSON
+line as it is in the file, a CSV record as the reader saw it (see ``generic``), a Parquet row as
+JSON. ``parse_error`` is the reader's own finding (``wrong number of fields``, ``unparseable
+record``), null for a record it could read. ``source`` names the table first
+(``reviews:amazon:<path>``). A source without a behaviour (or items) table gives None for it.
 """
 
 from __future__ import annotations
@@ -49,9 +53,31 @@ ITEM_SCHEMA = T.StructType(
 
 @dataclass
 class RawTables:
+    """The raw tables of one source. ``reviews_rated``: each review is also the source's rating
+    event (Amazon's ``overall``), so ingest rejects a review that has no rating."""
+
     behaviour: DataFrame | None
     reviews: DataFrame | None
     items: DataFrame | None
+    reviews_rated: bool = False
+
+
+def describe(cfg: Config) -> str:
+    """The source in a few words, for messages: ``amazon reviews /data/x.json.gz``."""
+    kind = cfg.source.kind
+    if kind == "amazon":
+        return f"amazon reviews {cfg.source.amazon.reviews_path}"
+    if kind == "movielens":
+        return f"movielens {cfg.source.movielens.path}"
+    if kind == "generic":
+        generic = cfg.source.generic
+        tables = [
+            f"{name} {generic[name].path}"
+            for name in ("behaviour", "reviews")
+            if generic[name].path
+        ]
+        return f"generic {generic.format} ({', '.join(tables)})"
+    return kind
 
 
 def read_raw(spark: SparkSession, cfg: Config) -> RawTables:
@@ -85,6 +111,9 @@ def frame_to_raw(
     """A pandas frame (sample data, test data) in the raw shape, the row itself as ``raw``."""
     frame = frame[[f.name for f in schema.fields]].astype(object).where(frame.notna(), None)
     df = spark.createDataFrame(frame, schema=schema)
-    return df.withColumn("raw", F.to_json(F.struct(*schema.fieldNames()))).withColumn(
-        "source", F.lit(source)
+    return df.select(
+        "*",
+        F.to_json(F.struct(*schema.fieldNames())).alias("raw"),
+        F.lit(source).alias("source"),
+        F.lit(None).cast("string").alias("parse_error"),
     )

@@ -1,14 +1,16 @@
 """Amazon review data (McAuley lab, 2014 and 2018 formats): JSON lines, plain or gzip.
 
 A review record is both a behaviour event (its star rating) and review text, so the reader gives a
-reviews table and no separate behaviour table: each input line then ends in exactly one row of
-``interactions`` or ``rejects``. Lines are read as text first so that an unparseable line is kept,
-as it came, in ``rejects``.
+reviews table and no separate behaviour table (``reviews_rated``: a review without ``overall`` is
+a rating event without its rating, and rejected): each input line then ends in exactly one row of
+``interactions`` or ``rejects``. Lines are read as text first, so ``raw`` is the line itself (its
+bytes as they are in the file; ingest rejects one that is not UTF-8) and a line that is not a JSON
+record is kept as it came, with ``parse_error`` ``unparseable record``.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -22,6 +24,7 @@ REVIEW_JSON = T.StructType(
         T.StructField("summary", T.StringType()),
         T.StructField("reviewText", T.StringType()),
         T.StructField("unixReviewTime", T.StringType()),
+        T.StructField("_corrupt_record", T.StringType()),
     ]
 )
 META_JSON = T.StructType(
@@ -30,8 +33,12 @@ META_JSON = T.StructType(
         T.StructField("title", T.StringType()),
         T.StructField("description", T.StringType()),
         T.StructField("category", T.StringType()),
+        T.StructField("_corrupt_record", T.StringType()),
     ]
 )
+# from_json fills the corrupt-record field of a line that is not a JSON record.
+JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}
+UNPARSEABLE = "unparseable record"
 HTML_TAG = r"<[A-Za-z/!][^>]*>?"  # a tag, possibly cut off; a bare "<" is text
 
 
@@ -40,12 +47,13 @@ def read(spark: SparkSession, reviews_path: str, meta_path: str | None) -> RawTa
         behaviour=None,
         reviews=read_reviews(spark, reviews_path),
         items=read_meta(spark, meta_path) if meta_path else None,
+        reviews_rated=True,
     )
 
 
 def read_reviews(spark: SparkSession, path: str) -> DataFrame:
     lines = spark.read.text(path).withColumnRenamed("value", "raw")
-    parsed = lines.withColumn("r", F.from_json("raw", REVIEW_JSON, {"mode": "PERMISSIVE"}))
+    parsed = lines.withColumn("r", F.from_json("raw", REVIEW_JSON, JSON_OPTIONS))
     return parsed.select(
         F.col("r.reviewerID").alias("user_id"),
         F.col("r.asin").alias("item_id"),
@@ -56,6 +64,7 @@ def read_reviews(spark: SparkSession, path: str) -> DataFrame:
         F.col("r.unixReviewTime").alias("event_ts"),
         "raw",
         F.lit(f"reviews:amazon:{path}").alias("source"),
+        _parse_error("r"),
     ).withColumn("rating", F.expr("try_cast(rating_raw as double)"))
 
 
@@ -63,7 +72,7 @@ def read_meta(spark: SparkSession, path: str) -> DataFrame:
     """Item metadata: list-valued description and categories joined, HTML stripped; the
     categories (minus the top one, which every item of a file shares) follow the description."""
     lines = spark.read.text(path).withColumnRenamed("value", "raw")
-    parsed = lines.withColumn("m", F.from_json("raw", META_JSON, {"mode": "PERMISSIVE"}))
+    parsed = lines.withColumn("m", F.from_json("raw", META_JSON, JSON_OPTIONS))
     description = F.regexp_replace(
         F.coalesce(
             F.expr("array_join(from_json(m.description, 'array<string>'), ' ')"),
@@ -85,4 +94,11 @@ def read_meta(spark: SparkSession, path: str) -> DataFrame:
         ),
         "raw",
         F.lit(f"items:amazon:{path}").alias("source"),
+        _parse_error("m"),
     )
+
+
+def _parse_error(struct: str) -> Column:
+    """``unparseable record`` for a line that is not a JSON record (an empty line included)."""
+    corrupt = F.col(f"{struct}._corrupt_record").isNotNull() | F.col(struct).isNull()
+    return F.when(corrupt, F.lit(UNPARSEABLE)).alias("parse_error")

@@ -1,6 +1,8 @@
 """MovieLens (ml-latest-small and its siblings): ``ratings.csv`` is behaviour, ``tags.csv`` is
 review text (one tag row, one review), ``movies.csv`` gives titles and genres as item text.
-Files may be plain or gzip (``ratings.csv.gz``)."""
+Files may be plain or gzip (``ratings.csv.gz``). They are RFC 4180 CSV and read as the generic
+source reads CSV (``generic.read_csv``): a record of the wrong width is rejected, not cut to fit,
+and ``raw`` is the record as CSV."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from hybridrec.sources import BEHAVIOUR_SCHEMA, ITEM_SCHEMA, REVIEW_SCHEMA, RawTables
-from hybridrec.sources.generic import to_raw
+from hybridrec.sources.generic import read_csv, to_raw
 
 
 def _find(folder: str, name: str, *, required: bool) -> str | None:
@@ -23,10 +25,13 @@ def _find(folder: str, name: str, *, required: bool) -> str | None:
 
 
 def read(spark: SparkSession, folder: str) -> RawTables:
-    csv = spark.read.option("header", "true").option("escape", '"')
+    def csv(path: str, **options: str):
+        return read_csv(spark, path, options)
+
     ratings_path = _find(folder, "ratings.csv", required=True)
     behaviour = to_raw(
-        csv.csv(ratings_path),
+        # Numbers only, never a quoted line break: read line by line, so a big file splits.
+        csv(ratings_path, multiLine="false"),
         BEHAVIOUR_SCHEMA,
         {"user_id": "userId", "item_id": "movieId", "rating": "rating", "event_ts": "timestamp"},
         f"behaviour:movielens:{ratings_path}",
@@ -36,7 +41,7 @@ def read(spark: SparkSession, folder: str) -> RawTables:
     tags_path = _find(folder, "tags.csv", required=False)
     if tags_path:
         reviews = to_raw(
-            csv.csv(tags_path),
+            csv(tags_path),
             REVIEW_SCHEMA,
             {
                 "user_id": "userId",
@@ -49,7 +54,7 @@ def read(spark: SparkSession, folder: str) -> RawTables:
     items = None
     movies_path = _find(folder, "movies.csv", required=False)
     if movies_path:
-        movies = csv.csv(movies_path).withColumn(
+        movies = csv(movies_path).withColumn(
             "genres",
             F.when(
                 F.col("genres") != "(no genres listed)", F.regexp_replace("genres", r"\|", ", ")

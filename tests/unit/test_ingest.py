@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime, timezone
 
 import pandas as pd
 import pytest
@@ -11,10 +12,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from hybridrec import ingest
+from hybridrec.config import load_config
 from hybridrec.constants import TEST, TRAIN, VALIDATION
-from hybridrec.sources import BEHAVIOUR_SCHEMA, REVIEW_SCHEMA, frame_to_raw
+from hybridrec.sources import BEHAVIOUR_SCHEMA, ITEM_SCHEMA, REVIEW_SCHEMA, frame_to_raw
 
 T0 = 1_700_000_000  # 2023-11-14 22:13:20 UTC
+LATEST = datetime(2026, 1, 1, tzinfo=timezone.utc)  # what the job passes: its start + 1 day
 EVENT_TYPES = "['rating', 'review', 'click', 'purchase']"
 
 
@@ -87,7 +90,7 @@ BEHAVIOUR_ROWS = [
 @pytest.fixture(scope="module")
 def validated_behaviour(spark, cfg):
     raw = _behaviour(spark, BEHAVIOUR_ROWS).cache()
-    result = ingest.validate_behaviour(raw, cfg, "run-1")
+    result = ingest.validate_behaviour(raw, cfg, "run-1", latest_event_ts=LATEST)
     return raw.collect(), result.valid.collect(), result.rejects.collect()
 
 
@@ -160,12 +163,178 @@ def test_validate_reviews_accepts_a_review_without_rating(spark, cfg):
         ],
     )
 
-    result = ingest.validate_reviews(raw, cfg, "run-1")
+    result = ingest.validate_reviews(raw, cfg, "run-1", latest_event_ts=LATEST)
 
     assert [r["item_id"] for r in result.valid.collect()] == ["i1"]
     assert sorted(r["reason"] for r in result.rejects.collect()) == [
         "invalid event_ts",
         "rating outside [1.0, 5.0]",
+    ]
+
+
+# --- untrusted input: encoding, ids, time bounds, ratings -----------------------------------
+
+MIN_TS = "1990-01-01T00:00:00Z"  # ingest.min_event_ts's default
+AFTER = "event_ts after 2026-01-01T00:00:00Z"
+BEFORE = f"event_ts before {MIN_TS}"
+
+
+def _reasons(result: ingest.Validated) -> dict[str, str | None]:
+    """item_id (or the raw record when it has none) -> its reason; None for a valid row."""
+    out = {r["item_id"]: None for r in result.valid.collect()}
+    for r in result.rejects.collect():
+        out[json.loads(r["raw"]).get("item_id") or r["raw"]] = r["reason"]
+    return out
+
+
+def test_untrusted_behaviour_rows_get_their_reasons(spark, cfg):
+    rows = [
+        ("u1", "ok", 4.0, "rating", str(T0)),
+        ("u\ufffd1", "fffd-in-user", None, "click", str(T0)),
+        (" U003 ", "space-around-user", None, "click", str(T0)),
+        ("U003\t", "tab-after-user", None, "click", str(T0)),
+        ("\u00a0U003", "nbsp-before-user", None, "click", str(T0)),
+        ("u1", " item-space ", None, "click", str(T0)),
+        ("u\x001", "nul-in-user", None, "click", str(T0)),
+        ("u1", "esc\x1bin-item", None, "click", str(T0)),
+        ("u1", "year-3000", None, "click", "3000-01-01T00:00:00Z"),
+        ("u1", "year-3000-seconds", None, "click", "32503680000"),
+        ("u1", "year-minus-1000", None, "click", "-1000-01-01T00:00:00Z"),
+        ("u1", "epoch-0", None, "click", "0"),
+        ("u1", "just-before-min", None, "click", "1989-12-31T23:59:59Z"),
+        ("u1", "exactly-min", None, "click", MIN_TS),
+        ("u1", "exactly-latest", None, "click", "2026-01-01T00:00:00Z"),
+        ("u1", "just-after-latest", None, "click", "2026-01-01T00:00:01Z"),
+        ("u1", "rating-without-rating", None, "rating", str(T0)),
+        ("u\ufffd1", None, None, "click", "3000-01-01"),  # bad bytes come first
+    ]
+
+    reasons = _reasons(
+        ingest.validate_behaviour(_behaviour(spark, rows), cfg, "r", latest_event_ts=LATEST)
+    )
+
+    bad_bytes_raw = next(k for k, v in reasons.items() if k.startswith("{"))
+    assert reasons == {
+        "ok": None,
+        "fffd-in-user": "invalid encoding",
+        "space-around-user": "user_id has surrounding whitespace",
+        "tab-after-user": "user_id has surrounding whitespace",
+        "nbsp-before-user": "user_id has surrounding whitespace",
+        " item-space ": "item_id has surrounding whitespace",
+        "nul-in-user": "user_id has control characters",
+        "esc\x1bin-item": "item_id has control characters",
+        "year-3000": AFTER,
+        "year-3000-seconds": AFTER,
+        "year-minus-1000": BEFORE,
+        "epoch-0": BEFORE,
+        "just-before-min": BEFORE,
+        "exactly-min": None,
+        "exactly-latest": None,
+        "just-after-latest": AFTER,
+        "rating-without-rating": "rating event without rating",
+        bad_bytes_raw: "invalid encoding",
+    }
+
+
+def test_invalid_utf8_bytes_are_rejected_and_raw_stays_readable(spark, cfg):
+    # Parquet and Spark's text reader keep bad bytes as they are (no U+FFFD): 55 FF 31 = "U\xff1".
+    raw = _behaviour(
+        spark, [("placeholder", "i1", None, "click", str(T0)), ("u2", "i2", None, "click", str(T0))]
+    ).withColumn(
+        "user_id",
+        F.when(F.col("item_id") == "i1", F.unhex(F.lit("55FF31")).cast("string")).otherwise(
+            F.col("user_id")
+        ),
+    )
+    raw = raw.withColumn("raw", F.concat(F.col("user_id"), F.lit(",i1")))
+
+    result = ingest.validate_behaviour(raw, cfg, "r", latest_event_ts=LATEST)
+    (reject,) = result.rejects.collect()
+
+    assert [r["item_id"] for r in result.valid.collect()] == ["i2"]
+    assert reject["reason"] == "invalid encoding"
+    # Stored as valid UTF-8: the bad byte shows as U+FFFD, the rest as read.
+    assert reject["raw"] == "U\ufffd1,i1"
+
+
+def test_invalid_encoding_in_review_text_is_rejected(spark, cfg):
+    rows = [
+        ("u1", "i1", 4.0, "Fine", "caf\ufffd au lait", str(T0)),
+        ("u1", "i2", 4.0, "Fine", "caf\u00e9 au lait", str(T0)),
+    ]
+
+    result = ingest.validate_reviews(_reviews(spark, rows), cfg, "r", latest_event_ts=LATEST)
+
+    assert [r["item_id"] for r in result.valid.collect()] == ["i2"]
+    assert [r["reason"] for r in result.rejects.collect()] == ["invalid encoding"]
+
+
+def test_trim_mode_trims_ids_and_keeps_raw_as_read(spark, cfg):
+    trim = load_config([], ["ingest.id_whitespace=trim"])
+    rows = [
+        (" U003 ", "\u3000i1", None, "click", str(T0)),
+        ("U003", "i2", None, "click", str(T0)),
+        ("  ", "i3", None, "click", str(T0)),  # nothing left: missing
+        (" U\x00 ", "i4", None, "click", str(T0)),  # control character inside: still rejected
+    ]
+
+    result = ingest.validate_behaviour(_behaviour(spark, rows), trim, "r", latest_event_ts=LATEST)
+    valid = sorted((r["user_id"], r["item_id"], r["raw"]) for r in result.valid.collect())
+
+    assert valid == [
+        ("U003", "i1", _behaviour(spark, rows[:1]).first()["raw"]),
+        ("U003", "i2", _behaviour(spark, rows[1:2]).first()["raw"]),
+    ]
+    assert sorted(r["reason"] for r in result.rejects.collect()) == [
+        "missing user_id",
+        "user_id has control characters",
+    ]
+
+
+def test_review_rating_is_required_only_where_reviews_are_the_rating_events(spark, cfg):
+    rows = [("u1", "i1", None, "Nice", "Works", str(T0))]
+
+    kept = ingest.validate_reviews(_reviews(spark, rows), cfg, "r", latest_event_ts=LATEST)
+    required = ingest.validate_reviews(
+        _reviews(spark, rows), cfg, "r", latest_event_ts=LATEST, rating_required=True
+    )
+
+    assert (kept.valid.count(), kept.rejects.count()) == (1, 0)
+    assert [r["reason"] for r in required.rejects.collect()] == ["rating event without rating"]
+
+
+def test_the_readers_parse_error_is_the_reason(spark, cfg):
+    raw = _reviews(spark, [("u1", "i1", 4.0, None, "x", str(T0))]).withColumn(
+        "parse_error", F.lit("wrong number of fields")
+    )
+
+    result = ingest.validate_reviews(raw, cfg, "r", latest_event_ts=LATEST)
+
+    assert [r["reason"] for r in result.rejects.collect()] == ["wrong number of fields"]
+    assert result.valid.count() == 0
+
+
+def test_item_ids_are_checked_like_event_ids(spark, cfg):
+    items = frame_to_raw(
+        spark,
+        pd.DataFrame(
+            {
+                "item_id": ["i1", " i2", "i\x073", "i\ufffd4"],
+                "title": ["a", "b", "c", "d"],
+                "description": [None, None, None, None],
+            }
+        ),
+        ITEM_SCHEMA,
+        "items:test",
+    )
+
+    result = ingest.validate_items(items, cfg, "r")
+
+    assert [r["item_id"] for r in result.valid.collect()] == ["i1"]
+    assert sorted(r["reason"] for r in result.rejects.collect()) == [
+        "invalid encoding",
+        "item_id has control characters",
+        "item_id has surrounding whitespace",
     ]
 
 
@@ -211,8 +380,8 @@ def joined(spark, cfg):
             ("u3", "i4", 5.0, "Solid", None, str(T0 + 50)),
         ],
     )
-    b = ingest.validate_behaviour(behaviour, cfg, "run-1").valid
-    r = ingest.validate_reviews(reviews, cfg, "run-1").valid
+    b = ingest.validate_behaviour(behaviour, cfg, "run-1", latest_event_ts=LATEST).valid
+    r = ingest.validate_reviews(reviews, cfg, "run-1", latest_event_ts=LATEST).valid
     out = ingest.join_interactions(b, r)
     rows = out.select(
         "user_id",
@@ -292,8 +461,8 @@ def test_join_interactions_pairs_kth_latest_review_with_kth_latest_event(spark, 
         [("u1", "i1", None, "click", str(T0)), ("u1", "i1", None, "purchase", str(T0 + 100))],
     )
     reviews = _reviews(spark, [("u1", "i1", 5.0, None, "Bought it", str(T0 + 200))])
-    b = ingest.validate_behaviour(behaviour, cfg, "run-1").valid
-    r = ingest.validate_reviews(reviews, cfg, "run-1").valid
+    b = ingest.validate_behaviour(behaviour, cfg, "run-1", latest_event_ts=LATEST).valid
+    r = ingest.validate_reviews(reviews, cfg, "run-1", latest_event_ts=LATEST).valid
 
     rows = ingest.join_interactions(b, r).select("event_type", "review_text", "origin").collect()
 
@@ -305,7 +474,10 @@ def test_join_interactions_pairs_kth_latest_review_with_kth_latest_event(spark, 
 
 def test_join_interactions_without_reviews_keeps_behaviour(spark, cfg):
     b = ingest.validate_behaviour(
-        _behaviour(spark, [("u1", "i1", 3.0, "rating", str(T0))]), cfg, "run-1"
+        _behaviour(spark, [("u1", "i1", 3.0, "rating", str(T0))]),
+        cfg,
+        "run-1",
+        latest_event_ts=LATEST,
     ).valid
 
     rows = ingest.join_interactions(b, None).select("rating", "review_text", "origin").collect()
@@ -315,7 +487,10 @@ def test_join_interactions_without_reviews_keeps_behaviour(spark, cfg):
 
 def test_join_interactions_without_behaviour_keeps_reviews(spark, cfg):
     r = ingest.validate_reviews(
-        _reviews(spark, [("u1", "i1", 3.0, "Ok", "Fine", str(T0))]), cfg, "run-1"
+        _reviews(spark, [("u1", "i1", 3.0, "Ok", "Fine", str(T0))]),
+        cfg,
+        "run-1",
+        latest_event_ts=LATEST,
     ).valid
 
     rows = ingest.join_interactions(None, r).select("event_type", "review_text", "origin").collect()
