@@ -148,7 +148,7 @@ def run_stages(
 
 
 def _record_failure(history: RunLog, run_id: str, exc: BaseException) -> None:
-    message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    message = redaction.mask_text(f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
     try:
         history.end(run_id, FAILED, message)
     except Exception:  # the session may be gone (a kill); the next lock holder marks it
