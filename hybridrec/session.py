@@ -65,8 +65,6 @@ def get_spark(cfg: Config) -> SparkSession:
             .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.session.timeZone", "UTC")
-            # Derby writes derby.log into the JVM's working folder unless told where.
-            .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={metastore_home(cfg)}")
         )
     warehouse = work_path(cfg, "warehouse_dir", "warehouse")
     builder = (
@@ -82,6 +80,12 @@ def get_spark(cfg: Config) -> SparkSession:
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if not cfg.run.metastore:
+        # Derby writes derby.log into the JVM's working folder (the checkout) unless told where;
+        # it reads this when it boots, at the first catalog call, so setting it now is in time.
+        spark.sparkContext._jvm.java.lang.System.setProperty(
+            "derby.system.home", metastore_home(cfg)
+        )
     # ALS ignores checkpointInterval without a checkpoint dir, and long lineage overflows the stack.
     spark.sparkContext.setCheckpointDir(work_path(cfg, "checkpoint_dir", "checkpoints"))
     log.info("spark %s master=%s warehouse=%s", spark.version, spark.sparkContext.master, warehouse)

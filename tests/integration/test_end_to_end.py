@@ -42,7 +42,7 @@ def e2e(spark, tmp_path_factory):
         ],
     )
     results = run_pipeline(spark, cfg, RUN_ID)
-    return cfg, Warehouse.from_config(spark, cfg), results
+    return cfg, Warehouse.from_config(spark, cfg, RUN_ID), results
 
 
 def test_every_input_row_is_kept_or_rejected(e2e):
