@@ -56,7 +56,8 @@ def test_generic_csv_behaviour_and_reviews_through_ingest(spark, tmp_path):
         1,
     )
     assert counts["interactions"] == 3
-    rows = {r.item_id: r for r in Warehouse.from_config(spark, cfg).read("interactions").collect()}
+    warehouse = Warehouse.from_config(spark, cfg, "run-g")
+    rows = {r.item_id: r for r in warehouse.read("interactions").collect()}
     assert rows["s2"].review_text == "lovely" and rows["s2"].rating == 5.0
     assert rows["s2"].event_type == "purchase"
     # c1: s2 at 2014-05-14T10:00 (ISO) is newest -> test; s3 at 1400000300 s (given in millis)
@@ -66,13 +67,7 @@ def test_generic_csv_behaviour_and_reviews_through_ingest(spark, tmp_path):
         "s3": "validation",
         "s1": "train",
     }
-    reasons = {
-        r.reason
-        for r in Warehouse.from_config(spark, cfg)
-        .read("rejects")
-        .where("run_id = 'run-g'")
-        .collect()
-    }
+    reasons = {r.reason for r in warehouse.read("rejects").collect()}
     assert reasons == {
         "missing user_id",
         "event_type not in ['rating', 'review', 'click', 'purchase']",

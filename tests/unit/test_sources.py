@@ -26,6 +26,7 @@ BEHAVIOUR_OUT = [
     "event_ts",
     "raw",
     "source",
+    "parse_error",
 ]
 
 
@@ -65,6 +66,7 @@ def test_to_raw_renames_mapped_columns_and_fills_constants(shop):
         "event_type": "click",
         "event_ts": "1700000000",
         "source": "behaviour:csv:shop",
+        "parse_error": None,
     }
     # The whole input row, unmapped columns included (a null one is left out of the JSON).
     assert json.loads(rows["c1"]["raw"]) == {
@@ -109,6 +111,7 @@ def test_to_raw_takes_our_names_as_they_are_and_leaves_the_rest_null(spark):
         "event_ts",
         "raw",
         "source",
+        "parse_error",
     ]
     # user_id is present under our name; rating, summary, event_ts are neither mapped nor present
     # (stars is not mapped, so it is not taken as the rating); no constants -> null.
@@ -122,6 +125,7 @@ def test_to_raw_takes_our_names_as_they_are_and_leaves_the_rest_null(spark):
         "event_ts": None,
         "raw": '{"user_id":"u1","asin":"A1","body":"nice","stars":3}',
         "source": "reviews:x",
+        "parse_error": None,
     }
 
 
@@ -180,23 +184,26 @@ def test_movielens_read(spark, movielens_folder):
         "rating": 3.5,
         "event_type": "rating",
         "event_ts": "964981247",
+        "parse_error": None,
     }
     assert behaviour["10"]["source"] == f"behaviour:movielens:{folder}/ratings.csv"
-    assert json.loads(behaviour["10"]["raw"]) == {
-        "userId": "1",
-        "movieId": "10",
-        "rating": "4.0",
-        "timestamp": "964982703",
-    }
+    # The record as CSV, every field in file order.
+    assert behaviour["10"]["raw"] == "1,10,4.0,964982703"
+    assert behaviour["10"]["parse_error"] is None
 
     (review,) = raw.reviews.collect()
     assert (review["user_id"], review["item_id"], review["review_text"]) == ("1", "10", "funny")
     assert (review["rating"], review["summary"], review["event_ts"]) == (None, None, "1445714994")
 
-    items = {r["item_id"]: (r["title"], r["description"]) for r in raw.items.collect()}
+    items = {r["item_id"]: (r["title"], r["description"], r["raw"]) for r in raw.items.collect()}
     assert items == {
-        "10": ("American President, The (1995)", "Adventure, Comedy"),
-        "20": ('Bird, The "Big" (2000)', None),
+        "10": (
+            "American President, The (1995)",
+            "Adventure, Comedy",
+            '10,"American President, The (1995)",Adventure|Comedy',
+        ),
+        # raw keeps the genres as read, before they became the description.
+        "20": ('Bird, The "Big" (2000)', None, '20,"Bird, The ""Big"" (2000)",(no genres listed)'),
     }
 
 
@@ -274,12 +281,14 @@ def test_amazon_read_reviews(spark, amazon_files):
         "event_ts": str(T0),
         "raw": REVIEW_LINES[0],
         "source": f"reviews:amazon:{reviews_path}",
+        "parse_error": None,
         "rating": 5.0,
     }
     # The corrupt line survives as it came, with nothing parsed: ingest's "unparseable record".
     corrupt = by_raw[CORRUPT]
     assert (corrupt["user_id"], corrupt["item_id"], corrupt["event_ts"]) == (None, None, None)
     assert corrupt["rating"] is None
+    assert corrupt["parse_error"] == "unparseable record"
 
 
 def test_amazon_non_numeric_overall_keeps_its_text(spark, tmp_path):
@@ -296,7 +305,7 @@ def test_amazon_read_meta(spark, amazon_files):
     out = amazon.read_meta(spark, meta_path)
     rows = _by(out, "item_id")
 
-    assert out.columns == ["item_id", "title", "description", "raw", "source"]
+    assert out.columns == ["item_id", "title", "description", "raw", "source", "parse_error"]
     assert (rows["A1"]["title"], rows["A1"]["description"]) == (
         "Weekly Mag",
         "First issue. Second issue",
@@ -344,11 +353,8 @@ def test_amazon_ingest_accounts_for_every_line(spark, amazon_files, tmp_path):
     assert (counts["train_rows"], counts["validation_rows"], counts["test_rows"]) == (2, 1, 1)
     assert "behaviour_in" not in counts
 
-    rejects = Warehouse.from_config(spark, cfg2).read("rejects")
-    got = sorted(
-        (r["raw"], r["reason"], r["source"], r["run_id"])
-        for r in rejects.where("run_id = 'run-x'").collect()
-    )
+    rejects = Warehouse.from_config(spark, cfg2).read("rejects", run_id="run-x")
+    got = sorted((r["raw"], r["reason"], r["source"], r["run_id"]) for r in rejects.collect())
     source = f"reviews:amazon:{reviews_path}"
     assert got == sorted(
         [
