@@ -1,7 +1,10 @@
 """``hybridrec`` console script.
 
-hybridrec run [--conf conf/local.yaml] [--set key=value ...] [--stages ingest,embed]
+hybridrec run [--conf conf/local.yaml] [--set key=value ...] [--stages ingest,embed] [--run-id R]
 hybridrec job <ingest|embed|als|score|evaluate> [--conf ...] [--set ...] --run-id R
+
+A wrong setting, stage name or run id fails before Spark starts: one line on stderr naming the
+key and where it was set, exit status 2.
 """
 
 from __future__ import annotations
@@ -9,8 +12,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from hybridrec.config import ConfigError, load_config
-from hybridrec.runner import argument_parser, job_main, new_run_id, setup_logging
+from hybridrec.config import ConfigError, check_run_id, check_stages, error_line, load_config
+from hybridrec.runner import (
+    argument_parser,
+    exit_on_known_errors,
+    job_main,
+    new_run_id,
+    protect_secrets,
+    setup_logging,
+)
 from hybridrec.session import get_spark
 from pipelines.end_to_end import STAGES, run_pipeline
 
@@ -18,6 +28,7 @@ DEFAULT_CONF = "conf/local.yaml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hybridrec`` command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
         print(__doc__)
@@ -28,19 +39,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = argument_parser("run the whole hybridrec pipeline")
             parser.add_argument("--stages", default=None, help="comma-separated subset, in order")
             args = parser.parse_args(rest)
-            setup_logging()
+            # Everything the run needs is checked before get_spark: a typo costs no JVM start.
+            stages = check_stages(args.stages, list(STAGES))
+            run_id = check_run_id(args.run_id) if args.run_id is not None else new_run_id()
             cfg = load_config(args.conf or [DEFAULT_CONF], args.set)
-            spark = get_spark(cfg)
-            stages = args.stages.split(",") if args.stages else None
-            run_pipeline(spark, cfg, args.run_id or new_run_id(), stages)
+            setup_logging()
+            protect_secrets(cfg)
+            # A busy warehouse exits 3 with one line; SIGTERM marks the run failed.
+            with exit_on_known_errors():
+                spark = get_spark(cfg)
+                run_pipeline(spark, cfg, run_id, stages)
             return 0
         if command == "job" and rest and rest[0] in STAGES:
+            # job_main checks these too, then exits; checked here first so that main() returns
+            # 2 like the run command does, and an empty --run-id is refused here as well.
+            args = argument_parser(f"hybridrec {rest[0]} job").parse_args(rest[1:])
+            if args.run_id is not None:
+                check_run_id(args.run_id)
+            load_config(args.conf, args.set)
             job_main(rest[0], STAGES[rest[0]], rest[1:])
             return 0
     except ConfigError as exc:
-        print(f"hybridrec: config error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 2
-    print(f"hybridrec: unknown command {' '.join(argv[:2])!r}\n{__doc__}", file=sys.stderr)
+    if command == "job":
+        given = repr(rest[0]) if rest else "none"
+        print(
+            f"hybridrec: unknown job {given}; jobs are {', '.join(STAGES)} (hybridrec --help)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"hybridrec: unknown command {command!r} (hybridrec --help)", file=sys.stderr)
     return 2
 
 

@@ -1,0 +1,103 @@
+"""The real ``hybridrec`` command line on bad settings: one line on stderr naming the key, exit
+status 2, and nothing written under the work dir (it failed before Spark started)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# (case id, arguments after `run --conf conf/local.yaml --set run.work_dir=<tmp>`, named key)
+CASES = [
+    ("grid-rank-empty", ["--set", "als.grid.rank=[]"], "als.grid.rank"),
+    ("event-weight-text", ["--set", "als.event_weights.click=abc"], "als.event_weights.click"),
+    ("reg-param-negative", ["--set", "als.reg_param=-1"], "als.reg_param"),
+    ("alpha-negative", ["--set", "als.alpha=-5"], "als.alpha"),
+    ("min-above-max-rating", ["--set", "ingest.min_rating=6"], "ingest.min_rating"),
+    ("unknown-stage", ["--stages", "ingest,scor"], "--stages"),
+    ("database-with-space", ["--set", "run.database=bad name"], "run.database"),
+    ("missing-model", ["--set", "embed.model_path=/nonexistent"], "embed.model_path"),
+    ("run-id-with-space", ["--run-id", "a b"], "--run-id"),
+    ("newline-in-value", ["--set", 'run.database="bad\\nname"'], "run.database"),
+]
+# The same checks through `hybridrec job <name>` (no --conf: base.yaml alone, as job_main does).
+JOB_CASES = [("job-run-id-with-space", ["job", "score", "--run-id", "a b"], "--run-id")]
+
+
+def _command(work: Path, case: str, args: list[str]) -> list[str]:
+    work_dir = ["--set", f"run.work_dir={work}"]
+    if case.startswith("job-"):
+        return [sys.executable, "-m", "pipelines.cli", *args, *work_dir]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "run",
+        "--conf",
+        "conf/local.yaml",
+        *work_dir,
+        *args,
+    ]
+
+
+@pytest.fixture(scope="module")
+def cli_results(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Every case's process, started at once: each pays the CLI's imports (seconds), never Spark."""
+    env = {**os.environ}
+    env.pop("HYBRIDREC_CONF_DIR", None)
+    started = {}
+    for case, args, _ in CASES + JOB_CASES:
+        folder = tmp_path_factory.mktemp(case)
+        process = subprocess.Popen(
+            _command(folder / "work", case, args),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started[case] = (folder, process)
+    results = {}
+    for case, (folder, process) in started.items():
+        try:
+            stdout, stderr = process.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        results[case] = (folder, done)
+    return results
+
+
+@pytest.mark.parametrize(("case", "key"), [(case, key) for case, _, key in CASES + JOB_CASES])
+def test_bad_setting_fails_before_spark_with_one_line(cli_results, case, key):
+    folder, result = cli_results[case]
+
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hybridrec: config error: ")
+    assert key in lines[0]
+    # Spark never started: no work dir, so no warehouse, checkpoints, metastore or mlflow.db.
+    assert list(folder.iterdir()) == []
+
+
+def test_set_error_names_the_set_that_made_it(cli_results):
+    _, result = cli_results["reg-param-negative"]
+
+    assert result.stderr.strip() == (
+        "hybridrec: config error: als.reg_param = -1.0 (from --set als.reg_param=-1) must be >= 0"
+    )
+
+
+def test_newline_in_a_value_stays_on_one_line(cli_results):
+    _, result = cli_results["newline-in-value"]
+
+    assert "run.database = 'bad\\nname'" in result.stderr
