@@ -162,7 +162,7 @@ def job_main(name: str, job: JobFn, argv: Sequence[str] | None = None) -> dict[s
     setup_logging()
     with exit_on_known_errors():
         cfg = load_config(args.conf, args.set)
-        run_id = check_run_id(args.run_id) if args.run_id else new_run_id()
+        run_id = check_run_id(args.run_id) if args.run_id is not None else new_run_id()
         protect_secrets(cfg)
         spark = get_spark(cfg)
         return run_stages(spark, cfg, run_id, {name: job})[name]
