@@ -19,9 +19,13 @@ order, with the same delimiter and quoting rules, so ``""`` stays ``""`` and a q
 stays inside its quotes. In ``multiLine`` mode Spark does not hand out the bytes of a record it
 could parse, so this is not always byte-exact: quotes that were not needed are gone and needed
 ones added, a field the reader turned null (an empty field, ``nullValue``) is written empty, and
-the record's line ending is not kept. Every value is there as it was read. Two limits of the
-reader itself: the first record's line ending (``\\n`` or ``\\r\\n``) is taken for the whole file,
-and a quote that is never closed swallows the rest of the file into its field.
+the record's line ending is not kept. Every value is there as it was read, quoted line breaks
+included: the file's line ending (``\\n`` or ``\\r\\n``, from its first line unless ``lineSep``
+is given) is passed to the parser, which would otherwise rewrite a quoted ``\\r\\n`` to ``\\n``.
+A file that mixes line endings is split at its first line's kind only: records that run
+together are rejected as ``wrong number of fields``, and a CRLF record in an LF file (its last
+field would end in ``\\r``) as ``mixed line endings``. A limit of the reader itself: a quote that
+is never closed swallows the rest of the file into its field.
 
 JSON is read with the same corrupt-record column: a line that is not a JSON record keeps its text
 as ``raw`` with ``parse_error`` ``unparseable record``; other rows (JSON and Parquet) keep the
@@ -45,6 +49,7 @@ RAW_COL = "__hybridrec_raw"
 ERROR_COL = "__hybridrec_parse_error"
 CORRUPT_COL = "__hybridrec_corrupt_record"
 WRONG_FIELDS = "wrong number of fields"
+MIXED_ENDINGS = "mixed line endings"
 UNPARSEABLE = "unparseable record"
 CSV_DEFAULTS = {
     "header": "true",
@@ -128,6 +133,10 @@ def csv_options(options: Mapping[str, str]) -> dict[str, str]:
 def read_csv(spark: SparkSession, path: str, options: Mapping[str, str]) -> DataFrame:
     """A CSV table, every column as text, with ``RAW_COL`` and ``ERROR_COL`` (see module doc)."""
     opts = _without(csv_options(options), "inferSchema", "columnNameOfCorruptRecord")
+    # The text reader that finds the line ending reads UTF-8: another encoding keeps detection.
+    sniffed = all(_get(opts, key) is None for key in ("lineSep", "encoding", "charset"))
+    if sniffed:
+        opts["lineSep"] = _line_separator(spark, path)
     # The header (or the first record's width) gives the columns; the file is then read again
     # with that schema plus a corrupt-record column, which catches records of another width.
     names = spark.read.options(**opts).csv(path).columns
@@ -149,11 +158,25 @@ def read_csv(spark: SparkSession, path: str, options: Mapping[str, str]) -> Data
     # Spark's CSV writer trims unquoted fields unless told not to: " U003 " must stay as read.
     write_opts |= {"ignoreLeadingWhiteSpace": "false", "ignoreTrailingWhiteSpace": "false"}
     record = F.to_csv(F.struct(*[F.col(f"`{name}`") for name in names]), write_opts)
+    # A CRLF line in a file whose first line ends in LF leaves its CR on the last field.
+    mixed = F.lit(sniffed and opts["lineSep"] == "\n") & F.col(f"`{names[-1]}`").endswith("\r")
     return df.select(
         *[F.col(f"`{name}`") for name in names],
         F.coalesce(F.col(CORRUPT_COL), record).alias(RAW_COL),
-        F.when(F.col(CORRUPT_COL).isNotNull(), F.lit(WRONG_FIELDS)).alias(ERROR_COL),
+        F.when(F.col(CORRUPT_COL).isNotNull(), F.lit(WRONG_FIELDS))
+        .when(mixed, F.lit(MIXED_ENDINGS))
+        .alias(ERROR_COL),
     )
+
+
+def _line_separator(spark: SparkSession, path: str) -> str:
+    """``\r\n`` when the first line ends so, else ``\n``.
+
+    Left to itself, the CSV parser detects it too, but then rewrites a quoted ``\r\n`` to
+    ``\n``; given explicitly, quoted line breaks are kept as they are.
+    """
+    first = spark.read.option("lineSep", "\n").text(path).limit(1).collect()  # one line
+    return "\r\n" if first and first[0][0].endswith("\r") else "\n"
 
 
 def read_json(spark: SparkSession, path: str, options: Mapping[str, str]) -> DataFrame:

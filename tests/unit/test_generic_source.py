@@ -1,13 +1,29 @@
-"""The generic source end to end: CSV tables under other column names, through ingest."""
+"""The generic source: RFC 4180 CSV and JSON reading, and CSV tables under other column names
+end to end through ingest (malformed records, an input with no valid row)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from hybridrec.config import ConfigError, load_config
+from hybridrec.sources.generic import (
+    ERROR_COL,
+    MIXED_ENDINGS,
+    RAW_COL,
+    WRONG_FIELDS,
+    read_csv,
+    read_json,
+)
 from hybridrec.tables import Warehouse
 from jobs import ingest as ingest_job
+from jobs.ingest import EmptyInputError
 from pipelines.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(path, text: str) -> str:
@@ -83,3 +99,210 @@ def test_generic_source_needs_a_table():
 def test_cli_reports_a_config_error_and_exits_2(capsys):
     assert cli_main(["run", "--set", "als.rnak=3"]) == 2
     assert "unknown config key 'als.rnak' in --set als.rnak=3" in capsys.readouterr().err
+
+
+# --- RFC 4180 CSV: quoted line breaks, "" escapes, records of the wrong width ------------------
+
+MESSY_CSV = (
+    b"customer,sku,stars,body,ts\r\n"
+    b'c1,s1,5,"He said ""wow"", twice",1400000000\r\n'  # "" inside quotes, a comma too
+    b'c1,s2,4,"line one\r\nline two",1400000100\r\n'  # a quoted line break
+    b'" c2 ",s1,3,plain,1400000200\r\n'  # spaces inside quotes are data
+    b"c2,s3,2,too,many,1400000300\r\n"  # one field too many
+    b"c3,s4,1400000400\r\n"  # two fields too few
+    b"c3,s5,1,,1400000500\r\n"  # an empty body
+)
+
+
+@pytest.fixture(scope="module")
+def messy(spark, tmp_path_factory):
+    path = tmp_path_factory.mktemp("csv") / "reviews.csv"
+    path.write_bytes(MESSY_CSV)
+    rows = read_csv(spark, str(path), {}).collect()
+    return {(r["customer"], r["sku"]): r.asDict() for r in rows}
+
+
+def test_read_csv_reads_quotes_escapes_and_line_breaks_by_default(messy):
+    assert messy[("c1", "s1")]["body"] == 'He said "wow", twice'
+    assert messy[("c1", "s2")]["body"] == "line one\r\nline two"
+    assert messy[(" c2 ", "s1")]["body"] == "plain"
+    assert messy[("c3", "s5")]["body"] is None
+    assert len(messy) == 6
+
+
+def test_read_csv_raw_is_every_field_written_back(messy):
+    assert messy[("c1", "s1")][RAW_COL] == 'c1,s1,5,"He said ""wow"", twice",1400000000'
+    assert messy[("c1", "s2")][RAW_COL] == 'c1,s2,4,"line one\r\nline two",1400000100'
+    assert messy[(" c2 ", "s1")][RAW_COL] == " c2 ,s1,3,plain,1400000200"
+    wrong_width = {("c2", "s3"), ("c3", "s4")}
+    assert all(r[ERROR_COL] is None for key, r in messy.items() if key not in wrong_width)
+
+
+def test_read_csv_keeps_a_record_of_the_wrong_width_whole(messy):
+    extra = messy[("c2", "s3")]
+    short = messy[("c3", "s4")]
+
+    assert (extra[ERROR_COL], extra[RAW_COL]) == (WRONG_FIELDS, "c2,s3,2,too,many,1400000300")
+    assert (short[ERROR_COL], short[RAW_COL]) == (WRONG_FIELDS, "c3,s4,1400000400")
+
+
+@pytest.mark.parametrize(
+    ("content", "errors"),
+    [
+        # LF file: a quoted CRLF is data; a CRLF line would leave \r on its last field.
+        (b'a,b\n1,"x\r\ny"\n2,z\r\n3,w\n', [None, MIXED_ENDINGS, None]),
+        # CRLF file: a quoted LF is data; an LF-ended line runs into the next record.
+        (b'a,b\r\n1,"x\ny"\r\n2,z\n3,w\r\n4,v\r\n', [None, WRONG_FIELDS, None]),
+    ],
+    ids=["lf file", "crlf file"],
+)
+def test_read_csv_keeps_quoted_line_breaks_and_flags_mixed_endings(
+    spark, tmp_path, content, errors
+):
+    path = tmp_path / "x.csv"
+    path.write_bytes(content)
+
+    rows = read_csv(spark, str(path), {}).collect()
+
+    assert rows[0]["b"] == content.split(b'"')[1].decode()
+    assert [r[ERROR_COL] for r in rows] == errors
+
+
+def test_read_csv_refuses_dropmalformed(spark, tmp_path):
+    path = _write(tmp_path / "x.csv", "a,b\n1,2\n")
+
+    with pytest.raises(ValueError, match="DROPMALFORMED"):
+        read_csv(spark, path, {"mode": "dropmalformed"})
+
+
+def test_read_csv_options_override_the_defaults(spark, tmp_path):
+    path = _write(tmp_path / "x.csv", "1;'a;b'\n2;c\n")
+
+    rows = read_csv(spark, path, {"header": "false", "sep": ";", "QUOTE": "'"}).collect()
+
+    assert [(r["_c0"], r["_c1"], r[RAW_COL]) for r in rows] == [
+        ("1", "a;b", "1;'a;b'"),
+        ("2", "c", "2;c"),
+    ]
+
+
+def test_read_json_keeps_a_line_that_is_not_a_record(spark, tmp_path):
+    path = _write(tmp_path / "x.json", '{"u": "a", "n": 3}\n{"u": "b", oops\n')
+
+    rows = {r[RAW_COL]: r[ERROR_COL] for r in read_json(spark, path, {}).collect()}
+
+    assert rows == {'{"n":3,"u":"a"}': None, '{"u": "b", oops': "unparseable record"}
+
+
+def _generic(tmp_path, *overrides: str):
+    return load_config(
+        [],
+        [
+            f"run.work_dir={tmp_path / 'work'}",
+            "source.kind=generic",
+            "source.generic.format=csv",
+            *overrides,
+        ],
+    )
+
+
+REVIEW_COLUMNS = (
+    "source.generic.reviews.columns={user_id: customer, item_id: sku, rating: stars, "
+    "review_text: body, event_ts: ts}"
+)
+
+
+def test_messy_csv_through_ingest(spark, tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_bytes(MESSY_CSV)
+    cfg = _generic(tmp_path, f"source.generic.reviews.path={path}", REVIEW_COLUMNS)
+
+    counts = ingest_job.run(spark, cfg, "run-m")
+
+    warehouse = Warehouse.from_config(spark, cfg, "run-m")
+    texts = {
+        (r.user_id, r.item_id): r.review_text for r in warehouse.read("interactions").collect()
+    }
+    assert texts == {
+        ("c1", "s1"): 'He said "wow", twice',
+        ("c1", "s2"): "line one\r\nline two",
+        ("c3", "s5"): None,
+    }
+    rejects = sorted((r.reason, r.raw) for r in warehouse.read("rejects").collect())
+    assert rejects == [
+        ("user_id has surrounding whitespace", " c2 ,s1,3,plain,1400000200"),
+        ("wrong number of fields", "c2,s3,2,too,many,1400000300"),
+        ("wrong number of fields", "c3,s4,1400000400"),
+    ]
+    assert (counts["reviews_in"], counts["interactions"], counts["rejects"]) == (6, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("content", "read", "summary"),
+    [
+        (b"", 0, "no rows"),
+        (b"customer,sku,stars,body,ts\n", 0, "no rows"),
+        (
+            b"customer,sku,stars,body,ts\nc1,s1,5,x,32503680000\nc1,s2,5,x,0\n,s3,5,x,1\n",
+            3,
+            "1 event_ts after ",
+        ),
+    ],
+    ids=["empty file", "header only", "all rejected"],
+)
+def test_no_valid_row_fails_before_any_table_is_written(spark, tmp_path, content, read, summary):
+    path = tmp_path / "reviews.csv"
+    path.write_bytes(content)
+    cfg = _generic(tmp_path, f"source.generic.reviews.path={path}", REVIEW_COLUMNS)
+
+    with pytest.raises(EmptyInputError) as error:
+        ingest_job.run(spark, cfg, "run-e")
+
+    message = str(error.value)
+    assert message.startswith(f"generic csv (reviews {path}): 0 valid rows in {read} rows read (")
+    assert summary in message
+    assert message.endswith("); no table was written")
+    assert Warehouse.from_config(spark, cfg, "run-e").tables() == []
+
+
+def test_all_rejected_summary_counts_each_reason(spark, tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_bytes(b"customer,sku,stars,body,ts\nc1,s1,5,x,0\nc1,s2,5,x,1\n,s3,5,x,1\n")
+    cfg = _generic(tmp_path, f"source.generic.reviews.path={path}", REVIEW_COLUMNS)
+
+    with pytest.raises(
+        EmptyInputError, match=r"\(2 event_ts before 1990-01-01T00:00:00Z, 1 missing user_id\)"
+    ):
+        ingest_job.run(spark, cfg, "run-e")
+
+
+def test_the_job_exits_non_zero_on_an_empty_input(tmp_path):
+    path = _write(tmp_path / "reviews.csv", "customer,sku,stars,body,ts\n")
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.ingest",
+            "--set",
+            f"run.work_dir={tmp_path / 'work'}",
+            "--set",
+            "spark.master=local[1]",
+            "--set",
+            "source.kind=generic",
+            "--set",
+            "source.generic.format=csv",
+            "--set",
+            f"source.generic.reviews.path={path}",
+            "--set",
+            REVIEW_COLUMNS,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode != 0
+    assert "EmptyInputError" in done.stderr
+    assert "0 valid rows in 0 rows read (no rows); no table was written" in done.stderr
