@@ -83,7 +83,8 @@ def pseudonym_column(col: Column, key: bytes) -> Column:
     def pseudonymise_user_id(ids: pd.Series) -> pd.Series:
         # HMAC has no vectorised form: one digest per distinct id of the batch.
         digests = {value: pseudonym(value, key) for value in ids.dropna().unique()}
-        return ids.map(digests).where(ids.notna(), None)
+        # object dtype: an all-null batch must stay strings-or-None, not become floats (NaN).
+        return ids.map(digests).astype(object).where(ids.notna(), None)
 
     return F.pandas_udf(pseudonymise_user_id, "string")(col)
 
