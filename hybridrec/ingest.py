@@ -115,12 +115,19 @@ def iso_utc(ts: datetime) -> str:
 
 
 def parse_event_ts(raw: Column) -> Column:
-    """Epoch seconds, epoch milliseconds or an ISO-8601 string; null when it is none of these."""
+    """Epoch seconds, epoch milliseconds or an ISO-8601 string; null when it is none of these.
+
+    An ISO string must start with a whole date: Spark alone would read ``12:00`` as today at noon
+    and ``2024-05`` as the first of May, inventing what the input did not say.
+    """
     text = F.trim(raw.cast("string"))
     return (
         F.when(text.rlike(r"^\d{1,11}$"), F.timestamp_seconds(text.cast("long")))
         .when(text.rlike(r"^\d{12,14}$"), F.timestamp_millis(text.cast("long")))
-        .otherwise(F.expr(f"try_to_timestamp({_sql(text)})"))
+        .when(
+            text.rlike(r"^[+-]?\d{4,}-\d{2}-\d{2}([T ]|$)"),
+            F.expr(f"try_to_timestamp({_sql(text)})"),
+        )
     )
 
 

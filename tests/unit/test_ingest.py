@@ -46,6 +46,9 @@ def test_parse_event_ts_reads_seconds_millis_and_iso(spark):
         ("garbage", "garbage"),
         ("empty", ""),
         ("impossible date", "2024-13-45"),
+        ("time without a date", "12:00"),
+        ("year and month only", "2024-05"),
+        ("year -1000", "-1000-01-01T00:00:00Z"),
         ("null", None),
     ]
     df = spark.createDataFrame(raw, "case string, event_ts string")
@@ -63,6 +66,9 @@ def test_parse_event_ts_reads_seconds_millis_and_iso(spark):
         "garbage": None,
         "empty": None,
         "impossible date": None,
+        "time without a date": None,
+        "year and month only": None,
+        "year -1000": -93_724_128_000_000_000,  # proleptic Gregorian, as ISO says
         "null": None,
     }
 
