@@ -28,7 +28,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["hybridrec=pipelines.cli:main"]},
 )
