@@ -306,3 +306,47 @@ def test_the_job_exits_non_zero_on_an_empty_input(tmp_path):
     assert done.returncode != 0
     assert "EmptyInputError" in done.stderr
     assert "0 valid rows in 0 rows read (no rows); no table was written" in done.stderr
+
+
+def test_out_of_range_times_are_rejected_so_the_table_reads_back_in_pandas(spark, tmp_path):
+    path = _write(
+        tmp_path / "reviews.csv",
+        "customer,sku,stars,body,ts\n"
+        "c1,s1,5,fine,1400000000\n"
+        "c1,s2,5,future,3000-01-01T00:00:00Z\n"  # was c1's test item
+        "c1,s3,5,ancient,-1000-01-01T00:00:00Z\n"
+        "c1,s4,5,epoch,0\n",
+    )
+    cfg = _generic(tmp_path, f"source.generic.reviews.path={path}", REVIEW_COLUMNS)
+
+    ingest_job.run(spark, cfg, "run-t")
+
+    warehouse = Warehouse.from_config(spark, cfg, "run-t")
+    frame = warehouse.read("interactions").toPandas()
+    assert frame[["item_id", "split"]].values.tolist() == [["s1", "train"]]
+    assert frame["event_ts"].dt.year.tolist() == [2014]
+    reasons = sorted(r.reason.rsplit(" ", 1)[0] for r in warehouse.read("rejects").collect())
+    assert reasons == ["event_ts after", "event_ts before", "event_ts before"]
+
+
+def test_row_accounting_counts_this_runs_rows_only(spark, tmp_path):
+    first = _write(
+        tmp_path / "a.csv", "customer,sku,stars,body,ts\nc1,s1,5,x,1400000000\n,s2,5,x,1\n"
+    )
+    second = _write(tmp_path / "b.csv", "customer,sku,stars,body,ts\nc2,s1,4,y,1400000000\n")
+    columns = [REVIEW_COLUMNS]
+
+    one = ingest_job.run(
+        spark, _generic(tmp_path, f"source.generic.reviews.path={first}", *columns), "R1"
+    )
+    two = ingest_job.run(
+        spark, _generic(tmp_path, f"source.generic.reviews.path={second}", *columns), "R2"
+    )
+
+    assert (one["reviews_in"], one["interactions"], one["rejects"]) == (2, 1, 1)
+    assert (two["reviews_in"], two["interactions"], two["rejects"]) == (1, 1, 0)
+    cfg = _generic(tmp_path, f"source.generic.reviews.path={first}", *columns)
+    warehouse = Warehouse.from_config(spark, cfg)
+    assert warehouse.runs("interactions") == ["R1", "R2"]
+    assert [r.user_id for r in warehouse.read("interactions", run_id="R1").collect()] == ["c1"]
+    assert warehouse.read("rejects", run_id="R1").count() == 1
