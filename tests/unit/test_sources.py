@@ -382,3 +382,27 @@ def test_clean_input_ingests_with_no_rejects(spark, tmp_path):
 
     assert (counts["reviews_in"], counts["interactions"], counts["rejects"]) == (2, 2, 0)
     assert (counts["train_rows"], counts["test_rows"]) == (1, 1)
+
+
+def test_amazon_bad_bytes_and_missing_overall_are_rejected(spark, tmp_path):
+    path = tmp_path / "reviews.json.gz"
+    good = _review("U1", "A1", 5.0, T0, "great")
+    no_overall = json.dumps({"reviewerID": "U2", "asin": "A2", "unixReviewTime": T0})
+    with gzip.open(path, "wb") as f:
+        # Spark's text reader keeps bad bytes as they are; the line is rejected, not decoded.
+        f.write(good.encode() + b"\n")
+        f.write(good.replace("U1", "U\xff1").encode("latin-1") + b"\n")
+        f.write(no_overall.encode() + b"\n")
+    cfg2 = load_config(
+        [REPO / "conf" / "amazon.yaml"],
+        [f"run.work_dir={tmp_path}", f"source.amazon.reviews_path={path}"],
+    )
+
+    counts = ingest_job.run(spark, cfg2, "run-b")
+
+    assert (counts["reviews_in"], counts["interactions"], counts["rejects"]) == (3, 1, 2)
+    rejects = Warehouse.from_config(spark, cfg2).read("rejects", run_id="run-b").collect()
+    assert sorted((r.reason, r.raw) for r in rejects) == [
+        ("invalid encoding", good.replace("U1", "U\ufffd1")),
+        ("rating event without rating", no_overall),
+    ]
