@@ -276,6 +276,7 @@ def test_all_rejected_summary_counts_each_reason(spark, tmp_path):
         ingest_job.run(spark, cfg, "run-e")
 
 
+@pytest.mark.slow  # a fresh process: its own JVM and MLflow store (about a minute)
 def test_the_job_exits_non_zero_on_an_empty_input(tmp_path):
     path = _write(tmp_path / "reviews.csv", "customer,sku,stars,body,ts\n")
 
