@@ -89,6 +89,10 @@ _TEXT_COLUMNS = (
 )
 
 
+class EmptyInputError(RuntimeError):
+    """The input has no valid behaviour or review row; no table was written."""
+
+
 @dataclass
 class Validated:
     """``valid`` rows (raw columns plus ``_ts``) and ``rejects`` (``REJECT_COLUMNS``, plus

@@ -24,6 +24,7 @@ from hybridrec.config import (
     one_line,
 )
 from hybridrec.constants import STAGE_NAMES
+from hybridrec.ingest import EmptyInputError
 from hybridrec.locking import RunLock, WarehouseBusyError
 from hybridrec.runs import COMPLETE, FAILED, INCOMPLETE, RunLog
 from hybridrec.session import get_spark
@@ -170,7 +171,8 @@ def job_main(name: str, job: JobFn, argv: Sequence[str] | None = None) -> dict[s
 
 @contextlib.contextmanager
 def exit_on_known_errors() -> Iterator[None]:
-    """One line and an exit status an operator (or Airflow) can act on, not a traceback.
+    """One line and an exit status an operator (or Airflow) can act on, not a traceback: 2 a
+    setting, 3 a busy warehouse, 4 an input with no valid row.
     SIGTERM (Airflow's kill) becomes an exception, so the run is marked failed on the way out."""
     signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -181,6 +183,9 @@ def exit_on_known_errors() -> Iterator[None]:
     except WarehouseBusyError as exc:
         print(f"hybridrec: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(3)
+    except EmptyInputError as exc:
+        print(f"hybridrec: input error: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(4)
 
 
 def _terminated(signum: int, frame) -> None:

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from hybridrec import ingest, privacy
 from hybridrec.config import Config
 from hybridrec.constants import INTERACTIONS, ITEMS, REJECTS, SPLIT_COL
+from hybridrec.ingest import EmptyInputError
 from hybridrec.runner import job_main
 from hybridrec.sources import describe, read_raw
 from hybridrec.tables import Warehouse
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 
 class RowAccountingError(RuntimeError):
     """Input rows did not all end in interactions or rejects."""
-
-
-class EmptyInputError(RuntimeError):
-    """The input has no valid behaviour or review row; no table was written."""
 
 
 def latest_event_ts(started: datetime) -> datetime:

@@ -304,8 +304,9 @@ def test_the_job_exits_non_zero_on_an_empty_input(tmp_path):
         timeout=300,
     )
 
-    assert done.returncode != 0
-    assert "EmptyInputError" in done.stderr
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("hybridrec: input error: ")
     assert "0 valid rows in 0 rows read (no rows); no table was written" in done.stderr
 
 

@@ -16,9 +16,8 @@ from hybridrec.locking import LOCK_NAME, RunLock, WarehouseBusyError
 
 
 def test_a_second_run_is_refused_naming_the_holder(tmp_path):
-    with RunLock(str(tmp_path), "first"):
-        with pytest.raises(WarehouseBusyError) as refused:
-            RunLock(str(tmp_path), "second").acquire()
+    with RunLock(str(tmp_path), "first"), pytest.raises(WarehouseBusyError) as refused:
+        RunLock(str(tmp_path), "second").acquire()
 
     message = str(refused.value)
     assert "run first" in message
