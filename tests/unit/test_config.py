@@ -10,11 +10,6 @@ import pytest
 import yaml
 
 from hybridrec.config import (
-    LIST_RANGES,
-    MAP_RANGES,
-    OPEN_MAPS,
-    OPTIONAL_TYPES,
-    RANGES,
     ConfigError,
     check_run_id,
     check_stages,
@@ -22,6 +17,7 @@ from hybridrec.config import (
     error_line,
     load_config,
 )
+from hybridrec.config_schema import LIST_RANGES, MAP_RANGES, OPEN_MAPS, OPTIONAL_TYPES, RANGES
 from hybridrec.runner import new_run_id
 from pipelines.end_to_end import STAGES
 from udfs.topk import PARTS
