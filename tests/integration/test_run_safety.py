@@ -155,3 +155,5 @@ def test_kills_and_a_busy_warehouse_leave_the_complete_run_whole(work, tmp_path)
         )
     }
     assert statuses == {"P1": "FINISHED", "P2": "FAILED", "P3": "FAILED"}
+    # The catalog and its logs live under the work dir, never in the checkout.
+    assert not [p for p in ("metastore_db", "derby.log", "spark-warehouse") if (REPO / p).exists()]
