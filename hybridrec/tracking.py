@@ -30,11 +30,16 @@ CONFIG_HASH_TAG = "hybridrec.config_hash"
 MAX_PARAM_CHARS = 6000
 
 
+# As the operator set it: mlflow.set_tracking_uri writes this variable too, so read later it
+# would send a second run in this process (another work dir) to the first run's store.
+_OPERATOR_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(cfg: Config) -> str:
     if cfg.mlflow.tracking_uri:
         return cfg.mlflow.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if _OPERATOR_TRACKING_URI:
+        return _OPERATOR_TRACKING_URI
     # MLflow 3 refuses a plain ./mlruns file store by default; a SQLite file needs no server.
     db = Path(cfg.run.work_dir).resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)

@@ -74,12 +74,21 @@ def _cli(work: Path, *args: str) -> list[str]:
     return [*command, *args]
 
 
+def _environment() -> dict[str, str]:
+    # An earlier in-process run's mlflow.set_tracking_uri exported its store to this variable.
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
 def _run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, cwd=REPO, env=_environment(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        command, cwd=REPO, env=_environment(), stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
 
 def _wait_for(condition, what: str, timeout: float = 300, every: float = 0.01):
