@@ -408,7 +408,9 @@ def test_mlflow_run_stores_and_prints_no_secret(
     quiet_mlflow_urls()
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     try:
-        with mlflow.start_run(run_name="redaction") as run:
+        # Its own experiment: an earlier test's active experiment id does not exist in this store.
+        experiment = mlflow.set_experiment("redaction")
+        with mlflow.start_run(run_name="redaction", experiment_id=experiment.experiment_id) as run:
             mlflow.log_params(redact_mapping(_config_with_secrets().flat()))
             logging.getLogger("mlflow.test_redaction").warning("uri %s", "s3cr3t")
         params = mlflow.get_run(run.info.run_id).data.params
