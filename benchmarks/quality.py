@@ -1,7 +1,7 @@
 """Quality benchmark: the whole pipeline on each data set folder given, one table at the end.
 
-    python benchmarks/quality.py ../shared/data/amazon_magazine_subscriptions_5_2018 \
-        ../shared/data/amazon_all_beauty_5_2018 ../shared/data/movielens_ml-latest-small \
+    python benchmarks/quality.py /data/amazon_magazine_subscriptions_5_2018 \
+        /data/amazon_all_beauty_5_2018 /data/movielens_ml-latest-small \
         [--work /tmp/hybridrec-quality] [--set key=value ...]
 
 A folder with ``ratings.csv(.gz)`` is read as MovieLens; one with ``*_5.json(.gz)`` (and an

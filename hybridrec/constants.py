@@ -1,4 +1,4 @@
-"""Column and table names shared by every stage (the table contracts in DESIGN.md)."""
+"""Column and table names shared by every stage (the table contracts in README.md, 'Tables')."""
 
 from udfs.topk import PARTS
 

@@ -32,7 +32,8 @@ Deploy:
     spark-submit runs in the worker's current directory, not the repo, so give ``run.work_dir``
     (or ``run.warehouse_dir``) as an absolute path or URI that every task can reach.
 
-Try it locally (as in DESIGN.md), from a separate Airflow venv:
+Try it locally, from a separate Airflow venv (Airflow 3 and its Spark provider bring
+``pyspark-client``, which clashes with the project's ``pyspark``):
 
     export AIRFLOW_HOME=/tmp/airflow-home AIRFLOW__CORE__DAGS_FOLDER=$PWD/pipelines
     export AIRFLOW_CONN_SPARK_LOCAL='{"conn_type": "spark", "host": "local[2]",
@@ -88,7 +89,7 @@ with DAG(
     schedule=None if SCHEDULE.lower() in ("", "none") else SCHEDULE,
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
-    # The jobs overwrite shared tables (interactions, embeddings, factors): one run at a time.
+    # Each job holds the warehouse lock while it runs: a second DAG run would be refused (exit 3).
     max_active_runs=1,
     user_defined_filters={"pipeline_run_id": pipeline_run_id},
     doc_md=__doc__,

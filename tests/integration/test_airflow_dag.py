@@ -1,6 +1,6 @@
 """The Airflow DAG: five spark-submit tasks in pipeline order, sharing conf, overrides and run id.
 
-Needs Airflow 3 and its Spark provider, which live in their own venv (see DESIGN.md); skipped
+Needs Airflow 3 and its Spark provider, which live in their own venv (see pipelines/airflow_dag.py); skipped
 where they are not installed, e.g. in the project venv.
 """
 
