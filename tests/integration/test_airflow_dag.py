@@ -1,7 +1,7 @@
 """The Airflow DAG: five spark-submit tasks in pipeline order, sharing conf, overrides and run id.
 
-Needs Airflow 3 and its Spark provider, which live in their own venv (see pipelines/airflow_dag.py); skipped
-where they are not installed, e.g. in the project venv.
+Needs Airflow 3 and its Spark provider, which live in their own venv (see
+pipelines/airflow_dag.py); skipped where they are not installed, e.g. in the project venv.
 """
 
 from __future__ import annotations
