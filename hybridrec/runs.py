@@ -107,8 +107,13 @@ class RunLog:
 
     def __init__(self, warehouse: Warehouse):
         self.warehouse = warehouse
+        # What this log wrote: the lock makes it the only writer, so each stage's update need
+        # not read its own row back from the table.
+        self._written: dict[str, dict[str, Any]] = {}
 
     def get(self, run_id: str) -> dict[str, Any] | None:
+        if run_id in self._written:
+            return dict(self._written[run_id])
         if not self.warehouse.exists(RUNS, run_id=run_id):
             return None
         row = self.warehouse.read(RUNS, run_id=run_id).first()
@@ -123,6 +128,7 @@ class RunLog:
         row = {field.name: record.get(field.name) for field in SCHEMA.fields}
         df = self.warehouse.spark.createDataFrame([row], schema=SCHEMA)
         self.warehouse.write(df, RUNS, run_id=run_id)
+        self._written[run_id] = {**row, "run_id": run_id}
 
     def begin(self, run_id: str, cfg: Config) -> dict[str, Any]:
         """Start an attempt of ``run_id``; refuse one whose results-deciding settings differ."""
