@@ -51,6 +51,7 @@ RECOMMENDATION_SCHEMA = T.StructType(
         T.StructField("recent_score", T.DoubleType()),
         T.StructField("pop_score", T.DoubleType()),
         T.StructField("reason", T.StringType()),
+        T.StructField("reason_item_id", T.StringType()),
     ]
 )
 TUNE_SCHEMA = T.StructType(

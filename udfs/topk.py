@@ -322,7 +322,8 @@ def recommend_block(
     recent_sharpness: float = 1.0,
     cooc_half_life: float = 3.0,
 ) -> pd.DataFrame:
-    """Top-k rows per (model, user) with the score, its normalised parts and a reason."""
+    """Top-k rows per (model, user) with the score, its normalised parts, a reason and the
+    history item the reason names (None where it names none)."""
     candidates = ~ragged_mask(block["seen"], len(catalog))
     parts, defined = normalised_parts(
         block,
@@ -351,6 +352,7 @@ def recommend_block(
             ],
             axis=1,
         )
+        reasons, reason_items = _reasons(block, catalog, rows, items, contributions, history_cap)
         frames.append(
             pd.DataFrame(
                 {
@@ -364,7 +366,8 @@ def recommend_block(
                     "text_score": parts["text"][rows, items].astype(np.float64),
                     "recent_score": parts["recent"][rows, items].astype(np.float64),
                     "pop_score": parts["pop"][rows, items].astype(np.float64),
-                    "reason": _reasons(block, catalog, rows, items, contributions, history_cap),
+                    "reason": reasons,
+                    "reason_item_id": reason_items,
                 }
             )
         )
@@ -378,19 +381,21 @@ def _reasons(
     items: np.ndarray,
     contributions: np.ndarray,
     history: int,
-) -> np.ndarray:
-    """A short why per recommendation: the part that added most, and for a text part the
-    user's most similar recent history item."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """A short why per recommendation: the part that added most, and for a text or
+    co-occurrence part the user's closest recent history item, named in the text and returned
+    as an id of its own (so an analyst joins it to a title without parsing the text)."""
     dominant = contributions.argmax(axis=1)
     reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
     reasons[np.isneginf(contributions.max(axis=1))] = "ranked by the remaining signals"
+    reason_items = np.full(len(rows), None, dtype=object)
     history_idx = padded_history(block["seen"], history)[rows]  # (recommendations, width)
     known = np.maximum(history_idx, 0)
     is_text = np.isin(dominant, [PARTS.index("text"), PARTS.index("recent")])
     if is_text.any():
         sims = np.einsum("md,mwd->mw", catalog.text[items[is_text]], catalog.text[known[is_text]])
         has_text = (history_idx[is_text] >= 0) & catalog.has_text[known[is_text]]
-        reasons[is_text] = _name_closest(
+        reasons[is_text], reason_items[is_text] = _name_closest(
             history_idx[is_text],
             np.where(has_text, sims, -np.inf),
             catalog,
@@ -404,26 +409,27 @@ def _reasons(
         sims = np.where(listed, catalog.neighbour_sims[known[is_cooc]], -np.inf).max(
             axis=2, initial=-np.inf
         )
-        reasons[is_cooc] = _name_closest(
+        reasons[is_cooc], reason_items[is_cooc] = _name_closest(
             history_idx[is_cooc],
             np.where(history_idx[is_cooc] >= 0, sims, -np.inf),
             catalog,
             "often had with ",
             "often had with your items",
         )
-    return reasons
+    return reasons, reason_items
 
 
 def _name_closest(
     history_idx: np.ndarray, closeness: np.ndarray, catalog: ItemCatalog, prefix: str, fallback: str
-) -> np.ndarray:
-    """Per row, ``prefix`` + the id of its history item with the highest closeness, or
-    ``fallback`` where no history item has any (-inf everywhere)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, ``prefix`` + the id of its history item with the highest closeness, and that
+    id; ``fallback`` and None where no history item has any (-inf everywhere)."""
     closest = history_idx[np.arange(len(history_idx)), closeness.argmax(axis=1)]
-    return np.where(
-        np.isfinite(closeness.max(axis=1)),
-        np.char.add(prefix, catalog.ids[np.maximum(closest, 0)].astype(str)),
-        fallback,
+    named = np.isfinite(closeness.max(axis=1))
+    ids = catalog.ids[np.maximum(closest, 0)].astype(str)
+    return (
+        np.where(named, np.char.add(prefix, ids), fallback),
+        np.where(named, ids.astype(object), None),
     )
 
 
