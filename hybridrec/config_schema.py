@@ -119,6 +119,7 @@ RANGES: dict[str, Bounds] = {
     "embed.batch_size": COUNT,
     "embed.max_length": COUNT,
     "embed.partitions": SPARK_INT,
+    "embed.texts_per_task": COUNT,
     "embed.item_meta_weight": NON_NEGATIVE,
     "embed.recency_half_life_days": POSITIVE,
     "embed.text_neighbours": COUNT,

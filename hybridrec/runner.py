@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 
-from hybridrec import redaction, tracking
+from hybridrec import progress, redaction, tracking
 from hybridrec.config import (
     Config,
     ConfigError,
@@ -87,7 +87,7 @@ def run_stage(
     log.info("stage %s: starting (run %s)", name, run_id)
     started = time.perf_counter()
     try:
-        with tracking.job_run(cfg, run_id, name):
+        with progress.heartbeat(spark.sparkContext, name), tracking.job_run(cfg, run_id, name):
             results = dict(job(spark, cfg, run_id))
             results["seconds"] = time.perf_counter() - started
             tracking.log_job_metrics(results)

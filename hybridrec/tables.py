@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from hybridrec import catalog
 from hybridrec.config import Config
+from hybridrec.constants import ITEMS, RECOMMENDATIONS
 from hybridrec.session import work_path
 
 log = logging.getLogger(__name__)
@@ -237,29 +239,112 @@ class Warehouse:
         """Register ``name`` (partitioned by run) in the catalog and add new snapshots to it.
 
         ``columns``: those of the snapshot just written; a catalog entry that lacks one of them
-        (a column added since) or points at another folder is re-created. It is metadata only
-        (an external table): no data moves.
+        (a column added since), points at another folder or has another description is
+        re-created with the dictionary's comments (``hybridrec.catalog``), and so are its
+        analyst views. It is metadata only (an external table): no data moves.
         """
         table = self.qualified(name)
         if not any(self._has_data(self.snapshot_path(name, r)) for r in self.runs(name)):
             return  # no file to take a schema from yet
         if self.spark.catalog.tableExists(table) and not self._registered_here(name, columns):
             self.spark.sql("DROP TABLE IF EXISTS IDENTIFIER(:t)", args={"t": table})
-        if not self.spark.catalog.tableExists(table):
-            self.spark.catalog.createTable(
-                table, path=self.path(name), source="parquet", mergeSchema="true"
-            )
+        created = not self.spark.catalog.tableExists(table)
+        if created:
+            self._create_table(name)
         self.spark.catalog.recoverPartitions(table)
         self.spark.catalog.refreshTable(table)
+        if created:
+            self._create_views(name)
+
+    def _create_table(self, name: str) -> None:
+        schema = (
+            self.spark.read.option("basePath", self.path(name))
+            .option("mergeSchema", "true")
+            .parquet(self.path(name))
+            .schema
+        )
+        partitions = [RUN_COL, *self._inner_partitions(name)]
+        described = catalog.with_comments(name, schema)
+        # The column list is Spark's own DDL of the data's schema (types and comments escaped
+        # by Spark); names and values from config or paths travel as parameters.
+        ddl = self.spark._jvm.org.apache.spark.sql.types.DataType.fromJson(described.json()).toDDL()
+        self.spark.sql(
+            f"CREATE TABLE IDENTIFIER(:t) ({ddl}) USING parquet "
+            f"PARTITIONED BY ({', '.join(_quoted(c) for c in partitions)}) "
+            "LOCATION :location COMMENT :comment OPTIONS ('mergeSchema' = 'true')",
+            args={
+                "t": self.qualified(name),
+                "location": self.path(name),
+                "comment": catalog.table_comment(name) or "",
+            },
+        )
+
+    def _inner_partitions(self, name: str) -> list[str]:
+        """Partition columns below run_id (``fold``), from the folder names of a snapshot."""
+        for run_id in self.runs(name):
+            children = self._children(self.snapshot_path(name, run_id))
+            keys = [c.split("=", 1)[0] for c in children if "=" in c and not c.startswith("_")]
+            if keys:
+                return sorted(set(keys))
+        return []
 
     def _registered_here(self, name: str, columns: set[str] | None) -> bool:
         table = self.qualified(name)
         details = self.spark.sql("DESCRIBE TABLE EXTENDED IDENTIFIER(:t)", args={"t": table})
-        location = {r.col_name: r.data_type for r in details.collect()}.get("Location", "")
-        if _local(location) != _local(self.path(name)):
+        described = {r.col_name: r.data_type for r in details.collect()}
+        if _local(described.get("Location", "")) != _local(self.path(name)):
+            return False
+        if described.get("Comment", "") != (catalog.table_comment(name) or ""):
             return False
         registered = {c.name for c in self.spark.catalog.listColumns(table)}
         return columns is None or columns <= registered
+
+    # -- analyst views -----------------------------------------------------------------------
+
+    def _create_views(self, name: str) -> None:
+        """``<name>_latest`` (and ``recommendations_explained``); registering ``runs`` first
+        gives every table registered before it its view."""
+        if not self.spark.catalog.tableExists(self.qualified(catalog.RUNS)):
+            return  # the views select the newest complete run from runs
+        names = [name]
+        if name == catalog.RUNS:
+            names = [t for t in self.tables() if self.spark.catalog.tableExists(self.qualified(t))]
+        for table in names:
+            self._create_latest_view(table)
+        if {RECOMMENDATIONS, ITEMS} & set(names) and all(
+            self.spark.catalog.tableExists(self.qualified(t)) for t in (RECOMMENDATIONS, ITEMS)
+        ):
+            self._create_explained_view()
+
+    def _create_latest_view(self, name: str) -> None:
+        db = _quoted(self.database)
+        self.spark.sql(
+            f"CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
+            f"SELECT * FROM {db}.{_quoted(name)} WHERE {RUN_COL} = "
+            f"(SELECT max_by({RUN_COL}, started_at) FROM {db}.{catalog.RUNS} "
+            "WHERE status = 'complete')",
+            args={
+                "v": self.qualified(name + catalog.LATEST_SUFFIX),
+                "comment": f"{catalog.table_comment(name) or name}: the newest complete run",
+            },
+        )
+
+    def _create_explained_view(self) -> None:
+        db = _quoted(self.database)
+        recs = f"{db}.{_quoted(RECOMMENDATIONS + catalog.LATEST_SUFFIX)}"
+        items = f"{db}.{_quoted(ITEMS + catalog.LATEST_SUFFIX)}"
+        self.spark.sql(
+            "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
+            "SELECT r.user_id, r.rank, r.item_id, i.title, r.score, r.cf_score, r.cooc_score, "
+            "r.text_score, r.recent_score, r.pop_score, r.reason, r.reason_item_id, "
+            f"p.title AS reason_item_title, r.{RUN_COL} FROM {recs} r "
+            f"LEFT JOIN {items} i ON i.item_id = r.item_id "
+            f"LEFT JOIN {items} p ON p.item_id = r.reason_item_id",
+            args={
+                "v": self.qualified(catalog.EXPLAINED),
+                "comment": catalog.EXPLAINED_DESCRIPTION,
+            },
+        )
 
     def register_all(self, names: Iterable[str]) -> list[str]:
         """Register every table of ``names`` that has a snapshot."""
@@ -267,6 +352,12 @@ class Warehouse:
         for name in present:
             self.register(name)
         return present
+
+
+def _quoted(identifier: str) -> str:
+    """A backquoted identifier. View bodies cannot take parameters; the names quoted here are
+    the validated ``run.database`` and the table names of this package."""
+    return "`" + identifier.replace("`", "``") + "`"
 
 
 def _local(path: str) -> str:

@@ -17,7 +17,7 @@ from functools import reduce
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import embedding, scoring
+from hybridrec import embedding, progress, scoring
 from hybridrec.config import Config
 from hybridrec.constants import (
     EMBEDDING_COL,
@@ -61,7 +61,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         cache = cache.where(F.col("model_id") == model_id).dropDuplicates(["text_hash"])
     todo = embedding.texts_to_encode(documents, cache, model_id).cache()
     n_todo = todo.count()
-    partitions = cfg.embed.partitions or spark.sparkContext.defaultParallelism
+    # Tasks of at most embed.texts_per_task texts: progress can be seen (and a lost task
+    # redone) in steps, and reused Python workers keep the encoder loaded across tasks.
+    partitions = cfg.embed.partitions or max(
+        spark.sparkContext.defaultParallelism, -(-n_todo // cfg.embed.texts_per_task)
+    )
     encode = encode_texts_udf(
         model_path=model_path,
         device=cfg.embed.device,
@@ -84,7 +88,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     if cache is not None:
         reused = cache.join(documents.select("text_hash").distinct(), "text_hash", "left_semi")
         encoded = encoded.unionByName(reused.select("text_hash", "model_id", EMBEDDING_COL))
-    n_vectors = warehouse.write(encoded, TEXT_EMBEDDINGS)
+    with progress.working_on("encoding", n_todo, "texts"):
+        n_vectors = warehouse.write(encoded, TEXT_EMBEDDINGS)
     encode_seconds = time.perf_counter() - started
     log.info(
         "encoded %d texts in %.1fs (%.1f texts/s); %d vectors in this run's snapshot",

@@ -16,7 +16,7 @@ import mlflow
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from hybridrec import scoring
+from hybridrec import progress, scoring
 from hybridrec.config import Config
 from hybridrec.constants import (
     BASELINE_WEIGHTS,
@@ -56,15 +56,14 @@ def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd
     users = users.cache()
     grid = weight_grid(cfg.score.weight_grid_step)
     sharpness_grid = [float(p) for p in cfg.score.recent_sharpness_grid]
-    results = pd.concat(
-        [
-            scoring.tune(users, catalog, grid, cfg, recent_sharpness=p)
-            .toPandas()
-            .assign(recent_sharpness=p, _order=i)
-            for i, p in enumerate(sharpness_grid)
-        ],
-        ignore_index=True,
-    )
+    frames = []
+    for i, p in enumerate(sharpness_grid):
+        point = f"weight grid {i + 1} of {len(sharpness_grid)} (recent sharpness {p:g})"
+        log.info("%s: %d weight sets on validation", point, len(grid))
+        with progress.working_on(point):
+            tuned = scoring.tune(users, catalog, grid, cfg, recent_sharpness=p).toPandas()
+        frames.append(tuned.assign(recent_sharpness=p, _order=i))
+    results = pd.concat(frames, ignore_index=True)
     users.unpersist()
     if results.empty:
         log.warning("no validation interactions: keeping the configured weights")

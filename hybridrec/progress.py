@@ -1,0 +1,93 @@
+"""A progress line at least every ``interval`` seconds while a stage runs, never a flood.
+
+A long Spark action (encoding texts, a weight grid, a write) logs nothing until it ends; an
+operator watching the log cannot tell a slow stage from a hung one. While a stage runs, a
+daemon thread checks how long the log has been quiet and, past ``interval`` seconds, logs the
+stage's elapsed time and what Spark is doing (active stages, tasks done of total), with an
+estimate of the work items done when the job said how many there are (``working_on``). Any
+other log line resets the clock, so a chatty stage gets no extra lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+from pyspark import SparkContext
+
+log = logging.getLogger("hybridrec.progress")
+
+_current: dict[str, object] = {}
+
+
+class _LastRecord(logging.Handler):
+    """Remembers when anything was last logged (from any logger, any thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.at = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.at = time.monotonic()
+
+
+@contextlib.contextmanager
+def working_on(what: str, total: int | None = None, unit: str = "") -> Iterator[None]:
+    """Say what a long Spark action does, e.g. ``with working_on("encoding", 10721, "texts")``:
+    progress lines meanwhile estimate how many of them are done from the tasks finished."""
+    _current.update(what=what, total=total, unit=unit)
+    try:
+        yield
+    finally:
+        _current.clear()
+
+
+@contextlib.contextmanager
+def heartbeat(sc: SparkContext, stage: str, interval: float = 25.0) -> Iterator[None]:
+    """Log ``stage``'s progress whenever the log has been quiet for ``interval`` seconds."""
+    last = _LastRecord()
+    root = logging.getLogger()
+    root.addHandler(last)
+    stop = threading.Event()
+    started = time.monotonic()
+    _current.clear()
+
+    def beat() -> None:
+        while not stop.wait(min(5.0, interval / 2)):
+            if time.monotonic() - last.at >= interval:
+                log.info("%s", describe(sc, stage, time.monotonic() - started))
+
+    thread = threading.Thread(target=beat, name=f"progress-{stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        root.removeHandler(last)
+        _current.clear()
+
+
+def describe(sc: SparkContext, stage: str, elapsed: float) -> str:
+    """``stage embed: 75s in; encoding: Spark stage 14: 5 of 11 tasks done (~4873 of 10721
+    texts)``; without an active Spark stage, the driver is working (planning, a catalog call)."""
+    text = f"stage {stage}: {elapsed:.0f}s in"
+    what = _current.get("what")
+    if what:
+        text += f"; {what}"
+    tracker = sc.statusTracker()
+    infos = [info for info in map(tracker.getStageInfo, tracker.getActiveStageIds()) if info]
+    if not infos:
+        return text + "; no Spark stage running (driver work)"
+    done = sum(info.numCompletedTasks for info in infos)
+    tasks = sum(info.numTasks for info in infos)
+    ids = ",".join(str(info.stageId) for info in sorted(infos, key=lambda i: i.stageId))
+    text += f"; Spark stage {ids}: {done} of {tasks} tasks done"
+    total = _current.get("total")
+    if total and tasks:
+        unit = f" {_current['unit']}" if _current.get("unit") else ""
+        text += f" (~{int(total * done / tasks)} of {total}{unit})"
+    return text

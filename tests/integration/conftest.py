@@ -1,0 +1,70 @@
+"""One finished pipeline run on a tiny sample, made by the real CLI in its own process, that the
+analyst-facing tests (fresh sessions, SQL over JDBC, the notebook) read as a user would: from new
+processes. The pytest process never opens this run's metastore, because embedded Derby serves
+one process at a time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Small enough for CI, large enough that every table, segment and reason kind has rows.
+TINY_SETTINGS = {
+    "source": {"sample": {"n_users": 80, "n_items": 50, "events_per_user": 8}},
+    "als": {"max_iter": 3, "grid": {"rank": [4], "reg_param": [0.1], "alpha": [1.0]}},
+    "score": {"weight_grid_step": 0.5, "recent_sharpness_grid": [1.0], "k": 5},
+    "evaluate": {"k": 5},
+    "embed": {"text_neighbours": 10},
+    "spark": {"master": "local[2]", "shuffle_partitions": 2},
+}
+
+
+@dataclass
+class AnalystRun:
+    """Where the run lives and how to reach it: ``conf`` is the overlay list every command and the
+    notebook (``HYBRIDREC_CONF``) take; ``log`` is the run's whole stdout and stderr."""
+
+    run_id: str
+    work_dir: Path
+    conf: list[str]
+    log: str
+
+    def env(self) -> dict[str, str]:
+        """The environment of a new process: no tracking URI exported by an earlier in-process
+        run, and the notebook's config."""
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env["HYBRIDREC_CONF"] = ",".join(self.conf)
+        return env
+
+    def conf_args(self) -> list[str]:
+        return [arg for path in self.conf for arg in ("--conf", path)]
+
+
+@pytest.fixture(scope="session")
+def analyst_run(tmp_path_factory: pytest.TempPathFactory) -> AnalystRun:
+    root = tmp_path_factory.mktemp("analyst")
+    work_dir = root / "work"
+    overlay = root / "tiny.yaml"
+    overlay.write_text(
+        yaml.safe_dump({**TINY_SETTINGS, "run": {"work_dir": str(work_dir)}}), encoding="utf-8"
+    )
+    run = AnalystRun("analyst-run", work_dir, [str(REPO / "conf/local.yaml"), str(overlay)], "")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", *run.conf_args(), "--run-id", run.run_id],
+        cwd=REPO,
+        env=run.env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    run.log = done.stdout + done.stderr
+    assert done.returncode == 0, run.log[-4000:]
+    return run

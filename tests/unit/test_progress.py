@@ -1,0 +1,44 @@
+"""Progress lines: one whenever the log goes quiet during a stage, none while it is chatty."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from hybridrec import progress
+
+# A lambda travels to the Python workers by value; a module function would need this module.
+_slow = lambda x: __import__("time").sleep(1.5) or x  # noqa: E731
+
+
+def test_a_quiet_stage_says_what_spark_is_doing(spark, caplog):
+    caplog.set_level(logging.INFO, logger="hybridrec.progress")
+    with progress.heartbeat(spark.sparkContext, "embed", interval=1.0):
+        with progress.working_on("encoding", 400, "texts"):
+            spark.sparkContext.parallelize(range(4), 4).map(_slow).count()
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "hybridrec.progress"]
+    assert lines, "no progress line in a silent stage"
+    assert all(line.startswith("stage embed: ") for line in lines)
+    assert any("encoding; Spark stage" in line and "of 4 tasks done" in line for line in lines)
+    assert any(" of 400 texts)" in line for line in lines)
+
+
+def test_no_progress_line_while_the_stage_logs_by_itself(spark, caplog):
+    caplog.set_level(logging.INFO)
+    chatty = logging.getLogger("hybridrec.test")
+    with progress.heartbeat(spark.sparkContext, "score", interval=1.5):
+        for _ in range(8):
+            chatty.info("working")
+            time.sleep(0.4)
+
+    assert not [r for r in caplog.records if r.name == "hybridrec.progress"]
+
+
+def test_progress_stops_with_the_stage(spark, caplog):
+    caplog.set_level(logging.INFO, logger="hybridrec.progress")
+    with progress.heartbeat(spark.sparkContext, "als", interval=0.5):
+        pass
+    time.sleep(1.5)
+
+    assert not [r for r in caplog.records if r.name == "hybridrec.progress"]
