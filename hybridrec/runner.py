@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 
-from hybridrec import progress, redaction, tracking
+from hybridrec import progress, redaction, summary, tracking
 from hybridrec.config import (
     Config,
     ConfigError,
@@ -134,17 +134,20 @@ def run_stages(
         history.end(run_id, status)
         if status == COMPLETE:
             history.apply_retention(cfg.run.keep_runs)
-    log.info(
-        "run %s %s in %.1fs (stages done: %s); tables: %s (catalog database %s, table runs); "
-        "MLflow: %s",
-        run_id,
-        status,
-        time.perf_counter() - started,
-        record.get("stages_done"),
-        warehouse.db_root,
-        warehouse.database,
-        tracking.display_uri(cfg),
-    )
+    lines = [
+        f"run {run_id} {status} in {time.perf_counter() - started:.1f}s "
+        f"(stages done: {record.get('stages_done')})"
+    ]
+    try:
+        if status == COMPLETE:
+            metrics, gaps = summary.headline_tables(warehouse, run_id)
+            lines += summary.format_headline(metrics, gaps, cfg.evaluate.confidence)
+        lines += summary.where_things_are(
+            cfg, warehouse, tracking.tracking_uri(cfg), tracking.pipeline_run_id(cfg, run_id)
+        )
+    except Exception:  # the run itself succeeded: a summary that cannot be made is no failure
+        log.warning("could not summarise run %s", run_id, exc_info=True)
+    log.info("%s", "\n".join(lines))
     return results
 
 

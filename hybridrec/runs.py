@@ -204,8 +204,8 @@ class RunLog:
         return failed
 
     def apply_retention(self, keep_runs: int) -> list[str]:
-        """Remove every table's snapshots of runs older than the ``keep_runs`` newest complete
-        runs, and staging leftovers. Run records stay, as history."""
+        """Remove every table's snapshots (and report files) of runs older than the ``keep_runs``
+        newest complete runs, and staging leftovers. Run records stay, as history."""
         records = self.all()
         complete = sorted(
             (r for r in records if r["status"] == COMPLETE),
@@ -219,6 +219,7 @@ class RunLog:
         tables = [t for t in self.warehouse.tables() if t != RUNS]
         for table in tables:
             self.warehouse.drop_runs(table, sorted(expired & set(self.warehouse.runs(table))))
+        self.warehouse.drop_reports(sorted(expired))
         leftovers = self.warehouse.clear_leftovers()
         if expired or leftovers:
             log.info(

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 RUN_COL = "run_id"
 STAGING = "_staging"
 TRASH = "_trash"
+REPORTS = "_reports"  # per-run files beside the tables (plots), removed with the run's snapshots
 
 
 class MissingTableError(RuntimeError):
@@ -71,6 +72,9 @@ class Warehouse:
 
     def snapshot_path(self, name: str, run_id: str) -> str:
         return f"{self.path(name)}/{RUN_COL}={run_id}"
+
+    def report_path(self, run_id: str) -> str:
+        return f"{self.db_root}/{REPORTS}/{RUN_COL}={run_id}"
 
     def qualified(self, name: str) -> str:
         return f"{self.database}.{name}"
@@ -221,6 +225,10 @@ class Warehouse:
                     args={"t": self.qualified(name), "r": run_id},
                 )
             self._delete(self.snapshot_path(name, run_id))
+
+    def drop_reports(self, run_ids: Iterable[str]) -> None:
+        for run_id in run_ids:
+            self._delete(self.report_path(run_id))
 
     def clear_leftovers(self) -> list[str]:
         """Staging and trash folders of killed writes (call only while holding the run lock)."""

@@ -71,6 +71,21 @@ def _experiment_id(cfg: Config) -> str:
     return client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts)
 
 
+def pipeline_run_id(cfg: Config, run_id: str) -> str | None:
+    """The MLflow id of pipeline run ``run_id``'s parent run, if it has one."""
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}' and tags.`{ROLE_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
 def _parent_run_id(cfg: Config, experiment_id: str, run_id: str) -> str:
     """The pipeline run's parent: found by its tag, else created with the settings that decide
     results as params (a run id never changes them: see ``runs.RunLog.begin``) and the

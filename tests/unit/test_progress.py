@@ -13,9 +13,11 @@ _slow = lambda x: __import__("time").sleep(1.5) or x  # noqa: E731
 
 def test_a_quiet_stage_says_what_spark_is_doing(spark, caplog):
     caplog.set_level(logging.INFO, logger="hybridrec.progress")
-    with progress.heartbeat(spark.sparkContext, "embed", interval=1.0):
-        with progress.working_on("encoding", 400, "texts"):
-            spark.sparkContext.parallelize(range(4), 4).map(_slow).count()
+    with (
+        progress.heartbeat(spark.sparkContext, "embed", interval=1.0),
+        progress.working_on("encoding", 400, "texts"),
+    ):
+        spark.sparkContext.parallelize(range(4), 4).map(_slow).count()
 
     lines = [r.getMessage() for r in caplog.records if r.name == "hybridrec.progress"]
     assert lines, "no progress line in a silent stage"

@@ -4,6 +4,7 @@ changes no table, a run id keeps its settings, retention keeps the newest comple
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -101,10 +102,17 @@ def test_retention_keeps_the_newest_complete_runs_only(spark, tmp_path):
     for run_id, day in started.items():
         log._put(run_id, {"status": status[run_id], "started_at": datetime(2026, 1, day)})
         warehouse.write(spark.range(day).toDF("x"), "table_a", run_id=run_id)
+        report = Path(warehouse.report_path(run_id))
+        report.mkdir(parents=True)
+        (report / "metrics_by_model.png").write_bytes(b"png")
 
     expired = log.apply_retention(keep_runs=1)
 
     assert expired == ["R0", "R1"]
     assert warehouse.runs("table_a") == ["R2", "R3"]
+    assert sorted(p.name for p in Path(warehouse.report_path("R2")).parent.iterdir()) == [
+        "run_id=R2",
+        "run_id=R3",
+    ]
     assert sorted(r["run_id"] for r in log.all()) == ["R0", "R1", "R2", "R3"]  # history stays
     assert warehouse.runs(RUNS) == ["R0", "R1", "R2", "R3"]

@@ -346,7 +346,8 @@ def test_recommend_block_reasons_name_the_dominant_part():
     assert reasons[("warm", "d")] == "liked by similar users"  # cf 0.6 > text 0.18
     assert reasons[("warm", "e")] == "similar to c"
     assert reasons[("warm", "b")] == "similar to c"
-    named = dict(zip(zip(recs["user_id"], recs["item_id"]), recs["reason_item_id"]))
+    pairs = zip(recs["user_id"], recs["item_id"], strict=True)
+    named = dict(zip(pairs, recs["reason_item_id"], strict=True))
     assert named[("cold", "d")] == "a" and named[("warm", "b")] == "c"
     assert named[("cold", "e")] is None and named[("warm", "d")] is None
 
