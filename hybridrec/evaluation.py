@@ -161,24 +161,43 @@ def segment_truth(truth: DataFrame, history: DataFrame, fraction: float) -> dict
 
     ``sparse_users``: the ``fraction`` of truth users with the fewest history items.
     ``tail_items``: truth rows whose item is among the ``fraction`` of catalog items with the
-    fewest history users. Both are where text has to carry what CF cannot. The orderings are
-    global windows: exact, and cheap next to everything else at one row per user or item.
+    fewest history users. Both are where text has to carry what CF cannot.
     """
     user_items = history.groupBy(USER_COL).agg(F.countDistinct(ITEM_COL).alias("n"))
     users = truth.select(USER_COL).distinct().join(user_items, USER_COL, "left").fillna(0, ["n"])
-    n_users = users.count()
-    sparse = users.withColumn("_r", F.row_number().over(Window.orderBy("n", USER_COL))).where(
-        F.col("_r") <= max(1, round(fraction * n_users))
-    )
     items = truth.select(ITEM_COL).unionByName(history.select(ITEM_COL)).distinct()
     item_users = history.groupBy(ITEM_COL).agg(F.countDistinct(USER_COL).alias("n"))
     items = items.join(item_users, ITEM_COL, "left").fillna(0, ["n"])
-    n_items = items.count()
-    tail = items.withColumn("_r", F.row_number().over(Window.orderBy("n", ITEM_COL))).where(
-        F.col("_r") <= max(1, round(fraction * n_items))
-    )
+    sparse = fewest(users, USER_COL, fraction)
+    tail = fewest(items, ITEM_COL, fraction)
     return {
         "all": truth,
         "sparse_users": truth.join(sparse.select(USER_COL), USER_COL, "left_semi"),
         "tail_items": truth.join(tail.select(ITEM_COL), ITEM_COL, "left_semi"),
     }
+
+
+def fewest(counts: DataFrame, key: str, fraction: float) -> DataFrame:
+    """The ``fraction`` of ``counts`` rows (``key``, ``n``) with the smallest ``n``, ties broken
+    by ``key``: exactly what a global ``row_number() over (order by n, key)`` would pick, without
+    moving every row to one partition. The histogram of ``n`` (one row per distinct count) finds
+    the cutoff count; only the rows at the cutoff are ranked, within their count."""
+    histogram = counts.groupBy("n").count().orderBy("n").collect()
+    wanted = max(1, round(fraction * sum(row["count"] for row in histogram)))
+    below = 0
+    cutoff, at_cutoff = None, 0
+    for row in histogram:
+        if below + row["count"] >= wanted:
+            cutoff, at_cutoff = row["n"], wanted - below
+            break
+        below += row["count"]
+    if cutoff is None:
+        return counts.select(key)
+    ranked = counts.where(F.col("n") == cutoff).withColumn(
+        "_r", F.row_number().over(Window.partitionBy("n").orderBy(key))
+    )
+    return (
+        counts.where(F.col("n") < cutoff)
+        .select(key)
+        .unionByName(ranked.where(F.col("_r") <= at_cutoff).select(key))
+    )

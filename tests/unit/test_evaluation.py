@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
@@ -403,3 +405,19 @@ def test_segment_truth_small_fraction_keeps_at_least_one(segment_data):
     # 0.1 of 4 rounds to 0: still the single sparsest user (u4) and rarest item (t1).
     assert _rows(segments["sparse_users"]) == [("u4", "i1"), ("u4", "t1")]
     assert _rows(segments["tail_items"]) == [("u1", "t1"), ("u4", "t1")]
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.5, 0.9, 1.0])
+def test_fewest_matches_a_global_ordering_without_a_global_window(spark, fraction):
+    rng = np.random.default_rng(7)
+    counts = pd.DataFrame({"key": [f"k{i:03d}" for i in range(200)]})
+    counts["n"] = rng.integers(0, 6, len(counts))  # many ties
+    wanted = max(1, round(fraction * len(counts)))
+    expected = sorted(counts.sort_values(["n", "key"])["key"].head(wanted))
+
+    picked = evaluation.fewest(spark.createDataFrame(counts), "key", fraction)
+
+    assert sorted(r.key for r in picked.collect()) == expected
+    # A global window shows as an exchange of every row into one partition.
+    plan = picked._jdf.queryExecution().executedPlan().toString()
+    assert "Window" in plan and "SinglePartition" not in plan
