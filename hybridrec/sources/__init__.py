@@ -14,6 +14,8 @@ record``), null for a record it could read. ``source`` names the table first
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -105,12 +107,43 @@ def read_raw(spark: SparkSession, cfg: Config) -> RawTables:
     return amazon.read(spark, cfg.source.amazon.reviews_path, cfg.source.amazon.meta_path)
 
 
+# Local data travels inside the tasks that read it. Below a size threshold Spark makes it a
+# local relation split into only defaultParallelism tasks (3 MB each for the sample on 2 cores;
+# Spark warns above 1000 KiB a task); above it, one task per Arrow batch. So: always the batch
+# path, with batches cut well below the warning.
+LOCAL_TASK_BYTES = 256 * 1024
+ARROW_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
+LOCAL_RELATION_BYTES = "spark.sql.execution.arrow.localRelationThreshold"
+
+
+def rows_per_task(frame: pd.DataFrame) -> int:
+    """Rows of ``frame`` that fit in ``LOCAL_TASK_BYTES``."""
+    if frame.empty:
+        return 1
+    row_bytes = frame.memory_usage(index=False, deep=True).sum() / len(frame)
+    return max(1, int(LOCAL_TASK_BYTES // max(row_bytes, 1)))
+
+
+@contextlib.contextmanager
+def _arrow_batch_rows(spark: SparkSession, rows: int) -> Iterator[None]:
+    settings = {ARROW_BATCH_ROWS: str(rows), LOCAL_RELATION_BYTES: "0"}
+    before = {key: spark.conf.get(key) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+
+
 def frame_to_raw(
     spark: SparkSession, frame: pd.DataFrame, schema: T.StructType, source: str
 ) -> DataFrame:
     """A pandas frame (sample data, test data) in the raw shape, the row itself as ``raw``."""
     frame = frame[[f.name for f in schema.fields]].astype(object).where(frame.notna(), None)
-    df = spark.createDataFrame(frame, schema=schema)
+    with _arrow_batch_rows(spark, rows_per_task(frame)):
+        df = spark.createDataFrame(frame, schema=schema)
     return df.select(
         "*",
         F.to_json(F.struct(*schema.fieldNames())).alias("raw"),

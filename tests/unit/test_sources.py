@@ -406,3 +406,29 @@ def test_amazon_bad_bytes_and_missing_overall_are_rejected(spark, tmp_path):
         ("invalid encoding", good.replace("U1", "U\ufffd1")),
         ("rating event without rating", no_overall),
     ]
+
+
+def test_local_frames_travel_in_tasks_far_below_sparks_size_warning(spark):
+    import pandas as pd
+
+    from hybridrec.sources import LOCAL_TASK_BYTES, frame_to_raw
+
+    n = 6000  # ~2 MB of review text: one task each used to carry half of it
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(n)],
+            "item_id": [f"i{i % 50}" for i in range(n)],
+            "rating": [4.0] * n,
+            "summary": ["fine"] * n,
+            "review_text": ["words " * 60] * n,
+            "event_ts": ["2026-01-01"] * n,
+        }
+    )
+    before = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+
+    raw = frame_to_raw(spark, frame, REVIEW_SCHEMA, "reviews:test")
+
+    partitions = raw.rdd.getNumPartitions()
+    assert partitions >= frame.memory_usage(deep=True).sum() // LOCAL_TASK_BYTES
+    assert raw.count() == n and raw.where("review_text IS NULL").count() == 0
+    assert spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == before
