@@ -84,15 +84,12 @@ def where_things_are(
 ) -> list[str]:
     args = " ".join(shlex.quote(a) for a in config_args(cfg))
     db = warehouse.database
-    hybridrec_conf = ",".join(
-        str(Path(s).resolve()) for s in cfg.sources[1:] if not s.startswith("--set ")
-    )
     lines = [
         f"tables: {warehouse.db_root} (catalog database {db}; each table has a <table>_latest "
         "view of the newest complete run, and recommendations_explained)",
         f'  hybridrec sql {args} "SELECT * FROM {db}.metrics_latest"',
         f"  hybridrec sql-server {args}   # JDBC for BI tools and beeline",
-        f"notebook: HYBRIDREC_CONF={shlex.quote(hybridrec_conf)} jupyter lab {NOTEBOOK}",
+        f"notebook: HYBRIDREC_ARGS={shlex.quote(args)} jupyter lab {NOTEBOOK}",
         f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(mask_text(tracking_uri))}",
     ]
     if mlflow_run_id:

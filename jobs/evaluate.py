@@ -13,18 +13,14 @@ import logging
 import sys
 from functools import reduce
 
-import matplotlib
+import mlflow
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-matplotlib.use("Agg")  # batch job: no display
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from pyspark.sql import DataFrame, SparkSession  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-
-from hybridrec import evaluation, scoring, tracking  # noqa: E402
-from hybridrec.config import Config  # noqa: E402
-from hybridrec.constants import (  # noqa: E402
+from hybridrec import evaluation, plots, scoring, tracking
+from hybridrec.config import Config
+from hybridrec.constants import (
     BASELINE_RECOMMENDATIONS,
     BASELINE_WEIGHTS,
     COMPARISONS,
@@ -38,12 +34,13 @@ from hybridrec.constants import (  # noqa: E402
     SPLIT_COL,
     TEST,
 )
-from hybridrec.folds import history  # noqa: E402
-from hybridrec.runner import job_main  # noqa: E402
-from hybridrec.tables import Warehouse  # noqa: E402
-from udfs.topk import PARTS  # noqa: E402
+from hybridrec.folds import history
+from hybridrec.runner import job_main
+from hybridrec.tables import Warehouse
+from udfs.topk import PARTS
 
 NAME = "evaluate"
+FIGURE = "metrics_by_model.png"
 # The gaps that reach the log and MLflow metrics; comparisons.csv and the table hold every one.
 HEADLINE_METRICS = ("ndcg", "hr")
 log = logging.getLogger(__name__)
@@ -132,19 +129,6 @@ def log_comparisons(table: pd.DataFrame, confidence: float) -> None:
     )
 
 
-def plot_metrics(metrics: pd.DataFrame, k: int):
-    """Grouped bars: one group per metric, one bar per model."""
-    wide = metrics.pivot(index="metric", columns="model", values="value")
-    wide = wide[[m for m in MODELS if m in wide.columns]]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    wide.plot.bar(ax=ax, rot=0, width=0.8)
-    ax.set_title(f"hybridrec: metrics at K={k} on the test split")
-    ax.set_ylabel("value")
-    ax.legend(title="model")
-    fig.tight_layout()
-    return fig
-
-
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
     k = cfg.evaluate.k
@@ -167,26 +151,40 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse.write(metrics, METRICS, run_id=run_id)
     warehouse.write(comparisons, COMPARISONS, run_id=run_id)
     table = warehouse.read(METRICS).drop("run_id").toPandas()
-    wide = table.pivot_table(index=["segment", "model"], columns="metric", values="value")
-    log.info("metrics at K=%d:\n%s", k, wide.to_string(float_format="%.4f"))
-    results = {
+    overall = table[table["segment"] == "all"]
+    wide = overall.pivot_table(index="model", columns="metric", values="value").reindex(
+        [m for m in MODELS if m in set(overall["model"])]
+    )
+    log.info(
+        "metrics at K=%d, all test users (per segment: the metrics table and MLflow):\n%s",
+        k,
+        wide.to_string(float_format="%.4f"),
+    )
+    every_metric = {
         f"{r.model}.{'' if r.segment == 'all' else r.segment + '.'}{r.metric}_at_{r.k}": r.value
         for r in table.itertuples()
     }
     compared = warehouse.read(COMPARISONS).toPandas()
-    log_comparisons(compared, cfg.evaluate.confidence)
-    # To MLflow alone: the job's results stay a short line in the log.
+    log_comparisons(compared[compared["segment"] == "all"], cfg.evaluate.confidence)
     gaps = {}
     for r in compared[compared["metric"].isin(HEADLINE_METRICS)].itertuples():
         name = f"hybrid_minus_{r.model}.{'' if r.segment == 'all' else r.segment + '.'}{r.metric}"
         gaps[f"{name}_at_{r.k}"] = r.difference
         gaps[f"{name}_p_value_at_{r.k}"] = r.p_value
-    tracking.log_job_metrics({**results, **gaps}, parent_too=True)
-    figure = plot_metrics(table[table["segment"] == "all"], k)
-    tracking.log_figure(figure, "metrics_by_model.png")
-    plt.close(figure)
+    # Every metric and gap to MLflow; the job's results (its log line) stay the headline.
+    tracking.log_job_metrics({**every_metric, **gaps}, parent_too=True)
+    figure = plots.metrics_figure(table, compared, k)
+    tracking.log_figure(figure, FIGURE)
+    plots.write_report(warehouse, run_id, FIGURE, plots.png_bytes(figure))
+    plots.close(figure)
     mlflow.log_text(table.to_csv(index=False), "metrics.csv")
     mlflow.log_text(compared.drop(columns="run_id").to_csv(index=False), "comparisons.csv")
+    results = {
+        f"{model}.ndcg_at_{k}": every_metric[f"{model}.ndcg_at_{k}"]
+        for model in MODELS
+        if f"{model}.ndcg_at_{k}" in every_metric
+    }
+    results[f"{HYBRID}.hr_at_{k}"] = every_metric.get(f"{HYBRID}.hr_at_{k}", float("nan"))
     return results
 
 

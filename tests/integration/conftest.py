@@ -6,6 +6,7 @@ one process at a time."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ TINY_SETTINGS = {
 @dataclass
 class AnalystRun:
     """Where the run lives and how to reach it: ``conf`` is the overlay list every command and the
-    notebook (``HYBRIDREC_CONF``) take; ``log`` is the run's whole stdout and stderr."""
+    notebook (``HYBRIDREC_ARGS``) take; ``log`` is the run's whole stdout and stderr."""
 
     run_id: str
     work_dir: Path
@@ -41,7 +42,7 @@ class AnalystRun:
         """The environment of a new process: no tracking URI exported by an earlier in-process
         run, and the notebook's config."""
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env["HYBRIDREC_CONF"] = ",".join(self.conf)
+        env["HYBRIDREC_ARGS"] = shlex.join(self.conf_args())
         return env
 
     def conf_args(self) -> list[str]:
