@@ -30,7 +30,7 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6"],
         # notebooks/explore_run.ipynb: Jupyter Lab to open it, nbconvert to run it headless.
-        "notebook": ["jupyterlab>=4", "nbconvert>=7", "ipykernel>=6"],
+        "notebook": ["jupyterlab>=4", "nbconvert>=7", "ipykernel>=6", "ipywidgets>=8"],
     },
     entry_points={"console_scripts": ["hybridrec=pipelines.cli:main"]},
 )
