@@ -51,8 +51,11 @@ FOLD = (
     "validation: fitted on train, judged on validation (tuning); test: refitted on train + "
     "validation, judged on test and served; partition column"
 )
+# score.normalisation scales each part per user over their candidate items: zscore (default;
+# standard deviations from the user's mean, 0 = no preference), minmax (0-1) or rank (0-1).
 SCORE_PARTS = {
-    "cf_score": "ALS collaborative part, normalised over the user's candidates (0-1 with minmax)",
+    "cf_score": "ALS collaborative part, normalised per user (score.normalisation: z-score by "
+    "default, 0 = the user's average candidate)",
     "cooc_score": "item co-occurrence part, normalised like cf_score",
     "text_score": "review/item text similarity part (whole history), normalised like cf_score",
     "recent_score": "text similarity to the user's recent items, normalised like cf_score",

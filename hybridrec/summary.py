@@ -73,7 +73,7 @@ def format_headline(metrics: pd.DataFrame, gaps: pd.DataFrame, confidence: float
                 "tie" if row.ci_low <= 0 <= row.ci_high else "better" if row.ci_low > 0 else "worse"
             )
             lines.append(
-                f"  {row.metric}@{k} vs {row.model:<10} {row.difference:+.4f} "
+                f"  {row.metric + '@' + str(k):<8} vs {row.model:<10} {row.difference:+.4f} "
                 f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}] p={row.p_value:.3f} ({verdict})"
             )
     return lines

@@ -304,8 +304,11 @@ class Warehouse:
             return False
         if described.get("Comment", "") != (catalog.table_comment(name) or ""):
             return False
-        registered = {c.name for c in self.spark.catalog.listColumns(table)}
-        return columns is None or columns <= registered
+        registered = {c.name: c.description for c in self.spark.catalog.listColumns(table)}
+        documented = catalog.TABLES[name].columns if name in catalog.TABLES else {}
+        if any(registered.get(c, comment) != comment for c, comment in documented.items()):
+            return False  # the dictionary changed since
+        return columns is None or columns <= set(registered)
 
     # -- analyst views -----------------------------------------------------------------------
 

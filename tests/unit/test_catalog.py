@@ -94,3 +94,17 @@ def test_the_readme_lists_the_dictionarys_tables():
     block = re.search(r"<!-- tables:begin -->\n(.*?)<!-- tables:end -->", text, re.S)
     assert block, "README.md lost its generated table list markers"
     assert block.group(1) == catalog.markdown(), "regenerate: python -m hybridrec.catalog"
+
+
+def test_a_changed_dictionary_reaches_a_registered_table(spark, warehouse, monkeypatch):
+    _run(spark, warehouse, "r1", "complete", 1)
+    warehouse.write(_metrics(spark, 0.1), "metrics")
+    doc = catalog.TABLES["metrics"]
+    changed = catalog.TableDoc(doc.description, {**doc.columns, "value": "the new meaning"})
+    monkeypatch.setitem(catalog.TABLES, "metrics", changed)
+
+    warehouse.write(_metrics(spark, 0.2), "metrics")
+
+    columns = spark.catalog.listColumns("hybridrec.metrics")
+    assert {c.name: c.description for c in columns}["value"] == "the new meaning"
+    assert [r.value for r in spark.table("hybridrec.metrics_latest").collect()] == [0.2]

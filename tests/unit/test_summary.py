@@ -29,8 +29,8 @@ def test_headline_shows_each_model_and_says_which_gaps_are_ties():
     text = "\n".join(lines)
     assert "ndcg@10" in lines[1] and "hr@10" in lines[1]
     assert [ln.split()[0] for ln in lines[2:4]] == ["hybrid", "als"]  # model order, not a-z
-    assert "ndcg@10 vs als        +0.1000 [+0.0500, +0.1500] p=0.001 (better)" in text
-    assert "hr@10 vs als        +0.0100 [-0.0200, +0.0400] p=0.400 (tie)" in text
+    assert "ndcg@10  vs als        +0.1000 [+0.0500, +0.1500] p=0.001 (better)" in text
+    assert "hr@10    vs als        +0.0100 [-0.0200, +0.0400] p=0.400 (tie)" in text
 
 
 def test_commands_carry_the_runs_files_and_location_settings_but_no_secret(tmp_path):
