@@ -1,11 +1,11 @@
-"""A progress line at least every ``interval`` seconds while a stage runs, never a flood.
+"""A progress line at least every ``interval`` seconds while a run works, never a flood.
 
 A long Spark action (encoding texts, a weight grid, a write) logs nothing until it ends; an
-operator watching the log cannot tell a slow stage from a hung one. While a stage runs, a
-daemon thread checks how long the log has been quiet and, past ``interval`` seconds, logs the
-stage's elapsed time and what Spark is doing (active stages, tasks done of total), with an
-estimate of the work items done when the job said how many there are (``working_on``). Any
-other log line resets the clock, so a chatty stage gets no extra lines.
+operator watching the log cannot tell a slow stage from a hung one. While a run holds the
+warehouse, a daemon thread checks how long the log has been quiet and, past ``interval``
+seconds, logs the current stage's elapsed time and what Spark is doing (active stages, tasks
+done of total), with an estimate of the work items done when the job said how many there are
+(``working_on``). Any other log line resets the clock, so a chatty stage gets no extra lines.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pyspark import SparkContext
 log = logging.getLogger("hybridrec.progress")
 
 _current: dict[str, object] = {}
+_stage: dict[str, object] = {}
 
 
 class _LastRecord(logging.Handler):
@@ -46,21 +47,23 @@ def working_on(what: str, total: int | None = None, unit: str = "") -> Iterator[
 
 
 @contextlib.contextmanager
-def heartbeat(sc: SparkContext, stage: str, interval: float = 25.0) -> Iterator[None]:
-    """Log ``stage``'s progress whenever the log has been quiet for ``interval`` seconds."""
+def heartbeat(sc: SparkContext, label: str, interval: float = 20.0) -> Iterator[None]:
+    """Log progress whenever the log has been quiet for ``interval`` seconds: of the stage
+    ``in_stage`` names, else of ``label`` (a run between its stages: the lock, the catalog)."""
     last = _LastRecord()
     root = logging.getLogger()
     root.addHandler(last)
     stop = threading.Event()
     started = time.monotonic()
     _current.clear()
+    _stage.update(name=label, started=started)
 
     def beat() -> None:
-        while not stop.wait(min(5.0, interval / 2)):
+        while not stop.wait(min(2.0, interval / 4)):
             if time.monotonic() - last.at >= interval:
-                log.info("%s", describe(sc, stage, time.monotonic() - started))
+                log.info("%s", describe(sc, _stage["name"], time.monotonic() - _stage["started"]))
 
-    thread = threading.Thread(target=beat, name=f"progress-{stage}", daemon=True)
+    thread = threading.Thread(target=beat, name=f"progress-{label}", daemon=True)
     thread.start()
     try:
         yield
@@ -71,10 +74,21 @@ def heartbeat(sc: SparkContext, stage: str, interval: float = 25.0) -> Iterator[
         _current.clear()
 
 
+@contextlib.contextmanager
+def in_stage(name: str) -> Iterator[None]:
+    """Progress lines name stage ``name`` and count its seconds, until it ends."""
+    before = dict(_stage)
+    _stage.update(name=f"stage {name}", started=time.monotonic())
+    try:
+        yield
+    finally:
+        _stage.update(before)
+
+
 def describe(sc: SparkContext, stage: str, elapsed: float) -> str:
     """``stage embed: 75s in; encoding: Spark stage 14: 5 of 11 tasks done (~4873 of 10721
     texts)``; without an active Spark stage, the driver is working (planning, a catalog call)."""
-    text = f"stage {stage}: {elapsed:.0f}s in"
+    text = f"{stage}: {elapsed:.0f}s in"
     what = _current.get("what")
     if what:
         text += f"; {what}"

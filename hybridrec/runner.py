@@ -87,7 +87,7 @@ def run_stage(
     log.info("stage %s: starting (run %s)", name, run_id)
     started = time.perf_counter()
     try:
-        with progress.heartbeat(spark.sparkContext, name), tracking.job_run(cfg, run_id, name):
+        with progress.in_stage(name), tracking.job_run(cfg, run_id, name):
             results = dict(job(spark, cfg, run_id))
             results["seconds"] = time.perf_counter() - started
             tracking.log_job_metrics(results)
@@ -115,7 +115,7 @@ def run_stages(
         stale_seconds=cfg.run.lock_stale_seconds,
         spark=spark,
     )
-    with lock:
+    with progress.heartbeat(spark.sparkContext, f"run {run_id}"), lock:
         warehouse = Warehouse.from_config(spark, cfg, run_id)
         history = RunLog(warehouse)
         history.fail_abandoned()

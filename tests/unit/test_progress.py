@@ -14,7 +14,8 @@ _slow = lambda x: __import__("time").sleep(1.5) or x  # noqa: E731
 def test_a_quiet_stage_says_what_spark_is_doing(spark, caplog):
     caplog.set_level(logging.INFO, logger="hybridrec.progress")
     with (
-        progress.heartbeat(spark.sparkContext, "embed", interval=1.0),
+        progress.heartbeat(spark.sparkContext, "run R", interval=1.0),
+        progress.in_stage("embed"),
         progress.working_on("encoding", 400, "texts"),
     ):
         spark.sparkContext.parallelize(range(4), 4).map(_slow).count()
@@ -29,7 +30,7 @@ def test_a_quiet_stage_says_what_spark_is_doing(spark, caplog):
 def test_no_progress_line_while_the_stage_logs_by_itself(spark, caplog):
     caplog.set_level(logging.INFO)
     chatty = logging.getLogger("hybridrec.test")
-    with progress.heartbeat(spark.sparkContext, "score", interval=1.5):
+    with progress.heartbeat(spark.sparkContext, "run R", interval=1.5):
         for _ in range(8):
             chatty.info("working")
             time.sleep(0.4)
@@ -37,9 +38,20 @@ def test_no_progress_line_while_the_stage_logs_by_itself(spark, caplog):
     assert not [r for r in caplog.records if r.name == "hybridrec.progress"]
 
 
-def test_progress_stops_with_the_stage(spark, caplog):
+def test_between_stages_the_run_itself_reports(spark, caplog):
     caplog.set_level(logging.INFO, logger="hybridrec.progress")
-    with progress.heartbeat(spark.sparkContext, "als", interval=0.5):
+    with progress.heartbeat(spark.sparkContext, "run R", interval=0.5):
+        with progress.in_stage("ingest"):
+            pass
+        time.sleep(1.5)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "hybridrec.progress"]
+    assert lines and all(line.startswith("run R: ") for line in lines)
+
+
+def test_progress_stops_with_the_run(spark, caplog):
+    caplog.set_level(logging.INFO, logger="hybridrec.progress")
+    with progress.heartbeat(spark.sparkContext, "run R", interval=0.5):
         pass
     time.sleep(1.5)
 
