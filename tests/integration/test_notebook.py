@@ -1,14 +1,19 @@
 """The analyst notebook runs as is, headless, from the repository root and from its own folder,
-against the run the CLI made, and shows what it promises (tables and figures)."""
+on the venv's interpreter, against the run the CLI made, and shows what it promises (tables and
+figures); with no complete run it stops with one clear line."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +21,17 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "explore_run.ipynb"
 
 
-def _execute(analyst_run, cwd: Path, path: str, out: Path) -> dict:
-    done = subprocess.run(
+def _env(base: dict[str, str]) -> dict[str, str]:
+    """The kernel must be this interpreter: the ``python3`` kernelspec ipykernel installs in the
+    venv runs ``python``, which jupyter_client replaces with nbconvert's own interpreter. A
+    user-level or JUPYTER_PATH kernelspec named ``python3`` must not win over it."""
+    env = {k: v for k, v in base.items() if k != "JUPYTER_PATH"}
+    env["JUPYTER_PREFER_ENV_PATH"] = "1"
+    return env
+
+
+def _nbconvert(env: dict[str, str], cwd: Path, path: str, out: Path):
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -32,23 +46,27 @@ def _execute(analyst_run, cwd: Path, path: str, out: Path) -> dict:
             "--ExecutePreprocessor.timeout=600",
         ],
         cwd=cwd,
-        env=analyst_run.env(),
+        env=_env(env),
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads((out / NOTEBOOK.name).read_text(encoding="utf-8"))
 
 
-def _outputs(notebook: dict) -> tuple[str, int]:
-    texts, images = [], 0
-    for cell in notebook["cells"]:
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            texts.append("".join(output.get("text", "")) + "".join(data.get("text/plain", "")))
-            images += "image/png" in data
-    return "\n".join(texts), images
+def _text(cell: dict) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        data = output.get("data", {})
+        parts.append("".join(output.get("text", "")) + "".join(data.get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def _cell(notebook: dict, marker: str) -> dict:
+    """The one code cell whose source holds ``marker``."""
+    (cell,) = [
+        c for c in notebook["cells"] if c["cell_type"] == "code" and marker in "".join(c["source"])
+    ]
+    return cell
 
 
 @pytest.mark.parametrize("where", ["repository root", "notebooks folder"])
@@ -56,15 +74,68 @@ def test_the_notebook_runs_as_is(analyst_run, tmp_path, where):
     cwd, path = (REPO, "notebooks/explore_run.ipynb")
     if where == "notebooks folder":
         cwd, path = (NOTEBOOK.parent, NOTEBOOK.name)
+    before = sorted(p.name for p in NOTEBOOK.parent.iterdir())
 
-    executed = _execute(analyst_run, cwd, path, tmp_path)
+    done = _nbconvert(analyst_run.env(), cwd, path, tmp_path)
 
-    text, images = _outputs(executed)
-    assert f"run {analyst_run.run_id}" in text
-    assert "hybrid" in text and "popularity" in text
-    assert "similar to" in text or "often had with" in text  # the reasons of one user
-    assert images >= 4  # metrics and gaps, segments, beyond accuracy, rejects
-    assert not any(
-        o.get("output_type") == "error" for c in executed["cells"] for o in c.get("outputs", [])
+    assert done.returncode == 0, done.stderr[-4000:]
+    executed = json.loads((tmp_path / NOTEBOOK.name).read_text(encoding="utf-8"))
+    cells = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    assert not any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
+    assert all(c.get("execution_count") for c in cells)  # every cell ran
+
+    opening = _text(cells[0])
+    assert f"run {analyst_run.run_id} " in opening
+    assert f"work dir {analyst_run.work_dir.resolve()}" in opening  # the run's, not the checkout's
+    # The kernel is an interpreter of this venv (python or python3 in the same bin folder).
+    (kernel_python,) = re.findall(r"^Spark \S+, Python (\S+)$", opening, re.M)
+    assert Path(kernel_python).parent.resolve() == Path(sys.executable).parent.resolve()
+    assert "complete" in opening  # the runs table
+
+    metrics = _text(_cell(executed, "metrics_latest"))
+    for model in ("hybrid", "als", "cooc", "text", "popularity"):
+        assert model in metrics
+
+    # The user shown is the smallest user id with recommendations, read here without Spark.
+    recommendations = pd.read_parquet(
+        analyst_run.work_dir
+        / "warehouse"
+        / "hybridrec.db"
+        / "recommendations"
+        / f"run_id={analyst_run.run_id}"
     )
-    assert not list(NOTEBOOK.parent.glob("*.nbconvert.ipynb"))
+    user = recommendations.user_id.min()
+    history = _text(_cell(executed, "interactions_latest"))
+    assert f"user {user}\n" in history
+    reasons = _text(_cell(executed, "reason_item_title"))
+    assert "similar to" in reasons or "often had with" in reasons
+    for item in recommendations[recommendations.user_id == user].item_id:
+        assert item in reasons
+
+    images = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
+    assert images >= 4  # metrics and gaps, segments, beyond accuracy, rejects
+    rejects = _cell(executed, "rejects_latest")
+    assert "records" in _text(rejects)  # the sample's bad rows, counted by reason
+    assert any("image/png" in o.get("data", {}) for o in rejects["outputs"])
+
+    # nbconvert wrote only to --output-dir; the checkout's notebooks folder is as it was.
+    assert sorted(p.name for p in NOTEBOOK.parent.iterdir()) == before
+
+
+def test_without_a_complete_run_the_notebook_says_so(tmp_path):
+    overlay = tmp_path / "empty.yaml"
+    overlay.write_text(
+        yaml.safe_dump({"run": {"work_dir": str(tmp_path / "work")}}), encoding="utf-8"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        "HYBRIDREC_ARGS": f"--conf {REPO / 'conf/local.yaml'} --conf {overlay}",
+    }
+
+    done = _nbconvert(env, NOTEBOOK.parent, NOTEBOOK.name, tmp_path / "out")
+
+    assert done.returncode != 0
+    stderr = re.sub(r"\x1b\[[0-9;]*m", "", done.stderr)  # IPython colours its tracebacks
+    warehouse = tmp_path / "work" / "warehouse" / "hybridrec.db"
+    assert f"NoCompleteRun: no complete run in {warehouse}: run `hybridrec run" in stderr
+    assert "Py4JJavaError" not in stderr and "AnalysisException" not in stderr
