@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 import logging
 import secrets
+from collections.abc import Iterable
 
 import matplotlib
 
 matplotlib.use("Agg")  # batch job: no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from hybridrec.constants import HYBRID, MODELS  # noqa: E402
@@ -25,92 +27,137 @@ from hybridrec.tables import Warehouse  # noqa: E402
 log = logging.getLogger(__name__)
 
 SEGMENTS = ("all", "sparse_users", "tail_items")
-RANKING = ("ndcg", "hr")
-BEYOND = ("coverage", "diversity", "novelty")
+SEGMENT_LABELS = {
+    "all": "all test users",
+    "sparse_users": "users with the fewest past items",
+    "tail_items": "truth on the least popular items",
+}
+# Preferred order only: a ranking metric is whatever the comparisons table pairs by user.
+RANKING_ORDER = ("ndcg", "hr", "precision", "recall", "map", "mrr")
 BEYOND_LABELS = {
     "coverage": "share of catalog recommended",
     "diversity": "mean 1 - cosine within a list",
     "novelty": "mean -log2 popularity (bits)",
 }
-COLOURS = {"hybrid": "tab:red", "als": "tab:blue", "cooc": "tab:orange", "text": "tab:green"}
-COLOURS["popularity"] = "tab:gray"
+GAP_METRICS = ("ndcg", "hr")  # the headline gaps; comparisons.csv holds every one
+COLOURS = {
+    "hybrid": "tab:red",
+    "als": "tab:blue",
+    "cooc": "tab:orange",
+    "text": "tab:green",
+    "popularity": "tab:gray",
+}
+PANEL_WIDTH, PANEL_HEIGHT = 4.6, 4.0
 
 
-def metrics_figure(metrics: pd.DataFrame, comparisons: pd.DataFrame, k: int) -> Figure:
-    """Top row: NDCG and HR per model in each segment, then the hybrid's NDCG gaps with their
-    intervals. Bottom row: coverage, diversity and novelty, each on its own axis, then the HR
-    gaps. ``metrics``: model, metric, value, segment; ``comparisons``: model, metric,
-    difference, ci_low, ci_high, segment (the table's columns)."""
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
-    for ax, segment in zip(axes[0, :3], SEGMENTS, strict=True):
-        _ranking_bars(ax, metrics[metrics["segment"] == segment], segment, k)
-    for ax, metric in zip(axes[1, :3], BEYOND, strict=True):
-        _beyond_bars(ax, metrics[(metrics["segment"] == "all") & (metrics["metric"] == metric)])
-        ax.set_title(f"{metric}@{k} (all users)")
-        ax.set_ylabel(BEYOND_LABELS[metric])
-    for ax, metric in ((axes[0, 3], "ndcg"), (axes[1, 3], "hr")):
-        _gap_bars(ax, comparisons[comparisons["metric"] == metric], metric, k)
-    fig.suptitle(f"hybridrec: models at K={k} on the test split", fontsize=13)
+def metrics_figure(
+    metrics: pd.DataFrame, comparisons: pd.DataFrame, k: int, confidence: float
+) -> Figure:
+    """Top row: the ranking metrics per model in each segment, then the hybrid's NDCG gaps.
+    Bottom row: each beyond-accuracy metric on its own axis, then the HR gaps. ``metrics`` and
+    ``comparisons`` are the tables of the same names (one run, one K)."""
+    ranking = in_order(comparisons["metric"], RANKING_ORDER)
+    beyond = in_order(set(metrics["metric"]) - set(ranking), tuple(BEYOND_LABELS))
+    segments = in_order(metrics.loc[metrics["metric"].isin(ranking), "segment"], SEGMENTS)
+    columns = max(len(segments), len(beyond)) + 1
+    fig, axes = plt.subplots(
+        2, columns, figsize=(PANEL_WIDTH * columns, 2 * PANEL_HEIGHT), squeeze=False
+    )
+    users = comparisons.groupby("segment")["users"].max()
+    for ax, segment in zip(axes[0], segments, strict=False):
+        rows = metrics[(metrics["segment"] == segment) & metrics["metric"].isin(ranking)]
+        _ranking_bars(ax, rows, ranking)
+        _title(ax, f"ranking metrics@{k}, {segment}", segment, users.get(segment))
+    axes[0, 0].legend(title="model", fontsize=8)
+    for ax, metric in zip(axes[1], beyond, strict=False):
+        _beyond_bars(ax, metrics[(metrics["metric"] == metric) & (metrics["segment"] == "all")])
+        ax.set_title(f"{metric}@{k}, all test users")
+        ax.set_ylabel(BEYOND_LABELS.get(metric, metric))
+    for ax, metric in zip(axes[:, -1], [m for m in GAP_METRICS if m in ranking], strict=False):
+        _gap_bars(ax, comparisons[comparisons["metric"] == metric], metric, k, confidence)
+    for ax in axes.flat:
+        if not ax.has_data():
+            ax.set_visible(False)
+    fig.suptitle(
+        f"hybridrec evaluation: top-{k} lists on the test split (hybrid outlined in black)",
+        fontsize=13,
+    )
     fig.tight_layout()
     return fig
 
 
-def _ordered(models) -> list[str]:
-    return [m for m in MODELS if m in set(models)]
+def in_order(values: Iterable[str], preferred: tuple[str, ...]) -> list[str]:
+    """The distinct ``values``, those in ``preferred`` first in its order, then the rest sorted."""
+    present = set(values)
+    return [v for v in preferred if v in present] + sorted(present - set(preferred))
 
 
-def _ranking_bars(ax, metrics: pd.DataFrame, segment: str, k: int) -> None:
-    wide = metrics[metrics["metric"].isin(RANKING)].pivot(
-        index="metric", columns="model", values="value"
-    )
-    models = _ordered(wide.columns)
+def _models(present: Iterable[str]) -> list[str]:
+    return in_order(present, MODELS)
+
+
+def _outline(model: str) -> dict:
+    return {"edgecolor": "black", "linewidth": 1.5} if model == HYBRID else {}
+
+
+def _title(ax: Axes, title: str, segment: str, users: float | None) -> None:
+    detail = SEGMENT_LABELS.get(segment, segment)
+    if users is not None and not pd.isna(users):
+        detail += f", {int(users):,} users"
+    ax.set_title(f"{title}\n({detail})", fontsize=10)
+
+
+def _ranking_bars(ax: Axes, rows: pd.DataFrame, ranking: list[str]) -> None:
+    wide = rows.pivot(index="metric", columns="model", values="value").reindex(ranking)
+    models = _models(wide.columns)
     width = 0.8 / max(len(models), 1)
     for i, model in enumerate(models):
-        positions = [j + (i - (len(models) - 1) / 2) * width for j in range(len(wide.index))]
+        offset = (i - (len(models) - 1) / 2) * width
         ax.bar(
-            positions,
+            [j + offset for j in range(len(ranking))],
             wide[model],
             width,
             label=model,
             color=COLOURS.get(model),
-            edgecolor="black" if model == HYBRID else None,
+            **_outline(model),
         )
-    ax.set_xticks(range(len(wide.index)), [f"{m}@{k}" for m in wide.index])
-    ax.set_title(f"{segment}")
-    ax.set_ylabel("mean over test users (0-1)")
-    if segment == SEGMENTS[0]:
-        ax.legend(title="model", fontsize=8)
+    ax.set_xticks(range(len(ranking)), ranking)
+    ax.set_ylabel("mean over the segment's users (0-1)")
 
 
-def _beyond_bars(ax, metric_rows: pd.DataFrame) -> None:
-    values = metric_rows.set_index("model")["value"]
-    models = _ordered(values.index)
-    ax.bar(models, [values[m] for m in models], color=[COLOURS.get(m) for m in models])
+def _beyond_bars(ax: Axes, rows: pd.DataFrame) -> None:
+    values = rows.set_index("model")["value"]
+    models = _models(values.index)
+    for model in models:
+        ax.bar(model, values[model], color=COLOURS.get(model), **_outline(model))
     ax.tick_params(axis="x", labelrotation=30)
 
 
-def _gap_bars(ax, gaps: pd.DataFrame, metric: str, k: int) -> None:
-    """Hybrid minus each baseline per segment, the 95% paired interval as the error bar."""
-    baselines = [m for m in _ordered(gaps["model"]) if m != HYBRID]
-    segments = [s for s in SEGMENTS if s in set(gaps["segment"])]
+def _gap_bars(ax: Axes, gaps: pd.DataFrame, metric: str, k: int, confidence: float) -> None:
+    """Hybrid minus each baseline per segment; the error bar is the paired interval."""
+    baselines = [m for m in _models(gaps["model"]) if m != HYBRID]
+    segments = in_order(gaps["segment"], SEGMENTS)
     width = 0.8 / max(len(baselines), 1)
     for i, model in enumerate(baselines):
         rows = gaps[gaps["model"] == model].set_index("segment").reindex(segments)
-        positions = [j + (i - (len(baselines) - 1) / 2) * width for j in range(len(segments))]
-        errors = [rows["difference"] - rows["ci_low"], rows["ci_high"] - rows["difference"]]
+        offset = (i - (len(baselines) - 1) / 2) * width
         ax.bar(
-            positions,
+            [j + offset for j in range(len(segments))],
             rows["difference"],
             width,
-            yerr=errors,
+            yerr=[rows["difference"] - rows["ci_low"], rows["ci_high"] - rows["difference"]],
             capsize=3,
             label=f"vs {model}",
             color=COLOURS.get(model),
         )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(segments)), segments)
-    ax.set_title(f"hybrid minus baseline, {metric}@{k}")
-    ax.set_ylabel(f"difference in {metric} (95% paired interval)")
+    ax.set_title(
+        f"hybrid minus baseline, {metric}@{k}\n"
+        f"(paired by user, {100 * confidence:.0f}% interval; above 0: hybrid better)",
+        fontsize=10,
+    )
+    ax.set_ylabel(f"difference in {metric}")
     ax.legend(fontsize=8)
 
 
@@ -125,22 +172,29 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def write_report(warehouse: Warehouse, run_id: str, name: str, data: bytes) -> str:
-    """Write ``data`` as ``_reports/run_id=<run>/<name>`` beside the tables (any Hadoop file
-    system), through a temporary name so a reader never sees half a file; a retry replaces it."""
+    """Write ``data`` as ``_reports/run_id=<run>/<name>`` beside the tables, on whatever Hadoop
+    file system holds them, and return its path. It goes to a temporary name first and is then
+    renamed, so a reader never sees half a file; a retry replaces it."""
     folder = warehouse.report_path(run_id)
     target = f"{folder}/{name}"
-    temporary = f"{folder}/.{name}.{secrets.token_hex(4)}"
     jvm = warehouse.spark.sparkContext._jvm
-    conf = warehouse.spark.sparkContext._jsc.hadoopConfiguration()
-    fs = jvm.org.apache.hadoop.fs.Path(folder).getFileSystem(conf)
-    stream = fs.create(jvm.org.apache.hadoop.fs.Path(temporary), True)
-    try:
-        stream.write(bytearray(data))
-    finally:
-        stream.close()
+    fs = jvm.org.apache.hadoop.fs.Path(folder).getFileSystem(
+        warehouse.spark.sparkContext._jsc.hadoopConfiguration()
+    )
+    temporary = jvm.org.apache.hadoop.fs.Path(f"{folder}/.{name}.{secrets.token_hex(4)}")
     destination = jvm.org.apache.hadoop.fs.Path(target)
-    fs.delete(destination, False)
-    if not fs.rename(jvm.org.apache.hadoop.fs.Path(temporary), destination):
-        raise OSError(f"could not move {temporary} to {target}")
+    try:
+        stream = fs.create(temporary, True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+        # Hadoop's rename does not replace an existing file.
+        fs.delete(destination, False)
+        if not fs.rename(temporary, destination):
+            raise OSError(f"could not move {temporary} to {target}")
+    except BaseException:
+        fs.delete(temporary, False)
+        raise
     log.info("wrote plot %s", target)
     return target
