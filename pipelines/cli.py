@@ -4,19 +4,30 @@ hybridrec run [--conf conf/local.yaml] [--set key=value ...] [--stages ingest,em
 hybridrec job <ingest|embed|als|score|evaluate> [--conf ...] [--set ...] --run-id R
 hybridrec sql "SELECT ..." [--conf ...] [--set ...] [--max-rows 100] [--format table|csv|json]
 hybridrec sql-server [--conf ...] [--set ...] [--host 127.0.0.1] [--port 10000]
-hybridrec spark-conf [--conf ...] [--set ...]    (a --properties-file for spark-sql / pyspark)
+hybridrec spark-conf [--conf ...] [--set ...] [--format flags|properties]
+    spark-sql $(hybridrec spark-conf) -e "SELECT * FROM hybridrec.metrics_latest"
 
 A wrong setting, stage name or run id fails before Spark starts: one line on stderr naming the
-key and where it was set, exit status 2. A SQL statement Spark refuses exits 5 with one line.
+key and where it was set, exit status 2. A SQL statement Spark refuses exits 5 with one line;
+sql and sql-server exit 3 when the port or the (embedded Derby) catalog is held elsewhere.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from hybridrec import sql_access
-from hybridrec.config import ConfigError, check_run_id, check_stages, error_line, load_config
+from hybridrec.config import (
+    ConfigError,
+    check_run_id,
+    check_stages,
+    error_line,
+    load_config,
+    one_line,
+)
 from hybridrec.runner import (
     argument_parser,
     exit_on_known_errors,
@@ -82,45 +93,74 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _sql(rest: list[str]) -> int:
     parser = argument_parser("run one SQL statement on the pipeline's tables")
     parser.add_argument("statement", help='e.g. "SELECT * FROM hybridrec.metrics_latest"')
-    parser.add_argument("--max-rows", type=int, default=100)
+    parser.add_argument("--max-rows", type=_int_in(1, None), default=100)
     parser.add_argument("--format", choices=sql_access.FORMATS, default="table")
     args = parser.parse_args(rest)
     cfg = load_config(args.conf or [DEFAULT_CONF], args.set)
     setup_logging()
     protect_secrets(cfg)
-    try:
+    with _sql_errors("sql"):
         sql_access.query(
             cfg, args.statement, max_rows=args.max_rows, fmt=args.format, out=sys.stdout
         )
-    except sql_access.SqlError as exc:
-        print(f"hybridrec: sql error: {exc}", file=sys.stderr)
-        return 5
     return 0
 
 
 def _sql_server(rest: list[str]) -> int:
     parser = argument_parser("serve the pipeline's tables over JDBC/ODBC (HiveServer2 protocol)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=10000)
+    parser.add_argument("--port", type=_int_in(1, 65535), default=10000)
     args = parser.parse_args(rest)
     cfg = load_config(args.conf or [DEFAULT_CONF], args.set)
     setup_logging()
     protect_secrets(cfg)
-    try:
+    with _sql_errors("sql-server"):
         sql_access.serve(cfg, args.host, args.port)
-    except sql_access.SqlError as exc:
-        print(f"hybridrec: sql-server: {exc}", file=sys.stderr)
-        return 5
     return 0
 
 
 def _spark_conf(rest: list[str]) -> int:
-    args = argument_parser(
-        "print a Spark properties file opening the pipeline's catalog"
-    ).parse_args(rest)
+    parser = argument_parser("print the Spark settings that open the pipeline's catalog")
+    parser.add_argument(
+        "--format",
+        choices=sql_access.CONF_FORMATS,
+        default="flags",
+        help="--conf flags for $(...), or a file for spark-sql --properties-file",
+    )
+    args = parser.parse_args(rest)
     cfg = load_config(args.conf or [DEFAULT_CONF], args.set)
-    sys.stdout.write(sql_access.properties_text(cfg))
+    text = sql_access.conf_flags(cfg) if args.format == "flags" else sql_access.properties_text(cfg)
+    sys.stdout.write(text)
     return 0
+
+
+def _int_in(low: int, high: int | None):
+    """An argparse type: an integer from ``low`` to ``high`` (no bound if None)."""
+    bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"want an integer {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+@contextlib.contextmanager
+def _sql_errors(command: str) -> Iterator[None]:
+    """One line and a status instead of a traceback: 5 a refused statement, 3 a busy resource."""
+    try:
+        yield
+    except sql_access.SqlError as exc:
+        print(f"hybridrec: sql error: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(5)
+    except sql_access.BusyError as exc:
+        print(f"hybridrec: {command}: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(3)
 
 
 SQL_COMMANDS = {"sql": _sql, "sql-server": _sql_server, "spark-conf": _spark_conf}

@@ -1,11 +1,12 @@
 """SQL as an analyst or a BI tool reaches it: ``hybridrec sql``, JDBC through ``hybridrec
-sql-server`` and beeline, and stock ``spark-sql`` with ``hybridrec spark-conf``'s properties.
-Each is its own process, one at a time (embedded Derby serves one process)."""
+sql-server`` and beeline, and stock ``spark-sql $(hybridrec spark-conf)``. Each is its own
+process, one after the other: embedded Derby serves one process at a time."""
 
 from __future__ import annotations
 
 import csv
 import io
+import shlex
 import signal
 import socket
 import subprocess
@@ -20,43 +21,59 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SPARK_BIN = Path(pyspark.__file__).parent / "bin"
-NDCG_QUERY = (
+MODELS = ["als", "cooc", "hybrid", "popularity", "text"]
+NDCG_LATEST = (
     "SELECT model, value FROM hybridrec.metrics_latest "
     "WHERE metric = 'ndcg' AND segment = 'all' ORDER BY model"
 )
 
 
-def _hybridrec(analyst_run, *args: str, cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipelines.cli", args[0], *analyst_run.conf_args(), *args[1:]]
+def _cli(analyst_run, command: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", command, *analyst_run.conf_args(), *args]
+
+
+def _env(analyst_run) -> dict[str, str]:
+    return {**analyst_run.env(), "PYTHONPATH": str(REPO)}
+
+
+def _hybridrec(analyst_run, command: str, *args: str, cwd: Path = REPO):
     return subprocess.run(
-        command,
+        _cli(analyst_run, command, *args),
         cwd=cwd,
-        env={**analyst_run.env(), "PYTHONPATH": str(REPO)},
+        env=_env(analyst_run),
         capture_output=True,
         text=True,
         timeout=600,
-        **kwargs,
     )
 
 
-def test_sql_prints_the_result_and_nothing_else_on_stdout(analyst_run, tmp_path):
-    done = _hybridrec(analyst_run, "sql", NDCG_QUERY, "--format", "csv", cwd=tmp_path)
+def test_sql_prints_the_run_metrics_as_a_table_and_nothing_else(analyst_run, tmp_path):
+    statement = (
+        "SELECT model, metric, value FROM hybridrec.metrics "
+        f"WHERE run_id = '{analyst_run.run_id}' AND metric = 'ndcg' AND segment = 'all' "
+        "ORDER BY model"
+    )
+
+    done = _hybridrec(analyst_run, "sql", statement, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, *rows = [line.split() for line in done.stdout.strip().splitlines()]
+    assert header == ["model", "metric", "value"]
+    assert [row[0] for row in rows] == MODELS
+    hybrid = next(row for row in rows if row[0] == "hybrid")
+    assert hybrid[1] == "ndcg" and 0.0 < float(hybrid[2]) <= 1.0
+    assert list(tmp_path.iterdir()) == []  # no spark-warehouse, derby.log or metastore_db
+
+
+def test_sql_csv_parses_and_long_results_are_cut(analyst_run):
+    statement = "SELECT * FROM hybridrec.recommendations_explained"
+
+    done = _hybridrec(analyst_run, "sql", statement, "--format", "csv", "--max-rows", "3")
 
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
-    assert [r["model"] for r in rows] == ["als", "cooc", "hybrid", "popularity", "text"]
-    assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
-    assert list(tmp_path.iterdir()) == []  # no spark-warehouse, derby.log or mlflow.db
-
-
-def test_sql_cuts_long_results_and_says_so(analyst_run):
-    done = _hybridrec(
-        analyst_run, "sql", "SELECT * FROM hybridrec.recommendations_explained", "--max-rows", "3"
-    )
-
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.strip().splitlines()) == 4  # a header and three rows
-    assert "reason_item_title" in done.stdout.splitlines()[0]
+    assert len(rows) == 3 and "reason_item_title" in rows[0]
+    assert all(row["user_id"] for row in rows)
     assert "showing the first 3 rows" in done.stderr
 
 
@@ -64,8 +81,9 @@ def test_a_refused_statement_is_one_line_and_exit_5(analyst_run):
     done = _hybridrec(analyst_run, "sql", "SELECT * FROM hybridrec.no_such_table")
 
     assert done.returncode == 5
-    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("hybridrec: sql error:")]
-    assert len(errors) == 1 and "TABLE_OR_VIEW_NOT_FOUND" in errors[0]
+    assert done.stdout == ""
+    ours = [line for line in done.stderr.splitlines() if line.startswith("hybridrec:")]
+    assert len(ours) == 1 and ours[0].startswith("hybridrec: sql error: [TABLE_OR_VIEW_NOT_FOUND]")
     assert "Traceback" not in done.stderr and "at org.apache" not in done.stderr
 
 
@@ -75,73 +93,79 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_metrics_latest_over_jdbc_with_beeline(analyst_run, tmp_path):
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    command = [sys.executable, "-m", "pipelines.cli", "sql-server", *analyst_run.conf_args()]
-    server = subprocess.Popen(
-        [*command, "--port", str(port)],
-        cwd=REPO,
-        env={**analyst_run.env(), "PYTHONPATH": str(REPO)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while "sql-server: listening on" not in (tmp_path / "server.log").read_text():
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the SQL server did not come up in 180 s"
-            time.sleep(1)
-        url = f"jdbc:hive2://127.0.0.1:{port}/hybridrec"
-        done = subprocess.run(
-            [str(SPARK_BIN / "beeline"), "-u", url, "--outputformat=csv2", "--silent=true"]
-            + ["-e", NDCG_QUERY],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        # beeline echoes its continuation prompt before the header on stdout.
-        lines = done.stdout.splitlines()
-        header = next(i for i, line in enumerate(lines) if line.endswith("model,value"))
-        rows = list(csv.DictReader(["model,value", *lines[header + 1 :]]))
-        assert [r["model"] for r in rows] == ["als", "cooc", "hybrid", "popularity", "text"]
-
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0
-        with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", port)) != 0, "the port is still open"
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        log.close()
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_stock_spark_sql_opens_the_same_catalog(analyst_run, tmp_path):
-    properties = tmp_path / "catalog.properties"
-    done = _hybridrec(analyst_run, "spark-conf")
-    assert done.returncode == 0, done.stderr[-3000:]
-    properties.write_text(done.stdout)
-    work = tmp_path / "cwd"
-    work.mkdir()
+def _wait_until_listening(server: subprocess.Popen, log: Path, port: int) -> None:
+    deadline = time.monotonic() + 120
+    while "sql-server: listening on" not in log.read_text():
+        assert server.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the SQL server was not ready in 120 s"
+        time.sleep(1)
+    assert _port_open(port), log.read_text()[-3000:]
 
-    query = subprocess.run(
-        [
-            str(SPARK_BIN / "spark-sql"),
-            "--properties-file",
-            str(properties),
-            "-e",
-            "SELECT count(*) FROM hybridrec.recommendations_explained",
-        ],
-        cwd=work,
-        env={**analyst_run.env(), "PYSPARK_PYTHON": sys.executable},
+
+def _beeline_rows(port: int, statement: str) -> list[dict[str, str]]:
+    done = subprocess.run(
+        [str(SPARK_BIN / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/hybridrec"]
+        + ["--outputformat=csv2", "--silent=true", "-e", statement],
         capture_output=True,
         text=True,
         timeout=300,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # beeline echoes its prompt before the header, on the header's line.
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith("model,value"))
+    return list(csv.DictReader(["model,value", *lines[start + 1 :]]))
 
-    assert query.returncode == 0, query.stderr[-3000:]
-    assert int(query.stdout.strip().splitlines()[-1]) > 0
-    assert list(work.iterdir()) == []
+
+def test_metrics_latest_over_jdbc_with_beeline(analyst_run, tmp_path):
+    port = _free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            _cli(analyst_run, "sql-server", "--port", str(port)),
+            cwd=REPO,
+            env=_env(analyst_run),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_until_listening(server, log, port)
+        assert f"jdbc:hive2://127.0.0.1:{port}/hybridrec" in log.read_text()
+
+        rows = _beeline_rows(port, NDCG_LATEST)
+
+        assert [row["model"] for row in rows] == MODELS
+        assert all(0.0 < float(row["value"]) <= 1.0 for row in rows)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert not _port_open(port)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_stock_spark_sql_with_spark_conf_flags(analyst_run, tmp_path):
+    """The README's form, through bash: ``$(...)`` word splitting must keep Derby's URL, whose
+    ``;`` would end a command if it were typed."""
+    spark_conf = shlex.join(_cli(analyst_run, "spark-conf"))
+    statement = "SELECT count(*) FROM hybridrec.metrics"
+    script = f'{shlex.quote(str(SPARK_BIN / "spark-sql"))} $({spark_conf}) -e "{statement}"'
+
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=_env(analyst_run),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.strip().splitlines()[-1]) > 0
+    assert list(tmp_path.iterdir()) == []  # derby.log went to the metastore's folder
