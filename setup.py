@@ -12,7 +12,11 @@ setup(
     long_description=Path("README.md").read_text() if Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(exclude=["tests*", "notebooks*", "benchmarks*"]),
+    # conf/*.yaml ship inside the package as hybridrec/conf: a wheel install has its defaults
+    # and the example overlays without a checkout.
+    packages=[*find_packages(exclude=["tests*", "notebooks*", "benchmarks*"]), "hybridrec.conf"],
+    package_dir={"hybridrec.conf": "conf"},
+    package_data={"hybridrec.conf": ["*.yaml", "*.sh"]},
     install_requires=[
         "pyspark>=4.0,<5",
         # PySpark 4.x warns that pandas 3 is not fully supported yet.

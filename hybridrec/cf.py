@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pyspark.ml import PipelineModel
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -19,6 +20,7 @@ from hybridrec.constants import (
     VALIDATION,
 )
 from hybridrec.folds import history
+from hybridrec.id_index import IdIndexModel
 
 
 def preferences(interactions: DataFrame, cfg: Config, fold: str = VALIDATION) -> DataFrame:
@@ -94,6 +96,19 @@ def factor_table(factors: DataFrame, index: DataFrame, col: str) -> DataFrame:
 
 def fit(prefs: DataFrame, cfg: Config, params: Mapping[str, float] | None = None) -> ALSModel:
     return build_als(cfg, prefs.sparkSession.sparkContext.defaultParallelism, params).fit(prefs)
+
+
+def scoring_pipeline(model: ALSModel, users: DataFrame, items: DataFrame) -> PipelineModel:
+    """The fitted ALS model behind two id-index stages, so it scores real ``user_id``/``item_id``
+    (``transform`` of a frame with both columns adds ``prediction``); ``users``/``items`` are the
+    ``index_ids`` tables the model was fitted with."""
+    return PipelineModel(
+        stages=[
+            IdIndexModel(mapping=users, inputCol=USER_COL, outputCol=f"{USER_COL}_idx"),
+            IdIndexModel(mapping=items, inputCol=ITEM_COL, outputCol=f"{ITEM_COL}_idx"),
+            model,
+        ]
+    )
 
 
 def param_grid(cfg: Config) -> list[dict[str, float]]:

@@ -14,14 +14,18 @@ import copy
 import os
 from collections.abc import Iterable, Mapping
 from datetime import date
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hybridrec.config_checks import check_run_id, check_stages, check_values, dotted_items
 from hybridrec.config_errors import ConfigError, error_line, one_line
 from hybridrec.config_schema import OPEN_MAPS, OPTIONAL_TYPES
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = [
     "BASE_FILE",
@@ -73,8 +77,26 @@ class Config(Mapping):
         return dict(dotted_items(self._data))
 
 
-def conf_dir() -> Path:
-    return Path(os.environ.get(CONF_DIR_ENV, Path(__file__).resolve().parents[1] / "conf"))
+def conf_dir() -> Path | Traversable:
+    """Where ``base.yaml`` and the example overlays are: ``$HYBRIDREC_CONF_DIR``, else the
+    checkout's ``conf/`` (an editable install), else the copy shipped in the package as
+    ``hybridrec/conf`` (a wheel, or the code zip of ``hybridrec pack``, read in place)."""
+    if os.environ.get(CONF_DIR_ENV):
+        return Path(os.environ[CONF_DIR_ENV])
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    if (checkout / BASE_FILE).is_file():
+        return checkout
+    return resources.files("hybridrec") / "conf"
+
+
+def _overlay_file(path: str | Path) -> Path | Traversable:
+    """``path`` itself; a relative ``conf/<name>.yaml`` or ``<name>.yaml`` that is not there is
+    the shipped overlay of that name, so ``--conf conf/local.yaml`` works from any folder."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute() or given.parent not in (Path("."), Path("conf")):
+        return given
+    shipped = conf_dir() / given.name
+    return shipped if shipped.is_file() else given
 
 
 def load_config(
@@ -104,10 +126,11 @@ def load_config(
     sources = [str(base_path)]
     # Dotted key -> the last file or --set that set it; keys absent here come from the base file.
     origins: dict[str, str] = {}
-    for path in paths:
-        if Path(path).resolve() == base_path.resolve():
+    for given in paths:
+        path = _overlay_file(given)
+        if _same_file(path, base_path):
             continue
-        update = _read_yaml(Path(path))
+        update = _read_yaml(path)
         _merge(resolved, defaults, update, origin=str(path), prefix="", origins=origins)
         sources.append(str(path))
     for item in overrides:
@@ -148,7 +171,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem}{where}"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _same_file(a: Path | Traversable, b: Path | Traversable) -> bool:
+    if isinstance(a, Path) and isinstance(b, Path):
+        return a.resolve() == b.resolve()
+    return str(a) == str(b)
+
+
+def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:

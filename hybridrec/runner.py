@@ -108,6 +108,7 @@ def run_stages(
     ``runs`` table and MLflow in step: ``complete`` once every stage of the run has succeeded,
     ``failed`` if one raises (or the process dies: the next lock holder says so)."""
     started = time.perf_counter()
+    log.info("run %s, config: %s", run_id, redaction.mask_text(" + ".join(cfg.sources)))
     lock = RunLock(
         tracking.warehouse_folder(cfg),
         run_id,

@@ -79,6 +79,13 @@ def format_headline(metrics: pd.DataFrame, gaps: pd.DataFrame, confidence: float
     return lines
 
 
+def _notebook() -> str:
+    if NOTEBOOK.is_file():
+        return str(NOTEBOOK)
+    # A wheel install has no notebooks folder: name it in the repository.
+    return "notebooks/explore_run.ipynb   # in a hybridrec checkout"
+
+
 def where_things_are(
     cfg: Config, warehouse: Warehouse, tracking_uri: str, mlflow_run_id: str | None
 ) -> list[str]:
@@ -89,7 +96,7 @@ def where_things_are(
         "view of the newest complete run, and recommendations_explained)",
         f'  hybridrec sql {args} "SELECT * FROM {db}.metrics_latest"',
         f"  hybridrec sql-server {args}   # JDBC for BI tools and beeline",
-        f"notebook: HYBRIDREC_ARGS={shlex.quote(args)} jupyter lab {NOTEBOOK}",
+        f"notebook: HYBRIDREC_ARGS={shlex.quote(args)} jupyter lab {_notebook()}",
         f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(mask_text(tracking_uri))}",
     ]
     if mlflow_run_id:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 RUN_COL = "run_id"
 STAGING = "_staging"
 TRASH = "_trash"
+STAGING = "_staging"
 REPORTS = "_reports"  # per-run files beside the tables (plots), removed with the run's snapshots
 
 
@@ -72,6 +73,11 @@ class Warehouse:
 
     def snapshot_path(self, name: str, run_id: str) -> str:
         return f"{self.path(name)}/{RUN_COL}={run_id}"
+
+    def staging_path(self) -> str:
+        """Scratch space on the warehouse's own (shared) storage, e.g. for a model on its way to
+        MLflow: executors and driver see the same files there."""
+        return f"{self.db_root}/{STAGING}"
 
     def report_path(self, run_id: str) -> str:
         return f"{self.db_root}/{REPORTS}/{RUN_COL}={run_id}"

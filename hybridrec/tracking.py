@@ -233,20 +233,27 @@ def log_figure(figure, name: str) -> None:
         MlflowClient().log_figure(parent_id, figure, name)
 
 
-def log_spark_model(model, name: str) -> None:
-    """Log a fitted Spark ML model as an MLflow ``spark`` flavour model, on the job run and on
-    its parent (where a reader of the pipeline run looks). ``mlflow.spark`` wants a
-    PipelineModel; it is saved once to a local folder, so no DFS is needed in local mode."""
+def log_spark_model(model, name: str, *, staging_dir: str) -> None:
+    """Log a Spark ML pipeline as an MLflow ``spark`` flavour model, on the job run and on its
+    parent (where a reader of the pipeline run looks).
+
+    ``staging_dir`` must be storage every executor and the driver share (the warehouse): Spark
+    writes the model there from the executors, and MLflow copies it from there to the artifact
+    store. A driver-local ``file://`` folder would be written on each executor's own host and
+    leave an empty model. The model carries the ``hybridrec`` package as code, so its id-index
+    stages load where hybridrec is not installed.
+    """
     import mlflow.spark
     import pyspark
-    from pyspark.ml import PipelineModel
 
+    package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="hybridrec-model-") as tmp:
         local = Path(tmp) / name
         mlflow.spark.save_model(
-            PipelineModel(stages=[model]),
+            model,
             str(local),
-            dfs_tmpdir=(Path(tmp) / "dfs").as_uri(),
+            dfs_tmpdir=staging_dir,
+            code_paths=[str(package)],
             # Stated, not inferred: inference reloads the model in a subprocess (~50 s a run here).
             pip_requirements=[f"pyspark=={pyspark.__version__}"],
         )

@@ -164,7 +164,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         partition_by=[FOLD_COL],
     )
     if cfg.mlflow.log_model:
-        tracking.log_spark_model(test_model, "als_model")
+        tracking.log_spark_model(
+            cf.scoring_pipeline(test_model, test_data.users, test_data.items),
+            "als_model",
+            staging_dir=warehouse.staging_path(),
+        )
     results.update({f"chosen_{k}": float(v) for k, v in params.items()})
     return results
 

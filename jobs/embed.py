@@ -67,7 +67,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         spark.sparkContext.defaultParallelism, -(-n_todo // cfg.embed.texts_per_task)
     )
     encode = encode_texts_udf(
-        model_path=model_path,
+        # The bundled model's folder is looked up by each executor: the driver's is local to it.
+        model_path=cfg.embed.model_path and model_path,
         device=cfg.embed.device,
         max_length=cfg.embed.max_length,
         batch_size=cfg.embed.batch_size,

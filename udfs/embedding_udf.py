@@ -12,8 +12,11 @@ from pyspark.sql import types as T
 from udfs.encoder import choose_device, get_encoder
 
 
-def encode_texts_udf(*, model_path: str, device: str, max_length: int, batch_size: int):
-    """A pandas UDF mapping a string column to ``array<float>`` L2-normalised text vectors."""
+def encode_texts_udf(*, model_path: str | None, device: str, max_length: int, batch_size: int):
+    """A pandas UDF mapping a string column to ``array<float>`` L2-normalised text vectors.
+
+    ``model_path`` None: the bundled model, resolved by each worker in its own environment.
+    """
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def encode_texts(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:

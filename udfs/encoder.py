@@ -30,7 +30,13 @@ def bundled_model_path() -> str:
 
 
 def resolve_model(model_path: str | None, model_id: str | None, max_length: int) -> tuple[str, str]:
-    """The local model folder and the cache key of its vectors (name plus truncation length)."""
+    """The local model folder and the cache key of its vectors (name plus truncation length).
+
+    Checked on the driver. For the bundled model, executors resolve the folder again on their own
+    host (``model_path`` None in :func:`get_encoder`): the driver's site-packages path exists only
+    on the driver. A configured ``embed.model_path`` must be at the same path on every node (a
+    mounted model store).
+    """
     path = model_path or bundled_model_path()
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(
@@ -41,23 +47,58 @@ def resolve_model(model_path: str | None, model_id: str | None, max_length: int)
     return path, f"{name}@{max_length}"
 
 
-def choose_device(requested: str) -> str:
-    """``cuda:N`` for the GPU Spark gave this task, else CPU (or any GPU if ``cuda`` is forced)."""
-    import torch
-
-    if requested == "cpu":
-        return "cpu"
+def task_gpu_addresses() -> list[str]:
+    """The GPU addresses Spark's resource scheduler gave the running task (none outside Spark)."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
     gpus = context.resources().get("gpu") if context is not None else None
-    if gpus is not None and gpus.addresses and torch.cuda.is_available():
-        return f"cuda:{gpus.addresses[0]}"
-    if torch.cuda.is_available():
+    return list(gpus.addresses) if gpus is not None else []
+
+
+def choose_device(requested: str) -> str:
+    """``cuda:N`` for the GPU Spark gave this task, else CPU (or any GPU if ``cuda`` is forced).
+
+    A task given a GPU address on a worker where torch sees no CUDA device (a CPU build of torch,
+    a broken driver) encodes on the CPU with a warning under ``auto`` and fails under ``cuda``:
+    ``embed.device: cuda`` is for clusters where a silent CPU fallback would be a wrong cost.
+    """
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    addresses = task_gpu_addresses()
+    cuda = torch.cuda.is_available()
+    where = _task_label()
+    if addresses and cuda:
+        log.info("%s: encoding on the GPU Spark assigned, address %s", where, addresses[0])
+        return f"cuda:{addresses[0]}"
+    if addresses:
+        message = (
+            f"{where}: Spark assigned GPU address {','.join(addresses)} but torch "
+            f"{torch.__version__} sees no CUDA device on this worker"
+        )
+        if requested == "cuda":
+            raise RuntimeError(f"{message}; embed.device is cuda, so the task fails")
+        log.warning("%s; encoding on the CPU (embed.device auto)", message)
+        return "cpu"
+    if cuda:
         return "cuda:0"
     if requested == "cuda":
-        raise RuntimeError("embed.device is cuda but torch sees no CUDA device on this worker")
+        raise RuntimeError(f"{where}: embed.device is cuda but torch sees no CUDA device")
     return "cpu"
+
+
+def _task_label() -> str:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return f"pid {os.getpid()}"
+    return (
+        f"embed task stage {context.stageId()} partition {context.partitionId()} "
+        f"attempt {context.attemptNumber()} (pid {os.getpid()})"
+    )
 
 
 class TextEncoder:
@@ -108,8 +149,11 @@ class TextEncoder:
 
 
 @lru_cache(maxsize=2)
-def get_encoder(path: str, device: str, max_length: int, batch_size: int) -> TextEncoder:
-    """One encoder per worker process and model: Spark reuses the worker across tasks."""
+def get_encoder(path: str | None, device: str, max_length: int, batch_size: int) -> TextEncoder:
+    """One encoder per worker process and model: Spark reuses the worker across tasks.
+
+    ``path`` None is the bundled model, found in this worker's own environment.
+    """
     import torch
     from pyspark import TaskContext
 
@@ -117,5 +161,6 @@ def get_encoder(path: str, device: str, max_length: int, batch_size: int) -> Tex
     if context is not None and device == "cpu":
         # Each concurrent task has its own worker; more threads than its cores only contend.
         torch.set_num_threads(max(1, context.cpus()))
+    path = path or bundled_model_path()
     log.info("loading encoder %s on %s (pid %d)", path, device, os.getpid())
     return TextEncoder(path, device, max_length=max_length, batch_size=batch_size)

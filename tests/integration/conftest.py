@@ -1,7 +1,12 @@
 """One finished pipeline run on a tiny sample, made by the real CLI in its own process, that the
 analyst-facing tests (fresh sessions, SQL over JDBC, the notebook) read as a user would: from new
 processes. The pytest process never opens this run's metastore, because embedded Derby serves
-one process at a time."""
+one process at a time.
+
+The run is made by a wheel install of the project (not the editable checkout), from an empty
+folder, with ``--conf conf/local.yaml`` found among the overlays the wheel ships: what a cluster
+image or a user's ``pip install hybridrec-*.whl`` has.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +55,67 @@ class AnalystRun:
         return [arg for path in self.conf for arg in ("--conf", path)]
 
 
+@dataclass
+class WheelInstall:
+    wheel: Path
+    python: Path
+    site_packages: Path
+
+    @property
+    def hybridrec(self) -> Path:
+        return self.python.parent / "hybridrec"
+
+
 @pytest.fixture(scope="session")
-def analyst_run(tmp_path_factory: pytest.TempPathFactory) -> AnalystRun:
+def wheel_install(tmp_path_factory: pytest.TempPathFactory) -> WheelInstall:
+    """The project built as a wheel from its files (tracked, and untracked but not ignored) and
+    installed, not editable, into a new venv. Its dependencies come from this venv through a
+    ``.pth`` line, after the venv's own site-packages, so the wheel's code wins."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, files.split("\0")):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((REPO / name).read_bytes())
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (root / "dist").glob("hybridrec-*.whl")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    site_packages = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    (site_packages / "zz_dependencies.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8"
+    )
+    return WheelInstall(wheel, python, site_packages)
+
+
+@pytest.fixture(scope="session")
+def analyst_run(
+    tmp_path_factory: pytest.TempPathFactory, wheel_install: WheelInstall
+) -> AnalystRun:
     root = tmp_path_factory.mktemp("analyst")
     work_dir = root / "work"
     overlay = root / "tiny.yaml"
@@ -58,9 +123,12 @@ def analyst_run(tmp_path_factory: pytest.TempPathFactory) -> AnalystRun:
         yaml.safe_dump({**TINY_SETTINGS, "run": {"work_dir": str(work_dir)}}), encoding="utf-8"
     )
     run = AnalystRun("analyst-run", work_dir, [str(REPO / "conf/local.yaml"), str(overlay)], "")
+    empty = root / "cwd"
+    empty.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", *run.conf_args(), "--run-id", run.run_id],
-        cwd=REPO,
+        [str(wheel_install.hybridrec), "run", "--conf", "conf/local.yaml", "--conf", str(overlay)]
+        + ["--run-id", run.run_id],
+        cwd=empty,
         env=run.env(),
         capture_output=True,
         text=True,

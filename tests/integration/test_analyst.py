@@ -114,6 +114,17 @@ def test_the_run_log_is_never_silent_for_30_seconds(analyst_run):
     assert max(gaps) <= 30
 
 
+def test_a_wheel_install_runs_from_any_folder_with_its_shipped_config(analyst_run, wheel_install):
+    # The run's own log names the config files it read: the copies inside the installed wheel.
+    shipped = wheel_install.site_packages / "hybridrec" / "conf"
+    assert re.search(
+        rf"config: {re.escape(str(shipped / 'base.yaml'))} \+ "
+        rf"{re.escape(str(shipped / 'local.yaml'))} \+ ",
+        analyst_run.log,
+    )
+    assert re.search(r"run analyst-run complete in", analyst_run.log)
+
+
 def test_the_run_ends_by_saying_where_everything_is(analyst_run):
     tail = analyst_run.log[analyst_run.log.rindex(f"run {analyst_run.run_id} complete") :]
     assert "hybrid minus each baseline" in tail
@@ -143,6 +154,9 @@ def test_the_readmes_model_loading_example_works_as_written(analyst_run, tmp_pat
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^\d+ users with ALS factors$", done.stdout, re.M)
+    # The example scores real ids: a table of (user_id, item_id, prediction) with numbers.
+    assert re.search(r"^\|\s*user_id\|\s*item_id\|\s*prediction\|$", done.stdout, re.M)
+    assert re.search(r"^\|\s*\S+\|\s*\S+\|\s*-?\d+\.\d+\|$", done.stdout, re.M)
     assert not (tmp_path / "mlflow.db").exists()
 
 
