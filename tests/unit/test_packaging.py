@@ -60,8 +60,10 @@ def source(tmp_path: Path) -> Path:
         {
             "hybridrec/__init__.py": "",
             "hybridrec/config.py": "X = 1\n",
-            "hybridrec/conf/base.yaml": "a: 1\n",
-            "hybridrec/conf/local.yaml": "b: 2\n",
+            "hybridrec/data/stopwords.txt": "a\n",
+            "conf/base.yaml": "a: 1\n",
+            "conf/gpu_discovery.sh": "echo\n",
+            "conf/.swp": "junk",
             "hybridrec/sources/__init__.py": "",
             "hybridrec/sources/sample.py": "",
             "hybridrec/__pycache__/config.cpython-311.pyc": "junk",
@@ -77,7 +79,7 @@ def source(tmp_path: Path) -> Path:
             "pipelines/cli.py": "",
             "tests/unit/test_x.py": "",
             "notebooks/n.ipynb": "{}",
-            "setup.py": "",
+            "setup.py": 'setup(name="x", package_dir={"hybridrec.conf": "conf"})\n',
         },
     )
 
@@ -91,8 +93,9 @@ def test_code_zip_holds_packages_and_package_data_only(source: Path):
     assert names == [
         "hybridrec/__init__.py",
         "hybridrec/conf/base.yaml",
-        "hybridrec/conf/local.yaml",
+        "hybridrec/conf/gpu_discovery.sh",
         "hybridrec/config.py",
+        "hybridrec/data/stopwords.txt",
         "hybridrec/sources/__init__.py",
         "hybridrec/sources/sample.py",
         "jobs/__init__.py",
@@ -110,7 +113,7 @@ def test_code_zip_is_reproducible(source: Path, tmp_path: Path):
     (source / "udfs/topk.py").chmod(0o600)
     assert packaging.code_archive_bytes(source) == first
 
-    (source / "hybridrec/conf/base.yaml").write_text("a: 2\n", encoding="utf-8")
+    (source / "conf/base.yaml").write_text("a: 2\n", encoding="utf-8")
     assert packaging.code_archive_bytes(source) != first
 
     for info in zipfile.ZipFile(io.BytesIO(first)).infolist():
@@ -132,7 +135,7 @@ def test_unchanged_code_zip_is_not_rewritten(source: Path, tmp_path: Path):
     assert not list(out.glob(".*partial"))
 
 
-def test_real_code_zip_has_every_module_and_yaml_and_no_tests():
+def test_real_code_zip_has_every_module_and_the_conf_and_no_tests():
     names = set(zipfile.ZipFile(io.BytesIO(packaging.code_archive_bytes())).namelist())
     on_disk = {
         p.relative_to(REPO).as_posix()
@@ -140,11 +143,17 @@ def test_real_code_zip_has_every_module_and_yaml_and_no_tests():
         for p in (REPO / package).rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     }
+    conf = {f"hybridrec/conf/{p.name}" for p in (REPO / "conf").glob("*.yaml")}
 
-    assert on_disk == names
+    assert on_disk <= names
+    assert "hybridrec/conf/base.yaml" in conf
+    assert names - on_disk >= conf
     assert {"udfs/encoder.py", "udfs/embedding_udf.py", "pipelines/cli.py"} <= names
-    assert {n for n in on_disk if n.endswith(".yaml")} <= names
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
+
+
+def test_package_dirs_follow_setup_py():
+    assert packaging.package_dirs(REPO)["hybridrec.conf"] == "conf"
 
 
 def test_code_zip_imports_from_the_zip_alone(tmp_path: Path):
@@ -159,7 +168,9 @@ def test_code_zip_imports_from_the_zip_alone(tmp_path: Path):
             "-S",
             "-c",
             "import sys; sys.path.insert(0, sys.argv[1]); "
-            "import hybridrec, udfs, jobs, pipelines; print(hybridrec.__file__, udfs.__file__)",
+            "import hybridrec, udfs, jobs, pipelines; from importlib import resources; "
+            "print(hybridrec.__file__, udfs.__file__); "
+            "print((resources.files('hybridrec') / 'conf' / 'base.yaml').read_text()[:0])",
             str(archive),
         ],
         cwd=tmp_path,
