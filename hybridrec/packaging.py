@@ -766,14 +766,14 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="dist", help="output folder (default: dist)")
     parser.add_argument(
         "--torch",
-        default="cpu",
+        default=None,
         metavar="cpu|cuda|SPEC",
         help="torch build for executors: cpu (default), cuda, or a pip requirement as is",
     )
     parser.add_argument(
         "--pip-arg",
         action="append",
-        default=[],
+        default=None,
         metavar="ARG",
         help="extra argument for pip install, repeatable (write --pip-arg=--index-url=URL)",
     )
@@ -786,7 +786,10 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--print-flags",
         action="store_true",
-        help="only refresh the code zip and print the flags; exit 3 if the env is not built",
+        help=(
+            "only refresh the code zip and print the flags; exit 3 if the env is not built "
+            "(--torch, --python-prefix and --pip-arg default to those of the last build)"
+        ),
     )
     return parser
 
@@ -798,12 +801,13 @@ def main(argv: Sequence[str], setup_logging: Callable[[], None] | None = None) -
         setup_logging()
     if args.print_flags:
         log.setLevel(logging.WARNING)
+        _options_of_last_build(args)
     try:
         result = build(
             args.out,
             torch_spec=args.torch,
             python_prefix=args.python_prefix,
-            pip_args=args.pip_arg,
+            pip_args=args.pip_arg or [],
             rebuild=args.rebuild,
             build_missing=not args.print_flags,
         )
@@ -843,6 +847,19 @@ def main(argv: Sequence[str], setup_logging: Callable[[], None] | None = None) -
 
 # --------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _options_of_last_build(args: argparse.Namespace) -> None:
+    """``--print-flags``: the build options not given are those the manifest was built with, so
+    that ``hybridrec pack --torch cuda`` then ``hybridrec pack --print-flags`` agree."""
+    key = (read_manifest(Path(args.out)) or {}).get("key", {})
+    if args.torch is None and key.get("requirements"):
+        torch = [r for r in key["requirements"] if _requirement_name(r) == "torch"]
+        args.torch = key.get("torch_mode") or (torch[0] if torch else None)
+    if args.python_prefix is None:
+        args.python_prefix = key.get("python_prefix")
+    if args.pip_arg is None:
+        args.pip_arg = key.get("pip_args") or []
 
 
 def _run(command: list[str], what: str, *, stream: bool = False) -> None:

@@ -458,6 +458,26 @@ def test_cli_pack_prints_only_the_flags_on_stdout(tmp_path: Path, monkeypatch, c
     assert second.out.split() == flags  # what $(...) hands spark-submit
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--torch", "cuda"],
+        ["--torch", "torch==2.13.0+cu128", "--python-prefix", "/usr/local"],
+        ["--pip-arg=--index-url=file:///wheels"],
+    ],
+)
+def test_cli_print_flags_takes_the_last_builds_options(
+    tmp_path: Path, monkeypatch, capsys, options
+):
+    fake = FakeBuild(monkeypatch)
+    assert cli_main(["pack", "--out", str(tmp_path), *options]) == 0
+    assert cli_main(["pack", "--out", str(tmp_path), "--print-flags"]) == 0
+    assert fake.calls == 1
+    # Asked for something else explicitly: not built.
+    other = ["--print-flags", "--python-prefix", "/opt/other"]
+    assert cli_main(["pack", "--out", str(tmp_path), *other]) == 3
+
+
 def test_cli_print_flags_exits_3_when_not_built(tmp_path: Path, monkeypatch, capsys):
     fake = FakeBuild(monkeypatch)
     assert cli_main(["pack", "--out", str(tmp_path), "--print-flags"]) == 3
