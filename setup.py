@@ -32,7 +32,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6"],
+        # venv-pack builds the executor environment (hybridrec pack); the cluster test uses it.
+        "pack": ["venv-pack>=0.2"],
+        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "venv-pack>=0.2"],
         # notebooks/explore_run.ipynb: Jupyter Lab to open it, nbconvert to run it headless.
         "notebook": ["jupyterlab>=4", "nbconvert>=7", "ipykernel>=6", "ipywidgets>=8"],
     },
