@@ -200,6 +200,8 @@ class EnvSpec:
             "pip_args": list(self.pip_args),
             "python_prefix": self.python_prefix,
             "torch_mode": self.torch_mode,
+            # How the env is made: a change here rebuilds it too.
+            "recipe": {"no_deps": list(NO_DEPS_DISTRIBUTIONS), "prune": list(PRUNE)},
         }
 
 
@@ -581,8 +583,9 @@ def create_env(
     return probe
 
 
-def prune(prefix: Path, patterns: Sequence[str] = PRUNE) -> int:
+def prune(prefix: Path, patterns: Sequence[str] | None = None) -> int:
     """Remove :data:`PRUNE`'s folders from the env; returns the bytes freed."""
+    patterns = PRUNE if patterns is None else patterns
     freed = 0
     for site in prefix.glob("lib/python*/site-packages"):
         for pattern in patterns:

@@ -527,3 +527,10 @@ def test_prune_removes_headers_and_test_suites_only(tmp_path: Path):
     assert packaging.prune(tmp_path) == 17
     left = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
     assert left == ["numpy/testing/__init__.py", "pandas/core/frame.py", "torch/__init__.py"]
+
+
+def test_a_change_of_recipe_rebuilds(tmp_path: Path, monkeypatch):
+    fake = FakeBuild(monkeypatch)
+    packaging.build(tmp_path)
+    monkeypatch.setattr(packaging, "PRUNE", (*packaging.PRUNE, "sympy/testing"))
+    assert not packaging.build(tmp_path).reused and fake.calls == 2
