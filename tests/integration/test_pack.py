@@ -49,6 +49,18 @@ print(json.dumps({
 """
 
 
+def _base_python_paths() -> set[str]:
+    """The standard library of the base interpreter the env links to (lib/python3.X and its
+    zip and lib-dynload): the only other folders its Python may read."""
+    base = Path(sys.base_prefix) / "lib"
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    return {
+        str(base / f"python{sys.version_info[0]}{sys.version_info[1]}.zip"),
+        str(base / version),
+        str(base / version / "lib-dynload"),
+    }
+
+
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> packaging.PackResult:
     pytest.importorskip("venv_pack")
@@ -123,7 +135,11 @@ def test_unpacked_env_runs_the_encoder_as_an_executor(packed: packaging.PackResu
     assert seen["udfs"].startswith(str(packed.code_archive))
     assert "pyspark.zip" in seen["pyspark"]
     assert not seen["mlflow"]
-    assert not [p for p in seen["path"] if p.startswith(sys.prefix) or p.startswith("/work")]
+    # From outside the env only the executor's PYTHONPATH (code zip, Spark's pyspark and py4j
+    # zips), the base interpreter's standard library and the (empty) current folder.
+    spark_zips = set(map(str, packaging.pyspark_lib_zips()))
+    outside = [p for p in seen["path"] if not Path(p).is_relative_to(unpacked)]
+    assert set(outside) <= {"", str(packed.code_archive), *spark_zips, *_base_python_paths()}
     assert seen["shape"] == [2, 384]
     assert seen["norms"] == pytest.approx([1.0, 1.0], abs=1e-4)
     assert 0.0 < seen["cosine"] < 0.99
