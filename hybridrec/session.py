@@ -9,8 +9,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from hybridrec.config import Config
+from hybridrec.config import Config, ConfigError
 
+GPU_TASK_AMOUNT = "spark.task.resource.gpu.amount"
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +81,7 @@ def get_spark(cfg: Config) -> SparkSession:
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    _refuse_gpu_tasks_in_local_mode(spark)
     if not cfg.run.metastore:
         # Derby writes derby.log into the JVM's working folder (the checkout) unless told where;
         # it reads this when it boots, at the first catalog call, so setting it now is in time.
@@ -90,3 +92,15 @@ def get_spark(cfg: Config) -> SparkSession:
     spark.sparkContext.setCheckpointDir(work_path(cfg, "checkpoint_dir", "checkpoints"))
     log.info("spark %s master=%s warehouse=%s", spark.version, spark.sparkContext.master, warehouse)
     return spark
+
+
+def _refuse_gpu_tasks_in_local_mode(spark: SparkSession) -> None:
+    """Local mode schedules no GPUs: a task that asks for one would wait forever, silently."""
+    amount = spark.sparkContext.getConf().get(GPU_TASK_AMOUNT)
+    master = spark.sparkContext.master
+    if amount and master.startswith("local"):
+        raise ConfigError(
+            f"{GPU_TASK_AMOUNT}={amount} (conf/gpu.yaml or spark.conf) with master {master}: "
+            "Spark's local mode gives tasks no GPU, so every task would wait forever; submit to "
+            "a cluster whose workers have GPUs, or leave conf/gpu.yaml out"
+        )

@@ -101,3 +101,21 @@ def test_newline_in_a_value_stays_on_one_line(cli_results):
     _, result = cli_results["newline-in-value"]
 
     assert "run.database = 'bad\\nname'" in result.stderr
+
+
+def test_gpu_conf_in_local_mode_fails_at_start_instead_of_waiting_forever(tmp_path):
+    # Local mode gives tasks no GPU: with conf/gpu.yaml every task would wait, with no error.
+    env = {k: v for k, v in os.environ.items() if k not in ("HYBRIDREC_CONF_DIR",)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--conf", "conf/local.yaml"]
+        + ["--conf", "conf/gpu.yaml", "--set", f"run.work_dir={tmp_path / 'work'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "spark.task.resource.gpu.amount=1" in last
+    assert "local" in last and "wait forever" in last
