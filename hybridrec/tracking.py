@@ -10,7 +10,9 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -19,6 +21,9 @@ from hybridrec import runs
 from hybridrec.config import Config
 from hybridrec.redaction import mask_uri, redact_mapping
 from hybridrec.session import work_path
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 log = logging.getLogger(__name__)
 
@@ -246,9 +251,9 @@ def log_spark_model(model, name: str, *, staging_dir: str) -> None:
     import mlflow.spark
     import pyspark
 
-    package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="hybridrec-model-") as tmp:
         local = Path(tmp) / name
+        package = _copy_package(Path(tmp) / "code" / "hybridrec")
         mlflow.spark.save_model(
             model,
             str(local),
@@ -261,3 +266,17 @@ def log_spark_model(model, name: str, *, staging_dir: str) -> None:
         parent_id = _parent_of_active_run()
         if parent_id:
             MlflowClient().log_artifacts(parent_id, str(local), artifact_path=name)
+
+
+def _copy_package(target: Path, source: Traversable | None = None) -> Path:
+    """The hybridrec package as plain files, from wherever it is imported: a folder, or the
+    ``--py-files`` zip a cluster driver imports it from (MLflow copies only real folders)."""
+    source = source or resources.files("hybridrec")
+    target.mkdir(parents=True, exist_ok=True)
+    for child in source.iterdir():
+        if child.is_dir():
+            if child.name != "__pycache__":
+                _copy_package(target / child.name, child)
+        elif not child.name.endswith(".pyc"):
+            (target / child.name).write_bytes(child.read_bytes())
+    return target

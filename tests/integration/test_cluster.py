@@ -35,7 +35,7 @@ import yaml
 
 from hybridrec import packaging
 
-from .conftest import REPO, TINY_SETTINGS
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -166,9 +166,10 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def packed(cluster):
-    """``hybridrec pack`` into the driver's temp folder (hidden from the worker)."""
+    """``hybridrec pack`` into the checkout's ignored build folder (hidden from the worker); a
+    second local run reuses the environment when nothing it is built from changed."""
     started = time.perf_counter()
-    result = packaging.build(cluster["driver_tmp"] / "dist")
+    result = packaging.build(REPO / "build" / "cluster-test-dist")
     print(
         f"pack: {time.perf_counter() - started:.0f}s, env {result.env_archive.stat().st_size:,} B"
     )
@@ -178,6 +179,8 @@ def packed(cluster):
 def _driver_env(cluster) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW", "PYSPARK"))}
     env["TMPDIR"] = str(cluster["driver_tmp"])
+    # As in an activated venv: pip's spark-submit finds Spark through the python3 on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
@@ -209,9 +212,9 @@ def _submit(cluster, packed, application: str, args: list[str], extra: list[str]
 
 
 @pytest.fixture(scope="module")
-def cluster_run(cluster, packed):
+def cluster_run(cluster, packed, tiny_settings):
     overlay = cluster["root"] / "cluster.yaml"
-    settings = {k: v for k, v in TINY_SETTINGS.items() if k != "spark"}
+    settings = {k: v for k, v in tiny_settings.items() if k != "spark"}
     settings["run"] = {"work_dir": str(cluster["shared"] / "work")}
     overlay.write_text(yaml.safe_dump(settings), encoding="utf-8")
     conf = ["--conf", "conf/local.yaml", "--conf", str(overlay), "--conf", "conf/gpu.yaml"]
@@ -225,9 +228,16 @@ def cluster_run(cluster, packed):
             str(REPO / "jobs" / f"{job}.py"),
             [*conf_paths(conf), "--run-id", RUN_ID],
         )
-        assert done.returncode == 0, f"{job}: {done.stderr[-5000:]}"
+        (cluster["root"] / f"{job}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+        assert done.returncode == 0, f"{job}: {_not_spark_info(done.stderr)[-6000:]}"
     print("seconds per job:", seconds)
     return {"conf": conf_paths(conf), "seconds": seconds}
+
+
+def _not_spark_info(log: str) -> str:
+    """The driver's own lines (our logs, tracebacks), without Spark's INFO chatter."""
+    spark_info = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d INFO ")
+    return "\n".join(line for line in log.splitlines() if not spark_info.match(line))
 
 
 def conf_paths(args: list[str]) -> list[str]:

@@ -45,9 +45,7 @@ def test_saved_pipeline_scores_real_ids_as_als_scores_their_indices(spark, cfg, 
     }
     expected = {
         (r[USER_COL], r[ITEM_COL]): r["prediction"]
-        for r in model.transform(
-            pairs.join(users, USER_COL).join(items, ITEM_COL)
-        ).collect()
+        for r in model.transform(pairs.join(users, USER_COL).join(items, ITEM_COL)).collect()
     }
     assert len(expected) == 3
     for pair, score in expected.items():
@@ -68,3 +66,31 @@ def test_index_stage_keeps_its_columns_and_mapping_through_save(spark, cfg, tmp_
     indexed = user_stage.transform(spark.createDataFrame([("bob",), ("nobody",)], [USER_COL]))
     got = dict(indexed.select(USER_COL, F.col(f"{USER_COL}_idx")).collect())
     assert got == {"bob": 1, "nobody": -1}
+
+
+def test_the_model_carries_the_package_even_when_imported_from_the_code_zip(tmp_path):
+    # A cluster driver imports hybridrec from the --py-files zip; MLflow copies only folders.
+    import subprocess
+    import sys
+
+    from hybridrec import packaging
+
+    zipped = packaging.build_code_archive(tmp_path)
+    script = (
+        "import sys, pathlib; sys.path.insert(0, sys.argv[1]);"
+        "import hybridrec, hybridrec.tracking as t;"
+        "assert '.zip' in hybridrec.__file__, hybridrec.__file__;"
+        "out = t._copy_package(pathlib.Path(sys.argv[2]));"
+        "print(sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(zipped), str(tmp_path / "copy" / "hybridrec")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    copied = done.stdout
+    assert "'id_index.py'" in copied and "'conf/base.yaml'" in copied
+    assert "__pycache__" not in copied
