@@ -10,6 +10,7 @@ image or a user's ``pip install hybridrec-*.whl`` has.
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import subprocess
@@ -32,6 +33,12 @@ TINY_SETTINGS = {
     "embed": {"text_neighbours": 10},
     "spark": {"master": "local[2]", "shuffle_partitions": 2},
 }
+
+
+@pytest.fixture(scope="session")
+def tiny_settings() -> dict:
+    """A copy of TINY_SETTINGS for tests that write their own overlay."""
+    return copy.deepcopy(TINY_SETTINGS)
 
 
 @dataclass
