@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pyspark.sql import SparkSession
 from hybridrec.config import Config, ConfigError
 
 GPU_TASK_AMOUNT = "spark.task.resource.gpu.amount"
+GPU_RESOURCE = re.compile(r"^spark\.(task|executor|driver|worker)\.resource\.gpu\.")
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +79,13 @@ def get_spark(cfg: Config) -> SparkSession:
         # Run ids such as 20261123 must stay strings, not become partition integers.
         .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
     )
+    local = not under_spark_submit() and str(cfg.spark.master).startswith("local")
     for key, value in cfg.spark.conf.items():
+        if local and GPU_RESOURCE.match(key):
+            # Local mode gives tasks no GPU: a task asking for one would wait forever. The
+            # encoder still uses a GPU torch sees (embed.device auto or cuda).
+            log.warning("%s ignored: local Spark (%s) schedules no GPUs", key, cfg.spark.master)
+            continue
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
@@ -100,7 +108,7 @@ def _refuse_gpu_tasks_in_local_mode(spark: SparkSession) -> None:
     master = spark.sparkContext.master
     if amount and master.startswith("local"):
         raise ConfigError(
-            f"{GPU_TASK_AMOUNT}={amount} (conf/gpu.yaml or spark.conf) with master {master}: "
-            "Spark's local mode gives tasks no GPU, so every task would wait forever; submit to "
-            "a cluster whose workers have GPUs, or leave conf/gpu.yaml out"
+            f"{GPU_TASK_AMOUNT}={amount} with master {master}: Spark's local mode gives tasks "
+            "no GPU, so every task would wait forever; submit to a cluster whose workers have "
+            "GPUs, or leave the GPU resource settings out"
         )

@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,25 @@ TINY_SETTINGS = {
     "embed": {"text_neighbours": 10},
     "spark": {"master": "local[2]", "shuffle_partitions": 2},
 }
+
+
+@pytest.fixture(scope="session")
+def packed_env():
+    """``hybridrec pack`` once per session, into the checkout's ignored ``build/`` folder: a
+    fresh clone (CI) builds it; a second local session reuses it when nothing it is built from
+    changed."""
+    from hybridrec import packaging
+
+    started = time.perf_counter()
+    result = packaging.build(REPO / "build" / "test-dist")
+    archive = result.manifest["archive"]
+    print(
+        f"\nhybridrec pack: {time.perf_counter() - started:.0f} s (reused: {result.reused}); "
+        f"env {archive['bytes'] / 1e6:.0f} MB packed, {archive['unpacked_bytes'] / 1e6:.0f} MB "
+        f"unpacked; code {result.code_archive.stat().st_size / 1e3:.0f} kB",
+        file=sys.stderr,
+    )
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridrec import packaging
-
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
@@ -165,15 +163,20 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def packed(cluster):
-    """``hybridrec pack`` into the checkout's ignored build folder (hidden from the worker); a
-    second local run reuses the environment when nothing it is built from changed."""
-    started = time.perf_counter()
-    result = packaging.build(REPO / "build" / "cluster-test-dist")
-    print(
-        f"pack: {time.perf_counter() - started:.0f}s, env {result.env_archive.stat().st_size:,} B"
+def flags(packed_env) -> list[str]:
+    """The README's ``$(hybridrec pack --out dist --print-flags)``, for the session's pack output
+    (in the checkout, hidden from the worker)."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "hybridrec"), "pack", "--print-flags"]
+        + ["--out", str(packed_env.env_archive.parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    return result
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout.split()
+    assert printed == packed_env.flags
+    return printed
 
 
 def _driver_env(cluster) -> dict[str, str]:
@@ -184,13 +187,13 @@ def _driver_env(cluster) -> dict[str, str]:
     return env
 
 
-def _submit(cluster, packed, application: str, args: list[str], extra: list[str] = ()):
+def _submit(cluster, flags, application: str, args: list[str], extra: list[str] = ()):
     spark_submit = Path(sys.executable).parent / "spark-submit"
     command = [
         str(spark_submit),
         "--master",
         cluster["master"],
-        *packed.flags,
+        *flags,
         "--conf",
         "spark.sql.shuffle.partitions=4",
         "--conf",
@@ -212,7 +215,7 @@ def _submit(cluster, packed, application: str, args: list[str], extra: list[str]
 
 
 @pytest.fixture(scope="module")
-def cluster_run(cluster, packed, tiny_settings):
+def cluster_run(cluster, flags, tiny_settings):
     overlay = cluster["root"] / "cluster.yaml"
     settings = {k: v for k, v in tiny_settings.items() if k != "spark"}
     settings["run"] = {"work_dir": str(cluster["shared"] / "work")}
@@ -224,7 +227,7 @@ def cluster_run(cluster, packed, tiny_settings):
     for job in JOBS:
         done, seconds[job] = _submit(
             cluster,
-            packed,
+            flags,
             str(REPO / "jobs" / f"{job}.py"),
             [*conf_paths(conf), "--run-id", RUN_ID],
         )
@@ -290,14 +293,14 @@ def test_every_embed_task_got_its_own_fake_gpu_and_fell_back_to_cpu(cluster, clu
     assert set(addresses) == set(FAKE_GPUS)
 
 
-def test_executors_ran_the_shipped_python_and_cuda_mode_fails(cluster, packed, cluster_run):
+def test_executors_ran_the_shipped_python_and_cuda_mode_fails(cluster, flags, cluster_run):
     probe = cluster["driver_tmp"] / "probe.py"
     probe.write_text(
         PROBE.replace("DRIVER_PREFIX", repr(str(Path(sys.prefix).resolve()))), encoding="utf-8"
     )
     done, _ = _submit(
         cluster,
-        packed,
+        flags,
         str(probe),
         [],
         [

@@ -62,21 +62,8 @@ def _base_python_paths() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory: pytest.TempPathFactory) -> packaging.PackResult:
-    pytest.importorskip("venv_pack")
-    out = tmp_path_factory.mktemp("pack") / "dist"
-    started = time.perf_counter()
-    result = packaging.build(out)
-    seconds = time.perf_counter() - started
-    archive = result.manifest["archive"]
-    print(
-        f"\nhybridrec pack: {seconds:.0f} s; env {archive['bytes'] / 1e6:.0f} MB packed, "
-        f"{archive['unpacked_bytes'] / 1e6:.0f} MB unpacked; code "
-        f"{result.code_archive.stat().st_size / 1e3:.0f} kB",
-        file=sys.stderr,
-    )
-    assert not result.reused
-    return result
+def packed(packed_env) -> packaging.PackResult:
+    return packed_env
 
 
 def test_manifest_describes_the_archive(packed: packaging.PackResult):

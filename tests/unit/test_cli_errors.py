@@ -103,19 +103,41 @@ def test_newline_in_a_value_stays_on_one_line(cli_results):
     assert "run.database = 'bad\\nname'" in result.stderr
 
 
-def test_gpu_conf_in_local_mode_fails_at_start_instead_of_waiting_forever(tmp_path):
-    # Local mode gives tasks no GPU: with conf/gpu.yaml every task would wait, with no error.
-    env = {k: v for k, v in os.environ.items() if k not in ("HYBRIDREC_CONF_DIR",)}
+def test_gpu_conf_in_local_mode_is_dropped_with_a_warning_not_left_to_hang(tmp_path):
+    # Local mode gives tasks no GPU: with conf/gpu.yaml's task amount every task would wait
+    # forever. A query (or a run) on the same config must answer.
+    env = {k: v for k, v in os.environ.items() if k != "HYBRIDREC_CONF_DIR"}
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--conf", "conf/local.yaml"]
-        + ["--conf", "conf/gpu.yaml", "--set", f"run.work_dir={tmp_path / 'work'}"],
+        [sys.executable, "-m", "pipelines.cli", "sql", "--conf", "conf/local.yaml"]
+        + ["--conf", "conf/gpu.yaml", "--set", f"run.work_dir={tmp_path / 'work'}"]
+        + ["SELECT 41 + 1 AS answer", "--format", "csv"],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["answer", "42"]
+    assert "spark.task.resource.gpu.amount ignored: local Spark (local[*])" in done.stderr
+
+
+def test_gpu_task_resources_given_to_a_local_spark_submit_fail_at_start(tmp_path):
+    # The same mistake made on spark-submit's command line cannot be dropped: it fails, at once.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK", "MLFLOW"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]"]
+        + ["--conf", "spark.executor.resource.gpu.amount=1"]
+        + ["--conf", "spark.task.resource.gpu.amount=1", str(REPO / "jobs" / "ingest.py")]
+        + ["--conf", str(REPO / "conf/local.yaml"), "--set", f"run.work_dir={tmp_path / 'w'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
-    assert "spark.task.resource.gpu.amount=1" in last
-    assert "local" in last and "wait forever" in last
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("hybridrec: config error")]
+    assert "spark.task.resource.gpu.amount=1 with master local[1]" in line
+    assert "wait forever" in line
