@@ -38,7 +38,8 @@ runs executors needs that same Python, of the same version, at that same path, o
 
 Use (client mode; standalone clusters refuse cluster deploy mode for Python apps)::
 
-    spark-submit $(hybridrec pack --out dist --print-flags) --master spark://HOST:7077 jobs/x.py
+    spark-submit $(hybridrec pack --out dist --print-flags) --master spark://HOST:7077 \
+        jobs/ingest.py
 
 ``hybridrec pack`` prints the flags on stdout and its progress on stderr;
 ``--print-flags`` only refreshes the code zip and prints the flags, and exits 3 if the env archive
