@@ -272,7 +272,7 @@ def _sql(cluster_run, statement: str) -> list[dict]:
 
 
 def test_the_five_jobs_complete_one_run_on_the_cluster(cluster_run):
-    runs = _sql(cluster_run, f"SELECT status, stages FROM hybridrec.runs WHERE run_id = '{RUN_ID}'")
+    runs = _sql(cluster_run, f"SELECT status FROM hybridrec.runs WHERE run_id = '{RUN_ID}'")
     assert [r["status"] for r in runs] == ["complete"]
     counts = _sql(
         cluster_run,
