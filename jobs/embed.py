@@ -43,9 +43,8 @@ log = logging.getLogger(__name__)
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
-    model_path, model_id = resolve_model(
-        cfg.embed.model_path, cfg.embed.model_id, cfg.embed.max_length
-    )
+    # Checks the model folder here, at start; executors load it themselves.
+    _, model_id = resolve_model(cfg.embed.model_path, cfg.embed.model_id, cfg.embed.max_length)
     interactions = warehouse.read(INTERACTIONS)
     items = warehouse.read(ITEMS)
     reviews = {fold: embedding.review_documents(interactions, cfg, fold).cache() for fold in FOLDS}
@@ -67,8 +66,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         spark.sparkContext.defaultParallelism, -(-n_todo // cfg.embed.texts_per_task)
     )
     encode = encode_texts_udf(
-        # The bundled model's folder is looked up by each executor: the driver's is local to it.
-        model_path=cfg.embed.model_path and model_path,
+        # None (the bundled model) is looked up by each executor: the driver's folder is its own.
+        model_path=cfg.embed.model_path,
         device=cfg.embed.device,
         max_length=cfg.embed.max_length,
         batch_size=cfg.embed.batch_size,

@@ -257,17 +257,24 @@ def _executor_logs(cluster) -> str:
     )
 
 
-def _sql(cluster_run, statement: str) -> list[dict]:
+def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """This venv's python in a new process, without a tracking URI an earlier run exported."""
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "sql", *cluster_run["conf"], statement]
-        + ["--format", "json"],
-        cwd=REPO,
+        [sys.executable, *args],
+        cwd=cwd,
         env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def _sql(cluster_run, statement: str) -> list[dict]:
+    done = _python(
+        ["-m", "pipelines.cli", "sql", *cluster_run["conf"], statement, "--format", "json"], REPO
+    )
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
@@ -330,16 +337,7 @@ def test_executors_ran_the_shipped_python_and_cuda_mode_fails(cluster, flags, cl
 
 def test_the_logged_als_model_scores_real_ids(cluster_run, tmp_path):
     script = LOAD_MODEL.replace("CONF", repr(cluster_run["conf"])).replace("RUN_ID", repr(RUN_ID))
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    scored = json.loads(done.stdout.strip().splitlines()[-1])
+    scored = json.loads(_python(["-c", script], tmp_path).stdout.strip().splitlines()[-1])
     assert scored["known"] > 0
     assert scored["finite"] == scored["known"]
 
