@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 RUN_COL = "run_id"
 STAGING = "_staging"
 TRASH = "_trash"
-STAGING = "_staging"
 REPORTS = "_reports"  # per-run files beside the tables (plots), removed with the run's snapshots
 
 
@@ -75,8 +74,9 @@ class Warehouse:
         return f"{self.path(name)}/{RUN_COL}={run_id}"
 
     def staging_path(self) -> str:
-        """Scratch space on the warehouse's own (shared) storage, e.g. for a model on its way to
-        MLflow: executors and driver see the same files there."""
+        """The folder snapshots are staged in, on the warehouse's own (shared) storage: also where
+        a model goes on its way to MLflow, since executors and driver see the same files there.
+        A killed run's leftovers here go with :meth:`clear_leftovers`."""
         return f"{self.db_root}/{STAGING}"
 
     def report_path(self, run_id: str) -> str:
