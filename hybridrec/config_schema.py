@@ -31,6 +31,7 @@ CHOICES = {
     "score.normalisation": {"zscore", "minmax", "rank"},
     "score.catalog": {"interacted", "all"},
     "score.tune_metric": {"ndcg", "hr"},
+    "score.candidates.mode": {"auto", "full", "candidates"},
 }
 
 # A null default marks an optional setting; when set, it must be of this type.
@@ -140,6 +141,13 @@ RANGES: dict[str, Bounds] = {
     "score.weight_grid_step": Bounds(0, 1, low_open=True),
     "score.user_block_rows": COUNT,
     "score.history_items": COUNT,
+    "score.candidates.max_full_items": COUNT,
+    "score.candidates.als": NON_NEGATIVE,
+    "score.candidates.cooc": NON_NEGATIVE,
+    "score.candidates.text": NON_NEGATIVE,
+    "score.candidates.popular": NON_NEGATIVE,
+    "score.candidates.history_items": COUNT,
+    "score.candidates.item_block_rows": COUNT,
     "evaluate.k": COUNT,  # and at most score.k
     "evaluate.segment_fraction": Bounds(0, 1, low_open=True),
     "evaluate.confidence": Bounds(0, 1, low_open=True, high_open=True),

@@ -72,6 +72,11 @@ def popularity(interactions: DataFrame, fold: str) -> DataFrame:
     )
 
 
+def catalog_size(warehouse: Warehouse, cfg: Config) -> int:
+    """How many items the scoring catalog holds (both folds rank the same items)."""
+    return catalog_items(warehouse.read(INTERACTIONS), warehouse.read(ITEMS), cfg).count()
+
+
 def catalog_items(interactions: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
     """The candidate items. ``score.catalog: interacted`` keeps items with any interaction (an
     item seen only in a held-out split is a cold item, ranked by its text); ``all`` adds
@@ -330,7 +335,11 @@ def tune(
         TUNE_SCHEMA,
         lambda block, items: topk.tune_block(block, items, grid, **settings),
     )
-    k = cfg.score.k
+    return summarise_ranks(ranks, cfg.score.k)
+
+
+def summarise_ranks(ranks: DataFrame, k: int) -> DataFrame:
+    """combo, ndcg, hr, users: NDCG@k and HR@k of the targets' ranks per weight set."""
     hit = F.col("target_rank") <= k
     return ranks.groupBy("combo").agg(
         F.avg(F.when(hit, 1.0 / F.log2(F.col("target_rank") + 1)).otherwise(0.0)).alias("ndcg"),

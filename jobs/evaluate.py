@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import evaluation, plots, scoring, tracking
+from hybridrec import candidates, evaluation, plots, scoring, tracking
 from hybridrec.config import Config
 from hybridrec.constants import (
     BASELINE_RECOMMENDATIONS,
@@ -158,10 +158,22 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
     k = cfg.evaluate.k
     hybrid = hybrid_recommendations(warehouse, run_id)
-    catalog = scoring.load_catalog(warehouse, cfg, TEST)
-    users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
     weights, sharpness = baseline_weights(warehouse, run_id, cfg)
-    baselines = scoring.recommend(users, catalog, weights, cfg, recent_sharpness=sharpness)
+    n_items = scoring.catalog_size(warehouse, cfg)
+    # The baselines rank the way the hybrid did: over candidates above the configured size.
+    if candidates.use_candidates(cfg, n_items):
+        baselines = candidates.recommend(
+            candidates.load_fold(warehouse, cfg, TEST),
+            TEST,
+            weights,
+            cfg,
+            scoring.RECOMMENDATION_SCHEMA,
+            recent_sharpness=sharpness,
+        )
+    else:
+        catalog = scoring.load_catalog(warehouse, cfg, TEST)
+        users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
+        baselines = scoring.recommend(users, catalog, weights, cfg, recent_sharpness=sharpness)
     warehouse.write(baselines, BASELINE_RECOMMENDATIONS, run_id=run_id)
     recs = hybrid.unionByName(warehouse.read(BASELINE_RECOMMENDATIONS)).select(
         "model", "user_id", "rank", "item_id"
@@ -170,7 +182,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         recs,
         warehouse.read(INTERACTIONS),
         scoring.of_fold(warehouse.read(ITEM_EMBEDDINGS), TEST),
-        len(catalog),
+        n_items,
         cfg,
     )
     warehouse.write(metrics, METRICS, run_id=run_id)

@@ -16,7 +16,7 @@ import mlflow
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from hybridrec import progress, scoring
+from hybridrec import candidates, progress, scoring
 from hybridrec.config import Config
 from hybridrec.constants import (
     BASELINE_WEIGHTS,
@@ -34,7 +34,30 @@ NAME = "score"
 log = logging.getLogger(__name__)
 
 
-def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd.DataFrame:
+def _candidate_tuner(warehouse: Warehouse, cfg: Config, grid: list[dict[str, float]]):
+    """Tuning over candidates: per sharpness, the grid's NDCG and HR on validation, with the
+    candidate recall (the share of held-out items that were candidates) in each row."""
+    tables = candidates.load_fold(warehouse, cfg, VALIDATION)
+
+    def tune(sharpness: float) -> pd.DataFrame:
+        ranks, found = candidates.tune_ranks(
+            tables, VALIDATION, grid, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
+        )
+        share, users = candidates.recall(found)
+        log.info(
+            "candidate recall on validation (recent sharpness %g): %.4f of %d users",
+            sharpness,
+            share,
+            users,
+        )
+        return scoring.summarise_ranks(ranks, cfg.score.k).toPandas().assign(candidate_recall=share)
+
+    return tune
+
+
+def choose_weights(
+    spark: SparkSession, warehouse: Warehouse, cfg: Config, *, over_candidates: bool = False
+) -> pd.DataFrame:
     """Fusion weights of the hybrid and of the text-only baseline, one row per model.
 
     Picked on validation with the validation fold's models (which never saw that split): the
@@ -51,20 +74,28 @@ def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd
     )
     if not cfg.score.tune_on_validation:
         return configured
-    catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
-    users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
-    users = users.cache()
     grid = weight_grid(cfg.score.weight_grid_step)
     sharpness_grid = [float(p) for p in cfg.score.recent_sharpness_grid]
+    if over_candidates:
+        tune = _candidate_tuner(warehouse, cfg, grid)
+    else:
+        catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
+        users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
+        users = users.cache()
+
+        def tune(p: float) -> pd.DataFrame:
+            return scoring.tune(users, catalog, grid, cfg, recent_sharpness=p).toPandas()
+
     frames = []
     for i, p in enumerate(sharpness_grid):
         point = f"weight grid {i + 1} of {len(sharpness_grid)} (recent sharpness {p:g})"
         log.info("%s: %d weight sets on validation", point, len(grid))
         with progress.working_on(point):
-            tuned = scoring.tune(users, catalog, grid, cfg, recent_sharpness=p).toPandas()
+            tuned = tune(p)
         frames.append(tuned.assign(recent_sharpness=p, _order=i))
     results = pd.concat(frames, ignore_index=True)
-    users.unpersist()
+    if not over_candidates:
+        users.unpersist()
     if results.empty:
         log.warning("no validation interactions: keeping the configured weights")
         return configured
@@ -99,23 +130,42 @@ def choose_weights(spark: SparkSession, warehouse: Warehouse, cfg: Config) -> pd
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
-    picks = choose_weights(spark, warehouse, cfg)
-    warehouse.write(spark.createDataFrame(picks), FUSION_WEIGHTS, run_id=run_id)
+    n_items = scoring.catalog_size(warehouse, cfg)
+    over_candidates = candidates.use_candidates(cfg, n_items)
+    log.info(
+        "catalog of %d items: %s",
+        n_items,
+        "ranking per-user candidates" if over_candidates else "full ranking (catalog broadcast)",
+    )
+    picks = choose_weights(spark, warehouse, cfg, over_candidates=over_candidates)
     hybrid = picks[picks["model"] == "hybrid"].iloc[0]
+    picks = picks.drop(columns=["candidate_recall"], errors="ignore")
+    warehouse.write(spark.createDataFrame(picks), FUSION_WEIGHTS, run_id=run_id)
     weights = {part: float(hybrid[part]) for part in PARTS}
     sharpness = float(hybrid["recent_sharpness"])
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})
     mlflow.log_param("hybrid_recent_sharpness", sharpness)
     # Served recommendations come from the test fold: models refitted on train and validation.
-    catalog = scoring.load_catalog(warehouse, cfg, TEST)
-    users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
-    recs = scoring.recommend(
-        users, catalog, {"hybrid": weights}, cfg, recent_sharpness=sharpness
-    ).drop("model")
-    n = warehouse.write(recs, RECOMMENDATIONS, run_id=run_id)
+    if over_candidates:
+        recs = candidates.recommend(
+            candidates.load_fold(warehouse, cfg, TEST),
+            TEST,
+            {"hybrid": weights},
+            cfg,
+            scoring.RECOMMENDATION_SCHEMA,
+            recent_sharpness=sharpness,
+        )
+    else:
+        catalog = scoring.load_catalog(warehouse, cfg, TEST)
+        users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
+        recs = scoring.recommend(
+            users, catalog, {"hybrid": weights}, cfg, recent_sharpness=sharpness
+        )
+    n = warehouse.write(recs.drop("model"), RECOMMENDATIONS, run_id=run_id)
     results = {
         "recommendations": n,
-        "catalog_items": len(catalog),
+        "catalog_items": n_items,
+        "ranked_over_candidates": float(over_candidates),
         **{f"weight_{part}": w for part, w in weights.items()},
         "recent_sharpness": sharpness,
     }
@@ -124,6 +174,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
             validation_ndcg=float(hybrid["validation_ndcg"]),
             validation_hr=float(hybrid["validation_hr"]),
         )
+    if "candidate_recall" in hybrid:
+        results["validation_candidate_recall"] = float(hybrid["candidate_recall"])
     return results
 
 

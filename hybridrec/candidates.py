@@ -1,0 +1,393 @@
+"""Ranking over per-user candidates: for catalogs too large to send whole to every task.
+
+Full ranking (``hybridrec.scoring``) broadcasts the item catalog and scores every unseen item
+for every user. Above ``score.candidates.max_full_items`` nothing item-sized is broadcast:
+
+1. Candidates, all in Spark: the ALS top-N of each user (blocked factor products: each task
+   multiplies one block of users by one block of items), the best co-occurrence and text
+   neighbours of the user's newest history items (joins with the neighbour tables, votes
+   weighted as in full ranking), and the most popular items. Items the user already has are
+   left out.
+2. Each candidate pair is joined with its item's factors and text vector (a shuffle by item,
+   not a broadcast); the pairs of a group of users meet their users' vectors (a cogroup) and
+   the same kernel as full ranking normalises, fuses and ranks them (``udfs.candidate_kernel``).
+
+Votes of the recent part always come from the text neighbour lists here (full ranking at
+sharpness 1 compares with every item instead). Normalisation runs over the candidates, so
+weights are tuned in the same mode they are used in; the share of held-out validation items
+that were candidates (candidate recall) bounds what any weighting can reach and is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from hybridrec.config import Config
+from hybridrec.constants import (
+    ALS_ITEM_FACTORS,
+    ALS_USER_FACTORS,
+    EMBEDDING_COL,
+    FACTORS_COL,
+    INTERACTIONS,
+    ITEM_COL,
+    ITEM_EMBEDDINGS,
+    ITEM_NEIGHBOURS,
+    ITEM_TEXT_NEIGHBOURS,
+    ITEMS,
+    SPLIT_COL,
+    TS_COL,
+    USER_COL,
+    USER_EMBEDDINGS,
+)
+from hybridrec.cooc import NEIGHBOUR_COL
+from hybridrec.folds import history
+from hybridrec.tables import Warehouse
+from udfs import candidate_kernel
+
+log = logging.getLogger(__name__)
+
+GROUP_COL = "_group"
+# A target that is not among a user's candidates ranks below any top-K.
+MISS_RANK = 2**31 - 1
+
+
+def use_candidates(cfg: Config, n_items: int) -> bool:
+    """Whether a catalog of ``n_items`` is ranked over candidates (see the module doc)."""
+    mode = cfg.score.candidates.mode
+    return mode == "candidates" or (
+        mode == "auto" and n_items > cfg.score.candidates.max_full_items
+    )
+
+
+@dataclass
+class FoldTables:
+    """What ranking one fold reads: every table keyed by user_id or item_id."""
+
+    interactions: DataFrame
+    items: DataFrame  # item_id of every catalog item
+    item_factors: DataFrame  # item_id, factors
+    item_vectors: DataFrame  # item_id, embedding
+    user_factors: DataFrame  # user_id, factors
+    user_vectors: DataFrame  # user_id, embedding
+    neighbours: DataFrame  # item_id, neighbour_id, similarity (co-occurrence)
+    text_neighbours: DataFrame  # the same, by text
+    popularity: DataFrame  # item_id, popularity
+
+
+def load_fold(warehouse: Warehouse, cfg: Config, fold: str) -> FoldTables:
+    from hybridrec import scoring  # scoring imports this module
+
+    interactions = warehouse.read(INTERACTIONS)
+    items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
+
+    def fold_table(name: str, key: str | None = None) -> DataFrame:
+        table = scoring.of_fold(warehouse.read(name), fold)
+        return table.withColumnRenamed("id", key) if key else table
+
+    return FoldTables(
+        interactions=interactions,
+        items=items,
+        item_factors=fold_table(ALS_ITEM_FACTORS).select(ITEM_COL, FACTORS_COL),
+        item_vectors=fold_table(ITEM_EMBEDDINGS, ITEM_COL).select(ITEM_COL, EMBEDDING_COL),
+        user_factors=fold_table(ALS_USER_FACTORS).select(USER_COL, FACTORS_COL),
+        user_vectors=fold_table(USER_EMBEDDINGS, USER_COL).select(USER_COL, EMBEDDING_COL),
+        neighbours=fold_table(ITEM_NEIGHBOURS),
+        text_neighbours=fold_table(ITEM_TEXT_NEIGHBOURS),
+        popularity=scoring.popularity(interactions, fold),
+    )
+
+
+def recent_history(interactions: DataFrame, fold: str, cap: int) -> DataFrame:
+    """user_id, _from (a history item), pos (0 = newest): each user's ``cap`` newest items."""
+    newest_first = Window.partitionBy(USER_COL).orderBy(F.col("_last").desc(), F.col(ITEM_COL))
+    return (
+        history(interactions, fold)
+        .groupBy(USER_COL, ITEM_COL)
+        .agg(F.max(TS_COL).alias("_last"))
+        .withColumn("pos", F.row_number().over(newest_first) - 1)
+        .where(F.col("pos") < cap)
+        .select(USER_COL, F.col(ITEM_COL).alias("_from"), "pos")
+    )
+
+
+def neighbour_votes(
+    recent: DataFrame, neighbours: DataFrame, half_life: float, sharpness: float, name: str
+) -> DataFrame:
+    """user_id, item_id, ``name`` (the summed votes), ``name``_from (the history item that
+    cast the largest): each history item votes for its neighbours with similarity ** sharpness
+    (sign kept), halving every ``half_life`` items back, as the full-ranking kernel does."""
+    similarity = F.col("similarity")
+    powered = F.signum(similarity) * F.pow(F.abs(similarity), F.lit(float(sharpness)))
+    vote = F.pow(F.lit(0.5), F.col("pos") / F.lit(float(half_life))) * powered
+    lists = neighbours.select(
+        F.col(ITEM_COL).alias("_from"), F.col(NEIGHBOUR_COL).alias(ITEM_COL), similarity
+    )
+    return (
+        recent.join(lists, "_from")
+        .withColumn("_vote", vote)
+        .groupBy(USER_COL, ITEM_COL)
+        .agg(F.sum("_vote").alias(name), F.max_by("_from", "_vote").alias(f"{name}_from"))
+    )
+
+
+def best_per_user(df: DataFrame, score: str, n: int) -> DataFrame:
+    """The ``n`` rows of each user with the highest ``score`` (ties: lower item_id)."""
+    order = Window.partitionBy(USER_COL).orderBy(F.col(score).desc(), F.col(ITEM_COL))
+    return df.withColumn("_r", F.row_number().over(order)).where(F.col("_r") <= n).drop("_r")
+
+
+def als_top_n(
+    user_factors: DataFrame, item_factors: DataFrame, n: int, item_block_rows: int
+) -> DataFrame:
+    """user_id, item_id, cf: each user's ``n`` best items by factor product.
+
+    Blocked: users and items are split into blocks (rows of collected factors); every pair of a
+    user block and an item block is one task multiplying the two (a replicated nested-loop
+    join, never a broadcast of all item factors); each task keeps its users' best ``n`` of its
+    items, and the best ``n`` of those per user are kept.
+    """
+    spark = user_factors.sparkSession
+    n_items = item_factors.count()
+    n_users = user_factors.count()
+    if n == 0 or n_items == 0 or n_users == 0:
+        return spark.createDataFrame([], f"{USER_COL} string, {ITEM_COL} string, cf float")
+    item_blocks = max(1, math.ceil(n_items / item_block_rows))
+    # Users per block so that a task's product stays near one item block's size.
+    user_blocks = max(spark.sparkContext.defaultParallelism, math.ceil(n_users / 20_000))
+
+    def blocks(df: DataFrame, key: str, count: int, name: str) -> DataFrame:
+        return (
+            df.withColumn(name, F.pmod(F.xxhash64(key), F.lit(count)))
+            .groupBy(name)
+            .agg(F.collect_list(F.struct(key, FACTORS_COL)).alias(f"{name}_rows"))
+        )
+
+    pairs = (
+        blocks(user_factors, USER_COL, user_blocks, "user_block")
+        .hint("shuffle_replicate_nl")
+        .join(blocks(item_factors, ITEM_COL, item_blocks, "item_block"))
+    )
+    schema = f"{USER_COL} string, {ITEM_COL} string, cf float"
+
+    def unpack(rows, key: str) -> tuple[np.ndarray, np.ndarray]:
+        # Arrow hands an array of structs over as dicts.
+        ids = np.array([r[key] for r in rows], dtype=object)
+        return ids, np.stack([r[FACTORS_COL] for r in rows]).astype(np.float32)
+
+    def top(batches):
+        for batch in batches:
+            for user_rows, item_rows in zip(
+                batch["user_block_rows"], batch["item_block_rows"], strict=True
+            ):
+                user_ids, users = unpack(user_rows, USER_COL)
+                item_ids, items = unpack(item_rows, ITEM_COL)
+                m = min(n, len(item_ids))
+                # Users per product so that one (users, items) float32 matrix stays near 200 MB.
+                step = max(1, 50_000_000 // len(item_ids))
+                for start in range(0, len(users), step):
+                    scores = users[start : start + step] @ items.T
+                    best = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+                    yield pd.DataFrame(
+                        {
+                            USER_COL: np.repeat(user_ids[start : start + step], m),
+                            ITEM_COL: item_ids[best.ravel()],
+                            "cf": np.take_along_axis(scores, best, axis=1).ravel(),
+                        }
+                    )
+
+    return best_per_user(pairs.mapInPandas(top, schema), "cf", n)
+
+
+def popular(popularity: DataFrame, n: int) -> DataFrame:
+    """item_id of the ``n`` most popular items (a few rows: joined to every user)."""
+    return popularity.orderBy(F.col("popularity").desc(), F.col(ITEM_COL)).limit(n).select(ITEM_COL)
+
+
+def users_to_rank(tables: FoldTables, fold: str) -> DataFrame:
+    """user_id of everyone full ranking would score: history, ALS factors or a text vector."""
+    return (
+        history(tables.interactions, fold)
+        .select(USER_COL)
+        .unionByName(tables.user_factors.select(USER_COL))
+        .unionByName(tables.user_vectors.select(USER_COL))
+        .distinct()
+    )
+
+
+def candidate_pairs(
+    tables: FoldTables, cfg: Config, fold: str, users: DataFrame, sharpness: float
+) -> DataFrame:
+    """user_id, item_id, cooc, cooc_from, recent, recent_from: each user's candidates (catalog
+    items the user has not had in the fold's history) with the neighbour votes cast for them."""
+    c = cfg.score.candidates
+    recent = recent_history(tables.interactions, fold, c.history_items).join(
+        users, USER_COL, "left_semi"
+    )
+    cooc = neighbour_votes(recent, tables.neighbours, cfg.score.cooc_half_life, 1.0, "cooc").cache()
+    text = neighbour_votes(
+        recent, tables.text_neighbours, cfg.score.recent_half_life, sharpness, "recent"
+    ).cache()
+    als = als_top_n(
+        tables.user_factors.join(users, USER_COL, "left_semi"),
+        tables.item_factors.join(tables.items, ITEM_COL, "left_semi"),
+        c.als,
+        c.item_block_rows,
+    )
+    ids = [
+        als.select(USER_COL, ITEM_COL),
+        best_per_user(cooc, "cooc", c.cooc).select(USER_COL, ITEM_COL),
+        best_per_user(text, "recent", c.text).select(USER_COL, ITEM_COL),
+        users.crossJoin(F.broadcast(popular(tables.popularity, c.popular))),
+    ]
+    seen = history(tables.interactions, fold).select(USER_COL, ITEM_COL)
+    chosen = (
+        ids[0]
+        .unionByName(ids[1])
+        .unionByName(ids[2])
+        .unionByName(ids[3])
+        .distinct()
+        .join(tables.items, ITEM_COL, "left_semi")
+        .join(seen, [USER_COL, ITEM_COL], "left_anti")
+    )
+    return chosen.join(cooc, [USER_COL, ITEM_COL], "left").join(text, [USER_COL, ITEM_COL], "left")
+
+
+def _user_rows(tables: FoldTables, fold: str, users: DataFrame, groups: int) -> DataFrame:
+    """One row per user: the group, ALS factors, text vector and whether it has history (with
+    text), as the kernel's ``users`` frame wants it."""
+    has_history = history(tables.interactions, fold).select(USER_COL).distinct()
+    with_text = (
+        history(tables.interactions, fold)
+        .select(USER_COL, ITEM_COL)
+        .join(tables.item_vectors.select(ITEM_COL), ITEM_COL, "left_semi")
+        .select(USER_COL)
+        .distinct()
+    )
+    return (
+        users.join(tables.user_factors, USER_COL, "left")
+        .join(tables.user_vectors, USER_COL, "left")
+        .join(has_history.withColumn("has_history", F.lit(True)), USER_COL, "left")
+        .join(with_text.withColumn("has_text_history", F.lit(True)), USER_COL, "left")
+        .fillna(False, ["has_history", "has_text_history"])
+        .withColumn(GROUP_COL, _group(groups))
+    )
+
+
+def _group(groups: int):
+    return F.pmod(F.xxhash64(USER_COL), F.lit(groups)).cast("int")
+
+
+def _pair_rows(tables: FoldTables, pairs: DataFrame, groups: int) -> DataFrame:
+    """The candidate pairs with their item's factors, text vector and popularity."""
+    return (
+        pairs.join(
+            tables.item_factors.withColumnRenamed(FACTORS_COL, "item_factors"), ITEM_COL, "left"
+        )
+        .join(
+            tables.item_vectors.withColumnRenamed(EMBEDDING_COL, "item_embedding"), ITEM_COL, "left"
+        )
+        .join(tables.popularity.withColumnRenamed("popularity", "pop"), ITEM_COL, "left")
+        .withColumn(GROUP_COL, _group(groups))
+    )
+
+
+def _groups(users: DataFrame, cfg: Config) -> int:
+    n = users.count()
+    return max(
+        users.sparkSession.sparkContext.defaultParallelism * 2,
+        math.ceil(n / cfg.score.user_block_rows),
+    )
+
+
+def recommend(
+    tables: FoldTables,
+    fold: str,
+    models: Mapping[str, Mapping[str, float]],
+    cfg: Config,
+    schema: T.StructType,
+    *,
+    recent_sharpness: float,
+) -> DataFrame:
+    """Top-K rows per user (``schema``: the recommendations table with ``model``) for each
+    named weight set, over candidates."""
+    users = users_to_rank(tables, fold).cache()
+    groups = _groups(users, cfg)
+    pairs = candidate_pairs(tables, cfg, fold, users, recent_sharpness)
+    models = {name: dict(w) for name, w in models.items()}
+    k, method = cfg.score.k, cfg.score.normalisation
+
+    def rank(pairs_frame: pd.DataFrame, users_frame: pd.DataFrame) -> pd.DataFrame:
+        return candidate_kernel.recommend_group(
+            pairs_frame, users_frame, models, k=k, method=method
+        )
+
+    return (
+        _pair_rows(tables, pairs, groups)
+        .groupBy(GROUP_COL)
+        .cogroup(_user_rows(tables, fold, users, groups).groupBy(GROUP_COL))
+        .applyInPandas(rank, schema)
+    )
+
+
+def targets(tables: FoldTables, fold: str) -> DataFrame:
+    """user_id, target: each user's held-out item of ``fold`` that is in the catalog (the
+    lowest id if several, as full ranking's tuning takes one)."""
+    return (
+        tables.interactions.where(F.col(SPLIT_COL) == fold)
+        .select(USER_COL, ITEM_COL)
+        .join(tables.items, ITEM_COL, "left_semi")
+        .groupBy(USER_COL)
+        .agg(F.min(ITEM_COL).alias("target"))
+    )
+
+
+def tune_ranks(
+    tables: FoldTables,
+    fold: str,
+    grid: Sequence[Mapping[str, float]],
+    cfg: Config,
+    schema: T.StructType,
+    *,
+    recent_sharpness: float,
+) -> tuple[DataFrame, DataFrame]:
+    """Per weight set and user with a held-out target: the target's rank among the user's
+    candidates (``MISS_RANK`` if it is not one); and user_id, found: whether it was."""
+    users = targets(tables, fold).cache()
+    groups = _groups(users, cfg)
+    pairs = candidate_pairs(tables, cfg, fold, users.select(USER_COL), recent_sharpness).cache()
+    grid = [dict(w) for w in grid]
+    method = cfg.score.normalisation
+
+    def rank(pairs_frame: pd.DataFrame, users_frame: pd.DataFrame) -> pd.DataFrame:
+        return candidate_kernel.tune_group(
+            pairs_frame, users_frame, grid, method=method, miss_rank=MISS_RANK
+        )
+
+    user_rows = _user_rows(tables, fold, users.select(USER_COL), groups).join(users, USER_COL)
+    ranks = (
+        _pair_rows(tables, pairs, groups)
+        .groupBy(GROUP_COL)
+        .cogroup(user_rows.groupBy(GROUP_COL))
+        .applyInPandas(rank, schema)
+    )
+    found = users.join(
+        pairs.select(USER_COL, F.col(ITEM_COL).alias("target"), F.lit(True).alias("found")),
+        [USER_COL, "target"],
+        "left",
+    ).select(USER_COL, F.coalesce("found", F.lit(False)).alias("found"))
+    return ranks, found
+
+
+def recall(found: DataFrame) -> tuple[float, int]:
+    """The share of users whose held-out item was among their candidates, and the users."""
+    row = found.agg(F.avg(F.col("found").cast("double")), F.count(F.lit(1))).first()
+    return (float(row[0]) if row[0] is not None else math.nan), int(row[1])
