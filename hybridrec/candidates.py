@@ -83,6 +83,31 @@ class FoldTables:
     popularity: DataFrame  # item_id, popularity
 
 
+def factors_only(
+    interactions: DataFrame,
+    items: DataFrame,
+    user_factors: DataFrame,
+    item_factors: DataFrame,
+    popularity: DataFrame,
+) -> FoldTables:
+    """Tables for ranking by ALS factors alone (no text, no neighbour lists): the als job's
+    validation of each grid point."""
+    spark = interactions.sparkSession
+    vectors = "array<float>"
+    neighbours = f"{ITEM_COL} string, {NEIGHBOUR_COL} string, similarity float"
+    return FoldTables(
+        interactions=interactions,
+        items=items,
+        item_factors=item_factors.select(ITEM_COL, FACTORS_COL),
+        item_vectors=spark.createDataFrame([], f"{ITEM_COL} string, {EMBEDDING_COL} {vectors}"),
+        user_factors=user_factors.select(USER_COL, FACTORS_COL),
+        user_vectors=spark.createDataFrame([], f"{USER_COL} string, {EMBEDDING_COL} {vectors}"),
+        neighbours=spark.createDataFrame([], neighbours),
+        text_neighbours=spark.createDataFrame([], neighbours),
+        popularity=popularity,
+    )
+
+
 def load_fold(warehouse: Warehouse, cfg: Config, fold: str) -> FoldTables:
     from hybridrec import scoring  # scoring imports this module
 
@@ -287,17 +312,20 @@ def _group(groups: int):
 
 
 def _pair_rows(tables: FoldTables, pairs: DataFrame, groups: int) -> DataFrame:
-    """The candidate pairs with their item's factors, text vector and popularity."""
-    return (
-        pairs.join(
+    """The candidate pairs with their item's factors, text vector and popularity: the item
+    columns are put together first, so the pairs take part in one shuffle join, not three."""
+    features = (
+        tables.items.join(
             tables.item_factors.withColumnRenamed(FACTORS_COL, "item_factors"), ITEM_COL, "left"
         )
         .join(
-            tables.item_vectors.withColumnRenamed(EMBEDDING_COL, "item_embedding"), ITEM_COL, "left"
+            tables.item_vectors.withColumnRenamed(EMBEDDING_COL, "item_embedding"),
+            ITEM_COL,
+            "left",
         )
         .join(tables.popularity.withColumnRenamed("popularity", "pop"), ITEM_COL, "left")
-        .withColumn(GROUP_COL, _group(groups))
     )
+    return pairs.join(features, ITEM_COL).withColumn(GROUP_COL, _group(groups))
 
 
 def _groups(users: DataFrame, cfg: Config) -> int:

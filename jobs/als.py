@@ -23,7 +23,7 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import cf, cooc, scoring, tracking
+from hybridrec import candidates, cf, cooc, scoring, tracking
 from hybridrec.config import Config
 from hybridrec.constants import (
     ALS_ITEM_FACTORS,
@@ -78,12 +78,24 @@ def validation_scores(
 ) -> dict[str, float]:
     """NDCG@K and HR@K of ALS alone on the validation split, ranking every unseen item."""
     user_factors, item_factors = factors(model, data, VALIDATION)
-    catalog = scoring.build_catalog(
-        scoring.catalog_items(interactions, items, cfg),
-        item_factors,
-        None,
-        scoring.popularity(interactions, VALIDATION),
-    )
+    catalog_items = scoring.catalog_items(interactions, items, cfg)
+    popularity = scoring.popularity(interactions, VALIDATION)
+    # Ranked the way the score job will rank: over candidates when the catalog is that large.
+    if candidates.use_candidates(cfg, catalog_items.count()):
+        tables = candidates.factors_only(
+            interactions, catalog_items, user_factors, item_factors, popularity
+        )
+        ranks, _ = candidates.tune_ranks(
+            tables,
+            VALIDATION,
+            [BASELINE_WEIGHTS["als"]],
+            cfg,
+            scoring.TUNE_SCHEMA,
+            recent_sharpness=cfg.score.recent_sharpness,
+        )
+        row = scoring.summarise_ranks(ranks, cfg.score.k).first()
+        return {"validation_ndcg": row["ndcg"], "validation_hr": row["hr"]}
+    catalog = scoring.build_catalog(catalog_items, item_factors, None, popularity)
     users = scoring.build_user_frame(
         spark, interactions, catalog, VALIDATION, user_factors, None, with_target=True
     )

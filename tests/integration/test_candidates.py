@@ -36,8 +36,9 @@ def settings(work, *extra: str) -> list[str]:
         f"source.sample.n_items={N_ITEMS}",
         "source.sample.events_per_user=8",
         "als.max_iter=5",
-        "als.tune_on_validation=false",
-        "als.rank=8",
+        "als.grid.rank=[8]",
+        "als.grid.reg_param=[0.1]",
+        "als.grid.alpha=[1.0]",
         "score.weight_grid_step=0.5",
         "score.recent_sharpness_grid=[40.0]",
         f"score.k={K}",
@@ -52,7 +53,9 @@ def built(spark, tmp_path_factory):
     run whose settings rank over small candidate sets (a run id stands for one config)."""
     work = tmp_path_factory.mktemp("candidates")
     cfg = load_config(["conf/local.yaml"], small(work))
-    run_pipeline(spark, cfg, RUN_ID, ["ingest", "embed", "als"])
+    results = run_pipeline(spark, cfg, RUN_ID, ["ingest", "embed", "als"])
+    # The als job ranked its grid point on validation over candidates (ALS top-N, popular).
+    assert 0 < results["als"]["validation_ndcg"] <= 1
     return work, Warehouse.from_config(spark, cfg, RUN_ID)
 
 

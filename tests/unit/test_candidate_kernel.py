@@ -1,0 +1,154 @@
+"""The candidate kernel is the full-ranking kernel restricted to each user's candidates: with
+every unseen item a candidate (and the votes Spark would sum), both give the same top-K and the
+same target ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from udfs import candidate_kernel, topk
+
+N_ITEMS, RANK, DIM, NEIGHBOURS = 40, 4, 8, 6
+SETTINGS = {"recent_half_life": 1.0, "recent_sharpness": 3.0, "cooc_half_life": 2.0}
+WEIGHTS = {"cf": 0.3, "cooc": 0.2, "text": 0.2, "recent": 0.2, "pop": 0.1}
+
+
+def unit(rng, rows, dim):
+    x = rng.standard_normal((rows, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(3)
+    text = unit(rng, N_ITEMS, DIM)
+    has_text = rng.random(N_ITEMS) > 0.15
+    text[~has_text] = 0
+    has_cf = rng.random(N_ITEMS) > 0.1
+    cf = rng.standard_normal((N_ITEMS, RANK)).astype(np.float32) * has_cf[:, None]
+    own = np.arange(N_ITEMS)
+    text_idx, text_sims = topk.closest_items(text, text, own, NEIGHBOURS)
+    text_idx[~has_text] = -1
+    text_sims[~has_text] = 0
+    catalog = topk.ItemCatalog(
+        ids=np.array([f"i{i:02d}" for i in range(N_ITEMS)]),
+        cf=cf,
+        has_cf=has_cf,
+        text=text,
+        has_text=has_text,
+        pop=rng.random(N_ITEMS).astype(np.float32),
+        neighbours=rng.integers(0, N_ITEMS, (N_ITEMS, NEIGHBOURS)),
+        neighbour_sims=rng.random((N_ITEMS, NEIGHBOURS)).astype(np.float32),
+        text_neighbours=text_idx,
+        text_neighbour_sims=text_sims,
+    )
+    users = 7
+    seen = [list(rng.choice(N_ITEMS, rng.integers(1, 6), replace=False)) for _ in range(users)]
+    seen[3] = []  # a user without history: only ALS, text and popularity rank it
+    block = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(users)],
+            "factors": [rng.standard_normal(RANK).astype(np.float32) for _ in range(users)],
+            "embedding": [unit(rng, 1, DIM)[0] for _ in range(users)],
+            "seen": [np.asarray(s, dtype=np.int64) for s in seen],
+            "target": [int(rng.integers(0, N_ITEMS)) for _ in range(users)],
+        }
+    )
+    block.loc[5, "factors"] = None  # a user without ALS factors
+    return catalog, block
+
+
+def as_candidates(catalog, block, keep=None):
+    """Every unseen item of each user as a candidate pair, with the votes Spark would sum."""
+    history = topk.padded_history(block["seen"], 50)
+    cooc = topk.cooc_scores(history, catalog, SETTINGS["cooc_half_life"])
+    recent, has_recent = topk.recent_similarity(
+        history, catalog, SETTINGS["recent_half_life"], SETTINGS["recent_sharpness"]
+    )
+    rows = []
+    for u, user in block.iterrows():
+        for i in range(N_ITEMS):
+            if i in set(user["seen"]) or (keep is not None and not keep(u, i)):
+                continue
+            rows.append(
+                {
+                    "user_id": user["user_id"],
+                    "item_id": catalog.ids[i],
+                    "item_factors": catalog.cf[i] if catalog.has_cf[i] else None,
+                    "item_embedding": catalog.text[i] if catalog.has_text[i] else None,
+                    "pop": catalog.pop[i],
+                    "cooc": cooc[u, i] if cooc[u, i] else None,
+                    "cooc_from": None,
+                    "recent": recent[u, i] if recent[u, i] else None,
+                    "recent_from": None,
+                }
+            )
+    users = block.assign(
+        has_history=[len(s) > 0 for s in block["seen"]],
+        has_text_history=has_recent,
+        target=[catalog.ids[t] for t in block["target"]],
+    )
+    return pd.DataFrame(rows), users
+
+
+def test_top_k_over_every_unseen_item_is_full_ranking(world):
+    catalog, block = world
+    full = topk.recommend_block(
+        block, catalog, {"m": WEIGHTS}, k=5, method="zscore", history_cap=50, **SETTINGS
+    )
+    pairs, users = as_candidates(catalog, block)
+    over = candidate_kernel.recommend_group(pairs, users, {"m": WEIGHTS}, k=5, method="zscore")
+    key = ["user_id", "rank"]
+    full, over = full.sort_values(key), over.sort_values(key)
+    assert list(over.columns) == list(candidate_kernel.RECOMMENDATION_COLUMNS)
+    assert full["item_id"].tolist() == over["item_id"].tolist()
+    np.testing.assert_allclose(full["score"], over["score"], rtol=1e-5, atol=1e-5)
+    for part in topk.PARTS:
+        np.testing.assert_allclose(full[f"{part}_score"], over[f"{part}_score"], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax", "rank"])
+def test_target_ranks_over_every_unseen_item_are_full_ranking(world, method):
+    catalog, block = world
+    unseen_targets = block[
+        [t not in set(s) for t, s in zip(block["target"], block["seen"], strict=True)]
+    ]
+    full = topk.tune_block(
+        unseen_targets, catalog, [WEIGHTS, {"cf": 1.0}], method=method, history_cap=50, **SETTINGS
+    )
+    pairs, users = as_candidates(catalog, unseen_targets.reset_index(drop=True))
+    over = candidate_kernel.tune_group(
+        pairs, users, [WEIGHTS, {"cf": 1.0}], method=method, miss_rank=10**6
+    )
+    key = ["combo", "user_id"]
+    merged = full.merge(over, on=key, suffixes=("_full", "_over"))
+    assert len(merged) == len(full) == len(over) > 0
+    assert (merged["target_rank_full"] == merged["target_rank_over"]).all()
+
+
+def test_a_target_outside_the_candidates_is_a_miss(world):
+    catalog, block = world
+    targets = dict(zip(block["user_id"], block["target"], strict=True))
+    pairs, users = as_candidates(
+        catalog, block, keep=lambda u, i: i != targets[f"u{u}"] and i % 3 == 0
+    )
+    ranks = candidate_kernel.tune_group(pairs, users, [WEIGHTS], method="zscore", miss_rank=99)
+    assert (ranks["target_rank"] == 99).all()
+    assert len(ranks) == len(block)
+
+
+def test_reasons_name_the_history_item_that_voted_most(world):
+    catalog, block = world
+    pairs, users = as_candidates(catalog, block)
+    pairs["recent_from"] = "i07"
+    recs = candidate_kernel.recommend_group(
+        pairs, users, {"recent": {"recent": 1.0}}, k=3, method="zscore"
+    )
+    # Only a user whose history has text has a recent part to explain anything with.
+    voted = recs["user_id"].isin(users[users["has_text_history"]]["user_id"])
+    assert voted.any() and (~voted).any()
+    assert (recs[voted]["reason"] == "similar to i07").all()
+    assert (recs[voted]["reason_item_id"] == "i07").all()
+    assert (recs[~voted]["reason"] == "ranked by the remaining signals").all()
