@@ -198,6 +198,23 @@ def _first_length(column) -> int:
     return len(present.iloc[0]) if len(present) else 1
 
 
+def catalog_index(spark: SparkSession, ids: np.ndarray) -> DataFrame:
+    """item_id, idx: each catalog item's row. Made from a broadcast of the ids, not from a
+    Python list: a list becomes a local relation that every task of every stage reading it
+    carries in its closure (megabytes at a hundred thousand items)."""
+    shared = spark.sparkContext.broadcast(np.asarray(ids, dtype=object))
+
+    def rows(batches):
+        for batch in batches:
+            idx = batch["id"].to_numpy()
+            yield pd.DataFrame({ITEM_COL: shared.value[idx], "idx": idx})
+
+    partitions = max(1, min(spark.sparkContext.defaultParallelism, len(ids) // 10_000))
+    return spark.range(len(ids), numPartitions=partitions).mapInPandas(
+        rows, f"{ITEM_COL} string, idx long"
+    )
+
+
 def build_user_frame(
     spark: SparkSession,
     interactions: DataFrame,
@@ -211,9 +228,7 @@ def build_user_frame(
     """One row per user to score: ALS factors, text vector, the fold's history items as catalog
     indices (newest first) and, ``with_target``, the index of the user's held-out item of
     ``fold`` (only users that have one are kept)."""
-    index = spark.createDataFrame(
-        [(str(item), i) for i, item in enumerate(catalog.ids)], [ITEM_COL, "idx"]
-    )
+    index = catalog_index(spark, catalog.ids)
     users = (
         history(interactions, fold)
         .groupBy(USER_COL, ITEM_COL)
