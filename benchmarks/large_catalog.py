@@ -221,14 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     grid = weight_grid(args.grid_step)
     sharpness = cfg.score.recent_sharpness
 
-    def tune() -> tuple[pd.DataFrame, float, int]:
-        ranks, found = candidates.tune_ranks(
+    def tune() -> pd.DataFrame:
+        ranks = candidates.tune_ranks(
             tables, VALIDATION, grid, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
         )
-        summary = scoring.summarise_ranks(ranks, cfg.score.k).toPandas()
-        return summary, *candidates.recall(found)
+        return candidates.summarise(ranks, cfg.score.k).toPandas()
 
-    summary, recall, users = timed("tune on validation (candidates + grid)", tune)
+    summary = timed("tune on validation (candidates + grid)", tune)
     best = summary.sort_values(["ndcg", "combo"], ascending=[False, True]).iloc[0]
     weights = grid[int(best["combo"])]
 
@@ -254,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 "users": args.users,
                 "text dim": args.dim,
                 "candidates per user (mean)": round(per_user, 1),
-                "validation users": users,
-                "candidate recall on validation": round(recall, 4),
+                "validation users": int(best["users"]),
+                "candidate recall on validation": round(float(best["candidate_recall"]), 4),
                 f"validation ndcg@{cfg.score.k} (picked weights)": round(float(best["ndcg"]), 4),
                 "picked weights": " ".join(f"{p}={w:g}" for p, w in weights.items()),
                 "broadcasts from Python": len(broadcasts),

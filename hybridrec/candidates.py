@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from hybridrec import scoring
 from hybridrec.config import Config
 from hybridrec.constants import (
     ALS_ITEM_FACTORS,
@@ -109,8 +110,6 @@ def factors_only(
 
 
 def load_fold(warehouse: Warehouse, cfg: Config, fold: str) -> FoldTables:
-    from hybridrec import scoring  # scoring imports this module
-
     interactions = warehouse.read(INTERACTIONS)
     items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
 
@@ -347,7 +346,7 @@ def recommend(
 ) -> DataFrame:
     """Top-K rows per user (``schema``: the recommendations table with ``model``) for each
     named weight set, over candidates."""
-    users = users_to_rank(tables, fold).cache()
+    users = users_to_rank(tables, fold)
     groups = _groups(users, cfg)
     pairs = candidate_pairs(tables, cfg, fold, users, recent_sharpness)
     models = {name: dict(w) for name, w in models.items()}
@@ -386,12 +385,12 @@ def tune_ranks(
     schema: T.StructType,
     *,
     recent_sharpness: float,
-) -> tuple[DataFrame, DataFrame]:
+) -> DataFrame:
     """Per weight set and user with a held-out target: the target's rank among the user's
-    candidates (``MISS_RANK`` if it is not one); and user_id, found: whether it was."""
-    users = targets(tables, fold).cache()
+    candidates, ``MISS_RANK`` if it is not one of them."""
+    users = targets(tables, fold)
     groups = _groups(users, cfg)
-    pairs = candidate_pairs(tables, cfg, fold, users.select(USER_COL), recent_sharpness).cache()
+    pairs = candidate_pairs(tables, cfg, fold, users.select(USER_COL), recent_sharpness)
     grid = [dict(w) for w in grid]
     method = cfg.score.normalisation
 
@@ -401,21 +400,18 @@ def tune_ranks(
         )
 
     user_rows = _user_rows(tables, fold, users.select(USER_COL), groups).join(users, USER_COL)
-    ranks = (
+    return (
         _pair_rows(tables, pairs, groups)
         .groupBy(GROUP_COL)
         .cogroup(user_rows.groupBy(GROUP_COL))
         .applyInPandas(rank, schema)
     )
-    found = users.join(
-        pairs.select(USER_COL, F.col(ITEM_COL).alias("target"), F.lit(True).alias("found")),
-        [USER_COL, "target"],
-        "left",
-    ).select(USER_COL, F.coalesce("found", F.lit(False)).alias("found"))
-    return ranks, found
 
 
-def recall(found: DataFrame) -> tuple[float, int]:
-    """The share of users whose held-out item was among their candidates, and the users."""
-    row = found.agg(F.avg(F.col("found").cast("double")), F.count(F.lit(1))).first()
-    return (float(row[0]) if row[0] is not None else math.nan), int(row[1])
+def summarise(ranks: DataFrame, k: int) -> DataFrame:
+    """``scoring.summarise_ranks`` plus candidate_recall: the share of users whose held-out
+    item was among their candidates (the same in every row; no weighting can reach more)."""
+    found = ranks.groupBy("combo").agg(
+        F.avg((F.col("target_rank") < MISS_RANK).cast("double")).alias("candidate_recall")
+    )
+    return scoring.summarise_ranks(ranks, k).join(found, "combo")

@@ -85,7 +85,7 @@ def validation_scores(
         tables = candidates.factors_only(
             interactions, catalog_items, user_factors, item_factors, popularity
         )
-        ranks, _ = candidates.tune_ranks(
+        ranks = candidates.tune_ranks(
             tables,
             VALIDATION,
             [BASELINE_WEIGHTS["als"]],

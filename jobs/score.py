@@ -40,17 +40,18 @@ def _candidate_tuner(warehouse: Warehouse, cfg: Config, grid: list[dict[str, flo
     tables = candidates.load_fold(warehouse, cfg, VALIDATION)
 
     def tune(sharpness: float) -> pd.DataFrame:
-        ranks, found = candidates.tune_ranks(
+        ranks = candidates.tune_ranks(
             tables, VALIDATION, grid, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
         )
-        share, users = candidates.recall(found)
-        log.info(
-            "candidate recall on validation (recent sharpness %g): %.4f of %d users",
-            sharpness,
-            share,
-            users,
-        )
-        return scoring.summarise_ranks(ranks, cfg.score.k).toPandas().assign(candidate_recall=share)
+        tuned = candidates.summarise(ranks, cfg.score.k).toPandas()
+        if len(tuned):
+            log.info(
+                "candidate recall on validation (recent sharpness %g): %.4f of %d users",
+                sharpness,
+                tuned["candidate_recall"].iloc[0],
+                tuned["users"].iloc[0],
+            )
+        return tuned
 
     return tune
 

@@ -144,10 +144,10 @@ def test_candidate_recall_is_the_share_of_targets_among_candidates(spark, built)
     work, warehouse = built
     cfg = load_config(["conf/local.yaml"], small(work))
     tables = candidates.load_fold(warehouse, cfg, VALIDATION)
-    ranks, found = candidates.tune_ranks(
+    ranks = candidates.tune_ranks(
         tables, VALIDATION, [WEIGHTS], cfg, scoring.TUNE_SCHEMA, recent_sharpness=SHARPNESS
     )
-    share, users = candidates.recall(found)
+    summary = candidates.summarise(ranks, K).toPandas()
     targets = candidates.targets(tables, VALIDATION).toPandas()
     pairs = candidates.candidate_pairs(
         tables, cfg, VALIDATION, candidates.targets(tables, VALIDATION).select("user_id"), SHARPNESS
@@ -155,13 +155,16 @@ def test_candidate_recall_is_the_share_of_targets_among_candidates(spark, built)
     hits = targets.merge(
         pairs.rename(columns={"item_id": "target"}), on=["user_id", "target"], how="inner"
     )
-    assert users == len(targets) > 0
+    assert summary["users"].iloc[0] == len(targets) > 0
+    share = summary["candidate_recall"].iloc[0]
     assert share == pytest.approx(len(hits) / len(targets))
     assert 0 < share < 1  # small sets on purpose: some targets are missed
     ranks = ranks.toPandas()
     missed = set(targets["user_id"]) - set(hits["user_id"])
     assert (ranks[ranks["user_id"].isin(missed)]["target_rank"] == candidates.MISS_RANK).all()
     assert (ranks[~ranks["user_id"].isin(missed)]["target_rank"] <= 12).all()
+    hit = ranks["target_rank"] <= K
+    assert summary["hr"].iloc[0] == pytest.approx(hit.mean())
 
 
 def test_score_and_evaluate_run_over_candidates_without_broadcasting_the_catalog(
