@@ -388,7 +388,7 @@ def tune_ranks(
 ) -> DataFrame:
     """Per weight set and user with a held-out target: the target's rank among the user's
     candidates, ``MISS_RANK`` if it is not one of them."""
-    users = targets(tables, fold)
+    users = scoring.tuning_sample(targets(tables, fold), cfg.score.tune_max_users)
     groups = _groups(users, cfg)
     pairs = candidate_pairs(tables, cfg, fold, users.select(USER_COL), recent_sharpness)
     grid = [dict(w) for w in grid]

@@ -52,6 +52,7 @@ OPTIONAL_TYPES: dict[str, type] = {
     "embed.partitions": int,
     "embed.recency_half_life_days": float,
     "als.num_blocks": int,
+    "score.tune_max_users": int,
     "mlflow.tracking_uri": str,
 }
 
@@ -142,6 +143,7 @@ RANGES: dict[str, Bounds] = {
     "score.cooc_half_life": POSITIVE,
     "score.weight_grid_step": Bounds(0, 1, low_open=True),
     "score.user_block_rows": COUNT,
+    "score.tune_max_users": COUNT,
     "score.history_items": COUNT,
     "score.candidates.max_full_items": COUNT,
     "score.candidates.als": NON_NEGATIVE,

@@ -82,7 +82,7 @@ def choose_weights(
     else:
         catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
         users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
-        users = users.cache()
+        users = scoring.tuning_sample(users, cfg.score.tune_max_users).cache()
 
         def tune(p: float) -> pd.DataFrame:
             return scoring.tune(users, catalog, grid, cfg, recent_sharpness=p).toPandas()
