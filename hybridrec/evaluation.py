@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -123,20 +125,61 @@ def catalog_coverage(recs: DataFrame, n_items: int, k: int) -> DataFrame:
 
 def intra_list_diversity(recs: DataFrame, item_vectors: DataFrame, k: int) -> DataFrame:
     """Mean over users of the mean pairwise cosine distance between their top-k items' text
-    vectors (k^2 pairs per user, so it grows linearly with users)."""
+    vectors (users with fewer than two vectors have no pair and no value).
+
+    The pairs' dot products sum to (|sum of v|^2 - sum of |v|^2) / 2, so each list's vectors are
+    read once and summed, never joined with themselves (k^2 / 2 rows of two vectors each).
+    """
     top = recs.where(F.col("rank") <= k).join(
         item_vectors.select(F.col("id").alias(ITEM_COL), EMBEDDING_COL), ITEM_COL
     )
-    left = top.select(
-        "model", USER_COL, F.col("rank").alias("r1"), F.col(EMBEDDING_COL).alias("v1")
+    partitions = recs.sparkSession.sparkContext.defaultParallelism * 2
+    lists = (
+        top.select("model", USER_COL, EMBEDDING_COL)
+        .repartition(partitions, "model", USER_COL)
+        .sortWithinPartitions("model", USER_COL)
     )
-    right = top.select(
-        "model", USER_COL, F.col("rank").alias("r2"), F.col(EMBEDDING_COL).alias("v2")
-    )
-    dot = F.aggregate(F.zip_with("v1", "v2", lambda a, b: a * b), F.lit(0.0), lambda s, x: s + x)
-    pairs = left.join(right, ["model", USER_COL]).where(F.col("r1") < F.col("r2"))
-    per_user = pairs.groupBy("model", USER_COL).agg(F.avg(1.0 - dot).alias("ild"))
+    per_user = lists.mapInPandas(_list_diversity, f"model string, {USER_COL} string, ild double")
     return _long(per_user.groupBy("model").agg(F.avg("ild").alias("diversity")), ("diversity",), k)
+
+
+def _list_diversity(batches):
+    """Per (model, user) of rows sorted by both: 1 - the mean dot product of the list's pairs.
+    A list that straddles two Arrow batches is held back until its last row has arrived."""
+    held = None
+    for batch in batches:
+        frame = batch if held is None else pd.concat([held, batch], ignore_index=True)
+        if frame.empty:
+            continue
+        last = (frame["model"] == frame["model"].iloc[-1]) & (
+            frame[USER_COL] == frame[USER_COL].iloc[-1]
+        )
+        held = frame[last]
+        done = frame[~last]
+        if len(done):
+            yield _diversity_of_lists(done)
+    if held is not None and len(held):
+        yield _diversity_of_lists(held)
+
+
+def _diversity_of_lists(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = frame["model"] + "\x00" + frame[USER_COL]
+    codes, _ = pd.factorize(keys)
+    vectors = np.stack(frame[EMBEDDING_COL].to_numpy()).astype(np.float64)
+    sums = pd.DataFrame(vectors).groupby(codes).sum().to_numpy()
+    squares = np.bincount(codes, weights=np.square(vectors).sum(axis=1))
+    counts = np.bincount(codes)
+    first = np.unique(codes, return_index=True)[1]
+    pairs = counts * (counts - 1) / 2
+    keep = pairs > 0
+    dots = (np.square(sums).sum(axis=1) - squares) / 2
+    return pd.DataFrame(
+        {
+            "model": frame["model"].to_numpy()[first][keep],
+            USER_COL: frame[USER_COL].to_numpy()[first][keep],
+            "ild": 1.0 - dots[keep] / pairs[keep],
+        }
+    )
 
 
 def novelty(recs: DataFrame, history: DataFrame, k: int) -> DataFrame:

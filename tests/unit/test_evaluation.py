@@ -421,3 +421,27 @@ def test_fewest_matches_a_global_ordering_without_a_global_window(spark, fractio
     # A global window shows as an exchange of every row into one partition.
     plan = picked._jdf.queryExecution().executedPlan().toString()
     assert "Window" in plan and "SinglePartition" not in plan
+
+
+def test_list_diversity_is_the_same_however_the_lists_are_split_into_batches():
+    rng = np.random.default_rng(0)
+    rows = []
+    for model in ("m1", "m2"):
+        for user in range(7):
+            for _ in range(rng.integers(1, 6)):
+                v = rng.standard_normal(4)
+                rows.append((model, f"u{user}", (v / np.linalg.norm(v)).astype(np.float32)))
+    frame = pd.DataFrame(rows, columns=["model", "user_id", "embedding"])
+    expected = {}
+    for (model, user), group in frame.groupby(["model", "user_id"]):
+        v = np.stack(group["embedding"].to_numpy()).astype(np.float64)
+        pairs = [1 - v[i] @ v[j] for i in range(len(v)) for j in range(i + 1, len(v))]
+        if pairs:
+            expected[(model, user)] = np.mean(pairs)
+    for cuts in ([], [1], [3, 4, 5], list(range(1, len(frame)))):
+        batches = np.split(frame, cuts)
+        out = pd.concat(evaluation._list_diversity(iter(batches)), ignore_index=True)
+        got = dict(zip(zip(out["model"], out["user_id"], strict=True), out["ild"], strict=True))
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, abs=1e-9)
