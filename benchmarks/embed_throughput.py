@@ -29,6 +29,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -274,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({verdict} the mean >= {COSINE_GATE} gate)"
         )
     spark.stop()
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
