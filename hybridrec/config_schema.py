@@ -52,7 +52,6 @@ OPTIONAL_TYPES: dict[str, type] = {
     "embed.partitions": int,
     "embed.recency_half_life_days": float,
     "als.num_blocks": int,
-    "score.tune_max_users": int,
     "mlflow.tracking_uri": str,
 }
 

@@ -130,12 +130,15 @@ DRIVER_ONLY_DISTRIBUTIONS = (
 # imports their module), and what these import. tests/unit/test_packaging.py keeps this list in
 # step with the sources.
 EXECUTOR_MODULES = (
+    "udfs.candidate_kernel",
     "udfs.embedding_udf",
     "udfs.encoder",
     "udfs.onnx_encoder",
     "udfs.topk",
+    "hybridrec.candidates",
     "hybridrec.cf",
     "hybridrec.embedding",
+    "hybridrec.evaluation",
     "hybridrec.privacy",
     "hybridrec.scoring",
 )

@@ -257,12 +257,10 @@ def build_user_frame(
     return users.join(targets, USER_COL, "inner")
 
 
-def tuning_sample(users: DataFrame, max_users: int | None) -> DataFrame:
+def tuning_sample(users: DataFrame, max_users: int) -> DataFrame:
     """At most about ``max_users`` rows of ``users`` (one per user) for the weight grid: a hash
     sample, so the same users are kept on every run of the same data and tuning costs the same
     at any size above it. A pick's precision depends on the users scored, not on the share."""
-    if max_users is None:
-        return users
     n = users.count()
     if n <= max_users:
         return users

@@ -19,7 +19,6 @@ def test_above_the_cap_a_stable_sample_of_about_that_size(spark):
     assert set(kept.columns) == {"user_id", "target"}
 
 
-def test_at_or_below_the_cap_or_without_one_every_user(spark):
+def test_at_or_below_the_cap_every_user(spark):
     users = spark.range(500).selectExpr("concat('u', id) as user_id")
     assert tuning_sample(users, 500).count() == 500
-    assert tuning_sample(users, None).count() == 500
