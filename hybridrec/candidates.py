@@ -365,6 +365,31 @@ def recommend(
     )
 
 
+def recommend_fold(
+    warehouse: Warehouse,
+    cfg: Config,
+    fold: str,
+    models: Mapping[str, Mapping[str, float]],
+    *,
+    recent_sharpness: float,
+    over_candidates: bool,
+) -> DataFrame:
+    """Top-K rows (with ``model``) of ``fold`` for each weight set: over candidates, or by full
+    ranking against the broadcast catalog."""
+    if over_candidates:
+        return recommend(
+            load_fold(warehouse, cfg, fold),
+            fold,
+            models,
+            cfg,
+            scoring.RECOMMENDATION_SCHEMA,
+            recent_sharpness=recent_sharpness,
+        )
+    catalog = scoring.load_catalog(warehouse, cfg, fold)
+    users = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold)
+    return scoring.recommend(users, catalog, models, cfg, recent_sharpness=recent_sharpness)
+
+
 def targets(tables: FoldTables, fold: str) -> DataFrame:
     """user_id, target: each user's held-out item of ``fold`` that is in the catalog (the
     lowest id if several, as full ranking's tuning takes one)."""

@@ -161,19 +161,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     weights, sharpness = baseline_weights(warehouse, run_id, cfg)
     n_items = scoring.catalog_size(warehouse, cfg)
     # The baselines rank the way the hybrid did: over candidates above the configured size.
-    if candidates.use_candidates(cfg, n_items):
-        baselines = candidates.recommend(
-            candidates.load_fold(warehouse, cfg, TEST),
-            TEST,
-            weights,
-            cfg,
-            scoring.RECOMMENDATION_SCHEMA,
-            recent_sharpness=sharpness,
-        )
-    else:
-        catalog = scoring.load_catalog(warehouse, cfg, TEST)
-        users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
-        baselines = scoring.recommend(users, catalog, weights, cfg, recent_sharpness=sharpness)
+    baselines = candidates.recommend_fold(
+        warehouse,
+        cfg,
+        TEST,
+        weights,
+        recent_sharpness=sharpness,
+        over_candidates=candidates.use_candidates(cfg, n_items),
+    )
     warehouse.write(baselines, BASELINE_RECOMMENDATIONS, run_id=run_id)
     recs = hybrid.unionByName(warehouse.read(BASELINE_RECOMMENDATIONS)).select(
         "model", "user_id", "rank", "item_id"

@@ -147,21 +147,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})
     mlflow.log_param("hybrid_recent_sharpness", sharpness)
     # Served recommendations come from the test fold: models refitted on train and validation.
-    if over_candidates:
-        recs = candidates.recommend(
-            candidates.load_fold(warehouse, cfg, TEST),
-            TEST,
-            {"hybrid": weights},
-            cfg,
-            scoring.RECOMMENDATION_SCHEMA,
-            recent_sharpness=sharpness,
-        )
-    else:
-        catalog = scoring.load_catalog(warehouse, cfg, TEST)
-        users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
-        recs = scoring.recommend(
-            users, catalog, {"hybrid": weights}, cfg, recent_sharpness=sharpness
-        )
+    recs = candidates.recommend_fold(
+        warehouse,
+        cfg,
+        TEST,
+        {"hybrid": weights},
+        recent_sharpness=sharpness,
+        over_candidates=over_candidates,
+    )
     n = warehouse.write(recs.drop("model"), RECOMMENDATIONS, run_id=run_id)
     results = {
         "recommendations": n,
