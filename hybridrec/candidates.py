@@ -130,11 +130,22 @@ def load_fold(warehouse: Warehouse, cfg: Config, fold: str) -> FoldTables:
     )
 
 
-def recent_history(interactions: DataFrame, fold: str, cap: int) -> DataFrame:
-    """user_id, _from (a history item), pos (0 = newest): each user's ``cap`` newest items."""
-    newest_first = Window.partitionBy(USER_COL).orderBy(F.col("_last").desc(), F.col(ITEM_COL))
+def catalog_history(tables: FoldTables, fold: str) -> DataFrame:
+    """The fold's history on catalog items only: full ranking sees a user's history as catalog
+    rows, so positions (recency weights) and "has history" count those items alone."""
+    return history(tables.interactions, fold).join(tables.items, ITEM_COL, "left_semi")
+
+
+def recent_history(tables: FoldTables, fold: str, cap: int) -> DataFrame:
+    """user_id, _from (a history item), pos (0 = newest): each user's ``cap`` newest catalog
+    items."""
+    # Ties (reviews dated by day share a timestamp) go to the higher item id, as in full
+    # ranking's history order: the position sets each item's recency weight.
+    newest_first = Window.partitionBy(USER_COL).orderBy(
+        F.col("_last").desc(), F.col(ITEM_COL).desc()
+    )
     return (
-        history(interactions, fold)
+        catalog_history(tables, fold)
         .groupBy(USER_COL, ITEM_COL)
         .agg(F.max(TS_COL).alias("_last"))
         .withColumn("pos", F.row_number().over(newest_first) - 1)
@@ -239,7 +250,7 @@ def popular(popularity: DataFrame, n: int) -> DataFrame:
 def users_to_rank(tables: FoldTables, fold: str) -> DataFrame:
     """user_id of everyone full ranking would score: history, ALS factors or a text vector."""
     return (
-        history(tables.interactions, fold)
+        catalog_history(tables, fold)
         .select(USER_COL)
         .unionByName(tables.user_factors.select(USER_COL))
         .unionByName(tables.user_vectors.select(USER_COL))
@@ -253,7 +264,7 @@ def candidate_pairs(
     """user_id, item_id, cooc, cooc_from, recent, recent_from: each user's candidates (catalog
     items the user has not had in the fold's history) with the neighbour votes cast for them."""
     c = cfg.score.candidates
-    recent = recent_history(tables.interactions, fold, c.history_items).join(
+    recent = recent_history(tables, fold, cfg.score.history_items).join(
         users, USER_COL, "left_semi"
     )
     cooc = neighbour_votes(recent, tables.neighbours, cfg.score.cooc_half_life, 1.0, "cooc").cache()
@@ -288,9 +299,9 @@ def candidate_pairs(
 def _user_rows(tables: FoldTables, fold: str, users: DataFrame, groups: int) -> DataFrame:
     """One row per user: the group, ALS factors, text vector and whether it has history (with
     text), as the kernel's ``users`` frame wants it."""
-    has_history = history(tables.interactions, fold).select(USER_COL).distinct()
+    has_history = catalog_history(tables, fold).select(USER_COL).distinct()
     with_text = (
-        history(tables.interactions, fold)
+        catalog_history(tables, fold)
         .select(USER_COL, ITEM_COL)
         .join(tables.item_vectors.select(ITEM_COL), ITEM_COL, "left_semi")
         .select(USER_COL)

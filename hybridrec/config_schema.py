@@ -149,7 +149,6 @@ RANGES: dict[str, Bounds] = {
     "score.candidates.cooc": NON_NEGATIVE,
     "score.candidates.text": NON_NEGATIVE,
     "score.candidates.popular": NON_NEGATIVE,
-    "score.candidates.history_items": COUNT,
     "score.candidates.item_block_rows": COUNT,
     "evaluate.k": COUNT,  # and at most score.k
     "evaluate.segment_fraction": Bounds(0, 1, low_open=True),

@@ -60,7 +60,7 @@ def built(spark, tmp_path_factory):
 
 
 def everything(work):
-    """Candidate sets that hold every catalog item, from a history as long as full ranking's."""
+    """Candidate sets that hold every catalog item."""
     return settings(
         work,
         "score.candidates.mode=candidates",
@@ -68,7 +68,6 @@ def everything(work):
         f"score.candidates.cooc={N_ITEMS}",
         f"score.candidates.text={N_ITEMS}",
         f"score.candidates.popular={N_ITEMS}",
-        "score.candidates.history_items=50",
         "score.candidates.item_block_rows=17",  # several item blocks, uneven
     )
 
@@ -110,7 +109,7 @@ def small(work):
         "score.candidates.cooc=3",
         "score.candidates.text=3",
         "score.candidates.popular=2",
-        "score.candidates.history_items=3",
+        "score.history_items=3",
     )
 
 
