@@ -267,10 +267,12 @@ def candidate_pairs(
     recent = recent_history(tables, fold, cfg.score.history_items).join(
         users, USER_COL, "left_semi"
     )
-    cooc = neighbour_votes(recent, tables.neighbours, cfg.score.cooc_half_life, 1.0, "cooc").cache()
+    # Each vote table is read twice in one plan (the best neighbours, then the votes of every
+    # candidate; Spark may reuse the shuffle). Not cached: nothing outlives the call.
+    cooc = neighbour_votes(recent, tables.neighbours, cfg.score.cooc_half_life, 1.0, "cooc")
     text = neighbour_votes(
         recent, tables.text_neighbours, cfg.score.recent_half_life, sharpness, "recent"
-    ).cache()
+    )
     als = als_top_n(
         tables.user_factors.join(users, USER_COL, "left_semi"),
         tables.item_factors.join(tables.items, ITEM_COL, "left_semi"),
