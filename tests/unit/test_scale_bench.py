@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,8 +132,19 @@ def test_parse_sizes():
 
 
 def test_memory_of_a_process_without_spark_is_all_driver():
-    driver, workers, n_workers = scale.memory_now(os.getpid())
-    assert driver > 10  # this interpreter, with pandas loaded
+    # A fresh interpreter: the test process itself may hold the suite's SparkSession and workers.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import pandas, time; print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child.stdout.readline()
+        driver, workers, n_workers = scale.memory_now(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert driver > 10  # that interpreter, with pandas loaded
     assert (workers, n_workers) == (0.0, 0)
 
 
