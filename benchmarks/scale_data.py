@@ -28,16 +28,13 @@ from hybridrec.sources.sample import (
     STYLES,
     TOPICS,
     _cumsum_by_group,
-    _phrases,
-    _review_texts,
+    events,
 )
 
 # Users per random stream. Fixed, not a parameter: changing it changes the data. At 10,000 items
 # a block's logits and noise are 2 x 80 MB of float64.
 BLOCK_USERS = 1000
 ITEM_STREAM = -1  # the items' stream; user blocks use 0, 1, 2, ...
-EVENT_TYPES = ["rating", "purchase", "click"]
-EVENT_TYPE_P = [0.5, 0.25, 0.25]
 
 
 @dataclass(frozen=True)
@@ -128,32 +125,8 @@ def user_block(spec: Spec, cat: Catalog, block: int) -> tuple[pd.DataFrame, pd.D
     gaps = rng.exponential(5 * 86400, size=n).astype(np.int64) + 60
     ts = start[local] + _cumsum_by_group(gaps, local)
     latent = 2.5 * (affinity[local, item_idx] - 0.3) + cat.quality[item_idx]
-    rating = np.clip(np.rint(3.0 + 1.6 * latent + rng.normal(0, 0.6, n)), 1, 5)
-    event_type = rng.choice(EVENT_TYPES, size=n, p=EVENT_TYPE_P)
     user_ids = np.char.add("u", (first + local).astype(str))
-    item_ids = np.char.add("i", item_idx.astype(str))
-    behaviour = pd.DataFrame(
-        {
-            "user_id": user_ids,
-            "item_id": item_ids,
-            "rating": np.where(event_type == "rating", rating, np.nan),
-            "event_type": event_type,
-            "event_ts": ts.astype(str),
-        }
-    )
-    reviewed = rng.random(n) < spec.review_fraction
-    r = rating[reviewed]
-    reviews = pd.DataFrame(
-        {
-            "user_id": user_ids[reviewed],
-            "item_id": item_ids[reviewed],
-            "rating": r,
-            "summary": _phrases(rng, r),
-            "review_text": _review_texts(rng, cat.words, cat.main[item_idx[reviewed]], r),
-            "event_ts": (ts[reviewed] + rng.integers(600, 86400, size=len(r))).astype(str),
-        }
-    )
-    return behaviour, reviews
+    return events(rng, user_ids, item_idx, latent, ts, spec.review_fraction, cat.words, cat.main)
 
 
 def chunks(

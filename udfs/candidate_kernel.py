@@ -123,17 +123,7 @@ def recommend_group(
         rows, ranks = np.nonzero(best >= 0)
         slots = best[rows, ranks]
         picked = pairs.iloc[pair_at[rows, slots]]
-        contributions = np.stack(
-            [
-                np.where(
-                    defined[p][rows, slots] & (weights.get(p, 0.0) > 0),
-                    np.float32(weights.get(p, 0.0)) * normalised[p][rows, slots],
-                    -np.inf,
-                )
-                for p in PARTS
-            ],
-            axis=1,
-        )
+        contributions = topk.part_contributions(normalised, defined, weights, rows, slots)
         reasons, reason_items = _reasons(picked, contributions)
         frame = {
             "model": model,
@@ -156,11 +146,9 @@ def _reasons(picked: pd.DataFrame, contributions: np.ndarray) -> tuple[np.ndarra
     dominant = contributions.argmax(axis=1)
     reasons = np.array([topk.REASONS[p] for p in PARTS], dtype=object)[dominant]
     reason_items = np.full(len(picked), None, dtype=object)
-    for part, source, prefix, fallback in (
-        ("cooc", "cooc_from", "often had with ", "often had with your items"),
-        ("text", "recent_from", "similar to ", "matches your reviews"),
-        ("recent", "recent_from", "similar to ", "matches your reviews"),
-    ):
+    sources = {"cooc": "cooc_from", "text": "recent_from", "recent": "recent_from"}
+    for part, (prefix, fallback) in topk.NAMED_REASONS.items():
+        source = sources[part]
         chosen = dominant == PARTS.index(part)
         if not chosen.any():
             continue
@@ -168,7 +156,7 @@ def _reasons(picked: pd.DataFrame, contributions: np.ndarray) -> tuple[np.ndarra
         has = pd.notna(named)
         reasons[chosen] = np.where(has, [f"{prefix}{i}" for i in named], fallback)
         reason_items[chosen] = np.where(has, named, None)
-    reasons[np.isneginf(contributions.max(axis=1))] = "ranked by the remaining signals"
+    reasons[np.isneginf(contributions.max(axis=1))] = topk.UNEXPLAINED
     return reasons, reason_items
 
 

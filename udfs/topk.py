@@ -23,6 +23,14 @@ REASONS = {
     "recent": "",
     "pop": "popular",
 }
+# How a neighbour part names the history item behind a recommendation, and what it says when
+# no history item can be named.
+NAMED_REASONS = {
+    "cooc": ("often had with ", "often had with your items"),
+    "text": ("similar to ", "matches your reviews"),
+    "recent": ("similar to ", "matches your reviews"),
+}
+UNEXPLAINED = "ranked by the remaining signals"
 
 
 @dataclass
@@ -340,18 +348,7 @@ def recommend_block(
         best, best_scores = top_k(fuse(parts, weights), candidates, k)
         rows, ranks = np.nonzero(best >= 0)
         items = best[rows, ranks]
-        # Only a part that is weighted and defined for this (user, item) can explain it.
-        contributions = np.stack(
-            [
-                np.where(
-                    defined[p][rows, items] & (weights.get(p, 0.0) > 0),
-                    np.float32(weights.get(p, 0.0)) * parts[p][rows, items],
-                    -np.inf,
-                )
-                for p in PARTS
-            ],
-            axis=1,
-        )
+        contributions = part_contributions(parts, defined, weights, rows, items)
         reasons, reason_items = _reasons(block, catalog, rows, items, contributions, history_cap)
         frames.append(
             pd.DataFrame(
@@ -374,6 +371,29 @@ def recommend_block(
     return pd.concat(frames, ignore_index=True)
 
 
+def part_contributions(
+    parts: Mapping[str, np.ndarray],
+    defined: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> np.ndarray:
+    """(picks, parts): each part's weighted normalised score at the picked (row, col) entries;
+    -inf where the part is unweighted or undefined there, since only a part that is weighted and
+    defined for this (user, item) can explain it."""
+    return np.stack(
+        [
+            np.where(
+                defined[p][rows, cols] & (weights.get(p, 0.0) > 0),
+                np.float32(weights.get(p, 0.0)) * parts[p][rows, cols],
+                -np.inf,
+            )
+            for p in PARTS
+        ],
+        axis=1,
+    )
+
+
 def _reasons(
     block: pd.DataFrame,
     catalog: ItemCatalog,
@@ -387,7 +407,7 @@ def _reasons(
     as an id of its own (so an analyst joins it to a title without parsing the text)."""
     dominant = contributions.argmax(axis=1)
     reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
-    reasons[np.isneginf(contributions.max(axis=1))] = "ranked by the remaining signals"
+    reasons[np.isneginf(contributions.max(axis=1))] = UNEXPLAINED
     reason_items = np.full(len(rows), None, dtype=object)
     history_idx = padded_history(block["seen"], history)[rows]  # (recommendations, width)
     known = np.maximum(history_idx, 0)
@@ -399,8 +419,7 @@ def _reasons(
             history_idx[is_text],
             np.where(has_text, sims, -np.inf),
             catalog,
-            "similar to ",
-            "matches your reviews",
+            *NAMED_REASONS["text"],
         )
     is_cooc = dominant == PARTS.index("cooc")
     if is_cooc.any():
@@ -413,8 +432,7 @@ def _reasons(
             history_idx[is_cooc],
             np.where(history_idx[is_cooc] >= 0, sims, -np.inf),
             catalog,
-            "often had with ",
-            "often had with your items",
+            *NAMED_REASONS["cooc"],
         )
     return reasons, reason_items
 

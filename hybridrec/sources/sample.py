@@ -42,6 +42,8 @@ NEUTRAL = ["it is okay", "does the job", "average overall", "fine for the price"
 NEGATIVE = ["very disappointed", "broke quickly", "poor quality", "would not buy again", "waste"]
 KINDS = ["kit", "set", "guide", "pack", "essentials", "starter", "pro edition", "bundle"]
 STYLES = ["classic", "deluxe", "compact", "everyday", "premium", "travel", "eco", "ultra"]
+EVENT_TYPES = ["rating", "purchase", "click"]
+EVENT_TYPE_P = [0.5, 0.25, 0.25]
 START_TS = 1_500_000_000  # 2017-07-14, so every timestamp is a plausible epoch second
 
 
@@ -81,33 +83,15 @@ def generate(cfg: Config) -> dict[str, pd.DataFrame]:
     ts[order] = start[user_idx[order]] + _cumsum_by_group(gaps[order], user_idx[order])
 
     latent = 2.5 * (affinity[user_idx, item_idx] - 0.3) + item_quality[item_idx]
-    rating = np.clip(np.rint(3.0 + 1.6 * latent + rng.normal(0, 0.6, n)), 1, 5)
-    event_type = rng.choice(["rating", "purchase", "click"], size=n, p=[0.5, 0.25, 0.25])
-    user_ids = np.char.add("u", user_idx.astype(str))
-    item_ids = np.char.add("i", item_idx.astype(str))
-
-    behaviour = pd.DataFrame(
-        {
-            "user_id": user_ids,
-            "item_id": item_ids,
-            "rating": np.where(event_type == "rating", rating, np.nan),
-            "event_type": event_type,
-            "event_ts": ts.astype(str),
-        }
-    )
-
-    reviewed = rng.random(n) < p.review_fraction
-    reviews = pd.DataFrame(
-        {
-            "user_id": user_ids[reviewed],
-            "item_id": item_ids[reviewed],
-            "rating": rating[reviewed],
-            "summary": _phrases(rng, rating[reviewed]),
-            "review_text": _review_texts(
-                rng, words, item_main[item_idx[reviewed]], rating[reviewed]
-            ),
-            "event_ts": (ts[reviewed] + rng.integers(600, 86400, size=reviewed.sum())).astype(str),
-        }
+    behaviour, reviews = events(
+        rng,
+        np.char.add("u", user_idx.astype(str)),
+        item_idx,
+        latent,
+        ts,
+        p.review_fraction,
+        words,
+        item_main,
     )
     reviews = pd.concat(
         [reviews, _orphan_reviews(rng, p, words, item_main, reviews)], ignore_index=True
@@ -130,6 +114,47 @@ def generate(cfg: Config) -> dict[str, pd.DataFrame]:
     )
     behaviour = _break_some_rows(rng, behaviour, p.bad_row_fraction)
     return {"behaviour": behaviour, "reviews": reviews, "items": items_df}
+
+
+def events(
+    rng: np.random.Generator,
+    user_ids: np.ndarray,
+    item_idx: np.ndarray,
+    latent: np.ndarray,
+    ts: np.ndarray,
+    review_fraction: float,
+    words: list[list[str]],
+    item_main: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw behaviour rows (a 1-5 rating from ``latent`` plus noise, kept on rating events) and
+    the reviews of a ``review_fraction`` of them: text from the item's main topic's ``words``
+    with a sentiment that follows the rating, written within a day of the event."""
+    n = len(user_ids)
+    rating = np.clip(np.rint(3.0 + 1.6 * latent + rng.normal(0, 0.6, n)), 1, 5)
+    event_type = rng.choice(EVENT_TYPES, size=n, p=EVENT_TYPE_P)
+    item_ids = np.char.add("i", item_idx.astype(str))
+    behaviour = pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "item_id": item_ids,
+            "rating": np.where(event_type == "rating", rating, np.nan),
+            "event_type": event_type,
+            "event_ts": ts.astype(str),
+        }
+    )
+    reviewed = rng.random(n) < review_fraction
+    stars = rating[reviewed]
+    reviews = pd.DataFrame(
+        {
+            "user_id": user_ids[reviewed],
+            "item_id": item_ids[reviewed],
+            "rating": stars,
+            "summary": _phrases(rng, stars),
+            "review_text": _review_texts(rng, words, item_main[item_idx[reviewed]], stars),
+            "event_ts": (ts[reviewed] + rng.integers(600, 86400, size=len(stars))).astype(str),
+        }
+    )
+    return behaviour, reviews
 
 
 def _cumsum_by_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
