@@ -1,7 +1,8 @@
 """Ranking over per-user candidates: for catalogs too large to send whole to every task.
 
 Full ranking (``hybridrec.scoring``) broadcasts the item catalog and scores every unseen item
-for every user. Above ``score.candidates.max_full_items`` nothing item-sized is broadcast:
+for every user. Above ``score.candidates.max_full_items`` ranking broadcasts nothing item-sized
+(the embed job's text neighbour lists are still built against broadcast item vectors):
 
 1. Candidates, all in Spark: the ALS top-N of each user (blocked factor products: each task
    multiplies one block of users by one block of items), the best co-occurrence and text
