@@ -1,8 +1,7 @@
 """Ranking over per-user candidates: for catalogs too large to send whole to every task.
 
 Full ranking (``hybridrec.scoring``) broadcasts the item catalog and scores every unseen item
-for every user. Above ``score.candidates.max_full_items`` ranking broadcasts nothing item-sized
-(the embed job's text neighbour lists are still built against broadcast item vectors):
+for every user. Above ``score.candidates.max_full_items`` ranking broadcasts nothing item-sized:
 
 1. Candidates, all in Spark: the ALS top-N of each user (blocked factor products: each task
    multiplies one block of users by one block of items), the best co-occurrence and text
@@ -26,13 +25,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from hybridrec import scoring
+from hybridrec import nearest, scoring
 from hybridrec.config import Config
 from hybridrec.constants import (
     ALS_ITEM_FACTORS,
@@ -177,70 +175,23 @@ def neighbour_votes(
 
 def best_per_user(df: DataFrame, score: str, n: int) -> DataFrame:
     """The ``n`` rows of each user with the highest ``score`` (ties: lower item_id)."""
-    order = Window.partitionBy(USER_COL).orderBy(F.col(score).desc(), F.col(ITEM_COL))
-    return df.withColumn("_r", F.row_number().over(order)).where(F.col("_r") <= n).drop("_r")
+    return nearest.keep_best(df, USER_COL, ITEM_COL, score, n)
 
 
 def als_top_n(
     user_factors: DataFrame, item_factors: DataFrame, n: int, item_block_rows: int
 ) -> DataFrame:
-    """user_id, item_id, cf: each user's ``n`` best items by factor product.
-
-    Blocked: users and items are split into blocks (rows of collected factors); every pair of a
-    user block and an item block is one task multiplying the two (a replicated nested-loop
-    join, never a broadcast of all item factors); each task keeps its users' best ``n`` of its
-    items, and the best ``n`` of those per user are kept.
-    """
-    spark = user_factors.sparkSession
-    n_items = item_factors.count()
-    n_users = user_factors.count()
-    if n == 0 or n_items == 0 or n_users == 0:
-        return spark.createDataFrame([], f"{USER_COL} string, {ITEM_COL} string, cf float")
-    item_blocks = max(1, math.ceil(n_items / item_block_rows))
-    # Users per block so that a task's product stays near one item block's size.
-    user_blocks = max(spark.sparkContext.defaultParallelism, math.ceil(n_users / 20_000))
-
-    def blocks(df: DataFrame, key: str, count: int, name: str) -> DataFrame:
-        return (
-            df.withColumn(name, F.pmod(F.xxhash64(key), F.lit(count)))
-            .groupBy(name)
-            .agg(F.collect_list(F.struct(key, FACTORS_COL)).alias(f"{name}_rows"))
-        )
-
-    pairs = (
-        blocks(user_factors, USER_COL, user_blocks, "user_block")
-        .hint("shuffle_replicate_nl")
-        .join(blocks(item_factors, ITEM_COL, item_blocks, "item_block"))
+    """user_id, item_id, cf: each user's ``n`` best items by factor product, blocked
+    (``hybridrec.nearest``: each task multiplies one block of users by one block of items)."""
+    return nearest.top_by_dot(
+        user_factors,
+        item_factors,
+        (USER_COL, ITEM_COL),
+        (FACTORS_COL, FACTORS_COL),
+        "cf",
+        n,
+        item_block_rows,
     )
-    schema = f"{USER_COL} string, {ITEM_COL} string, cf float"
-
-    def unpack(rows, key: str) -> tuple[np.ndarray, np.ndarray]:
-        # Arrow hands an array of structs over as dicts.
-        ids = np.array([r[key] for r in rows], dtype=object)
-        return ids, np.stack([r[FACTORS_COL] for r in rows]).astype(np.float32)
-
-    def top(batches):
-        for batch in batches:
-            for user_rows, item_rows in zip(
-                batch["user_block_rows"], batch["item_block_rows"], strict=True
-            ):
-                user_ids, users = unpack(user_rows, USER_COL)
-                item_ids, items = unpack(item_rows, ITEM_COL)
-                m = min(n, len(item_ids))
-                # Users per product so that one (users, items) float32 matrix stays near 200 MB.
-                step = max(1, 50_000_000 // len(item_ids))
-                for start in range(0, len(users), step):
-                    scores = users[start : start + step] @ items.T
-                    best = np.argpartition(-scores, m - 1, axis=1)[:, :m]
-                    yield pd.DataFrame(
-                        {
-                            USER_COL: np.repeat(user_ids[start : start + step], m),
-                            ITEM_COL: item_ids[best.ravel()],
-                            "cf": np.take_along_axis(scores, best, axis=1).ravel(),
-                        }
-                    )
-
-    return best_per_user(pairs.mapInPandas(top, schema), "cf", n)
 
 
 def popular(popularity: DataFrame, n: int) -> DataFrame:

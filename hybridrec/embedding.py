@@ -4,15 +4,14 @@ fold never shapes that fold's vectors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import numpy as np
-import pandas as pd
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from hybridrec import nearest
 from hybridrec.config import Config
 from hybridrec.constants import (
     EMBEDDING_COL,
@@ -25,7 +24,6 @@ from hybridrec.constants import (
 )
 from hybridrec.cooc import NEIGHBOUR_COL
 from hybridrec.folds import history
-from udfs.topk import closest_items
 
 SECONDS_PER_DAY = 86400.0
 
@@ -171,43 +169,17 @@ def text_neighbours(item_vectors: DataFrame, neighbours: int, block_rows: int) -
     """Per item (``id``, ``embedding``), its ``neighbours`` closest other items by text:
     item_id, neighbour_id, similarity (cosine).
 
-    The vectors are collected and broadcast once: like the scoring catalog they grow with the
-    items, never with users. Each task ranks its items against all of them ``block_rows`` at a
-    time, so an items x items product is only ever held one block of rows at once.
+    Blocked (``hybridrec.nearest``): each task compares one block of items with one block of at
+    most ``block_rows`` items, so no item vectors are collected or broadcast and no task holds an
+    items x items product; the work is still items x items, spread over the cluster.
     """
-    spark = item_vectors.sparkSession
-    frame = item_vectors.select("id", EMBEDDING_COL).toPandas()
-    ids = frame["id"].to_numpy().astype(str)
-    schema = f"{ITEM_COL} string, {NEIGHBOUR_COL} string, similarity float"
-    if len(ids) < 2:
-        return spark.createDataFrame([], schema)
-    matrix = np.stack(frame[EMBEDDING_COL].to_numpy()).astype(np.float32)
-    shared = spark.sparkContext.broadcast((ids, matrix))
-
-    def closest(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        ids, matrix = shared.value
-        position = pd.Series(np.arange(len(ids)), index=ids)
-        for batch in batches:
-            for start in range(0, len(batch), block_rows):
-                rows = batch.iloc[start : start + block_rows]
-                own = position.loc[rows["id"].astype(str)].to_numpy()
-                top, sims = closest_items(
-                    np.stack(rows[EMBEDDING_COL].to_numpy()).astype(np.float32),
-                    matrix,
-                    own,
-                    neighbours,
-                )
-                yield pd.DataFrame(
-                    {
-                        ITEM_COL: np.repeat(rows["id"].to_numpy(), top.shape[1]),
-                        NEIGHBOUR_COL: ids[top.ravel()],
-                        "similarity": sims.ravel(),
-                    }
-                )
-
-    parallelism = spark.sparkContext.defaultParallelism
-    return (
-        item_vectors.select("id", EMBEDDING_COL)
-        .repartition(parallelism)
-        .mapInPandas(closest, schema)
-    )
+    return nearest.top_by_dot(
+        item_vectors,
+        item_vectors.withColumnRenamed("id", "neighbour"),
+        ("id", "neighbour"),
+        (EMBEDDING_COL, EMBEDDING_COL),
+        "similarity",
+        neighbours,
+        block_rows,
+        skip_same_id=True,
+    ).select(F.col("id").alias(ITEM_COL), F.col("neighbour").alias(NEIGHBOUR_COL), "similarity")

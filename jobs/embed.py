@@ -125,7 +125,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
             embedding.text_neighbours(
                 item_vectors.where(F.col(FOLD_COL) == fold).join(candidates, "id"),
                 cfg.embed.text_neighbours,
-                cfg.score.user_block_rows,
+                cfg.score.candidates.item_block_rows,
             ).withColumn(FOLD_COL, F.lit(fold))
             for fold in FOLDS
         ],

@@ -119,10 +119,12 @@ def closest_items(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``vectors``, the indices (rows, m) of its ``m`` most similar rows of
     ``catalog_text`` (dot product; cosine for unit rows), most similar first, leaving out the row's
-    own index ``own``; and those similarities."""
+    own index ``own`` (-1: none); and those similarities. When some rows have no own index and m
+    reaches every row of ``catalog_text``, the others' own index comes last, at -inf."""
     sims = vectors @ catalog_text.T
-    sims[np.arange(len(vectors)), own] = -np.inf
-    m = min(m, catalog_text.shape[0] - 1)
+    has_own = own >= 0
+    sims[np.flatnonzero(has_own), own[has_own]] = -np.inf
+    m = min(m, catalog_text.shape[0] - int(has_own.all()))
     if m <= 0:
         return np.empty((len(vectors), 0), np.int64), np.empty((len(vectors), 0), np.float32)
     top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
