@@ -292,6 +292,17 @@ def _pair_rows(tables: FoldTables, pairs: DataFrame, groups: int) -> DataFrame:
     return pairs.join(features, ITEM_COL).withColumn(GROUP_COL, _group(groups))
 
 
+def _cogroup(pairs: DataFrame, users: DataFrame):
+    """The two sides grouped by user group for a cogroup. Each side's columns get new ids first:
+    pyspark's cogroup refers to them as ``df[col]``, and a user_id both sides take from the same
+    table (the interactions) would otherwise be an ambiguous reference."""
+
+    def fresh(df: DataFrame) -> DataFrame:
+        return df.select(*(F.col(name).alias(name) for name in df.columns))
+
+    return fresh(pairs).groupBy(GROUP_COL).cogroup(fresh(users).groupBy(GROUP_COL))
+
+
 def _groups(users: DataFrame, cfg: Config) -> int:
     n = users.count()
     return max(
@@ -322,12 +333,9 @@ def recommend(
             pairs_frame, users_frame, models, k=k, method=method
         )
 
-    return (
-        _pair_rows(tables, pairs, groups)
-        .groupBy(GROUP_COL)
-        .cogroup(_user_rows(tables, fold, users, groups).groupBy(GROUP_COL))
-        .applyInPandas(rank, schema)
-    )
+    return _cogroup(
+        _pair_rows(tables, pairs, groups), _user_rows(tables, fold, users, groups)
+    ).applyInPandas(rank, schema)
 
 
 def recommend_fold(
@@ -390,12 +398,7 @@ def tune_ranks(
         )
 
     user_rows = _user_rows(tables, fold, users.select(USER_COL), groups).join(users, USER_COL)
-    return (
-        _pair_rows(tables, pairs, groups)
-        .groupBy(GROUP_COL)
-        .cogroup(user_rows.groupBy(GROUP_COL))
-        .applyInPandas(rank, schema)
-    )
+    return _cogroup(_pair_rows(tables, pairs, groups), user_rows).applyInPandas(rank, schema)
 
 
 def summarise(ranks: DataFrame, k: int) -> DataFrame:
