@@ -20,8 +20,8 @@ from pyspark.sql import functions as F
 
 from udfs.topk import closest_items
 
-# Left rows per block: a task's product is (left block) x (right block), so this keeps it near one
-# right block's size per thousand left rows.
+# Left rows per block (at least one block per task slot): with right blocks of at most
+# ``right_block_rows``, one task's product stays within LEFT_BLOCK_ROWS x right_block_rows.
 LEFT_BLOCK_ROWS = 20_000
 # Scores one numpy product may hold at once (float32: ~200 MB).
 PRODUCT_CELLS = 50_000_000
