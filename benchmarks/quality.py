@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from hybridrec.config import load_config
-from hybridrec.constants import COMPARISONS, METRICS
+from hybridrec.constants import COMPARISONS, DEBIAS_CURVE, METRICS
 from hybridrec.runner import new_run_id, setup_logging
 from hybridrec.session import get_spark
 from hybridrec.tables import Warehouse
@@ -45,33 +45,45 @@ def source_settings(folder: Path) -> tuple[str, list[str]]:
 
 def summary(table: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     """Per data set: the hybrid against the best single-signal baseline (ALS, text, popularity),
-    against every baseline including co-occurrence, and its sparse-user HR against ALS's; the
-    gaps with their paired 95% intervals and p-values, so a win can be told from noise."""
+    against the best of the strongest simple recommenders (EASE, item-kNN), against every
+    baseline, and its sparse-user HR, coverage and tail HR against ALS's; the gaps with their
+    paired 95% intervals and p-values, so a win can be told from noise."""
     by_model = table.pivot_table(
-        index="data set", columns="model", values=["ndcg@10", "sparse hr@10"]
+        index="data set",
+        columns="model",
+        values=["ndcg@10", "sparse hr@10", "coverage", "tail hr@10"],
     )
     ndcg, sparse = by_model["ndcg@10"], by_model["sparse hr@10"]
-    single = ndcg[[m for m in ("als", "text", "popularity") if m in ndcg]]
-    best_single, best_every = single.max(axis=1), ndcg.drop(columns="hybrid").max(axis=1)
     gaps = compared.set_index(["data set", "segment", "model", "metric"])
 
     def gap(data_set: str, segment: str, model: str, metric: str) -> str:
         r = gaps.loc[(data_set, segment, model, metric)]
         return f"{r.difference:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] p={r.p_value:.3f}"
 
-    return pd.DataFrame(
-        {
-            "hybrid ndcg@10": ndcg["hybrid"],
-            "best of als/text/pop": best_single,
-            "hybrid / that": ndcg["hybrid"] / best_single,
-            "gap to that": [gap(d, "all", single.loc[d].idxmax(), "ndcg") for d in ndcg.index],
-            "best incl. cooc": best_every,
-            "hybrid / that ": ndcg["hybrid"] / best_every,
-            "sparse hr hybrid": sparse["hybrid"],
-            "sparse hr als": sparse["als"],
-            "sparse hr gap": [gap(d, "sparse_users", "als", "hr") for d in ndcg.index],
-        }
-    )
+    columns = {"hybrid ndcg@10": ndcg["hybrid"]}
+    for label, models in (
+        ("als/text/pop", ("als", "text", "popularity")),
+        ("ease/item_knn", ("ease", "item_knn")),
+        ("every baseline", tuple(m for m in ndcg if m != "hybrid")),
+    ):
+        group = ndcg[[m for m in models if m in ndcg]]
+        if group.empty:
+            continue
+        best = group.max(axis=1)
+        columns[f"best of {label}"] = best
+        columns[f"hybrid / best of {label}"] = ndcg["hybrid"] / best
+        columns[f"gap to best of {label}"] = [
+            gap(d, "all", group.loc[d].idxmax(), "ndcg") for d in ndcg.index
+        ]
+    columns |= {
+        "sparse hr hybrid": sparse["hybrid"],
+        "sparse hr als": sparse["als"],
+        "sparse hr gap": [gap(d, "sparse_users", "als", "hr") for d in ndcg.index],
+        "coverage hybrid / als": by_model["coverage"]["hybrid"] / by_model["coverage"]["als"],
+        "tail hr hybrid": by_model["tail hr@10"]["hybrid"],
+        "tail hr als": by_model["tail hr@10"]["als"],
+    }
+    return pd.DataFrame(columns)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     setup_logging()
-    rows, comparisons = [], []
+    rows, comparisons, curves = [], [], []
     spark = None
     for folder in args.folders:
         conf, overrides = source_settings(folder.resolve())
@@ -100,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         comparisons.append(
             warehouse.read(COMPARISONS).toPandas().assign(**{"data set": folder.name})
         )
+        curve = warehouse.read(DEBIAS_CURVE).toPandas()
+        if len(curve):
+            curves.append(
+                curve.pivot_table(index=["debias", "served"], columns="metric", values="value")
+                .reset_index()
+                .assign(**{"data set": folder.name})
+            )
         wide = metrics.pivot_table(index="model", columns=["segment", "metric"], values="value")
         ingest = results["ingest"]
         for model, values in wide.iterrows():
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     "ndcg@10": values[("all", "ndcg")],
                     "hr@10": values[("all", "hr")],
                     "coverage": values[("all", "coverage")],
+                    "diversity": values.get(("all", "diversity"), float("nan")),
                     "sparse hr@10": values[("sparse_users", "hr")],
                     "tail hr@10": values[("tail_items", "hr")],
                     "rows in": ingest.get("behaviour_in", 0) + ingest.get("reviews_in", 0),
@@ -124,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Gaps: hybrid minus the baseline, paired by user, 95% interval and p-value\n")
     print(summary(table, pd.concat(comparisons)).round(4).T.to_string())
+    if curves:
+        print("\nRe-rank curve on test: the hybrid at each popularity de-biasing strength")
+        print("(served: the strength picked on validation within score.max_ndcg_loss)\n")
+        columns = ["data set", "debias", "served", "ndcg", "hr", "coverage", "diversity"]
+        columns += ["novelty", "tail_hr", "sparse_hr"]
+        every = pd.concat(curves)
+        print(every[[c for c in columns if c in every]].round(4).to_string(index=False))
     return 0
 
 

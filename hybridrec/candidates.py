@@ -327,10 +327,11 @@ def recommend(
     pairs = candidate_pairs(tables, cfg, fold, users, recent_sharpness)
     models = {name: dict(w) for name, w in models.items()}
     k, method = cfg.score.k, cfg.score.normalisation
+    popular_share = cfg.score.popular_reason_share
 
     def rank(pairs_frame: pd.DataFrame, users_frame: pd.DataFrame) -> pd.DataFrame:
         return candidate_kernel.recommend_group(
-            pairs_frame, users_frame, models, k=k, method=method
+            pairs_frame, users_frame, models, k=k, method=method, popular_share=popular_share
         )
 
     return _cogroup(

@@ -22,6 +22,7 @@ from hybridrec.constants import (
     ALS_USER_FACTORS,
     BASELINE_RECOMMENDATIONS,
     COMPARISONS,
+    DEBIAS_CURVE,
     FUSION_WEIGHTS,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
@@ -197,7 +198,8 @@ TABLES: dict[str, TableDoc] = {
     BASELINE_RECOMMENDATIONS: TableDoc(
         "Top-K per user from each baseline, for evaluation",
         {
-            "model": "als, cooc, text or popularity",
+            "model": "als, cooc, text, popularity, ease or item_knn; debias=<b>: the hybrid at "
+            "popularity de-biasing strength b (the debias_curve's lists)",
             **RECOMMENDATION_COLUMNS,
         },
     ),
@@ -211,6 +213,8 @@ TABLES: dict[str, TableDoc] = {
             "recent": "weight of recent_score (0-1)",
             "pop": "weight of pop_score (0-1)",
             "recent_sharpness": "exponent sharpening the recent text part (1 = plain cosine)",
+            "debias": "popularity de-biasing re-rank: pop_score weight served is pop - debias "
+            "(0 = none; picked on validation within score.max_ndcg_loss)",
             "validation_ndcg": "NDCG@K on validation with these weights (0-1)",
             "validation_hr": "hit rate@K on validation with these weights (0-1)",
             "run_id": RUN_ID,
@@ -219,10 +223,11 @@ TABLES: dict[str, TableDoc] = {
     METRICS: TableDoc(
         "Every model's metrics at K on the test split",
         {
-            "model": "hybrid, als, cooc, text or popularity",
+            "model": "hybrid, als, cooc, text, popularity, ease or item_knn",
             "metric": "ndcg, hr, precision, recall, map (0-1, per test user, averaged); coverage "
             "(share of catalog recommended, 0-1), diversity (mean 1 - cosine within a list, "
-            "0-2), novelty (mean -log2 popularity, bits)",
+            "0-2), novelty (mean -log2 popularity, bits); reason_<kind> (share of the hybrid's "
+            "top-K explained by cf, cooc, text, pop or none)",
             "k": "list length the metric is cut at",
             "value": "the metric's value",
             "segment": "all test users, sparse_users (fewest history items) or tail_items "
@@ -230,10 +235,23 @@ TABLES: dict[str, TableDoc] = {
             "run_id": RUN_ID,
         },
     ),
+    DEBIAS_CURVE: TableDoc(
+        "The hybrid at each popularity de-biasing strength on the test split: accuracy against "
+        "catalog coverage, diversity and the long tail",
+        {
+            "debias": "strength taken off the normalised popularity part (0 = no re-rank)",
+            "served": "whether this strength is the one picked on validation and served",
+            "metric": "ndcg, hr, coverage, diversity, novelty, tail_hr (hr on the tail_items "
+            "segment), sparse_hr (hr on sparse_users)",
+            "k": "list length the metric is cut at",
+            "value": "the metric's value",
+            "run_id": RUN_ID,
+        },
+    ),
     COMPARISONS: TableDoc(
         "The hybrid against each baseline, paired by test user, with an interval",
         {
-            "model": "the baseline compared with (als, cooc, text, popularity)",
+            "model": "the baseline compared with (als, cooc, text, popularity, ease, item_knn)",
             "metric": "ndcg, hr, precision, recall or map",
             "k": "list length",
             "users": "test users in the comparison",

@@ -153,6 +153,9 @@ RANGES: dict[str, Bounds] = {
     "evaluate.k": COUNT,  # and at most score.k
     "evaluate.segment_fraction": Bounds(0, 1, low_open=True),
     "evaluate.confidence": Bounds(0, 1, low_open=True, high_open=True),
+    "evaluate.ease.max_items": NON_NEGATIVE,  # 0: EASE never runs
+    "score.max_ndcg_loss": FRACTION,
+    "score.popular_reason_share": FRACTION,
 }
 # Lists of numbers: each must be non-empty, of the element type, and every element in range.
 LIST_RANGES: dict[str, tuple[type, Bounds]] = {
@@ -160,6 +163,9 @@ LIST_RANGES: dict[str, tuple[type, Bounds]] = {
     "als.grid.reg_param": (float, NON_NEGATIVE),
     "als.grid.alpha": (float, POSITIVE),
     "score.recent_sharpness_grid": (float, POSITIVE),
+    "score.debias_grid": (float, NON_NEGATIVE),
+    "evaluate.ease.l2_grid": (float, POSITIVE),
+    "evaluate.item_knn.neighbours_grid": (int, COUNT),
 }
 # Maps whose values are all numbers in one range (each entry is named on its own).
 MAP_RANGES: dict[str, Bounds] = {

@@ -21,7 +21,9 @@ FOLD_COL = "fold"
 FOLDS = {VALIDATION: (TRAIN,), TEST: (TRAIN, VALIDATION)}
 
 HYBRID = "hybrid"
-MODELS = (HYBRID, "als", "cooc", "text", "popularity")
+MODELS = (HYBRID, "als", "cooc", "text", "popularity", "ease", "item_knn")
+# The re-rank curve's lists (the hybrid at each popularity de-biasing strength) are named so.
+CURVE_PREFIX = "debias="
 # Fusion weights that turn the hybrid kernel into each single-signal baseline. The text
 # baseline's mix of its two text parts is re-picked on validation when the hybrid's weights are.
 BASELINE_WEIGHTS = {
@@ -53,3 +55,4 @@ BASELINE_RECOMMENDATIONS = "baseline_recommendations"
 METRICS = "metrics"
 COMPARISONS = "comparisons"
 FUSION_WEIGHTS = "fusion_weights"
+DEBIAS_CURVE = "debias_curve"

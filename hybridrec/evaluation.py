@@ -13,10 +13,11 @@ from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from hybridrec.constants import EMBEDDING_COL, ITEM_COL, USER_COL
+from udfs import topk
 
 RANKING_METRICS = ("ndcg", "hr", "precision", "recall", "map")
 
@@ -190,6 +191,33 @@ def novelty(recs: DataFrame, history: DataFrame, k: int) -> DataFrame:
     p = (F.coalesce(F.col("n"), F.lit(0)) + 1) / F.lit(float(n_users + 1))
     scored = recs.where(F.col("rank") <= k).join(item_users, ITEM_COL, "left")
     return _long(scored.groupBy("model").agg(F.avg(-F.log2(p)).alias("novelty")), ("novelty",), k)
+
+
+REASON_KINDS = ("cf", "cooc", "text", "pop", "none")
+
+
+def reason_kind() -> Column:
+    """The part a ``reason`` text names: cf, cooc, text (own reviews or recent items), pop, or
+    none (no weighted part was defined for the pick)."""
+    reason = F.col("reason")
+    kind = F.when(reason == topk.REASONS["cf"], "cf").when(reason == topk.REASONS["pop"], "pop")
+    for part, kind_name in (("cooc", "cooc"), ("text", "text")):
+        prefix, fallback = topk.NAMED_REASONS[part]
+        kind = kind.when(reason.startswith(prefix) | (reason == fallback), kind_name)
+    return kind.otherwise("none")
+
+
+def reason_shares(recs: DataFrame, k: int) -> DataFrame:
+    """Per model with reasons: the share of its top-k rows explained by each reason kind
+    (``reason_<kind>``, every kind present, 0 where none)."""
+    top = recs.where((F.col("rank") <= k) & F.col("reason").isNotNull())
+    wide = top.groupBy("model").agg(
+        *[
+            F.avg((reason_kind() == F.lit(kind)).cast("double")).alias(f"reason_{kind}")
+            for kind in REASON_KINDS
+        ]
+    )
+    return _long(wide, tuple(f"reason_{kind}" for kind in REASON_KINDS), k)
 
 
 def _long(wide: DataFrame, metrics, k: int) -> DataFrame:

@@ -139,6 +139,7 @@ EXECUTOR_MODULES = (
     "hybridrec.cf",
     "hybridrec.embedding",
     "hybridrec.evaluation",
+    "hybridrec.linear",
     "hybridrec.nearest",
     "hybridrec.privacy",
     "hybridrec.scoring",

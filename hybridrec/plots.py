@@ -46,6 +46,15 @@ COLOURS = {
     "cooc": "tab:orange",
     "text": "tab:green",
     "popularity": "tab:gray",
+    "ease": "tab:purple",
+    "item_knn": "tab:brown",
+}
+# The re-rank curve: NDCG on the y axis against each of these on its own x axis.
+CURVE_AXES = {
+    "coverage": "catalog coverage",
+    "diversity": "diversity (mean 1 - cosine within a list)",
+    "tail_hr": "tail-item HR",
+    "novelty": "novelty (bits)",
 }
 PANEL_WIDTH, PANEL_HEIGHT = 4.6, 4.0
 
@@ -57,7 +66,10 @@ def metrics_figure(
     Bottom row: each beyond-accuracy metric on its own axis, then the HR gaps. ``metrics`` and
     ``comparisons`` are the tables of the same names (one run, one K)."""
     ranking = in_order(comparisons["metric"], RANKING_ORDER)
-    beyond = in_order(set(metrics["metric"]) - set(ranking), tuple(BEYOND_LABELS))
+    beyond = in_order(
+        {m for m in metrics["metric"] if not m.startswith("reason_")} - set(ranking),
+        tuple(BEYOND_LABELS),
+    )
     segments = in_order(metrics.loc[metrics["metric"].isin(ranking), "segment"], SEGMENTS)
     columns = max(len(segments), len(beyond)) + 1
     fig, axes = plt.subplots(
@@ -81,6 +93,30 @@ def metrics_figure(
     fig.suptitle(
         f"hybridrec evaluation: top-{k} lists on the test split (hybrid outlined in black)",
         fontsize=13,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def debias_curve_figure(curve: pd.DataFrame, k: int) -> Figure:
+    """NDCG against coverage, diversity, tail HR and novelty, one point per de-biasing strength
+    (labelled), the served one ringed. ``curve``: one row per strength, a column per metric."""
+    axes_metrics = [m for m in CURVE_AXES if m in curve.columns]
+    fig, axes = plt.subplots(
+        1, len(axes_metrics), figsize=(PANEL_WIDTH * len(axes_metrics), PANEL_HEIGHT), squeeze=False
+    )
+    for ax, metric in zip(axes[0], axes_metrics, strict=True):
+        ax.plot(curve[metric], curve["ndcg"], marker="o", color=COLOURS["hybrid"])
+        for row in curve.itertuples():
+            ax.annotate(f"{row.debias:g}", (getattr(row, metric), row.ndcg), fontsize=7)
+        served = curve[curve["served"]]
+        ax.scatter(served[metric], served["ndcg"], s=160, facecolors="none", edgecolors="black")
+        ax.set_xlabel(CURVE_AXES[metric])
+        ax.set_ylabel(f"NDCG@{k}")
+    fig.suptitle(
+        f"hybrid re-rank curve on test: popularity de-biasing strength at each point "
+        f"(ringed: picked on validation), top-{k}",
+        fontsize=11,
     )
     fig.tight_layout()
     return fig

@@ -337,12 +337,15 @@ def recommend(
     the configured one."""
     models = {name: dict(weights) for name, weights in models.items()}
     k, settings = cfg.score.k, _kernel_settings(cfg, recent_sharpness)
+    popular_share = cfg.score.popular_reason_share
     return _map_user_blocks(
         users,
         catalog,
         cfg,
         RECOMMENDATION_SCHEMA,
-        lambda block, items: topk.recommend_block(block, items, models, k=k, **settings),
+        lambda block, items: topk.recommend_block(
+            block, items, models, k=k, popular_share=popular_share, **settings
+        ),
     )
 
 

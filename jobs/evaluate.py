@@ -3,8 +3,11 @@
     spark-submit jobs/evaluate.py --conf conf/local.yaml --run-id R
     python -m jobs.evaluate --conf conf/local.yaml --run-id R
 
-The baselines (ALS-only, text-only, popularity) come from the same scoring kernel with one part's
-weight at 1, so every model ranks the same candidates (items unseen in train) the same way.
+The baselines (ALS-only, co-occurrence, text-only, popularity) come from the same scoring kernel
+with one part's weight at 1, so every model ranks the same candidates (items unseen in train) the
+same way; so does the hybrid's re-rank curve (each popularity de-biasing strength, table
+debias_curve). EASE and item-kNN (``hybridrec.linear``) are the strongest simple recommenders,
+each with its one hyper-parameter picked on validation.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import candidates, evaluation, plots, scoring, tracking
+from hybridrec import candidates, evaluation, linear, plots, scoring, tracking
 from hybridrec.config import Config
 from hybridrec.constants import (
     BASELINE_RECOMMENDATIONS,
     BASELINE_WEIGHTS,
     COMPARISONS,
+    CURVE_PREFIX,
+    DEBIAS_CURVE,
     FUSION_WEIGHTS,
     HYBRID,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
+    ITEMS,
     METRICS,
     MODELS,
     RECOMMENDATIONS,
@@ -41,6 +47,7 @@ from udfs.topk import PARTS
 
 NAME = "evaluate"
 FIGURE = "metrics_by_model.png"
+CURVE_FIGURE = "debias_curve.png"
 # The gaps that reach the log and MLflow metrics; comparisons.csv and the table hold every one.
 HEADLINE_METRICS = ("ndcg", "hr")
 log = logging.getLogger(__name__)
@@ -55,20 +62,121 @@ def hybrid_recommendations(warehouse: Warehouse, run_id: str) -> DataFrame:
     return recs.withColumn("model", F.lit(HYBRID))
 
 
-def baseline_weights(
-    warehouse: Warehouse, run_id: str, cfg: Config
-) -> tuple[dict[str, dict[str, float]], float]:
-    """The fixed single-signal weightings, with the text mix and recent-part sharpness the score
-    job picked, if any (only the text baseline uses that part)."""
-    weights = {model: dict(w) for model, w in BASELINE_WEIGHTS.items()}
-    sharpness = cfg.score.recent_sharpness
+def picked_weights(warehouse: Warehouse, cfg: Config) -> dict[str, dict]:
+    """Per model of the fusion weights table (hybrid, text): its weights, recent sharpness and
+    de-biasing strength as the score job picked them; the configured ones where it picked none."""
+    picked = {
+        "hybrid": {
+            "weights": {p: float(cfg.score.weights[p]) for p in PARTS},
+            "sharpness": cfg.score.recent_sharpness,
+            "debias": 0.0,
+        },
+        "text": {
+            "weights": dict(BASELINE_WEIGHTS["text"]),
+            "sharpness": cfg.score.recent_sharpness,
+            "debias": 0.0,
+        },
+    }
     if warehouse.exists(FUSION_WEIGHTS):
-        picked = warehouse.read(FUSION_WEIGHTS).where(F.col("model") == "text")
-        for row in picked.collect():
-            weights["text"] = {part: float(row[part]) for part in PARTS}
-            if row["recent_sharpness"] is not None:
-                sharpness = float(row["recent_sharpness"])
-    return weights, sharpness
+        table = warehouse.read(FUSION_WEIGHTS)
+        for row in table.collect():  # one row per model
+            values = row.asDict()
+            picked[row["model"]] = {
+                "weights": {part: float(values[part]) for part in PARTS},
+                "sharpness": float(values["recent_sharpness"] or cfg.score.recent_sharpness),
+                "debias": float(values.get("debias") or 0.0),
+            }
+    return picked
+
+
+def curve_name(strength: float) -> str:
+    return f"{CURVE_PREFIX}{strength:g}"
+
+
+def kernel_recommendations(
+    warehouse: Warehouse, cfg: Config, picked: dict[str, dict], n_items: int
+) -> DataFrame:
+    """Top-K of the weight sets ranked by the hybrid's own kernel: the single-signal baselines
+    (the text one with the mix and sharpness the score job picked for it) and, with
+    ``evaluate.debias_curve``, the hybrid at every strength of ``score.debias_grid`` (its re-rank
+    curve on test). One ranking pass when both sharpnesses agree, else one per sharpness. They
+    rank the way the hybrid did: over candidates above the configured size."""
+    baselines = {model: dict(w) for model, w in BASELINE_WEIGHTS.items()}
+    baselines["text"] = picked["text"]["weights"]
+    curve = {}
+    if cfg.evaluate.debias_curve:
+        hybrid = picked["hybrid"]["weights"]
+        for strength in sorted({0.0, *(float(b) for b in cfg.score.debias_grid)}):
+            curve[curve_name(strength)] = {**hybrid, "pop": hybrid["pop"] - strength}
+    passes = {picked["text"]["sharpness"]: baselines}
+    if curve:
+        passes.setdefault(picked["hybrid"]["sharpness"], {}).update(curve)
+    return reduce(
+        DataFrame.unionByName,
+        [
+            candidates.recommend_fold(
+                warehouse,
+                cfg,
+                TEST,
+                models,
+                recent_sharpness=sharpness,
+                over_candidates=candidates.use_candidates(cfg, n_items),
+            )
+            for sharpness, models in passes.items()
+        ],
+    )
+
+
+CURVE_METRICS = {
+    ("all", "ndcg"): "ndcg",
+    ("all", "hr"): "hr",
+    ("all", "coverage"): "coverage",
+    ("all", "diversity"): "diversity",
+    ("all", "novelty"): "novelty",
+    ("tail_items", "hr"): "tail_hr",
+    ("sparse_users", "hr"): "sparse_hr",
+}
+
+
+def debias_curve(curve_metrics: DataFrame, served: float) -> DataFrame:
+    """The debias_curve table from the metrics of the curve's lists: one row per strength and
+    metric, the served strength flagged."""
+    wanted = reduce(
+        lambda a, b: a | b,
+        [(F.col("segment") == seg) & (F.col("metric") == m) for seg, m in CURVE_METRICS],
+    )
+    name = F.lit(None).cast("string")
+    for (seg, m), label in CURVE_METRICS.items():
+        name = F.when((F.col("segment") == seg) & (F.col("metric") == m), label).otherwise(name)
+    strength = F.substring(F.col("model"), len(CURVE_PREFIX) + 1, 64).cast("double")
+    return curve_metrics.where(wanted).select(
+        strength.alias("debias"),
+        (F.abs(strength - F.lit(served)) < 1e-9).alias("served"),
+        name.alias("metric"),
+        "k",
+        "value",
+    )
+
+
+def log_curve(curve: pd.DataFrame, k: int) -> None:
+    """The curve to the log, to MLflow (metrics, csv, figure) and beside the tables."""
+    if curve.empty:
+        return
+    wide = curve.pivot_table(index=["debias", "served"], columns="metric", values="value")
+    wide = wide[[m for m in CURVE_METRICS.values() if m in wide.columns]].reset_index()
+    log.info(
+        "re-rank curve on test (popularity de-biasing; served: picked on validation):\n%s",
+        wide.to_string(index=False, float_format="%.4f"),
+    )
+    tracking.log_job_metrics(
+        {f"debias_curve.{r.debias:g}.{r.metric}_at_{k}": r.value for r in curve.itertuples()}
+    )
+    mlflow.log_text(wide.to_csv(index=False), "debias_curve.csv")
+    figure = plots.debias_curve_figure(wide, k)
+    try:
+        tracking.log_figure(figure, CURVE_FIGURE)
+    finally:
+        plots.close(figure)
 
 
 def metrics_tables(
@@ -158,30 +266,43 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
     k = cfg.evaluate.k
     hybrid = hybrid_recommendations(warehouse, run_id)
-    weights, sharpness = baseline_weights(warehouse, run_id, cfg)
+    picked = picked_weights(warehouse, cfg)
     n_items = scoring.catalog_size(warehouse, cfg)
-    # The baselines rank the way the hybrid did: over candidates above the configured size.
-    baselines = candidates.recommend_fold(
-        warehouse,
-        cfg,
-        TEST,
-        weights,
-        recent_sharpness=sharpness,
-        over_candidates=candidates.use_candidates(cfg, n_items),
+    interactions = warehouse.read(INTERACTIONS)
+    kernel_recs = kernel_recommendations(warehouse, cfg, picked, n_items)
+    items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
+    linear_recs, linear_picks = linear.tune_and_recommend(interactions, items, cfg)
+    warehouse.write(
+        kernel_recs.unionByName(linear_recs, allowMissingColumns=True),
+        BASELINE_RECOMMENDATIONS,
+        run_id=run_id,
     )
-    warehouse.write(baselines, BASELINE_RECOMMENDATIONS, run_id=run_id)
-    recs = hybrid.unionByName(warehouse.read(BASELINE_RECOMMENDATIONS)).select(
-        "model", "user_id", "rank", "item_id"
+    recs = hybrid.unionByName(
+        warehouse.read(BASELINE_RECOMMENDATIONS).drop("run_id"), allowMissingColumns=True
     )
     metrics, comparisons = metrics_tables(
-        recs,
-        warehouse.read(INTERACTIONS),
+        recs.select("model", "user_id", "rank", "item_id"),
+        interactions,
         scoring.of_fold(warehouse.read(ITEM_EMBEDDINGS), TEST),
         n_items,
         cfg,
     )
-    warehouse.write(metrics, METRICS, run_id=run_id)
-    warehouse.write(comparisons, COMPARISONS, run_id=run_id)
+    is_curve = F.col("model").startswith(CURVE_PREFIX)
+    warehouse.write(
+        metrics.where(~is_curve).unionByName(
+            evaluation.reason_shares(recs.where(F.col("model") == HYBRID), k).withColumn(
+                "segment", F.lit("all")
+            )
+        ),
+        METRICS,
+        run_id=run_id,
+    )
+    warehouse.write(comparisons.where(~is_curve), COMPARISONS, run_id=run_id)
+    curve = debias_curve(metrics.where(is_curve), picked["hybrid"]["debias"])
+    warehouse.write(curve, DEBIAS_CURVE, run_id=run_id)
+    log_curve(warehouse.read(DEBIAS_CURVE).drop("run_id").toPandas(), k)
+    if linear_picks:
+        mlflow.log_params(linear_picks)
     table = warehouse.read(METRICS).drop("run_id").toPandas()
     overall = table[table["segment"] == "all"]
     wide = overall.pivot_table(index="model", columns="metric", values="value").reindex(

@@ -35,13 +35,14 @@ log = logging.getLogger(__name__)
 
 
 def _candidate_tuner(warehouse: Warehouse, cfg: Config, grid: list[dict[str, float]]):
-    """Tuning over candidates: per sharpness, the grid's NDCG and HR on validation, with the
-    candidate recall (the share of held-out items that were candidates) in each row."""
+    """Tuning over candidates: per sharpness, the NDCG and HR on validation of each point of
+    ``grid`` (or of the points given), with the candidate recall (the share of held-out items
+    that were candidates) in each row."""
     tables = candidates.load_fold(warehouse, cfg, VALIDATION)
 
-    def tune(sharpness: float) -> pd.DataFrame:
+    def tune(sharpness: float, points: list[dict[str, float]] = grid) -> pd.DataFrame:
         ranks = candidates.tune_ranks(
-            tables, VALIDATION, grid, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
+            tables, VALIDATION, points, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
         )
         tuned = candidates.summarise(ranks, cfg.score.k).toPandas()
         if len(tuned):
@@ -72,7 +73,7 @@ def choose_weights(
             {"model": "hybrid", **cfg.score.weights, "recent_sharpness": sharpness},
             {"model": "text", **BASELINE_WEIGHTS["text"], "recent_sharpness": sharpness},
         ]
-    )
+    ).assign(debias=0.0)
     if not cfg.score.tune_on_validation:
         return configured
     grid = weight_grid(cfg.score.weight_grid_step)
@@ -84,8 +85,8 @@ def choose_weights(
         users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
         users = scoring.tuning_sample(users, cfg.score.tune_max_users).cache()
 
-        def tune(p: float) -> pd.DataFrame:
-            return scoring.tune(users, catalog, grid, cfg, recent_sharpness=p).toPandas()
+        def tune(p: float, points: list[dict[str, float]] = grid) -> pd.DataFrame:
+            return scoring.tune(users, catalog, points, cfg, recent_sharpness=p).toPandas()
 
     frames = []
     for i, p in enumerate(sharpness_grid):
@@ -95,8 +96,6 @@ def choose_weights(
             tuned = tune(p)
         frames.append(tuned.assign(recent_sharpness=p, _order=i))
     results = pd.concat(frames, ignore_index=True)
-    if not over_candidates:
-        users.unpersist()
     if results.empty:
         log.warning("no validation interactions: keeping the configured weights")
         return configured
@@ -124,9 +123,63 @@ def choose_weights(
             pick.hr,
             pick.users,
         )
-    return picks.rename(columns={"ndcg": "validation_ndcg", "hr": "validation_hr"}).drop(
+    picks = picks.rename(columns={"ndcg": "validation_ndcg", "hr": "validation_hr"}).drop(
         columns=["combo", "users"]
     )
+    hybrid = picks["model"] == "hybrid"
+    chosen, curve = choose_debias(picks[hybrid].iloc[0], tune, cfg)
+    if len(curve):
+        mlflow.log_text(curve.to_csv(index=False), "debias_validation.csv")
+    if not over_candidates:
+        users.unpersist()
+    picks["debias"] = 0.0
+    for column, value in chosen.items():
+        picks.loc[hybrid, column] = value
+    return picks
+
+
+def debiased(weights: dict[str, float], strength: float) -> dict[str, float]:
+    """The weights with ``strength`` of the normalised popularity taken off: a popularity
+    de-biasing re-rank of the same candidates (the tail moves up, nothing else changes)."""
+    return {**weights, "pop": weights["pop"] - strength}
+
+
+def choose_debias(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float], pd.DataFrame]:
+    """The strongest popularity de-biasing (``score.debias_grid``) whose validation NDCG stays
+    within ``score.max_ndcg_loss`` of the picked weights' own: how much accuracy the catalog's
+    long tail may cost is a setting, and the pick is made on validation like everything else.
+    Returns debias with the validation NDCG and HR at that strength, and the curve tried."""
+    strengths = sorted(float(b) for b in cfg.score.debias_grid if b > 0)
+    unchanged = {
+        "debias": 0.0,
+        "validation_ndcg": float(pick["validation_ndcg"]),
+        "validation_hr": float(pick["validation_hr"]),
+    }
+    if not strengths or cfg.score.max_ndcg_loss == 0:
+        return unchanged, pd.DataFrame()
+    weights = {part: float(pick[part]) for part in PARTS}
+    sharpness = float(pick["recent_sharpness"])
+    grid = [debiased(weights, b) for b in strengths]
+    with progress.working_on(f"popularity de-biasing ({len(grid)} strengths)"):
+        curve = tune(sharpness, grid).sort_values("combo")
+    curve = curve.assign(debias=[strengths[c] for c in curve["combo"]])
+    floor = (1 - cfg.score.max_ndcg_loss) * unchanged["validation_ndcg"]
+    log.info(
+        "popularity de-biasing on validation (NDCG floor %.4f = %.4f less %.1f%%):\n%s",
+        floor,
+        unchanged["validation_ndcg"],
+        100 * cfg.score.max_ndcg_loss,
+        curve[["debias", "ndcg", "hr"]].to_string(index=False, float_format="%.4f"),
+    )
+    within = curve[curve["ndcg"] >= floor]
+    if within.empty:
+        return unchanged, curve
+    best = within.iloc[-1]
+    return {
+        "debias": float(best["debias"]),
+        "validation_ndcg": float(best["ndcg"]),
+        "validation_hr": float(best["hr"]),
+    }, curve
 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
@@ -142,16 +195,17 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     hybrid = picks[picks["model"] == "hybrid"].iloc[0]
     picks = picks.drop(columns=["candidate_recall"], errors="ignore")
     warehouse.write(spark.createDataFrame(picks), FUSION_WEIGHTS, run_id=run_id)
+    debias = float(hybrid["debias"])
     weights = {part: float(hybrid[part]) for part in PARTS}
     sharpness = float(hybrid["recent_sharpness"])
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})
-    mlflow.log_param("hybrid_recent_sharpness", sharpness)
+    mlflow.log_params({"hybrid_recent_sharpness": sharpness, "hybrid_debias": debias})
     # Served recommendations come from the test fold: models refitted on train and validation.
     recs = candidates.recommend_fold(
         warehouse,
         cfg,
         TEST,
-        {"hybrid": weights},
+        {"hybrid": debiased(weights, debias)},
         recent_sharpness=sharpness,
         over_candidates=over_candidates,
     )
@@ -162,6 +216,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         "ranked_over_candidates": float(over_candidates),
         **{f"weight_{part}": w for part, w in weights.items()},
         "recent_sharpness": sharpness,
+        "debias": debias,
     }
     if "validation_ndcg" in hybrid:
         results.update(

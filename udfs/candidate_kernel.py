@@ -110,6 +110,7 @@ def recommend_group(
     *,
     k: int,
     method: str,
+    popular_share: float = 0.5,
 ) -> pd.DataFrame:
     """Top-K rows (the recommendations schema) per user of the group for each weight set."""
     columns = list(RECOMMENDATION_COLUMNS)
@@ -124,7 +125,7 @@ def recommend_group(
         slots = best[rows, ranks]
         picked = pairs.iloc[pair_at[rows, slots]]
         contributions = topk.part_contributions(normalised, defined, weights, rows, slots)
-        reasons, reason_items = _reasons(picked, contributions)
+        reasons, reason_items = _reasons(picked, contributions, popular_share)
         frame = {
             "model": model,
             "user_id": users["user_id"].to_numpy()[rows],
@@ -139,11 +140,13 @@ def recommend_group(
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def _reasons(picked: pd.DataFrame, contributions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The part that added most; for a neighbour part, the history item whose vote was
-    largest (Spark's ``max_by`` while summing the votes) is named, as full ranking names the
-    closest history item."""
-    dominant = contributions.argmax(axis=1)
+def _reasons(
+    picked: pd.DataFrame, contributions: np.ndarray, popular_share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The part that explains each pick (``topk.dominant_parts``); for a neighbour part, the
+    history item whose vote was largest (Spark's ``max_by`` while summing the votes) is named,
+    as full ranking names the closest history item."""
+    dominant = topk.dominant_parts(contributions, popular_share)
     reasons = np.array([topk.REASONS[p] for p in PARTS], dtype=object)[dominant]
     reason_items = np.full(len(picked), None, dtype=object)
     sources = {"cooc": "cooc_from", "text": "recent_from", "recent": "recent_from"}

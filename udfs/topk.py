@@ -331,6 +331,7 @@ def recommend_block(
     recent_half_life: float = 1.0,
     recent_sharpness: float = 1.0,
     cooc_half_life: float = 3.0,
+    popular_share: float = 0.5,
 ) -> pd.DataFrame:
     """Top-k rows per (model, user) with the score, its normalised parts, a reason and the
     history item the reason names (None where it names none)."""
@@ -351,7 +352,9 @@ def recommend_block(
         rows, ranks = np.nonzero(best >= 0)
         items = best[rows, ranks]
         contributions = part_contributions(parts, defined, weights, rows, items)
-        reasons, reason_items = _reasons(block, catalog, rows, items, contributions, history_cap)
+        reasons, reason_items = _reasons(
+            block, catalog, rows, items, contributions, history_cap, popular_share
+        )
         frames.append(
             pd.DataFrame(
                 {
@@ -396,6 +399,23 @@ def part_contributions(
     )
 
 
+def dominant_parts(contributions: np.ndarray, popular_share: float) -> np.ndarray:
+    """Per pick, the index in PARTS of the part that explains it: the largest contribution,
+    except that popularity is named only where it adds at least ``popular_share`` of the
+    positive contributions. Below that a personal part added more in all (z-scores of several
+    parts each a little above the mean), so the largest of those is named instead: "popular"
+    says little to a user, and it should not stand for a pick the user's own history made."""
+    dominant = contributions.argmax(axis=1)
+    pop = PARTS.index("pop")
+    positive = np.where(contributions > 0, contributions, 0.0).sum(axis=1)
+    weak_pop = (dominant == pop) & (contributions[:, pop] < popular_share * positive)
+    if weak_pop.any():
+        personal = contributions[weak_pop].copy()
+        personal[:, pop] = -np.inf
+        dominant[weak_pop] = personal.argmax(axis=1)
+    return dominant
+
+
 def _reasons(
     block: pd.DataFrame,
     catalog: ItemCatalog,
@@ -403,11 +423,12 @@ def _reasons(
     items: np.ndarray,
     contributions: np.ndarray,
     history: int,
+    popular_share: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A short why per recommendation: the part that added most, and for a text or
-    co-occurrence part the user's closest recent history item, named in the text and returned
-    as an id of its own (so an analyst joins it to a title without parsing the text)."""
-    dominant = contributions.argmax(axis=1)
+    """A short why per recommendation: the part that explains it (``dominant_parts``), and for
+    a text or co-occurrence part the user's closest recent history item, named in the text and
+    returned as an id of its own (so an analyst joins it to a title without parsing the text)."""
+    dominant = dominant_parts(contributions, popular_share)
     reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
     reasons[np.isneginf(contributions.max(axis=1))] = UNEXPLAINED
     reason_items = np.full(len(rows), None, dtype=object)

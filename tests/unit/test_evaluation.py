@@ -445,3 +445,31 @@ def test_list_diversity_is_the_same_however_the_lists_are_split_into_batches():
         assert got.keys() == expected.keys()
         for key, value in expected.items():
             assert got[key] == pytest.approx(value, abs=1e-9)
+
+
+# --- reason_shares ---------------------------------------------------------------------------
+
+
+def test_reason_shares_count_each_kind_within_the_top_k(spark):
+    rows = [
+        ("hybrid", "u1", 1, "a", "liked by similar users"),
+        ("hybrid", "u1", 2, "b", "often had with x"),
+        ("hybrid", "u1", 3, "c", "similar to y"),
+        ("hybrid", "u2", 1, "a", "matches your reviews"),
+        ("hybrid", "u2", 2, "d", "popular"),
+        ("hybrid", "u2", 3, "e", "ranked by the remaining signals"),
+        ("hybrid", "u2", 4, "f", "often had with your items"),
+        ("hybrid", "u2", 5, "g", "popular"),  # beyond k = 4
+        ("ease", "u1", 1, "a", None),  # a model without reasons has no shares
+    ]
+    recs = spark.createDataFrame(
+        rows, "model string, user_id string, rank int, item_id string, reason string"
+    )
+    shares = _values(evaluation.reason_shares(recs, 4))
+    assert shares == {
+        ("hybrid", "reason_cf"): pytest.approx(1 / 7),
+        ("hybrid", "reason_cooc"): pytest.approx(2 / 7),
+        ("hybrid", "reason_text"): pytest.approx(2 / 7),
+        ("hybrid", "reason_pop"): pytest.approx(1 / 7),
+        ("hybrid", "reason_none"): pytest.approx(1 / 7),
+    }

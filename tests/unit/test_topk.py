@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 
 from udfs.topk import (
+    PARTS,
     ItemCatalog,
     closest_items,
     cooc_scores,
+    dominant_parts,
     normalise,
     padded_history,
     ragged_mask,
@@ -589,3 +591,36 @@ def test_cooc_model_ranks_neighbours_of_recent_items_and_names_the_partner():
     assert warm["item_id"].iloc[0] == "d"
     assert warm["reason"].iloc[0] == "often had with c"
     np.testing.assert_allclose(cold["score"], cold["cooc_score"], rtol=1e-6)
+
+
+def _contributions(**parts: float) -> np.ndarray:
+    return np.array([[parts.get(p, -np.inf) for p in PARTS]], dtype=np.float32)
+
+
+def test_popular_reason_only_where_popularity_adds_the_given_share():
+    pop = PARTS.index("pop")
+    # pop 0.5 of the positive 0.5 + 0.3 + 0.2: a 50% share, so popularity explains it.
+    assert dominant_parts(_contributions(pop=0.5, cf=0.3, cooc=0.2), 0.5)[0] == pop
+    # pop 0.4 is still the largest part but under half of 0.4 + 0.35 + 0.3: the next part.
+    picked = dominant_parts(_contributions(pop=0.4, cf=0.35, cooc=0.3), 0.5)[0]
+    assert picked == PARTS.index("cf")
+    # A negative or undefined part never counts towards the share, nor replaces popularity.
+    assert dominant_parts(_contributions(pop=0.4, cf=-0.35, recent=0.3), 0.5)[0] == pop
+    assert dominant_parts(_contributions(pop=0.4), 0.5)[0] == pop
+    # At share 0 the largest part always wins, as before the setting existed.
+    assert dominant_parts(_contributions(pop=0.4, cf=0.35, cooc=0.3), 0.0)[0] == pop
+
+
+def test_recommend_block_names_the_personal_part_when_popularity_is_a_minor_share():
+    # The warm user's item d: z-scores cf 1.51 and pop 0.45, so with weights 0.2 / 0.8
+    # popularity adds 0.36 and cf 0.30: the larger part, but 54% of the positive total.
+    weights = {"cf": 0.2, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 0.8}
+
+    def reason_of_d(share: float) -> str:
+        recs = recommend_block(
+            _block(), _catalog(), {"m": weights}, k=3, method="zscore", popular_share=share
+        )
+        return recs[(recs["user_id"] == "warm") & (recs["item_id"] == "d")]["reason"].iloc[0]
+
+    assert reason_of_d(0.5) == "popular"
+    assert reason_of_d(0.6) == "liked by similar users"
