@@ -327,11 +327,17 @@ def recommend(
     pairs = candidate_pairs(tables, cfg, fold, users, recent_sharpness)
     models = {name: dict(w) for name, w in models.items()}
     k, method = cfg.score.k, cfg.score.normalisation
-    popular_share = cfg.score.popular_reason_share
+    popular_share, slots = cfg.score.popular_reason_share, cfg.score.rerank_slots
 
     def rank(pairs_frame: pd.DataFrame, users_frame: pd.DataFrame) -> pd.DataFrame:
         return candidate_kernel.recommend_group(
-            pairs_frame, users_frame, models, k=k, method=method, popular_share=popular_share
+            pairs_frame,
+            users_frame,
+            models,
+            k=k,
+            method=method,
+            popular_share=popular_share,
+            rerank_slots=slots,
         )
 
     return _cogroup(
@@ -391,11 +397,17 @@ def tune_ranks(
     groups = _groups(users, cfg)
     pairs = candidate_pairs(tables, cfg, fold, users.select(USER_COL), recent_sharpness)
     grid = [dict(w) for w in grid]
-    method = cfg.score.normalisation
+    method, k, slots = cfg.score.normalisation, cfg.score.k, cfg.score.rerank_slots
 
     def rank(pairs_frame: pd.DataFrame, users_frame: pd.DataFrame) -> pd.DataFrame:
         return candidate_kernel.tune_group(
-            pairs_frame, users_frame, grid, method=method, miss_rank=MISS_RANK
+            pairs_frame,
+            users_frame,
+            grid,
+            method=method,
+            miss_rank=MISS_RANK,
+            k=k,
+            rerank_slots=slots,
         )
 
     user_rows = _user_rows(tables, fold, users.select(USER_COL), groups).join(users, USER_COL)

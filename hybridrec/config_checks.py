@@ -210,6 +210,11 @@ class _Checker:
                 "evaluate.k",
                 f"must be <= {self.shown('score.k')}: only score.k items are recommended",
             )
+        if self.get("score.rerank_slots") > self.get("score.k"):
+            self.fail(
+                "score.rerank_slots",
+                f"must be <= {self.shown('score.k')}: the re-ranked places are part of the list",
+            )
         weights = self.get("score.weights")
         if sum(weights.values()) <= 0:
             where = sorted({self.origin(f"score.weights.{part}") for part in weights})

@@ -155,6 +155,7 @@ RANGES: dict[str, Bounds] = {
     "evaluate.confidence": Bounds(0, 1, low_open=True, high_open=True),
     "evaluate.ease.max_items": NON_NEGATIVE,  # 0: EASE never runs
     "score.max_ndcg_loss": FRACTION,
+    "score.rerank_slots": NON_NEGATIVE,  # and at most score.k
     "score.popular_reason_share": FRACTION,
 }
 # Lists of numbers: each must be non-empty, of the element type, and every element in range.

@@ -514,7 +514,7 @@ def tune_item_knn(
 
 
 def tune_and_recommend(
-    interactions: DataFrame, catalog_items: DataFrame, cfg: Config
+    interactions: DataFrame, catalog_items: DataFrame, cfg: Config, *, dense: bool = True
 ) -> tuple[DataFrame, dict[str, float]]:
     """EASE^R (when the catalog is at most ``evaluate.ease.max_items``) and item-kNN, each tuned
     on validation and refitted on the test fold.
@@ -524,6 +524,8 @@ def tune_and_recommend(
         catalog_items: item_id of every catalog item (``scoring.catalog_items``).
         cfg: reads ``evaluate.k``, ``evaluate.ease``, ``evaluate.item_knn``,
             ``score.tune_max_users`` and ``score.user_block_rows``.
+        dense: whether an items x items matrix may be broadcast at all; not where the catalog
+            is ranked over candidates, whose promise is that nothing item-sized is.
 
     Returns:
         model, user_id, rank, item_id: the top ``evaluate.k`` of every user with test-fold
@@ -535,7 +537,11 @@ def tune_and_recommend(
     ).persist()
     results, picked = [], {}
     n, max_items = catalog.count(), cfg.evaluate.ease.max_items
-    if max_items and n <= max_items:
+    if not dense:
+        log.info(
+            "EASE skipped: the catalog is ranked over candidates (nothing item-sized is broadcast)"
+        )
+    elif max_items and n <= max_items:
         recommendations, params = tune_ease(interactions, catalog, targets, cfg)
         results.append(recommendations)
         picked.update(params)

@@ -325,6 +325,10 @@ def _kernel_settings(cfg: Config, recent_sharpness: float | None) -> dict:
     }
 
 
+def _rerank_settings(cfg: Config) -> dict:
+    return {"k": cfg.score.k, "rerank_slots": cfg.score.rerank_slots}
+
+
 def recommend(
     users: DataFrame,
     catalog: topk.ItemCatalog,
@@ -336,7 +340,7 @@ def recommend(
     """Top-K rows per user for each named weight set (``model``); ``recent_sharpness`` overrides
     the configured one."""
     models = {name: dict(weights) for name, weights in models.items()}
-    k, settings = cfg.score.k, _kernel_settings(cfg, recent_sharpness)
+    settings = _kernel_settings(cfg, recent_sharpness)
     popular_share = cfg.score.popular_reason_share
     return _map_user_blocks(
         users,
@@ -344,7 +348,12 @@ def recommend(
         cfg,
         RECOMMENDATION_SCHEMA,
         lambda block, items: topk.recommend_block(
-            block, items, models, k=k, popular_share=popular_share, **settings
+            block,
+            items,
+            models,
+            popular_share=popular_share,
+            **_rerank_settings(cfg),
+            **settings,
         ),
     )
 
@@ -365,7 +374,9 @@ def tune(
         catalog,
         cfg,
         TUNE_SCHEMA,
-        lambda block, items: topk.tune_block(block, items, grid, **settings),
+        lambda block, items: topk.tune_block(
+            block, items, grid, **_rerank_settings(cfg), **settings
+        ),
     )
     return summarise_ranks(ranks, cfg.score.k)
 

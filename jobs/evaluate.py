@@ -107,7 +107,7 @@ def kernel_recommendations(
     if cfg.evaluate.debias_curve:
         hybrid = picked["hybrid"]["weights"]
         for strength in sorted({0.0, *(float(b) for b in cfg.score.debias_grid)}):
-            curve[curve_name(strength)] = {**hybrid, "pop": hybrid["pop"] - strength}
+            curve[curve_name(strength)] = {**hybrid, "debias": strength}
     passes = {picked["text"]["sharpness"]: baselines}
     if curve:
         passes.setdefault(picked["hybrid"]["sharpness"], {}).update(curve)
@@ -271,7 +271,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     interactions = warehouse.read(INTERACTIONS)
     kernel_recs = kernel_recommendations(warehouse, cfg, picked, n_items)
     items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
-    linear_recs, linear_picks = linear.tune_and_recommend(interactions, items, cfg)
+    linear_recs, linear_picks = linear.tune_and_recommend(
+        interactions, items, cfg, dense=not candidates.use_candidates(cfg, n_items)
+    )
     warehouse.write(
         kernel_recs.unionByName(linear_recs, allowMissingColumns=True),
         BASELINE_RECOMMENDATIONS,

@@ -139,9 +139,10 @@ def choose_weights(
 
 
 def debiased(weights: dict[str, float], strength: float) -> dict[str, float]:
-    """The weights with ``strength`` of the normalised popularity taken off: a popularity
-    de-biasing re-rank of the same candidates (the tail moves up, nothing else changes)."""
-    return {**weights, "pop": weights["pop"] - strength}
+    """The weights with a popularity de-biasing strength: the kernel fills the last
+    ``score.rerank_slots`` places of each list by the fused score less ``strength`` times the
+    normalised popularity (``udfs.topk.rerank_top_k``); the head stays as ranked."""
+    return {**weights, "debias": strength}
 
 
 def choose_debias(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float], pd.DataFrame]:

@@ -10,6 +10,7 @@ normalisation, fusion, top-K and target ranks are then the same functions as ful
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -111,16 +112,20 @@ def recommend_group(
     k: int,
     method: str,
     popular_share: float = 0.5,
+    rerank_slots: int = 0,
 ) -> pd.DataFrame:
-    """Top-K rows (the recommendations schema) per user of the group for each weight set."""
+    """Top-K rows (the recommendations schema) per user of the group for each weight set (the
+    last ``rerank_slots`` places re-ranked for a weight set with a ``debias`` strength)."""
     columns = list(RECOMMENDATION_COLUMNS)
     if pairs.empty or users.empty:
         return pd.DataFrame({c: [] for c in columns})
     parts, candidates, pair_at, _ = layout(pairs, users)
     normalised, defined = _normalised(parts, candidates, method)
+    ties = cache(lambda: _ties(pairs, users, candidates, pair_at))
     frames = []
     for model, weights in models.items():
-        best, best_scores = topk.top_k(topk.fuse(normalised, weights), candidates, k)
+        fused, debiased = topk.model_scores(normalised, weights, ties)
+        best, best_scores = topk.rerank_top_k(fused, debiased, candidates, k, rerank_slots)
         rows, ranks = np.nonzero(best >= 0)
         slots = best[rows, ranks]
         picked = pairs.iloc[pair_at[rows, slots]]
@@ -138,6 +143,14 @@ def recommend_group(
         frame.update(reason=reasons, reason_item_id=reason_items)
         frames.append(pd.DataFrame(frame))
     return pd.concat(frames, ignore_index=True)[columns]
+
+
+def _ties(
+    pairs: pd.DataFrame, users: pd.DataFrame, candidates: np.ndarray, pair_at: np.ndarray
+) -> np.ndarray:
+    """``topk.tie_break`` over the (users, slots) layout: each slot's own item."""
+    slot_items = np.where(candidates, pairs["item_id"].to_numpy(object)[np.maximum(pair_at, 0)], "")
+    return topk.tie_break(users["user_id"].to_numpy(), slot_items)
 
 
 def _reasons(
@@ -170,6 +183,8 @@ def tune_group(
     *,
     method: str,
     miss_rank: int,
+    k: int = 10,
+    rerank_slots: int = 0,
 ) -> pd.DataFrame:
     """Per user with a target (``users.target``) and weight set: the target's rank among the
     user's candidates, or ``miss_rank`` when the target is not a candidate."""
@@ -193,9 +208,13 @@ def tune_group(
     is_target = candidates & (slot_items == users["target"].to_numpy(object)[:, None])
     found = is_target.any(axis=1)
     target_slot = is_target.argmax(axis=1)
+    ties = cache(lambda: _ties(pairs, users, candidates, pair_at))
     frames = []
     for combo, weights in enumerate(grid):
-        ranks = topk.target_ranks(topk.fuse(normalised, weights), candidates, target_slot)
+        fused, debiased = topk.model_scores(normalised, weights, ties)
+        ranks = topk.reranked_target_ranks(
+            fused, debiased, candidates, target_slot, k, rerank_slots
+        )
         frames.append(
             pd.DataFrame(
                 {

@@ -9,8 +9,9 @@ helps nor hurts and the other parts decide: a cold user is ranked by text and po
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -291,6 +292,103 @@ def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarra
     return best, best_scores
 
 
+# Scale of the per-(user, item) tie-break added to de-biased scores: far below any gap between
+# z-scored parts worth keeping, far above float32 resolution at the scores' size (< 10).
+TIE_BREAK = 1e-4
+
+
+def tie_break(user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """(users, items) float32 in [0, TIE_BREAK): a fixed pseudo-random order per user, for one
+    list of ``item_ids`` shared by every user or a (users, items) matrix of them. Items
+    the model cannot tell apart (cold items with only neutral parts) would otherwise come in
+    item-id order, the same few for every user; this shows each user a different few, the same
+    ones on every run."""
+    users = pd.util.hash_array(np.asarray(user_ids, dtype=object).astype(str))
+    item_ids = np.asarray(item_ids, dtype=object)
+    items = pd.util.hash_array(item_ids.ravel().astype(str)).reshape(item_ids.shape)
+    mixed = users[:, None] ^ (items[None, :] if items.ndim == 1 else items)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as a hash mix should
+        mixed *= np.uint64(0x9E3779B97F4A7C15)
+    mixed ^= mixed >> np.uint64(29)
+    unit = (mixed >> np.uint64(40)).astype(np.float32) / np.float32(2**24)
+    return unit * np.float32(TIE_BREAK)
+
+
+def debiased_scores(
+    fused: np.ndarray, pop: np.ndarray, strength: float, ties: np.ndarray
+) -> np.ndarray:
+    """The fused scores with ``strength`` of the normalised popularity taken off (popularity
+    de-biasing), plus the per-user tie-break."""
+    return fused - np.float32(strength) * pop + ties
+
+
+def model_scores(
+    parts: Mapping[str, np.ndarray], weights: Mapping[str, float], ties: Callable[[], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A weight set's fused scores, and its de-biased ones when it has a ``debias`` strength
+    (``ties`` makes the tie-break matrix, only when one is needed)."""
+    fused = fuse(parts, weights)
+    strength = float(weights.get("debias", 0.0))
+    if strength == 0:
+        return fused, None
+    return fused, debiased_scores(fused, parts["pop"], strength, ties())
+
+
+def rerank_top_k(
+    fused: np.ndarray,
+    debiased: np.ndarray | None,
+    candidates: np.ndarray,
+    k: int,
+    slots: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k`` of ``fused``, except that the last ``slots`` of the k places go to the best
+    remaining candidates by ``debiased``: the head of each list stays as accurate as ranked,
+    and the tail goes to items popularity kept out. The re-ranked places are shown in ``fused``
+    order after the head, so scores still fall with rank. Returns indices and fused scores."""
+    if debiased is None or slots <= 0:
+        return top_k(fused, candidates, k)
+    head = max(k - min(slots, k), 0)
+    kept, _ = top_k(fused, candidates, head)
+    rest = candidates.copy()
+    rows = np.repeat(np.arange(len(kept)), kept.shape[1])
+    listed = kept.ravel() >= 0
+    rest[rows[listed], kept.ravel()[listed]] = False
+    picked, _ = top_k(debiased, rest, k - head)
+    picked_scores = np.where(
+        picked >= 0, np.take_along_axis(fused, np.maximum(picked, 0), axis=1), -np.inf
+    )
+    order = np.argsort(-picked_scores, axis=1, kind="stable")
+    best = np.concatenate([kept, np.take_along_axis(picked, order, axis=1)], axis=1)
+    # A user with fewer than ``head`` candidates has pads in the head: move them to the end.
+    pads_last = np.argsort(best < 0, axis=1, kind="stable")
+    best = np.take_along_axis(best, pads_last, axis=1)
+    scores = np.where(best >= 0, np.take_along_axis(fused, np.maximum(best, 0), axis=1), -np.inf)
+    return best, scores
+
+
+def reranked_target_ranks(
+    fused: np.ndarray,
+    debiased: np.ndarray | None,
+    candidates: np.ndarray,
+    target: np.ndarray,
+    k: int,
+    slots: int,
+) -> np.ndarray:
+    """The target's 1-based place in ``rerank_top_k``'s list, k + 1 when the re-rank leaves it
+    out (ties count against it, as in ``target_ranks``)."""
+    ranks = target_ranks(fused, candidates, target)
+    if debiased is None or slots <= 0:
+        return ranks
+    best, scores = rerank_top_k(fused, debiased, candidates, k, slots)
+    rows = np.arange(len(target))
+    is_target = best == target[:, None]
+    found = is_target.any(axis=1)
+    # Among the listed items, those scored at least as high as the target come before it.
+    target_score = fused[rows, target]
+    listed_ahead = ((scores >= target_score[:, None]) & (best >= 0) & ~is_target).sum(axis=1)
+    return np.where(found, listed_ahead + 1, np.maximum(ranks, k + 1))
+
+
 def target_ranks(scores: np.ndarray, candidates: np.ndarray, target: np.ndarray) -> np.ndarray:
     """1-based rank of each row's target item among its candidates (ties count against it)."""
     rows = np.arange(len(target))
@@ -332,9 +430,11 @@ def recommend_block(
     recent_sharpness: float = 1.0,
     cooc_half_life: float = 3.0,
     popular_share: float = 0.5,
+    rerank_slots: int = 0,
 ) -> pd.DataFrame:
     """Top-k rows per (model, user) with the score, its normalised parts, a reason and the
-    history item the reason names (None where it names none)."""
+    history item the reason names (None where it names none). A model with a ``debias``
+    strength fills its last ``rerank_slots`` places by de-biased scores (``rerank_top_k``)."""
     candidates = ~ragged_mask(block["seen"], len(catalog))
     parts, defined = normalised_parts(
         block,
@@ -346,9 +446,11 @@ def recommend_block(
         cooc_half_life=cooc_half_life,
         history_cap=history_cap,
     )
+    ties = cache(lambda: tie_break(block["user_id"].to_numpy(), catalog.ids))
     frames = []
     for model, weights in models.items():
-        best, best_scores = top_k(fuse(parts, weights), candidates, k)
+        fused, debiased = model_scores(parts, weights, ties)
+        best, best_scores = rerank_top_k(fused, debiased, candidates, k, rerank_slots)
         rows, ranks = np.nonzero(best >= 0)
         items = best[rows, ranks]
         contributions = part_contributions(parts, defined, weights, rows, items)
@@ -480,23 +582,26 @@ def tune_block(
     grid: Sequence[Mapping[str, float]],
     *,
     method: str,
+    k: int = 10,
+    rerank_slots: int = 0,
     **raw_settings,
 ) -> pd.DataFrame:
-    """For each user with a target item and each weight set: the target's rank."""
+    """For each user with a target item and each weight set: the target's rank (its place in
+    the re-ranked top ``k`` for a weight set with a ``debias`` strength)."""
     block = block[block["target"].notna()]
     if block.empty:
         return pd.DataFrame({"combo": [], "user_id": [], "target_rank": []})
     candidates = ~ragged_mask(block["seen"], len(catalog))
     parts, _ = normalised_parts(block, catalog, candidates, method, **raw_settings)
     target = block["target"].to_numpy().astype(np.int64)
-    frames = [
-        pd.DataFrame(
-            {
-                "combo": combo,
-                "user_id": block["user_id"].to_numpy(),
-                "target_rank": target_ranks(fuse(parts, weights), candidates, target),
-            }
+    ties = cache(lambda: tie_break(block["user_id"].to_numpy(), catalog.ids))
+    frames = []
+    for combo, weights in enumerate(grid):
+        fused, debiased = model_scores(parts, weights, ties)
+        ranks = reranked_target_ranks(fused, debiased, candidates, target, k, rerank_slots)
+        frames.append(
+            pd.DataFrame(
+                {"combo": combo, "user_id": block["user_id"].to_numpy(), "target_rank": ranks}
+            )
         )
-        for combo, weights in enumerate(grid)
-    ]
     return pd.concat(frames, ignore_index=True)

@@ -187,7 +187,8 @@ def test_score_and_evaluate_run_over_candidates_without_broadcasting_the_catalog
     recs = warehouse.read(RECOMMENDATIONS).toPandas()
     assert recs.groupby("user_id").size().max() == K
     metrics = warehouse.read(METRICS).toPandas()
-    assert set(metrics["model"]) == set(MODELS)
+    # EASE needs an items x items matrix on every task: not where nothing item-sized may go.
+    assert set(metrics["model"]) == set(MODELS) - {"ease"}
     truth_users = (
         warehouse.read("interactions").where(F.col(SPLIT_COL) == TEST).select("user_id").distinct()
     )

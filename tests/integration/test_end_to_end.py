@@ -175,8 +175,12 @@ def test_metrics_hold_every_model(e2e):
     metrics = warehouse.read("metrics").where(F.col("run_id") == RUN_ID).toPandas()
     assert set(metrics["model"]) == set(MODELS)
     expected = {"ndcg", "hr", "precision", "recall", "map", "coverage", "diversity", "novelty"}
+    reasons = {f"reason_{kind}" for kind in ("cf", "cooc", "text", "pop", "none")}
     for model in MODELS:
-        assert set(metrics.loc[metrics["model"] == model, "metric"]) == expected
+        extra = reasons if model == "hybrid" else set()
+        assert set(metrics.loc[metrics["model"] == model, "metric"]) == expected | extra
+    shares = metrics[metrics["metric"].isin(reasons)]["value"]
+    assert shares.sum() == pytest.approx(1.0) and shares.between(0, 1).all()
     assert set(metrics["segment"]) == {"all", "sparse_users", "tail_items"}
     metrics = metrics[metrics["segment"] == "all"]
     ranking = metrics[metrics["metric"].isin(["ndcg", "hr", "precision", "recall", "map"])]
@@ -187,6 +191,35 @@ def test_metrics_hold_every_model(e2e):
     assert results["evaluate"][f"hybrid.ndcg_at_{K}"] == pytest.approx(
         metrics.query("model == 'hybrid' and metric == 'ndcg'")["value"].item()
     )
+
+
+def test_debias_curve_ranks_the_hybrid_at_every_strength_and_flags_the_served_one(e2e):
+    cfg, warehouse, _ = e2e
+    curve = warehouse.read("debias_curve").where(F.col("run_id") == RUN_ID).toPandas()
+    strengths = sorted({0.0, *cfg.score.debias_grid})
+    assert sorted(set(curve["debias"])) == pytest.approx(strengths)
+    wide = curve.pivot_table(index="debias", columns="metric", values="value")
+    assert set(wide.columns) == {
+        "ndcg",
+        "hr",
+        "coverage",
+        "diversity",
+        "novelty",
+        "tail_hr",
+        "sparse_hr",
+    }
+    served = (
+        warehouse.read("fusion_weights")
+        .where(f"run_id = '{RUN_ID}' and model = 'hybrid'")
+        .first()["debias"]
+    )
+    assert curve.loc[curve["served"], "debias"].unique() == pytest.approx([served])
+    # The served point is the hybrid itself: the same lists, the same NDCG.
+    metrics = warehouse.read("metrics").where(F.col("run_id") == RUN_ID).toPandas()
+    hybrid = metrics.query("model == 'hybrid' and metric == 'ndcg' and segment == 'all'")
+    assert wide.loc[served, "ndcg"] == pytest.approx(hybrid["value"].item())
+    # Taking popularity off never makes lists more popular: novelty does not fall.
+    assert wide["novelty"].iloc[-1] >= wide["novelty"].iloc[0] - 1e-9
 
 
 def test_comparisons_are_the_paired_gaps_behind_the_metrics(e2e):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SPARK_BIN = Path(pyspark.__file__).parent / "bin"
-MODELS = ["als", "cooc", "hybrid", "popularity", "text"]
+MODELS = ["als", "cooc", "ease", "hybrid", "item_knn", "popularity", "text"]
 NDCG_LATEST = (
     "SELECT model, value FROM hybridrec.metrics_latest "
     "WHERE metric = 'ndcg' AND segment = 'all' ORDER BY model"

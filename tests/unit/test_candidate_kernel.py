@@ -152,3 +152,38 @@ def test_reasons_name_the_history_item_that_voted_most(world):
     assert (recs[voted]["reason"] == "similar to i07").all()
     assert (recs[voted]["reason_item_id"] == "i07").all()
     assert (recs[~voted]["reason"] == "ranked by the remaining signals").all()
+
+
+def test_re_ranked_lists_and_target_ranks_match_full_ranking(world):
+    catalog, block = world
+    models = {"m": {**WEIGHTS, "debias": 2.0}}
+    full = topk.recommend_block(
+        block, catalog, models, k=5, method="zscore", history_cap=50, rerank_slots=2, **SETTINGS
+    )
+    plain = topk.recommend_block(
+        block, catalog, {"m": WEIGHTS}, k=5, method="zscore", history_cap=50, **SETTINGS
+    )
+    pairs, users = as_candidates(catalog, block)
+    over = candidate_kernel.recommend_group(
+        pairs, users, models, k=5, method="zscore", rerank_slots=2
+    )
+    key = ["user_id", "rank"]
+    full, over, plain = (f.sort_values(key) for f in (full, over, plain))
+    assert full["item_id"].tolist() == over["item_id"].tolist()
+    # The re-rank changed some lists: the tie-break and de-biasing reach the candidate layout.
+    assert full["item_id"].tolist() != plain["item_id"].tolist()
+    unseen = block[
+        [t not in set(s) for t, s in zip(block["target"], block["seen"], strict=True)]
+    ].reset_index(drop=True)
+    tuned_full = topk.tune_block(
+        unseen, catalog, list(models.values()), method="zscore", k=5, rerank_slots=2, **SETTINGS
+    )
+    pairs, users = as_candidates(catalog, unseen)
+    tuned_over = candidate_kernel.tune_group(
+        pairs, users, list(models.values()), method="zscore", miss_rank=10**6, k=5, rerank_slots=2
+    )
+    merged = tuned_full.merge(tuned_over, on=["combo", "user_id"], suffixes=("_full", "_over"))
+    listed = merged["target_rank_full"] <= 5
+    assert len(merged) == len(unseen) and listed.any()
+    assert (merged["target_rank_full"][listed] == merged["target_rank_over"][listed]).all()
+    assert (merged["target_rank_over"][~listed] > 5).all()

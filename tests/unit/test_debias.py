@@ -38,7 +38,7 @@ def _config(tmp_path, loss: float, grid: str = "[0.0, 0.1, 0.2, 0.3, 0.4, 0.6]")
 def _tuner(calls: list):
     def tune(sharpness: float, points: list[dict[str, float]]) -> pd.DataFrame:
         calls.append((sharpness, points))
-        strengths = [round(PICK["pop"] - p["pop"], 6) for p in points]
+        strengths = [p["debias"] for p in points]
         return pd.DataFrame(
             {
                 "combo": range(len(points)),
@@ -51,9 +51,9 @@ def _tuner(calls: list):
     return tune
 
 
-def test_debiased_takes_the_strength_off_the_popularity_weight_only():
+def test_debiased_adds_the_strength_and_keeps_the_weights():
     weights = {"cf": 0.5, "cooc": 0.0, "text": 0.0, "recent": 0.3, "pop": 0.2}
-    assert debiased(weights, 0.3) == {**weights, "pop": pytest.approx(-0.1)}
+    assert debiased(weights, 0.3) == {**weights, "debias": 0.3}
 
 
 @pytest.mark.parametrize(
@@ -72,8 +72,8 @@ def test_the_strongest_strength_within_the_ndcg_budget_is_picked(tmp_path, loss,
     # One tuning pass at the pick's sharpness over the grid's non-zero strengths.
     ((sharpness, points),) = calls
     assert sharpness == 40.0
-    assert [round(0.2 - p["pop"], 6) for p in points] == [0.1, 0.2, 0.3, 0.4, 0.6]
-    assert all(p["cf"] == 0.2 and p["recent"] == 0.4 for p in points)
+    assert [p["debias"] for p in points] == [0.1, 0.2, 0.3, 0.4, 0.6]
+    assert all(p["cf"] == 0.2 and p["pop"] == 0.2 for p in points)
 
 
 def test_no_budget_means_no_re_rank_and_no_tuning(tmp_path):

@@ -109,3 +109,27 @@ def test_the_report_lands_whole_beside_the_tables_and_a_retry_replaces_it(spark,
         "metrics_by_model.png",
         ".metrics_by_model.png.crc",
     }
+
+
+def test_debias_curve_figure_plots_ndcg_against_each_beyond_accuracy_metric():
+    curve = pd.DataFrame(
+        {
+            "debias": [0.0, 0.3, 0.6],
+            "served": [False, True, False],
+            "ndcg": [0.30, 0.29, 0.25],
+            "coverage": [0.6, 0.8, 0.9],
+            "diversity": [0.2, 0.3, 0.4],
+            "tail_hr": [0.0, 0.1, 0.2],
+            "novelty": [4.0, 5.0, 6.0],
+        }
+    )
+    figure = plots.debias_curve_figure(curve, 10)
+    try:
+        axes = figure.axes
+        assert [ax.get_xlabel() for ax in axes] == list(plots.CURVE_AXES.values())
+        for ax, metric in zip(axes, plots.CURVE_AXES, strict=True):
+            x, y = ax.lines[0].get_data()
+            assert list(x) == curve[metric].tolist() and list(y) == curve["ndcg"].tolist()
+            assert [t.get_text() for t in ax.texts] == ["0", "0.3", "0.6"]
+    finally:
+        plots.close(figure)

@@ -8,6 +8,7 @@ import pytest
 
 from udfs.topk import (
     PARTS,
+    TIE_BREAK,
     ItemCatalog,
     closest_items,
     cooc_scores,
@@ -17,9 +18,12 @@ from udfs.topk import (
     ragged_mask,
     recent_similarity,
     recommend_block,
+    rerank_top_k,
+    reranked_target_ranks,
     signed_power,
     stack_vectors,
     target_ranks,
+    tie_break,
     top_k,
     weight_grid,
 )
@@ -624,3 +628,63 @@ def test_recommend_block_names_the_personal_part_when_popularity_is_a_minor_shar
 
     assert reason_of_d(0.5) == "popular"
     assert reason_of_d(0.6) == "liked by similar users"
+
+
+# --- re-rank -------------------------------------------------------------------------------
+
+
+def _scores(seed: int, users: int = 40, items: int = 30):
+    rng = np.random.default_rng(seed)
+    fused = rng.standard_normal((users, items)).astype(np.float32)
+    debiased = fused - 2.0 * rng.standard_normal((users, items)).astype(np.float32)
+    candidates = rng.random((users, items)) > 0.3
+    candidates[0, :3], candidates[0, 3:] = True, False  # a user with only three candidates
+    return fused, debiased, candidates
+
+
+def test_rerank_keeps_the_head_and_fills_the_tail_by_debiased_score():
+    fused, debiased, candidates = _scores(1)
+    best, scores = rerank_top_k(fused, debiased, candidates, 10, 3)
+    plain, _ = top_k(fused, candidates, 10)
+    assert (best[1:, :7] == plain[1:, :7]).all()
+    for row in range(1, len(best)):
+        rest = candidates[row].copy()
+        rest[plain[row, :7]] = False
+        wanted = np.argsort(-np.where(rest, debiased[row], -np.inf), kind="stable")[:3]
+        assert set(best[row, 7:]) == set(wanted)
+        assert (np.diff(scores[row]) <= 0).all()  # shown in fused order: scores fall with rank
+        assert len(set(best[row])) == 10 and candidates[row, best[row]].all()
+    assert sorted(best[0, :3]) == [0, 1, 2] and (best[0, 3:] == -1).all()
+
+
+def test_rerank_without_strength_or_slots_is_top_k():
+    fused, debiased, candidates = _scores(2)
+    plain = top_k(fused, candidates, 10)
+    for got in (
+        rerank_top_k(fused, None, candidates, 10, 3),
+        rerank_top_k(fused, debiased, candidates, 10, 0),
+    ):
+        assert (got[0] == plain[0]).all()
+
+
+def test_reranked_target_ranks_are_the_target_places_in_the_re_ranked_list():
+    fused, debiased, candidates = _scores(3)
+    rng = np.random.default_rng(4)
+    target = np.array([rng.choice(np.flatnonzero(c)) for c in candidates])
+    ranks = reranked_target_ranks(fused, debiased, candidates, target, 10, 3)
+    best, _ = rerank_top_k(fused, debiased, candidates, 10, 3)
+    for row, t in enumerate(target):
+        place = np.flatnonzero(best[row] == t)
+        assert ranks[row] == (place[0] + 1 if len(place) else ranks[row])
+        assert len(place) or ranks[row] > 10
+    assert (ranks <= 10).sum() > 5 and (ranks > 10).sum() > 5
+
+
+def test_tie_break_is_a_fixed_small_order_that_differs_between_users():
+    items = np.array(["a", "b", "c", "d", "e", "f"], dtype=object)
+    ties = tie_break(np.array(["u1", "u2"], dtype=object), items)
+    assert ties.shape == (2, 6) and ties.dtype == np.float32
+    assert (ties >= 0).all() and (ties < TIE_BREAK).all()
+    assert (np.argsort(ties[0]) != np.argsort(ties[1])).any()
+    again = tie_break(np.array(["u1", "u2"], dtype=object), np.stack([items, items]))
+    np.testing.assert_array_equal(ties, again)  # one shared item list or a matrix of them
