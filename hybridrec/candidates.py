@@ -371,12 +371,17 @@ def recommend_fold(
 
 
 def targets(tables: FoldTables, fold: str) -> DataFrame:
-    """user_id, target: each user's held-out item of ``fold`` that is in the catalog (the
-    lowest id if several, as full ranking's tuning takes one)."""
+    """``held_out_targets`` of the fold's tables."""
+    return held_out_targets(tables.interactions, tables.items, fold)
+
+
+def held_out_targets(interactions: DataFrame, items: DataFrame, fold: str) -> DataFrame:
+    """user_id, target: each user's held-out item of ``fold`` that is in the catalog (``items``:
+    item_id), the lowest id if several, as full ranking's tuning takes one."""
     return (
-        tables.interactions.where(F.col(SPLIT_COL) == fold)
+        interactions.where(F.col(SPLIT_COL) == fold)
         .select(USER_COL, ITEM_COL)
-        .join(tables.items, ITEM_COL, "left_semi")
+        .join(items.select(ITEM_COL), ITEM_COL, "left_semi")
         .groupBy(USER_COL)
         .agg(F.min(ITEM_COL).alias("target"))
     )

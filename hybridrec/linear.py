@@ -26,9 +26,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from hybridrec import scoring
-from hybridrec.candidates import MISS_RANK
+from hybridrec.candidates import MISS_RANK, held_out_targets
 from hybridrec.config import Config
-from hybridrec.constants import ITEM_COL, SPLIT_COL, TEST, USER_COL, VALIDATION
+from hybridrec.constants import ITEM_COL, TEST, USER_COL, VALIDATION
 from hybridrec.cooc import NEIGHBOUR_COL
 from hybridrec.folds import history
 from udfs.topk import ragged_mask, target_ranks, top_k
@@ -83,18 +83,6 @@ def user_items(history: DataFrame, index: DataFrame) -> DataFrame:
         .join(index, ITEM_COL)
         .select(USER_COL, IDX_COL)
         .distinct()
-    )
-
-
-def validation_targets(interactions: DataFrame, catalog: DataFrame) -> DataFrame:
-    """user_id, target: each user's held-out validation item in the catalog, the lowest id if
-    several (the choice ``candidates.targets`` makes for the hybrid's tuning)."""
-    return (
-        interactions.where(F.col(SPLIT_COL) == VALIDATION)
-        .select(USER_COL, ITEM_COL)
-        .join(catalog.select(ITEM_COL), ITEM_COL, "left_semi")
-        .groupBy(USER_COL)
-        .agg(F.min(ITEM_COL).alias("target"))
     )
 
 
@@ -533,7 +521,7 @@ def tune_and_recommend(
     """
     catalog = catalog_items.select(ITEM_COL).distinct()
     targets = scoring.tuning_sample(
-        validation_targets(interactions, catalog), cfg.score.tune_max_users
+        held_out_targets(interactions, catalog, VALIDATION), cfg.score.tune_max_users
     ).persist()
     results, picked = [], {}
     n, max_items = catalog.count(), cfg.evaluate.ease.max_items

@@ -204,9 +204,11 @@ def metrics_tables(
                     "segment", F.lit(name)
                 )
             )
+            # The re-rank curve's lists have metrics but no comparison: they are the hybrid.
+            baselines = per_user.where(~F.col("model").startswith(CURVE_PREFIX))
             comparisons.append(
                 evaluation.paired_comparison(
-                    per_user, HYBRID, k, cfg.evaluate.confidence
+                    baselines, HYBRID, k, cfg.evaluate.confidence
                 ).withColumn("segment", F.lit(name))
             )
         finally:
@@ -299,7 +301,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         METRICS,
         run_id=run_id,
     )
-    warehouse.write(comparisons.where(~is_curve), COMPARISONS, run_id=run_id)
+    warehouse.write(comparisons, COMPARISONS, run_id=run_id)
     curve = debias_curve(metrics.where(is_curve), picked["hybrid"]["debias"])
     warehouse.write(curve, DEBIAS_CURVE, run_id=run_id)
     log_curve(warehouse.read(DEBIAS_CURVE).drop("run_id").toPandas(), k)
