@@ -213,8 +213,9 @@ TABLES: dict[str, TableDoc] = {
             "recent": "weight of recent_score (0-1)",
             "pop": "weight of pop_score (0-1)",
             "recent_sharpness": "exponent sharpening the recent text part (1 = plain cosine)",
-            "debias": "popularity de-biasing re-rank: pop_score weight served is pop - debias "
-            "(0 = none; picked on validation within score.max_ndcg_loss)",
+            "debias": "popularity de-biasing strength of the re-rank: the last score.rerank_slots "
+            "places go to the best remaining items by fused score - debias x normalised "
+            "popularity (0 = none; picked on validation within score.max_ndcg_loss)",
             "validation_ndcg": "NDCG@K on validation with these weights (0-1)",
             "validation_hr": "hit rate@K on validation with these weights (0-1)",
             "run_id": RUN_ID,

@@ -7,7 +7,7 @@ small catalogs and short histories (measured in the README's quality table).
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from hybridrec.constants import FOLD_COL, ITEM_COL, TS_COL, USER_COL
@@ -15,6 +15,41 @@ from hybridrec.folds import history
 
 NEIGHBOUR_COL = "neighbour_id"
 SECONDS_PER_DAY = 86_400.0
+RANK_COL = "rank"
+
+
+def cosine_neighbours(pairs: DataFrame, n: int, together: Column | None = None) -> DataFrame:
+    """item_id, neighbour_id, similarity, rank: each item's ``n`` most similar other items.
+
+    ``pairs`` holds user_id, item_id, ``_n`` (the item's user count) and any other columns
+    ``together`` reads; each user of both items adds ``together`` (1 when None) to the pair,
+    reading a column ``c`` of the item as ``c_a`` and of the neighbour as ``c_b``; the sum is
+    divided by ``sqrt(users of a * users of b)`` (cosine), so popular items do not neighbour
+    everything. Ties go to the lower neighbour_id; items with no user in common are not listed.
+    """
+    extra = [c for c in pairs.columns if c not in (USER_COL, ITEM_COL)]
+    left = pairs.select(USER_COL, ITEM_COL, *[F.col(c).alias(f"{c}_a") for c in extra])
+    right = pairs.select(
+        USER_COL,
+        F.col(ITEM_COL).alias(NEIGHBOUR_COL),
+        *[F.col(c).alias(f"{c}_b") for c in extra],
+    )
+    best_first = Window.partitionBy(ITEM_COL).orderBy(
+        F.col("similarity").desc(), F.col(NEIGHBOUR_COL)
+    )
+    return (
+        left.join(right, USER_COL)
+        .where(F.col(ITEM_COL) != F.col(NEIGHBOUR_COL))
+        .groupBy(ITEM_COL, NEIGHBOUR_COL, "_n_a", "_n_b")
+        .agg(F.sum(F.lit(1.0) if together is None else together).alias("_w"))
+        .select(
+            ITEM_COL,
+            NEIGHBOUR_COL,
+            (F.col("_w") / F.sqrt(F.col("_n_a") * F.col("_n_b"))).alias("similarity"),
+        )
+        .withColumn(RANK_COL, F.row_number().over(best_first))
+        .where(F.col(RANK_COL) <= n)
+    )
 
 
 def item_neighbours(
@@ -28,9 +63,8 @@ def item_neighbours(
     """Per item, its ``neighbours`` most similar items by time-weighted co-occurrence.
 
     Two items of one user's newest ``history_items`` count ``exp(-days apart / time_scale_days)``
-    towards their pair, so items had together weigh more than items had years apart; the sum is
-    divided by ``sqrt(users of a * users of b)`` (cosine), so popular items do not neighbour
-    everything. The cap bounds the self-join at ``history_items``² rows per user.
+    towards their pair, so items had together weigh more than items had years apart
+    (``cosine_neighbours``). The cap bounds the self-join at ``history_items``² rows per user.
 
     Returns item_id, neighbour_id, similarity, fold.
     """
@@ -46,33 +80,12 @@ def item_neighbours(
             ),
         )
         .where(F.col("_r") <= history_items)
+        .drop("_r")
         .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy(ITEM_COL)))
     )
-    left = pairs.select(USER_COL, ITEM_COL, F.col("_t").alias("_ta"), F.col("_n").alias("_na"))
-    right = pairs.select(
-        USER_COL,
-        F.col(ITEM_COL).alias(NEIGHBOUR_COL),
-        F.col("_t").alias("_tb"),
-        F.col("_n").alias("_nb"),
-    )
-    days_apart = F.abs(F.col("_ta") - F.col("_tb")) / SECONDS_PER_DAY
-    scored = (
-        left.join(right, USER_COL)
-        .where(F.col(ITEM_COL) != F.col(NEIGHBOUR_COL))
-        .groupBy(ITEM_COL, NEIGHBOUR_COL, "_na", "_nb")
-        .agg(F.sum(F.exp(-days_apart / F.lit(float(time_scale_days)))).alias("_w"))
-        .select(
-            ITEM_COL,
-            NEIGHBOUR_COL,
-            (F.col("_w") / F.sqrt(F.col("_na") * F.col("_nb"))).alias("similarity"),
-        )
-    )
-    best_first = Window.partitionBy(ITEM_COL).orderBy(
-        F.col("similarity").desc(), F.col(NEIGHBOUR_COL)
-    )
+    days_apart = F.abs(F.col("_t_a") - F.col("_t_b")) / SECONDS_PER_DAY
     return (
-        scored.withColumn("_r", F.row_number().over(best_first))
-        .where(F.col("_r") <= neighbours)
-        .drop("_r")
+        cosine_neighbours(pairs, neighbours, F.exp(-days_apart / F.lit(float(time_scale_days))))
+        .drop(RANK_COL)
         .withColumn(FOLD_COL, F.lit(fold))
     )

@@ -25,11 +25,11 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from hybridrec import scoring
+from hybridrec import cooc, scoring
 from hybridrec.candidates import MISS_RANK, held_out_targets
 from hybridrec.config import Config
 from hybridrec.constants import ITEM_COL, TEST, USER_COL, VALIDATION
-from hybridrec.cooc import NEIGHBOUR_COL
+from hybridrec.cooc import NEIGHBOUR_COL, RANK_COL
 from hybridrec.folds import history
 from udfs.topk import ragged_mask, target_ranks, top_k
 
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 EASE, ITEM_KNN = "ease", "item_knn"
 IDX_COL = "idx"
-RANK_COL = "rank"
 RECOMMENDATION_SCHEMA = T.StructType(
     [
         T.StructField("model", T.StringType()),
@@ -179,24 +178,11 @@ def _map_with_broadcast(
     """``score_block(block, shared_value)`` over blocks of ``block_rows`` users, materialised
     (local checkpoint) so that the broadcast can be destroyed before returning: a 10k-item
     weight matrix is 400 MB on every executor."""
-    context = users.sparkSession.sparkContext
-    shared = context.broadcast(shared_value)
-
-    def score_batches(batches):
-        value = shared.value
-        for batch in batches:
-            for start in range(0, len(batch), block_rows):
-                yield score_block(
-                    batch.iloc[start : start + block_rows].reset_index(drop=True), value
-                )
-
-    # Twice the default parallelism, as in scoring: both cores (or all executors) stay busy.
+    shared = users.sparkSession.sparkContext.broadcast(shared_value)
     try:
-        return (
-            users.repartition(context.defaultParallelism * 2, USER_COL)
-            .mapInPandas(score_batches, schema)
-            .localCheckpoint(eager=True)
-        )
+        return scoring.map_user_blocks(
+            users, shared, block_rows, schema, score_block
+        ).localCheckpoint(eager=True)
     finally:
         shared.destroy()
 
@@ -270,24 +256,7 @@ def cosine_neighbours(history: DataFrame, catalog: DataFrame, n: int) -> DataFra
     pairs = interacted(history, catalog).withColumn(
         "_n", F.count(F.lit(1)).over(Window.partitionBy(ITEM_COL))
     )
-    left = pairs.select(USER_COL, ITEM_COL, F.col("_n").alias("_na"))
-    right = pairs.select(USER_COL, F.col(ITEM_COL).alias(NEIGHBOUR_COL), F.col("_n").alias("_nb"))
-    best_first = Window.partitionBy(ITEM_COL).orderBy(
-        F.col("similarity").desc(), F.col(NEIGHBOUR_COL)
-    )
-    return (
-        left.join(right, USER_COL)
-        .where(F.col(ITEM_COL) != F.col(NEIGHBOUR_COL))
-        .groupBy(ITEM_COL, NEIGHBOUR_COL, "_na", "_nb")
-        .count()
-        .select(
-            ITEM_COL,
-            NEIGHBOUR_COL,
-            (F.col("count") / F.sqrt(F.col("_na") * F.col("_nb"))).alias("similarity"),
-        )
-        .withColumn(RANK_COL, F.row_number().over(best_first))
-        .where(F.col(RANK_COL) <= n)
-    )
+    return cooc.cosine_neighbours(pairs, n)
 
 
 def knn_scores(seen: DataFrame, neighbours: DataFrame, n_neighbours: int) -> DataFrame:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -17,6 +18,7 @@ from hybridrec.config import Config
 from hybridrec.constants import (
     ALS_ITEM_FACTORS,
     ALS_USER_FACTORS,
+    BASELINE_WEIGHTS,
     EMBEDDING_COL,
     FACTORS_COL,
     FOLD_COL,
@@ -61,6 +63,18 @@ TUNE_SCHEMA = T.StructType(
         T.StructField("target_rank", T.LongType()),
     ]
 )
+
+
+def configured_weights(cfg: Config) -> pd.DataFrame:
+    """model, the five weights, recent_sharpness, debias: the hybrid's and the text baseline's
+    weights as configured, before (or without) tuning on validation."""
+    sharpness = cfg.score.recent_sharpness
+    return pd.DataFrame(
+        [
+            {"model": "hybrid", **cfg.score.weights, "recent_sharpness": sharpness},
+            {"model": "text", **BASELINE_WEIGHTS["text"], "recent_sharpness": sharpness},
+        ]
+    ).assign(**{topk.DEBIAS: 0.0})
 
 
 def popularity(interactions: DataFrame, fold: str) -> DataFrame:
@@ -290,27 +304,34 @@ def load_user_frame(
     )
 
 
-def _map_user_blocks(
-    users: DataFrame, catalog: topk.ItemCatalog, cfg: Config, schema: T.StructType, score_block
+def map_user_blocks(
+    users: DataFrame, shared: Broadcast, block_rows: int, schema: T.StructType, score_block
 ) -> DataFrame:
-    """Run ``score_block(block, catalog)`` over blocks of ``score.user_block_rows`` users.
+    """Run ``score_block(block, shared.value)`` over blocks of ``block_rows`` users.
 
-    The catalog is broadcast once; users are spread over twice the default parallelism so both
-    cores (or all executors) stay busy.
+    Users are spread over twice the default parallelism so both cores (or all executors) stay
+    busy. The result is lazy: the caller keeps ``shared`` alive until it is materialised.
     """
-    shared = users.sparkSession.sparkContext.broadcast(catalog)
-    block_rows = cfg.score.user_block_rows
 
     def score_batches(batches):
-        items = shared.value
+        value = shared.value
         for batch in batches:
             for start in range(0, len(batch), block_rows):
                 yield score_block(
-                    batch.iloc[start : start + block_rows].reset_index(drop=True), items
+                    batch.iloc[start : start + block_rows].reset_index(drop=True), value
                 )
 
     partitions = users.sparkSession.sparkContext.defaultParallelism * 2
     return users.repartition(partitions, USER_COL).mapInPandas(score_batches, schema)
+
+
+def _map_user_blocks(
+    users: DataFrame, catalog: topk.ItemCatalog, cfg: Config, schema: T.StructType, score_block
+) -> DataFrame:
+    """``map_user_blocks`` with the catalog broadcast once, in blocks of
+    ``score.user_block_rows`` users."""
+    shared = users.sparkSession.sparkContext.broadcast(catalog)
+    return map_user_blocks(users, shared, cfg.score.user_block_rows, schema, score_block)
 
 
 def _kernel_settings(cfg: Config, recent_sharpness: float | None) -> dict:
@@ -358,6 +379,29 @@ def recommend(
     )
 
 
+def tune_ranks(
+    users: DataFrame,
+    catalog: topk.ItemCatalog,
+    grid: Sequence[Mapping[str, float]],
+    cfg: Config,
+    *,
+    recent_sharpness: float | None = None,
+) -> DataFrame:
+    """combo, user_id, target_rank: per weight set of ``grid`` and user, the held-out target's
+    rank in the catalog (in the re-ranked list where the set has a de-biasing strength)."""
+    grid = [dict(w) for w in grid]
+    settings = _kernel_settings(cfg, recent_sharpness)
+    return _map_user_blocks(
+        users,
+        catalog,
+        cfg,
+        TUNE_SCHEMA,
+        lambda block, items: topk.tune_block(
+            block, items, grid, **_rerank_settings(cfg), **settings
+        ),
+    )
+
+
 def tune(
     users: DataFrame,
     catalog: topk.ItemCatalog,
@@ -367,17 +411,7 @@ def tune(
     recent_sharpness: float | None = None,
 ) -> DataFrame:
     """Per weight set of ``grid``: NDCG@K and HR@K of the held-out target, one row per set."""
-    grid = [dict(w) for w in grid]
-    settings = _kernel_settings(cfg, recent_sharpness)
-    ranks = _map_user_blocks(
-        users,
-        catalog,
-        cfg,
-        TUNE_SCHEMA,
-        lambda block, items: topk.tune_block(
-            block, items, grid, **_rerank_settings(cfg), **settings
-        ),
-    )
+    ranks = tune_ranks(users, catalog, grid, cfg, recent_sharpness=recent_sharpness)
     return summarise_ranks(ranks, cfg.score.k)
 
 

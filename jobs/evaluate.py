@@ -43,7 +43,7 @@ from hybridrec.constants import (
 from hybridrec.folds import history
 from hybridrec.runner import job_main
 from hybridrec.tables import Warehouse
-from udfs.topk import PARTS
+from udfs.topk import DEBIAS, PARTS, debiased
 
 NAME = "evaluate"
 FIGURE = "metrics_by_model.png"
@@ -65,28 +65,18 @@ def hybrid_recommendations(warehouse: Warehouse, run_id: str) -> DataFrame:
 def picked_weights(warehouse: Warehouse, cfg: Config) -> dict[str, dict]:
     """Per model of the fusion weights table (hybrid, text): its weights, recent sharpness and
     de-biasing strength as the score job picked them; the configured ones where it picked none."""
-    picked = {
-        "hybrid": {
-            "weights": {p: float(cfg.score.weights[p]) for p in PARTS},
-            "sharpness": cfg.score.recent_sharpness,
-            "debias": 0.0,
-        },
-        "text": {
-            "weights": dict(BASELINE_WEIGHTS["text"]),
-            "sharpness": cfg.score.recent_sharpness,
-            "debias": 0.0,
-        },
-    }
+    rows = scoring.configured_weights(cfg).to_dict("records")
     if warehouse.exists(FUSION_WEIGHTS):
-        table = warehouse.read(FUSION_WEIGHTS)
-        for row in table.collect():  # one row per model
-            values = row.asDict()
-            picked[row["model"]] = {
-                "weights": {part: float(values[part]) for part in PARTS},
-                "sharpness": float(values["recent_sharpness"] or cfg.score.recent_sharpness),
-                "debias": float(values.get("debias") or 0.0),
-            }
-    return picked
+        rows += [row.asDict() for row in warehouse.read(FUSION_WEIGHTS).collect()]  # per model
+    # A picked row replaces the configured one of its model.
+    return {
+        row["model"]: {
+            "weights": {part: float(row[part]) for part in PARTS},
+            "sharpness": float(row["recent_sharpness"] or cfg.score.recent_sharpness),
+            DEBIAS: float(row.get(DEBIAS) or 0.0),
+        }
+        for row in rows
+    }
 
 
 def curve_name(strength: float) -> str:
@@ -107,7 +97,7 @@ def kernel_recommendations(
     if cfg.evaluate.debias_curve:
         hybrid = picked["hybrid"]["weights"]
         for strength in sorted({0.0, *(float(b) for b in cfg.score.debias_grid)}):
-            curve[curve_name(strength)] = {**hybrid, "debias": strength}
+            curve[curve_name(strength)] = debiased(hybrid, strength)
     passes = {picked["text"]["sharpness"]: baselines}
     if curve:
         passes.setdefault(picked["hybrid"]["sharpness"], {}).update(curve)
@@ -302,7 +292,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         run_id=run_id,
     )
     warehouse.write(comparisons, COMPARISONS, run_id=run_id)
-    curve = debias_curve(metrics.where(is_curve), picked["hybrid"]["debias"])
+    curve = debias_curve(metrics.where(is_curve), picked["hybrid"][DEBIAS])
     warehouse.write(curve, DEBIAS_CURVE, run_id=run_id)
     log_curve(warehouse.read(DEBIAS_CURVE).drop("run_id").toPandas(), k)
     if linear_picks:

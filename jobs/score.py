@@ -19,7 +19,6 @@ from pyspark.sql import SparkSession
 from hybridrec import candidates, progress, scoring
 from hybridrec.config import Config
 from hybridrec.constants import (
-    BASELINE_WEIGHTS,
     FUSION_WEIGHTS,
     RECOMMENDATIONS,
     TEST,
@@ -28,7 +27,7 @@ from hybridrec.constants import (
 )
 from hybridrec.runner import job_main
 from hybridrec.tables import Warehouse
-from udfs.topk import PARTS, weight_grid
+from udfs.topk import DEBIAS, PARTS, debiased, weight_grid
 
 NAME = "score"
 log = logging.getLogger(__name__)
@@ -67,13 +66,7 @@ def choose_weights(
     from the points that use text parts only. Ties go to the earlier sharpness and grid point,
     so the pick is reproducible.
     """
-    sharpness = cfg.score.recent_sharpness
-    configured = pd.DataFrame(
-        [
-            {"model": "hybrid", **cfg.score.weights, "recent_sharpness": sharpness},
-            {"model": "text", **BASELINE_WEIGHTS["text"], "recent_sharpness": sharpness},
-        ]
-    ).assign(debias=0.0)
+    configured = scoring.configured_weights(cfg)
     if not cfg.score.tune_on_validation:
         return configured
     grid = weight_grid(cfg.score.weight_grid_step)
@@ -132,17 +125,10 @@ def choose_weights(
         mlflow.log_text(curve.to_csv(index=False), "debias_validation.csv")
     if not over_candidates:
         users.unpersist()
-    picks["debias"] = 0.0
+    picks[DEBIAS] = 0.0
     for column, value in chosen.items():
         picks.loc[hybrid, column] = value
     return picks
-
-
-def debiased(weights: dict[str, float], strength: float) -> dict[str, float]:
-    """The weights with a popularity de-biasing strength: the kernel fills the last
-    ``score.rerank_slots`` places of each list by the fused score less ``strength`` times the
-    normalised popularity (``udfs.topk.rerank_top_k``); the head stays as ranked."""
-    return {**weights, "debias": strength}
 
 
 def choose_debias(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float], pd.DataFrame]:
@@ -152,7 +138,7 @@ def choose_debias(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float],
     Returns debias with the validation NDCG and HR at that strength, and the curve tried."""
     strengths = sorted(float(b) for b in cfg.score.debias_grid if b > 0)
     unchanged = {
-        "debias": 0.0,
+        DEBIAS: 0.0,
         "validation_ndcg": float(pick["validation_ndcg"]),
         "validation_hr": float(pick["validation_hr"]),
     }
@@ -163,21 +149,21 @@ def choose_debias(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float],
     grid = [debiased(weights, b) for b in strengths]
     with progress.working_on(f"popularity de-biasing ({len(grid)} strengths)"):
         curve = tune(sharpness, grid).sort_values("combo")
-    curve = curve.assign(debias=[strengths[c] for c in curve["combo"]])
+    curve = curve.assign(**{DEBIAS: [strengths[c] for c in curve["combo"]]})
     floor = (1 - cfg.score.max_ndcg_loss) * unchanged["validation_ndcg"]
     log.info(
         "popularity de-biasing on validation (NDCG floor %.4f = %.4f less %.1f%%):\n%s",
         floor,
         unchanged["validation_ndcg"],
         100 * cfg.score.max_ndcg_loss,
-        curve[["debias", "ndcg", "hr"]].to_string(index=False, float_format="%.4f"),
+        curve[[DEBIAS, "ndcg", "hr"]].to_string(index=False, float_format="%.4f"),
     )
     within = curve[curve["ndcg"] >= floor]
     if within.empty:
         return unchanged, curve
     best = within.iloc[-1]
     return {
-        "debias": float(best["debias"]),
+        DEBIAS: float(best[DEBIAS]),
         "validation_ndcg": float(best["ndcg"]),
         "validation_hr": float(best["hr"]),
     }, curve
@@ -196,7 +182,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     hybrid = picks[picks["model"] == "hybrid"].iloc[0]
     picks = picks.drop(columns=["candidate_recall"], errors="ignore")
     warehouse.write(spark.createDataFrame(picks), FUSION_WEIGHTS, run_id=run_id)
-    debias = float(hybrid["debias"])
+    debias = float(hybrid[DEBIAS])
     weights = {part: float(hybrid[part]) for part in PARTS}
     sharpness = float(hybrid["recent_sharpness"])
     mlflow.log_params({f"hybrid_weight.{part}": w for part, w in weights.items()})

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 PARTS = ("cf", "cooc", "text", "recent", "pop")
+# A weight set's key for the popularity de-biasing strength of its re-rank (``model_scores``).
+DEBIAS = "debias"
 REASONS = {
     "cf": "liked by similar users",
     "cooc": "",  # filled with the history item it was most often had with
@@ -322,13 +324,20 @@ def debiased_scores(
     return fused - np.float32(strength) * pop + ties
 
 
+def debiased(weights: Mapping[str, float], strength: float) -> dict[str, float]:
+    """The weights with a popularity de-biasing strength: the kernel fills the last
+    ``score.rerank_slots`` places of each list by the fused score less ``strength`` times the
+    normalised popularity (``rerank_top_k``); the head stays as ranked."""
+    return {**weights, DEBIAS: strength}
+
+
 def model_scores(
     parts: Mapping[str, np.ndarray], weights: Mapping[str, float], ties: Callable[[], np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A weight set's fused scores, and its de-biased ones when it has a ``debias`` strength
     (``ties`` makes the tie-break matrix, only when one is needed)."""
     fused = fuse(parts, weights)
-    strength = float(weights.get("debias", 0.0))
+    strength = float(weights.get(DEBIAS, 0.0))
     if strength == 0:
         return fused, None
     return fused, debiased_scores(fused, parts["pop"], strength, ties())

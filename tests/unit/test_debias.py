@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from hybridrec.config import load_config
-from jobs.score import choose_debias, debiased
+from jobs.score import choose_debias
+from udfs.topk import debiased
 
 PICK = pd.Series(
     {
