@@ -29,8 +29,14 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_SETTINGS = {
     "source": {"sample": {"n_users": 80, "n_items": 50, "events_per_user": 8}},
     "als": {"max_iter": 3, "grid": {"rank": [4], "reg_param": [0.1], "alpha": [1.0]}},
-    "score": {"weight_grid_step": 0.5, "recent_sharpness_grid": [1.0], "k": 5},
-    "evaluate": {"k": 5},
+    "score": {
+        "weight_grid_step": 0.5,
+        "recent_sharpness_grid": [1.0],
+        "k": 5,
+        "debias_grid": [0.0, 1.0],
+    },
+    # One point per baseline grid: these runs test the platform, not the picks.
+    "evaluate": {"k": 5, "ease": {"l2_grid": [10.0]}, "item_knn": {"neighbours_grid": [10]}},
     "embed": {"text_neighbours": 10},
     "spark": {"master": "local[2]", "shuffle_partitions": 2},
 }
