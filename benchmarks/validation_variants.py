@@ -1,0 +1,189 @@
+"""What the re-rank and the hybrid could be instead, measured on validation after a quality run.
+
+    python benchmarks/quality.py FOLDER ... --work /tmp/hybridrec-quality
+    python benchmarks/validation_variants.py FOLDER ... --work /tmp/hybridrec-quality
+
+For each data set folder (the arguments quality.py took), it reads that run's warehouse (the
+newest run with fusion weights) and ranks the validation users with the picked weights, on the
+validation fold's models, the way the score job's tuning does; then it prints, against the
+served ranking without re-rank:
+
+- **Re-rank variants**: the popularity de-biasing re-rank at each strength of
+  ``score.debias_grid`` with 1, 3 (the default ``score.rerank_slots``) and 5 re-ranked places,
+  and a calibrated variant that only penalises items more popular than the user's own history
+  (``b * max(0, z(item) - mean z(history))``, z over log popularity): the NDCG change with its
+  paired standard error, catalog coverage and tail-item HR (items among the
+  ``evaluate.segment_fraction`` least popular).
+- **EASE as a sixth part**: the picked weights scaled by 1 - w plus w times EASE's normalised
+  score (each λ of ``evaluate.ease.l2_grid``), where the catalog is at most
+  ``evaluate.ease.max_items``.
+
+Nothing here is picked on test. This is a diagnostic: it scores at most ``score.tune_max_users``
+validation users (the tuning sample) in driver memory, one block of ``score.user_block_rows``
+at a time. It needs full ranking (a catalog up to ``score.candidates.max_full_items``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import REPO, source_settings  # noqa: E402
+
+from hybridrec import linear, scoring  # noqa: E402
+from hybridrec.config import Config, load_config  # noqa: E402
+from hybridrec.constants import FUSION_WEIGHTS, INTERACTIONS, VALIDATION  # noqa: E402
+from hybridrec.folds import history  # noqa: E402
+from hybridrec.runner import setup_logging  # noqa: E402
+from hybridrec.session import get_spark  # noqa: E402
+from hybridrec.tables import Warehouse  # noqa: E402
+from udfs import topk  # noqa: E402
+
+SLOTS = (1, 3, 5)
+EASE_SHARES = (0.1, 0.2, 0.3, 0.5)
+
+Scorer = Callable[[pd.DataFrame, dict[str, np.ndarray], np.ndarray], tuple]
+
+
+def ndcg_of(ranks: np.ndarray, k: int) -> np.ndarray:
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def popularity_z(catalog: topk.ItemCatalog) -> np.ndarray:
+    pop = catalog.pop.astype(np.float64)
+    return ((pop - pop.mean()) / (pop.std() or 1.0)).astype(np.float32)
+
+
+def rerank_variants(cfg: Config, catalog: topk.ItemCatalog) -> dict[str, Scorer]:
+    """Per variant name: block, parts, fused -> (fused, de-biased or None, slots)."""
+    z = popularity_z(catalog)
+    variants: dict[str, Scorer] = {}
+    for slots in SLOTS:
+        for b in sorted(float(b) for b in cfg.score.debias_grid if b > 0):
+
+            def plain(block, parts, fused, b=b, slots=slots):
+                ties = topk.tie_break(block["user_id"].to_numpy(), catalog.ids)
+                return fused, topk.debiased_scores(fused, parts["pop"], b, ties), slots
+
+            variants[f"global, {slots} slots, b={b:g}"] = plain
+    for b in sorted(float(b) for b in cfg.score.debias_grid if b > 0):
+
+        def calibrated(block, parts, fused, b=b):
+            seen = topk.padded_history(block["seen"], 10**9)
+            own = np.where(seen >= 0, z[np.maximum(seen, 0)], np.nan)
+            level = np.nan_to_num(np.nanmean(own, axis=1), nan=0.0).astype(np.float32)
+            above = np.maximum(z[None, :] - level[:, None], 0)
+            ties = topk.tie_break(block["user_id"].to_numpy(), catalog.ids)
+            return fused, fused - np.float32(b) * above + ties, cfg.score.rerank_slots
+
+        variants[f"calibrated, {cfg.score.rerank_slots} slots, b={b:g}"] = calibrated
+    return variants
+
+
+def ease_variants(cfg: Config, gram: np.ndarray | None, n_items: int) -> dict[str, Scorer]:
+    if gram is None:
+        return {}
+    variants: dict[str, Scorer] = {}
+    for l2 in cfg.evaluate.ease.l2_grid:
+        weights = linear.ease_weights(gram, float(l2))
+        for share in EASE_SHARES:
+
+            def with_ease(block, parts, fused, weights=weights, share=share):
+                x = topk.ragged_mask(block["seen"], n_items).astype(np.float32)
+                candidates = ~topk.ragged_mask(block["seen"], n_items)
+                ease = topk.normalise(x @ weights, candidates, cfg.score.normalisation)
+                return (1 - share) * fused + share * ease, None, 0
+
+            variants[f"ease part, λ={l2:g}, w={share:g}"] = with_ease
+    return variants
+
+
+def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
+    picked = warehouse.read(FUSION_WEIGHTS).toPandas()
+    hybrid = picked[picked["model"] == "hybrid"].iloc[0]
+    weights = {part: float(hybrid[part]) for part in topk.PARTS}
+    catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
+    users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
+    users = scoring.tuning_sample(users.where("target is not null"), cfg.score.tune_max_users)
+    users = users.toPandas()  # the bounded tuning sample
+    k, n_items = cfg.score.k, len(catalog)
+    gram = None
+    if n_items <= cfg.evaluate.ease.max_items:
+        index = scoring.catalog_index(spark, catalog.ids)
+        gram = linear.gram(history(warehouse.read(INTERACTIONS), VALIDATION), index, n_items)
+    variants = {
+        "served, no re-rank": lambda block, parts, fused: (fused, None, 0),
+        **rerank_variants(cfg, catalog),
+        **ease_variants(cfg, gram, n_items),
+    }
+    z = popularity_z(catalog)
+    tail = z <= np.quantile(z, cfg.evaluate.segment_fraction)
+    settings = scoring._kernel_settings(cfg, float(hybrid["recent_sharpness"]))
+    gains = {name: [] for name in variants}
+    shown = {name: np.zeros(n_items, bool) for name in variants}
+    for start in range(0, len(users), cfg.score.user_block_rows):
+        block = users.iloc[start : start + cfg.score.user_block_rows].reset_index(drop=True)
+        candidates = ~topk.ragged_mask(block["seen"], n_items)
+        parts, _ = topk.normalised_parts(block, catalog, candidates, **settings)
+        fused = topk.fuse(parts, weights)
+        target = block["target"].to_numpy().astype(np.int64)
+        for name, variant in variants.items():
+            scores, debiased, slots = variant(block, parts, fused)
+            ranks = topk.reranked_target_ranks(scores, debiased, candidates, target, k, slots)
+            if debiased is None:
+                items, _ = topk.top_k(scores, candidates, k)
+            else:
+                items, _ = topk.rerank_top_k(scores, debiased, candidates, k, slots)
+            gains[name].append(pd.DataFrame({"ndcg": ndcg_of(ranks, k), "tail": tail[target]}))
+            shown[name][items[items >= 0]] = True
+    base = pd.concat(gains["served, no re-rank"], ignore_index=True)
+    rows = []
+    for name in variants:
+        frame = pd.concat(gains[name], ignore_index=True)
+        change = frame["ndcg"] - base["ndcg"]
+        hits_tail = frame.loc[frame["tail"], "ndcg"] > 0
+        rows.append(
+            {
+                "variant": name,
+                "ndcg": frame["ndcg"].mean(),
+                "change": change.mean() / base["ndcg"].mean(),
+                "se": change.std(ddof=1) / np.sqrt(len(change)) / base["ndcg"].mean(),
+                "coverage": shown[name].mean(),
+                "tail hr": hits_tail.mean() if len(hits_tail) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows).assign(users=len(base), items=n_items)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hybridrec-quality"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    setup_logging()
+    spark = None
+    for folder in args.folders:
+        conf, overrides = source_settings(folder.resolve())
+        cfg = load_config(
+            [REPO / "conf/local.yaml", REPO / conf],
+            [f"run.work_dir={args.work / folder.name}", *overrides, *args.set],
+        )
+        spark = spark or get_spark(cfg)
+        runs = Warehouse.from_config(spark, cfg).runs(FUSION_WEIGHTS)
+        if not runs:
+            raise SystemExit(f"{folder.name}: no fusion weights under {args.work}: run quality.py")
+        warehouse = Warehouse.from_config(spark, cfg, max(runs))
+        table = measure(cfg, warehouse, spark)
+        print(f"\n{folder.name}: validation, {table['users'][0]} users, {table['items'][0]} items")
+        print(table.drop(columns=["users", "items"]).to_string(index=False, float_format="%.4f"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
