@@ -196,7 +196,7 @@ def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
     }
     z = popularity_z(catalog)
     tail = z <= np.quantile(z, cfg.evaluate.segment_fraction)
-    settings = scoring._kernel_settings(cfg, float(hybrid["recent_sharpness"]))
+    settings = scoring.kernel_settings(cfg, float(hybrid["recent_sharpness"]))
     gains = {name: [] for name in variants}
     shown = {name: np.zeros(n_items, bool) for name in variants}
     for start in range(0, len(users), cfg.score.user_block_rows):

@@ -334,7 +334,7 @@ def _map_user_blocks(
     return map_user_blocks(users, shared, cfg.score.user_block_rows, schema, score_block)
 
 
-def _kernel_settings(cfg: Config, recent_sharpness: float | None) -> dict:
+def kernel_settings(cfg: Config, recent_sharpness: float | None) -> dict:
     return {
         "method": cfg.score.normalisation,
         "recent_half_life": cfg.score.recent_half_life,
@@ -361,7 +361,7 @@ def recommend(
     """Top-K rows per user for each named weight set (``model``); ``recent_sharpness`` overrides
     the configured one."""
     models = {name: dict(weights) for name, weights in models.items()}
-    settings = _kernel_settings(cfg, recent_sharpness)
+    settings = kernel_settings(cfg, recent_sharpness)
     popular_share = cfg.score.popular_reason_share
     return _map_user_blocks(
         users,
@@ -379,29 +379,6 @@ def recommend(
     )
 
 
-def tune_ranks(
-    users: DataFrame,
-    catalog: topk.ItemCatalog,
-    grid: Sequence[Mapping[str, float]],
-    cfg: Config,
-    *,
-    recent_sharpness: float | None = None,
-) -> DataFrame:
-    """combo, user_id, target_rank: per weight set of ``grid`` and user, the held-out target's
-    rank in the catalog (in the re-ranked list where the set has a de-biasing strength)."""
-    grid = [dict(w) for w in grid]
-    settings = _kernel_settings(cfg, recent_sharpness)
-    return _map_user_blocks(
-        users,
-        catalog,
-        cfg,
-        TUNE_SCHEMA,
-        lambda block, items: topk.tune_block(
-            block, items, grid, **_rerank_settings(cfg), **settings
-        ),
-    )
-
-
 def tune(
     users: DataFrame,
     catalog: topk.ItemCatalog,
@@ -410,8 +387,19 @@ def tune(
     *,
     recent_sharpness: float | None = None,
 ) -> DataFrame:
-    """Per weight set of ``grid``: NDCG@K and HR@K of the held-out target, one row per set."""
-    ranks = tune_ranks(users, catalog, grid, cfg, recent_sharpness=recent_sharpness)
+    """Per weight set of ``grid``: NDCG@K and HR@K of the held-out target, one row per set (the
+    target ranked in the re-ranked list where the set has a de-biasing strength)."""
+    grid = [dict(w) for w in grid]
+    settings = kernel_settings(cfg, recent_sharpness)
+    ranks = _map_user_blocks(
+        users,
+        catalog,
+        cfg,
+        TUNE_SCHEMA,
+        lambda block, items: topk.tune_block(
+            block, items, grid, **_rerank_settings(cfg), **settings
+        ),
+    )
     return summarise_ranks(ranks, cfg.score.k)
 
 
