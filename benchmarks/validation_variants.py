@@ -32,6 +32,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,33 @@ EASE_SHARES = (0.1, 0.2, 0.3, 0.5)
 TRANSITION_WINDOW, TRANSITION_FROM = 10, 3
 TRANSITION_SHARES = (0.03, 0.05, 0.1, 0.2)
 
-Scorer = Callable[[pd.DataFrame, dict[str, np.ndarray], np.ndarray], tuple]
+
+@dataclass
+class Block:
+    """One block of validation users and what several variants derive from it, made once."""
+
+    frame: pd.DataFrame
+    catalog: topk.ItemCatalog
+    _made: dict = field(default_factory=dict)
+
+    @cached_property
+    def candidates(self) -> np.ndarray:
+        return ~topk.ragged_mask(self.frame["seen"], len(self.catalog))
+
+    @cached_property
+    def ties(self) -> np.ndarray:
+        return topk.tie_break(self.frame["user_id"].to_numpy(), self.catalog.ids)
+
+    def once(self, key, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """``make()`` the first time ``key`` is asked for in this block (a part's scores are
+        shared by every weight it is mixed in at)."""
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+
+# block, normalised parts, fused scores -> (scores, de-biased scores or None, re-ranked places)
+Scorer = Callable[[Block, dict[str, np.ndarray], np.ndarray], tuple]
 
 
 def ndcg_of(ranks: np.ndarray, k: int) -> np.ndarray:
@@ -76,44 +104,58 @@ def popularity_z(catalog: topk.ItemCatalog) -> np.ndarray:
 
 
 def rerank_variants(cfg: Config, catalog: topk.ItemCatalog) -> dict[str, Scorer]:
-    """Per variant name: block, parts, fused -> (fused, de-biased or None, slots)."""
     z = popularity_z(catalog)
     variants: dict[str, Scorer] = {}
     for slots in SLOTS:
         for b in sorted(float(b) for b in cfg.score.debias_grid if b > 0):
 
             def plain(block, parts, fused, b=b, slots=slots):
-                ties = topk.tie_break(block["user_id"].to_numpy(), catalog.ids)
-                return fused, topk.debiased_scores(fused, parts["pop"], b, ties), slots
+                return fused, topk.debiased_scores(fused, parts["pop"], b, block.ties), slots
 
             variants[f"global, {slots} slots, b={b:g}"] = plain
     for b in sorted(float(b) for b in cfg.score.debias_grid if b > 0):
 
         def calibrated(block, parts, fused, b=b):
-            seen = topk.padded_history(block["seen"], 10**9)
-            own = np.where(seen >= 0, z[np.maximum(seen, 0)], np.nan)
-            level = np.nan_to_num(np.nanmean(own, axis=1), nan=0.0).astype(np.float32)
-            above = np.maximum(z[None, :] - level[:, None], 0)
-            ties = topk.tie_break(block["user_id"].to_numpy(), catalog.ids)
-            return fused, fused - np.float32(b) * above + ties, cfg.score.rerank_slots
+            above = block.once("above own popularity", lambda: above_own_level(block, z))
+            return fused, fused - np.float32(b) * above + block.ties, cfg.score.rerank_slots
 
         variants[f"calibrated, {cfg.score.rerank_slots} slots, b={b:g}"] = calibrated
     return variants
 
 
-def ease_variants(cfg: Config, gram: np.ndarray | None, n_items: int) -> dict[str, Scorer]:
+def above_own_level(block: Block, z: np.ndarray) -> np.ndarray:
+    """(users, items): how far each item's popularity z lies above the mean z of the user's
+    own history items (0 where it does not)."""
+    seen = topk.padded_history(block.frame["seen"], len(z))
+    own = np.where(seen >= 0, z[np.maximum(seen, 0)], np.nan)
+    level = np.nan_to_num(np.nanmean(own, axis=1), nan=0.0).astype(np.float32)
+    return np.maximum(z[None, :] - level[:, None], 0)
+
+
+def mixed_in(cfg: Config, block: Block, fused: np.ndarray, key, raw, share: float):
+    """The fused scores scaled by 1 - share plus share times the extra part ``raw()``,
+    normalised like every part (computed once per block and part)."""
+    extra = block.once(
+        key, lambda: topk.normalise(raw(), block.candidates, cfg.score.normalisation)
+    )
+    return (1 - share) * fused + share * extra, None, 0
+
+
+def ease_variants(cfg: Config, gram: np.ndarray | None) -> dict[str, Scorer]:
+    """Holds one items x items float32 matrix per λ (576 MB each at 12,000 items)."""
     if gram is None:
         return {}
     variants: dict[str, Scorer] = {}
     for l2 in cfg.evaluate.ease.l2_grid:
         weights = linear.ease_weights(gram, float(l2))
+
+        def ease_scores(block, weights=weights):
+            return topk.ragged_mask(block.frame["seen"], len(weights)).astype(np.float32) @ weights
+
         for share in EASE_SHARES:
 
-            def with_ease(block, parts, fused, weights=weights, share=share):
-                x = topk.ragged_mask(block["seen"], n_items).astype(np.float32)
-                candidates = ~topk.ragged_mask(block["seen"], n_items)
-                ease = topk.normalise(x @ weights, candidates, cfg.score.normalisation)
-                return (1 - share) * fused + share * ease, None, 0
+            def with_ease(block, parts, fused, l2=l2, share=share, scores=ease_scores):
+                return mixed_in(cfg, block, fused, ("ease", l2), lambda: scores(block), share)
 
             variants[f"ease part, λ={l2:g}, w={share:g}"] = with_ease
     return variants
@@ -153,9 +195,9 @@ def transition_variants(cfg: Config, matrix: np.ndarray | None) -> dict[str, Sco
         return {}
     steps = 0.5 ** np.arange(TRANSITION_FROM, dtype=np.float32)
 
-    def next_scores(block) -> np.ndarray:
-        last = topk.padded_history(block["seen"], TRANSITION_FROM)  # newest first
-        scores = np.zeros((len(block), len(matrix)), np.float32)
+    def next_scores(block: Block) -> np.ndarray:
+        last = topk.padded_history(block.frame["seen"], TRANSITION_FROM)  # newest first
+        scores = np.zeros((len(block.frame), len(matrix)), np.float32)
         for step in range(last.shape[1]):
             has = last[:, step] >= 0
             scores[has] += steps[step] * matrix[last[has, step]]
@@ -165,9 +207,7 @@ def transition_variants(cfg: Config, matrix: np.ndarray | None) -> dict[str, Sco
     for share in TRANSITION_SHARES:
 
         def with_next(block, parts, fused, share=share):
-            candidates = ~topk.ragged_mask(block["seen"], len(matrix))
-            following = topk.normalise(next_scores(block), candidates, cfg.score.normalisation)
-            return (1 - share) * fused + share * following, None, 0
+            return mixed_in(cfg, block, fused, "next", lambda: next_scores(block), share)
 
         variants[f"what came next part, w={share:g}"] = with_next
     return variants
@@ -191,7 +231,7 @@ def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
     variants = {
         "served, no re-rank": lambda block, parts, fused: (fused, None, 0),
         **rerank_variants(cfg, catalog),
-        **ease_variants(cfg, gram, n_items),
+        **ease_variants(cfg, gram),
         **transition_variants(cfg, following),
     }
     z = popularity_z(catalog)
@@ -200,11 +240,12 @@ def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
     gains = {name: [] for name in variants}
     shown = {name: np.zeros(n_items, bool) for name in variants}
     for start in range(0, len(users), cfg.score.user_block_rows):
-        block = users.iloc[start : start + cfg.score.user_block_rows].reset_index(drop=True)
-        candidates = ~topk.ragged_mask(block["seen"], n_items)
-        parts, _ = topk.normalised_parts(block, catalog, candidates, **settings)
+        frame = users.iloc[start : start + cfg.score.user_block_rows].reset_index(drop=True)
+        block = Block(frame, catalog)
+        candidates = block.candidates
+        parts, _ = topk.normalised_parts(frame, catalog, candidates, **settings)
         fused = topk.fuse(parts, weights)
-        target = block["target"].to_numpy().astype(np.int64)
+        target = frame["target"].to_numpy().astype(np.int64)
         for name, variant in variants.items():
             scores, debiased, slots = variant(block, parts, fused)
             ranks = topk.reranked_target_ranks(scores, debiased, candidates, target, k, slots)
