@@ -43,6 +43,8 @@ def synthetic(rng: np.random.Generator, n_items: int, n_users: int):
         # items they are, and finding the true ones is the embed job's work, not the kernel's.
         text_neighbours=rng.integers(0, n_items, (n_items, NEIGHBOURS)),
         text_neighbour_sims=rng.random((n_items, NEIGHBOURS)).astype(np.float32),
+        next_items=rng.integers(0, n_items, (n_items, NEIGHBOURS)),
+        next_sims=rng.random((n_items, NEIGHBOURS)).astype(np.float32),
     )
     block = pd.DataFrame(
         {
@@ -71,7 +73,10 @@ def time_steps(block: pd.DataFrame, catalog: topk.ItemCatalog, repeats: int) -> 
     settings = {"method": "zscore", "recent_sharpness": 40.0}
     history = topk.padded_history(block["seen"], HISTORY)
     timings = {
-        "cooc part": seconds(lambda: topk.cooc_scores(history, catalog, 3.0), repeats),
+        "cooc part": seconds(
+            lambda: topk.history_votes(history, catalog.neighbours, catalog.neighbour_sims, 3.0),
+            repeats,
+        ),
         "recent part (sharpness 40)": seconds(
             lambda: topk.recent_similarity(history, catalog, 1.0, 40.0), repeats
         ),

@@ -20,11 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from hybridrec.config import load_config
-from hybridrec.constants import COMPARISONS, DEBIAS_CURVE, METRICS
+from hybridrec.constants import COMPARISONS, DEBIAS_CURVE, FUSION_WEIGHTS, METRICS
 from hybridrec.runner import new_run_id, setup_logging
 from hybridrec.session import get_spark
 from hybridrec.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
+from udfs.topk import PARTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     setup_logging()
-    rows, comparisons, curves = [], [], []
+    rows, comparisons, curves, picks = [], [], [], []
     spark = None
     for folder in args.folders:
         conf, overrides = source_settings(folder.resolve())
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         comparisons.append(
             warehouse.read(COMPARISONS).toPandas().assign(**{"data set": folder.name})
         )
+        picked = warehouse.read(FUSION_WEIGHTS).where("model = 'hybrid'").toPandas()
+        picks.append(picked.assign(**{"data set": folder.name}))
         curve = warehouse.read(DEBIAS_CURVE).toPandas()
         if len(curve):
             curves.append(
@@ -144,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Gaps: hybrid minus the baseline, paired by user, 95% interval and p-value\n")
     print(summary(table, pd.concat(comparisons)).round(4).T.to_string())
+    print("\nThe hybrid's weights, picked on validation\n")
+    columns = ["data set", *PARTS, "recent_sharpness", "debias", "validation_ndcg"]
+    print(pd.concat(picks)[columns].round(4).to_string(index=False))
     if curves:
         print("\nRe-rank curve on test: the hybrid at each popularity de-biasing strength")
         print("(served: the strength picked on validation within score.max_ndcg_loss)\n")

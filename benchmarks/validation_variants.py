@@ -14,13 +14,12 @@ served ranking without re-rank:
   (``b * max(0, z(item) - mean z(history))``, z over log popularity): the NDCG change with its
   paired standard error, catalog coverage and tail-item HR (items among the
   ``evaluate.segment_fraction`` least popular).
-- **EASE as a sixth part**: the picked weights scaled by 1 - w plus w times EASE's normalised
+- **EASE as an extra part**: the picked weights scaled by 1 - w plus w times EASE's normalised
   score (each λ of ``evaluate.ease.l2_grid``), where the catalog is at most
   ``evaluate.ease.max_items``.
-- **"What came next" as a sixth part**, under the same size limit: directed transitions counted
-  over every user's history in time order (item b up to ``TRANSITION_WINDOW`` places after a,
-  weight halving with each place; cosine-normalised), summed from the user's last
-  ``TRANSITION_FROM`` items (halving with each step back), mixed in the same way.
+
+The "what came next" part was measured here as a sixth part first; it is now the hybrid's own
+``next`` part (table item_transitions), so the served ranking already has it at its pick.
 
 Nothing here is picked on test. This is a diagnostic: it scores at most ``score.tune_max_users``
 validation users (the tuning sample) in driver memory, one block of ``score.user_block_rows``
@@ -38,8 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, Window
-from pyspark.sql import functions as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import REPO, source_settings  # noqa: E402
@@ -49,9 +46,6 @@ from hybridrec.config import Config, load_config  # noqa: E402
 from hybridrec.constants import (  # noqa: E402
     FUSION_WEIGHTS,
     INTERACTIONS,
-    ITEM_COL,
-    TS_COL,
-    USER_COL,
     VALIDATION,
 )
 from hybridrec.folds import history  # noqa: E402
@@ -62,8 +56,6 @@ from udfs import topk  # noqa: E402
 
 SLOTS = (1, 3, 5)
 EASE_SHARES = (0.1, 0.2, 0.3, 0.5)
-TRANSITION_WINDOW, TRANSITION_FROM = 10, 3
-TRANSITION_SHARES = (0.03, 0.05, 0.1, 0.2)
 
 
 @dataclass
@@ -161,58 +153,6 @@ def ease_variants(cfg: Config, gram: np.ndarray | None) -> dict[str, Scorer]:
     return variants
 
 
-def transitions(interactions: DataFrame, index: DataFrame, n: int) -> np.ndarray:
-    """(n, n) float32: T[a, b] sums 0.5^(d-1) over users who had b d <= TRANSITION_WINDOW places
-    after a in time order, over sqrt(out-weight of a * in-weight of b). Counted in Spark; only
-    the aggregated pairs reach the driver, as for EASE's Gram matrix."""
-    ordered = (
-        history(interactions, VALIDATION)
-        .join(index, ITEM_COL)
-        .withColumn(
-            "_pos",
-            F.row_number().over(Window.partitionBy(USER_COL).orderBy(TS_COL, ITEM_COL)),
-        )
-        .select(USER_COL, "idx", "_pos")
-    )
-    after = ordered.select(USER_COL, F.col("idx").alias("next"), F.col("_pos").alias("_next_pos"))
-    gap = F.col("_next_pos") - F.col("_pos")
-    pairs = (
-        ordered.join(after, USER_COL)
-        .where((gap >= 1) & (gap <= TRANSITION_WINDOW))
-        .groupBy("idx", "next")
-        .agg(F.sum(F.pow(F.lit(0.5), gap - 1)).alias("w"))
-        .toPandas()
-    )
-    matrix = np.zeros((n, n), np.float32)
-    matrix[pairs["idx"].to_numpy(), pairs["next"].to_numpy()] = pairs["w"].to_numpy()
-    out = np.sqrt(np.maximum(matrix.sum(axis=1), 1.0))
-    into = np.sqrt(np.maximum(matrix.sum(axis=0), 1.0))
-    return matrix / out[:, None] / into[None, :]
-
-
-def transition_variants(cfg: Config, matrix: np.ndarray | None) -> dict[str, Scorer]:
-    if matrix is None:
-        return {}
-    steps = 0.5 ** np.arange(TRANSITION_FROM, dtype=np.float32)
-
-    def next_scores(block: Block) -> np.ndarray:
-        last = topk.padded_history(block.frame["seen"], TRANSITION_FROM)  # newest first
-        scores = np.zeros((len(block.frame), len(matrix)), np.float32)
-        for step in range(last.shape[1]):
-            has = last[:, step] >= 0
-            scores[has] += steps[step] * matrix[last[has, step]]
-        return scores
-
-    variants: dict[str, Scorer] = {}
-    for share in TRANSITION_SHARES:
-
-        def with_next(block, parts, fused, share=share):
-            return mixed_in(cfg, block, fused, "next", lambda: next_scores(block), share)
-
-        variants[f"what came next part, w={share:g}"] = with_next
-    return variants
-
-
 def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
     picked = warehouse.read(FUSION_WEIGHTS).toPandas()
     hybrid = picked[picked["model"] == "hybrid"].iloc[0]
@@ -222,17 +162,14 @@ def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
     users = scoring.tuning_sample(users.where("target is not null"), cfg.score.tune_max_users)
     users = users.toPandas()  # the bounded tuning sample
     k, n_items = cfg.score.k, len(catalog)
-    gram = following = None
+    gram = None
     if n_items <= cfg.evaluate.ease.max_items:
         index = scoring.catalog_index(spark, catalog.ids)
-        interactions = warehouse.read(INTERACTIONS)
-        gram = linear.gram(history(interactions, VALIDATION), index, n_items)
-        following = transitions(interactions, index, n_items)
+        gram = linear.gram(history(warehouse.read(INTERACTIONS), VALIDATION), index, n_items)
     variants = {
         "served, no re-rank": lambda block, parts, fused: (fused, None, 0),
         **rerank_variants(cfg, catalog),
         **ease_variants(cfg, gram),
-        **transition_variants(cfg, following),
     }
     z = popularity_z(catalog)
     tail = z <= np.quantile(z, cfg.evaluate.segment_fraction)

@@ -5,9 +5,9 @@ for every user. Above ``score.candidates.max_full_items`` ranking broadcasts not
 
 1. Candidates, all in Spark: the ALS top-N of each user (blocked factor products: each task
    multiplies one block of users by one block of items), the best co-occurrence and text
-   neighbours of the user's newest history items (joins with the neighbour tables, votes
-   weighted as in full ranking), and the most popular items. Items the user already has are
-   left out.
+   neighbours and the items most often had next after the user's newest history items (joins
+   with the neighbour tables, votes weighted as in full ranking), and the most popular items.
+   Items the user already has are left out.
 2. Each candidate pair is joined with its item's factors and text vector (a shuffle by item,
    not a broadcast); the pairs of a group of users meet their users' vectors (a cogroup) and
    the same kernel as full ranking normalises, fuses and ranks them (``udfs.candidate_kernel``).
@@ -24,6 +24,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 
 import pandas as pd
 from pyspark.sql import DataFrame, Window
@@ -42,6 +43,7 @@ from hybridrec.constants import (
     ITEM_EMBEDDINGS,
     ITEM_NEIGHBOURS,
     ITEM_TEXT_NEIGHBOURS,
+    ITEM_TRANSITIONS,
     ITEMS,
     SPLIT_COL,
     TS_COL,
@@ -80,6 +82,7 @@ class FoldTables:
     user_vectors: DataFrame  # user_id, embedding
     neighbours: DataFrame  # item_id, neighbour_id, similarity (co-occurrence)
     text_neighbours: DataFrame  # the same, by text
+    transitions: DataFrame  # the same, the items had next after each
     popularity: DataFrame  # item_id, popularity
 
 
@@ -104,6 +107,7 @@ def factors_only(
         user_vectors=spark.createDataFrame([], f"{USER_COL} string, {EMBEDDING_COL} {vectors}"),
         neighbours=spark.createDataFrame([], neighbours),
         text_neighbours=spark.createDataFrame([], neighbours),
+        transitions=spark.createDataFrame([], neighbours),
         popularity=popularity,
     )
 
@@ -125,6 +129,7 @@ def load_fold(warehouse: Warehouse, cfg: Config, fold: str) -> FoldTables:
         user_vectors=fold_table(USER_EMBEDDINGS, USER_COL).select(USER_COL, EMBEDDING_COL),
         neighbours=fold_table(ITEM_NEIGHBOURS),
         text_neighbours=fold_table(ITEM_TEXT_NEIGHBOURS),
+        transitions=fold_table(ITEM_TRANSITIONS),
         popularity=scoring.popularity(interactions, fold),
     )
 
@@ -213,8 +218,9 @@ def users_to_rank(tables: FoldTables, fold: str) -> DataFrame:
 def candidate_pairs(
     tables: FoldTables, cfg: Config, fold: str, users: DataFrame, sharpness: float
 ) -> DataFrame:
-    """user_id, item_id, cooc, cooc_from, recent, recent_from: each user's candidates (catalog
-    items the user has not had in the fold's history) with the neighbour votes cast for them."""
+    """user_id, item_id, cooc, cooc_from, recent, recent_from, next, next_from: each user's
+    candidates (catalog items the user has not had in the fold's history) with the neighbour
+    votes cast for them."""
     c = cfg.score.candidates
     recent = recent_history(tables, fold, cfg.score.history_items).join(
         users, USER_COL, "left_semi"
@@ -224,6 +230,13 @@ def candidate_pairs(
     cooc = neighbour_votes(recent, tables.neighbours, cfg.score.cooc_half_life, 1.0, "cooc")
     text = neighbour_votes(
         recent, tables.text_neighbours, cfg.score.recent_half_life, sharpness, "recent"
+    )
+    after = neighbour_votes(
+        recent.where(F.col("pos") < cfg.score.next_items),
+        tables.transitions,
+        cfg.score.next_half_life,
+        1.0,
+        "next",
     )
     als = als_top_n(
         tables.user_factors.join(users, USER_COL, "left_semi"),
@@ -235,19 +248,21 @@ def candidate_pairs(
         als.select(USER_COL, ITEM_COL),
         best_per_user(cooc, "cooc", c.cooc).select(USER_COL, ITEM_COL),
         best_per_user(text, "recent", c.text).select(USER_COL, ITEM_COL),
+        best_per_user(after, "next", c.next).select(USER_COL, ITEM_COL),
         users.crossJoin(F.broadcast(popular(tables.popularity, c.popular))),
     ]
     seen = history(tables.interactions, fold).select(USER_COL, ITEM_COL)
     chosen = (
-        ids[0]
-        .unionByName(ids[1])
-        .unionByName(ids[2])
-        .unionByName(ids[3])
+        reduce(DataFrame.unionByName, ids)
         .distinct()
         .join(tables.items, ITEM_COL, "left_semi")
         .join(seen, [USER_COL, ITEM_COL], "left_anti")
     )
-    return chosen.join(cooc, [USER_COL, ITEM_COL], "left").join(text, [USER_COL, ITEM_COL], "left")
+    return (
+        chosen.join(cooc, [USER_COL, ITEM_COL], "left")
+        .join(text, [USER_COL, ITEM_COL], "left")
+        .join(after, [USER_COL, ITEM_COL], "left")
+    )
 
 
 def _user_rows(tables: FoldTables, fold: str, users: DataFrame, groups: int) -> DataFrame:

@@ -28,6 +28,7 @@ from hybridrec.constants import (
     ITEM_EMBEDDINGS,
     ITEM_NEIGHBOURS,
     ITEM_TEXT_NEIGHBOURS,
+    ITEM_TRANSITIONS,
     ITEMS,
     METRICS,
     RECOMMENDATIONS,
@@ -61,6 +62,8 @@ SCORE_PARTS = {
     "text_score": "review/item text similarity part (whole history), normalised like cf_score",
     "recent_score": "text similarity to the user's recent items, normalised like cf_score",
     "pop_score": "item popularity part, normalised like cf_score",
+    "next_score": "what other users had next after the user's newest items, normalised like "
+    "cf_score",
 }
 RECOMMENDATION_COLUMNS = {
     "user_id": "user the list is for",
@@ -191,6 +194,17 @@ TABLES: dict[str, TableDoc] = {
             "fold": FOLD,
         },
     ),
+    ITEM_TRANSITIONS: TableDoc(
+        "What came next: the items users had soon after each item",
+        {
+            "item_id": "item",
+            "neighbour_id": "an item often had within transitions.window items after it",
+            "similarity": "place-weighted count of (item, then neighbour) over sqrt(item's "
+            "outgoing x neighbour's incoming count), each at least 1 (higher is more often next)",
+            "run_id": RUN_ID,
+            "fold": FOLD,
+        },
+    ),
     RECOMMENDATIONS: TableDoc(
         "Served top-K per user from the hybrid (test fold models), with the parts of each score",
         RECOMMENDATION_COLUMNS,
@@ -207,11 +221,12 @@ TABLES: dict[str, TableDoc] = {
         "The fusion weights picked on validation",
         {
             "model": "hybrid or text (the text baseline's mix of its two parts)",
-            "cf": "weight of cf_score (0-1; the five weights sum to 1)",
+            "cf": "weight of cf_score (0-1; the six weights sum to 1)",
             "cooc": "weight of cooc_score (0-1)",
             "text": "weight of text_score (0-1)",
             "recent": "weight of recent_score (0-1)",
             "pop": "weight of pop_score (0-1)",
+            "next": "weight of next_score (0-1; mixed into the grid's pick on validation)",
             "recent_sharpness": "exponent sharpening the recent text part (1 = plain cosine)",
             "debias": "popularity de-biasing strength of the re-rank: the last score.rerank_slots "
             "places go to the best remaining items by fused score - debias x normalised "
@@ -228,7 +243,7 @@ TABLES: dict[str, TableDoc] = {
             "metric": "ndcg, hr, precision, recall, map (0-1, per test user, averaged); coverage "
             "(share of catalog recommended, 0-1), diversity (mean 1 - cosine within a list, "
             "0-2), novelty (mean -log2 popularity, bits); reason_<kind> (share of the hybrid's "
-            "top-K explained by cf, cooc, text, pop or none)",
+            "top-K explained by cf, cooc, text, next, pop or none)",
             "k": "list length the metric is cut at",
             "value": "the metric's value",
             "segment": "all test users, sparse_users (fewest history items) or tail_items "

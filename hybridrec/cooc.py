@@ -89,3 +89,59 @@ def item_neighbours(
         .drop(RANK_COL)
         .withColumn(FOLD_COL, F.lit(fold))
     )
+
+
+def item_transitions(
+    interactions: DataFrame, fold: str, *, window: int, neighbours: int
+) -> DataFrame:
+    """Per item, the ``neighbours`` items most often had next after it: "what came next".
+
+    Each user's distinct items, in the order first had (ties: item id), give directed pairs
+    (a, b) for b up to ``window`` places after a, weighted 0.5 ** (places - 1). The summed weight
+    is divided by sqrt(max(1, a's outgoing weight) * max(1, b's incoming weight)), so an item
+    that follows everything does not lead every list, while a pair seen once between rare items
+    does not outrank one many users made. Unlike co-occurrence the pairs are ordered: a season
+    is followed by the next one, not the one before. Pairs come from an equi-join on the place
+    (one row per pair kept), never a self-join of whole histories.
+
+    Returns item_id, neighbour_id, similarity, fold.
+    """
+    ordered = (
+        history(interactions, fold)
+        .groupBy(USER_COL, ITEM_COL)
+        .agg(F.min(TS_COL).alias("_first"))
+        .withColumn(
+            "_place",
+            F.row_number().over(Window.partitionBy(USER_COL).orderBy("_first", ITEM_COL)),
+        )
+        .select(USER_COL, ITEM_COL, "_place")
+    )
+    after = ordered.select(
+        USER_COL, F.col(ITEM_COL).alias(NEIGHBOUR_COL), F.col("_place").alias("_next_place")
+    )
+    gaps = F.explode(F.sequence(F.lit(1), F.lit(int(window)))).alias("_gap")
+    weights = (
+        ordered.select(USER_COL, ITEM_COL, "_place", gaps)
+        .withColumn("_next_place", F.col("_place") + F.col("_gap"))
+        .join(after, [USER_COL, "_next_place"])
+        .groupBy(ITEM_COL, NEIGHBOUR_COL)
+        .agg(F.sum(F.pow(F.lit(0.5), F.col("_gap") - 1)).alias("_w"))
+    )
+    out_weight = F.sum("_w").over(Window.partitionBy(ITEM_COL))
+    in_weight = F.sum("_w").over(Window.partitionBy(NEIGHBOUR_COL))
+    best_first = Window.partitionBy(ITEM_COL).orderBy(
+        F.col("similarity").desc(), F.col(NEIGHBOUR_COL)
+    )
+    return (
+        weights.withColumn("_out", F.greatest(out_weight, F.lit(1.0)))
+        .withColumn("_in", F.greatest(in_weight, F.lit(1.0)))
+        .select(
+            ITEM_COL,
+            NEIGHBOUR_COL,
+            (F.col("_w") / F.sqrt(F.col("_out") * F.col("_in"))).alias("similarity"),
+        )
+        .withColumn(RANK_COL, F.row_number().over(best_first))
+        .where(F.col(RANK_COL) <= neighbours)
+        .drop(RANK_COL)
+        .withColumn(FOLD_COL, F.lit(fold))
+    )

@@ -193,15 +193,15 @@ def novelty(recs: DataFrame, history: DataFrame, k: int) -> DataFrame:
     return _long(scored.groupBy("model").agg(F.avg(-F.log2(p)).alias("novelty")), ("novelty",), k)
 
 
-REASON_KINDS = ("cf", "cooc", "text", "pop", "none")
+REASON_KINDS = ("cf", "cooc", "text", "next", "pop", "none")
 
 
 def reason_kind() -> Column:
-    """The part a ``reason`` text names: cf, cooc, text (own reviews or recent items), pop, or
-    none (no weighted part was defined for the pick)."""
+    """The part a ``reason`` text names: cf, cooc, text (own reviews or recent items), next,
+    pop, or none (no weighted part was defined for the pick)."""
     reason = F.col("reason")
     kind = F.when(reason == topk.REASONS["cf"], "cf").when(reason == topk.REASONS["pop"], "pop")
-    for part, kind_name in (("cooc", "cooc"), ("text", "text")):
+    for part, kind_name in (("cooc", "cooc"), ("text", "text"), ("next", "next")):
         prefix, fallback = topk.NAMED_REASONS[part]
         kind = kind.when(reason.startswith(prefix) | (reason == fallback), kind_name)
     return kind.otherwise("none")

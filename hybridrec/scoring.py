@@ -27,6 +27,7 @@ from hybridrec.constants import (
     ITEM_EMBEDDINGS,
     ITEM_NEIGHBOURS,
     ITEM_TEXT_NEIGHBOURS,
+    ITEM_TRANSITIONS,
     ITEMS,
     SPLIT_COL,
     TS_COL,
@@ -52,6 +53,7 @@ RECOMMENDATION_SCHEMA = T.StructType(
         T.StructField("text_score", T.DoubleType()),
         T.StructField("recent_score", T.DoubleType()),
         T.StructField("pop_score", T.DoubleType()),
+        T.StructField("next_score", T.DoubleType()),
         T.StructField("reason", T.StringType()),
         T.StructField("reason_item_id", T.StringType()),
     ]
@@ -66,7 +68,7 @@ TUNE_SCHEMA = T.StructType(
 
 
 def configured_weights(cfg: Config) -> pd.DataFrame:
-    """model, the five weights, recent_sharpness, debias: the hybrid's and the text baseline's
+    """model, the six weights, recent_sharpness, debias: the hybrid's and the text baseline's
     weights as configured, before (or without) tuning on validation."""
     sharpness = cfg.score.recent_sharpness
     return pd.DataFrame(
@@ -108,6 +110,7 @@ def build_catalog(
     pop: DataFrame,
     neighbours: DataFrame | None = None,
     text_neighbours: DataFrame | None = None,
+    transitions: DataFrame | None = None,
 ) -> topk.ItemCatalog:
     """Collect the candidates (they grow with the catalog, never with users) into arrays.
 
@@ -118,6 +121,7 @@ def build_catalog(
         pop: item_id, popularity.
         neighbours: item_id, neighbour_id, similarity; None for a catalog without co-occurrence.
         text_neighbours: the same, the closest items by text; None for a catalog without text.
+        transitions: the same, the items had next after each; None for a catalog without them.
     """
     rows = items.join(pop, ITEM_COL, "left")
     if item_factors is not None:
@@ -135,6 +139,7 @@ def build_catalog(
     ids = frame[ITEM_COL].to_numpy().astype(str)
     neighbour_idx, neighbour_sims = _neighbour_arrays(items, neighbours, ids)
     text_idx, text_sims = _neighbour_arrays(items, text_neighbours, ids)
+    next_idx, next_sims = _neighbour_arrays(items, transitions, ids)
     return topk.ItemCatalog(
         ids=ids,
         cf=cf,
@@ -146,6 +151,8 @@ def build_catalog(
         neighbour_sims=neighbour_sims,
         text_neighbours=text_idx,
         text_neighbour_sims=text_sims,
+        next_items=next_idx,
+        next_sims=next_sims,
     )
 
 
@@ -187,10 +194,11 @@ def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> topk.ItemCatal
         popularity(interactions, fold),
         of_fold(warehouse.read(ITEM_NEIGHBOURS), fold),
         of_fold(warehouse.read(ITEM_TEXT_NEIGHBOURS), fold),
+        of_fold(warehouse.read(ITEM_TRANSITIONS), fold),
     )
     log.info(
         "catalog (%s fold): %d items, %d with ALS factors (rank %d), %d with text (dim %d), "
-        "%d with co-occurrence neighbours, %d with text neighbours",
+        "%d with co-occurrence neighbours, %d with text neighbours, %d with items had next",
         fold,
         len(catalog),
         catalog.has_cf.sum(),
@@ -199,6 +207,7 @@ def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> topk.ItemCatal
         catalog.text.shape[1],
         (catalog.neighbours >= 0).any(axis=1).sum(),
         (catalog.text_neighbours >= 0).any(axis=1).sum(),
+        (catalog.next_items >= 0).any(axis=1).sum(),
     )
     return catalog
 
@@ -343,6 +352,8 @@ def kernel_settings(cfg: Config, recent_sharpness: float | None) -> dict:
         ),
         "cooc_half_life": cfg.score.cooc_half_life,
         "history_cap": cfg.score.history_items,
+        "next_items": cfg.score.next_items,
+        "next_half_life": cfg.score.next_half_life,
     }
 
 

@@ -353,7 +353,7 @@ class Warehouse:
         self.spark.sql(
             "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
             "SELECT r.user_id, r.rank, r.item_id, i.title, r.score, r.cf_score, r.cooc_score, "
-            "r.text_score, r.recent_score, r.pop_score, r.reason, r.reason_item_id, "
+            "r.text_score, r.recent_score, r.pop_score, r.next_score, r.reason, r.reason_item_id, "
             f"p.title AS reason_item_title, r.{RUN_COL} FROM {recs} r "
             f"LEFT JOIN {items} i ON i.item_id = r.item_id "
             f"LEFT JOIN {items} p ON p.item_id = r.reason_item_id",

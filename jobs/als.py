@@ -1,5 +1,5 @@
-"""als: interactions -> als_user_factors, als_item_factors, item_neighbours (per fold), and the
-ALS model in MLflow: the collaborative signals.
+"""als: interactions -> als_user_factors, als_item_factors, item_neighbours, item_transitions
+(per fold), and the ALS model in MLflow: the collaborative signals.
 
     spark-submit jobs/als.py --conf conf/local.yaml [--set als.rank=64 --set als.implicit=false]
     python -m jobs.als --conf conf/local.yaml
@@ -7,7 +7,8 @@ ALS model in MLflow: the collaborative signals.
 With ``als.tune_on_validation`` every point of ``als.grid`` is fitted on train and ranked on
 validation (each a nested MLflow run); the best is refitted on train and validation for the
 test fold. Without it, the configured rank, reg_param and alpha are used for both folds.
-Item co-occurrence neighbours (``cooc``) are built from each fold's history alongside.
+Item co-occurrence neighbours (``cooc``) and what came next after each item (``transitions``)
+are built from each fold's history alongside.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hybridrec.constants import (
     INTERACTIONS,
     ITEM_COL,
     ITEM_NEIGHBOURS,
+    ITEM_TRANSITIONS,
     ITEMS,
     TEST,
     USER_COL,
@@ -173,6 +175,22 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
             ],
         ),
         ITEM_NEIGHBOURS,
+        partition_by=[FOLD_COL],
+    )
+    results["item_transitions"] = warehouse.write(
+        reduce(
+            DataFrame.unionByName,
+            [
+                cooc.item_transitions(
+                    interactions,
+                    fold,
+                    window=cfg.transitions.window,
+                    neighbours=cfg.transitions.neighbours,
+                )
+                for fold in (VALIDATION, TEST)
+            ],
+        ),
+        ITEM_TRANSITIONS,
         partition_by=[FOLD_COL],
     )
     if cfg.mlflow.log_model:

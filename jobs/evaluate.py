@@ -68,10 +68,11 @@ def picked_weights(warehouse: Warehouse, cfg: Config) -> dict[str, dict]:
     rows = scoring.configured_weights(cfg).to_dict("records")
     if warehouse.exists(FUSION_WEIGHTS):
         rows += [row.asDict() for row in warehouse.read(FUSION_WEIGHTS).collect()]  # per model
-    # A picked row replaces the configured one of its model.
+    # A picked row replaces the configured one of its model. A part without a weight (a snapshot
+    # written before the part existed, such as next) has none.
     return {
         row["model"]: {
-            "weights": {part: float(row[part]) for part in PARTS},
+            "weights": {part: float(row.get(part) or 0.0) for part in PARTS},
             "sharpness": float(row["recent_sharpness"] or cfg.score.recent_sharpness),
             DEBIAS: float(row.get(DEBIAS) or 0.0),
         }

@@ -27,7 +27,7 @@ from hybridrec.constants import (
 )
 from hybridrec.runner import job_main
 from hybridrec.tables import Warehouse
-from udfs.topk import DEBIAS, PARTS, debiased, weight_grid
+from udfs.topk import DEBIAS, PARTS, debiased, weight_grid, with_next
 
 NAME = "score"
 log = logging.getLogger(__name__)
@@ -62,9 +62,10 @@ def choose_weights(
     """Fusion weights of the hybrid and of the text-only baseline, one row per model.
 
     Picked on validation with the validation fold's models (which never saw that split): the
-    hybrid from the whole simplex grid times ``score.recent_sharpness_grid``, the text baseline
-    from the points that use text parts only. Ties go to the earlier sharpness and grid point,
-    so the pick is reproducible.
+    hybrid from the whole simplex grid times ``score.recent_sharpness_grid``, then mixed with
+    the what-came-next part (``choose_next``) and re-ranked (``choose_debias``); the text
+    baseline from the points that use text parts only. Ties go to the earlier sharpness and
+    grid point, so the pick is reproducible.
     """
     configured = scoring.configured_weights(cfg)
     if not cfg.score.tune_on_validation:
@@ -120,6 +121,11 @@ def choose_weights(
         columns=["combo", "users"]
     )
     hybrid = picks["model"] == "hybrid"
+    mixed, next_curve = choose_next(picks[hybrid].iloc[0], tune, cfg)
+    if len(next_curve):
+        mlflow.log_text(next_curve.to_csv(index=False), "next_validation.csv")
+    for column, value in mixed.items():
+        picks.loc[hybrid, column] = value
     chosen, curve = choose_debias(picks[hybrid].iloc[0], tune, cfg)
     if len(curve):
         mlflow.log_text(curve.to_csv(index=False), "debias_validation.csv")
@@ -129,6 +135,40 @@ def choose_weights(
     for column, value in chosen.items():
         picks.loc[hybrid, column] = value
     return picks
+
+
+def choose_next(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float], pd.DataFrame]:
+    """The picked weights mixed with the what-came-next part at the share of
+    ``score.next_share_grid`` with the best validation NDCG (weights times 1 - s, ``next`` s);
+    unchanged unless a share beats the pick itself. Ties go to the smaller share. Returns the
+    weights with their validation NDCG and HR, and the curve tried."""
+    shares = sorted({float(s) for s in cfg.score.next_share_grid} - {0.0})
+    unchanged = {
+        **{part: float(pick[part]) for part in PARTS},
+        "validation_ndcg": float(pick["validation_ndcg"]),
+        "validation_hr": float(pick["validation_hr"]),
+    }
+    if not shares:
+        return unchanged, pd.DataFrame()
+    weights = {part: float(pick[part]) for part in PARTS}
+    grid = [with_next(weights, s) for s in shares]
+    with progress.working_on(f"what came next ({len(grid)} shares)"):
+        curve = tune(float(pick["recent_sharpness"]), grid).sort_values("combo")
+    curve = curve.assign(next_share=[shares[c] for c in curve["combo"]])
+    log.info(
+        "what came next on validation (the pick alone: ndcg %.4f):\n%s",
+        unchanged["validation_ndcg"],
+        curve[["next_share", "ndcg", "hr"]].to_string(index=False, float_format="%.4f"),
+    )
+    best = curve.sort_values(["ndcg", "next_share"], ascending=[False, True]).head(1)
+    if best.empty or float(best["ndcg"].iloc[0]) <= unchanged["validation_ndcg"]:
+        return unchanged, curve
+    row = best.iloc[0]
+    return {
+        **grid[int(row["combo"])],
+        "validation_ndcg": float(row["ndcg"]),
+        "validation_hr": float(row["hr"]),
+    }, curve
 
 
 def choose_debias(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float], pd.DataFrame]:

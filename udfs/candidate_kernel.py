@@ -63,7 +63,7 @@ def layout(
     """The raw parts as (users, slots) scores and where they are defined, the candidate mask,
     and each slot's pair row (-1 at padding).
 
-    ``pairs``: user_id, item_id, item_factors, item_embedding, cooc, recent, pop (votes null
+    ``pairs``: user_id, item_id, item_factors, item_embedding, cooc, recent, next, pop (votes null
     where the user's history cast none). ``users``: user_id, factors, embedding, has_history,
     has_text_history.
     """
@@ -94,6 +94,10 @@ def layout(
             matrix(recent_ok.to_numpy(bool), False),
         ),
         "pop": (matrix(pairs["pop"].fillna(0.0).to_numpy(np.float32)), candidates.copy()),
+        "next": (
+            matrix(pairs["next"].fillna(0.0).to_numpy(np.float32)),
+            matrix(has_history, False),
+        ),
     }
     return parts, candidates, pair_at, row
 
@@ -162,7 +166,12 @@ def _reasons(
     dominant = topk.dominant_parts(contributions, popular_share)
     reasons = np.array([topk.REASONS[p] for p in PARTS], dtype=object)[dominant]
     reason_items = np.full(len(picked), None, dtype=object)
-    sources = {"cooc": "cooc_from", "text": "recent_from", "recent": "recent_from"}
+    sources = {
+        "cooc": "cooc_from",
+        "text": "recent_from",
+        "recent": "recent_from",
+        "next": "next_from",
+    }
     for part, (prefix, fallback) in topk.NAMED_REASONS.items():
         source = sources[part]
         chosen = dominant == PARTS.index(part)

@@ -1,10 +1,11 @@
 """The hybrid scoring kernel: numpy over one block of users against the whole item catalog.
 
-Each part (ALS, co-occurrence, text, recent text, popularity) is scored for every (user, item) of
-the block, normalised per user over the candidate items (those the user has not interacted with in
-train), fused with weights, and reduced to the top K. A part a user or an item lacks (a cold user
-without ALS factors, an item without text) takes the user's average normalised value, so it neither
-helps nor hurts and the other parts decide: a cold user is ranked by text and popularity alone.
+Each part (ALS, co-occurrence, text, recent text, popularity, what came next) is scored for
+every (user, item) of the block, normalised per user over the candidate items (those the user
+has not interacted with in train), fused with weights, and reduced to the top K. A part a user
+or an item lacks (a cold user without ALS factors, an item without text) takes the user's
+average normalised value, so it neither helps nor hurts and the other parts decide: a cold user
+is ranked by text and popularity alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-PARTS = ("cf", "cooc", "text", "recent", "pop")
+PARTS = ("cf", "cooc", "text", "recent", "pop", "next")
+# The parts of the simplex weight grid searched on validation. ``next`` is mixed into the pick
+# afterwards at a few shares (``jobs.score.choose_next``): a sixth grid dimension would triple
+# the grid for a part that only helps where histories have an order worth following.
+GRID_PARTS = ("cf", "cooc", "text", "recent", "pop")
 # A weight set's key for the popularity de-biasing strength of its re-rank (``model_scores``).
 DEBIAS = "debias"
 REASONS = {
@@ -25,6 +30,7 @@ REASONS = {
     "text": "",  # filled with the most similar history item
     "recent": "",
     "pop": "popular",
+    "next": "",  # filled with the recent history item it most often came after
 }
 # How a neighbour part names the history item behind a recommendation, and what it says when
 # no history item can be named.
@@ -32,6 +38,7 @@ NAMED_REASONS = {
     "cooc": ("often had with ", "often had with your items"),
     "text": ("similar to ", "matches your reviews"),
     "recent": ("similar to ", "matches your reviews"),
+    "next": ("often had after ", "often had after your recent items"),
 }
 UNEXPLAINED = "ranked by the remaining signals"
 
@@ -50,6 +57,8 @@ class ItemCatalog:
     neighbour_sims: np.ndarray  # (n, m) their similarities, 0 at pads
     text_neighbours: np.ndarray  # (n, t) catalog indices of the closest items by text, -1 pads
     text_neighbour_sims: np.ndarray  # (n, t) their cosine similarities, 0 at pads
+    next_items: np.ndarray  # (n, s) catalog indices of the items most often had next, -1 pads
+    next_sims: np.ndarray  # (n, s) their normalised transition weights, 0 at pads
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -167,14 +176,16 @@ def signed_power(x: np.ndarray, exponent: float) -> np.ndarray:
     return np.copysign(result, x)
 
 
-def cooc_scores(history: np.ndarray, catalog: ItemCatalog, half_life: float) -> np.ndarray:
+def history_votes(
+    history: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, half_life: float
+) -> np.ndarray:
     """(rows, items): the similarity-weighted votes of each row's history items for their
-    co-occurrence neighbours, the newest history item weighted most (halving every
-    ``half_life`` items back)."""
+    ``neighbours`` (catalog rows, with ``sims``), the newest history item weighted most (halving
+    every ``half_life`` items back)."""
     items = np.maximum(history, 0)  # pads read item 0, weighted 0
     recency = np.where(history >= 0, 0.5 ** (np.arange(history.shape[1]) / half_life), 0.0)
-    votes = catalog.neighbour_sims[items] * recency[:, :, None]
-    return neighbour_votes(catalog.neighbours[items], votes, len(catalog))
+    votes = sims[items] * recency[:, :, None]
+    return neighbour_votes(neighbours[items], votes, sims.shape[0])
 
 
 def raw_parts(
@@ -185,12 +196,15 @@ def raw_parts(
     recent_sharpness: float = 1.0,
     cooc_half_life: float = 3.0,
     history_cap: int = 50,
+    next_items: int = 3,
+    next_half_life: float = 1.0,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per part, the raw (users, items) scores and where they are defined.
 
     ``cooc`` sums the co-occurrence neighbours of the user's recent items; ``text`` compares the
     user's own review vector with each item; ``recent`` compares the text vectors of the items
-    the user had most recently (what comes next tends to resemble what came last).
+    the user had most recently (what comes next tends to resemble what came last); ``next``
+    sums what other users had next after the user's ``next_items`` newest items.
     """
     n = len(block)
     user_cf, has_user_cf = stack_vectors(block["factors"], catalog.cf.shape[1])
@@ -201,7 +215,7 @@ def raw_parts(
     return {
         "cf": (user_cf @ catalog.cf.T, has_user_cf[:, None] & catalog.has_cf[None, :]),
         "cooc": (
-            cooc_scores(history, catalog, cooc_half_life),
+            history_votes(history, catalog.neighbours, catalog.neighbour_sims, cooc_half_life),
             np.broadcast_to(has_history[:, None], (n, len(catalog))).copy(),
         ),
         "text": (user_text @ catalog.text.T, has_user_text[:, None] & catalog.has_text[None, :]),
@@ -209,6 +223,12 @@ def raw_parts(
         "pop": (
             np.broadcast_to(catalog.pop, (n, len(catalog))).copy(),
             np.ones((n, len(catalog)), bool),
+        ),
+        "next": (
+            history_votes(
+                history[:, :next_items], catalog.next_items, catalog.next_sims, next_half_life
+            ),
+            np.broadcast_to(has_history[:, None], (n, len(catalog))).copy(),
         ),
     }
 
@@ -331,6 +351,13 @@ def debiased(weights: Mapping[str, float], strength: float) -> dict[str, float]:
     return {**weights, DEBIAS: strength}
 
 
+def with_next(weights: Mapping[str, float], share: float) -> dict[str, float]:
+    """Every part's weight times 1 - ``share``, and ``share`` on the what-came-next part: the
+    fused score mixed with that part, still on the simplex."""
+    mixed = {p: round((1 - share) * float(weights.get(p, 0.0)), 6) for p in PARTS}
+    return {**mixed, "next": round(share + mixed["next"], 6)}
+
+
 def model_scores(
     parts: Mapping[str, np.ndarray], weights: Mapping[str, float], ties: Callable[[], np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -407,7 +434,7 @@ def target_ranks(scores: np.ndarray, candidates: np.ndarray, target: np.ndarray)
     return better.sum(axis=1) + 1
 
 
-def weight_grid(step: float, parts: Sequence[str] = PARTS) -> list[dict[str, float]]:
+def weight_grid(step: float, parts: Sequence[str] = GRID_PARTS) -> list[dict[str, float]]:
     """Every weighting of ``parts`` on the simplex with the given step, pure signals included;
     parts not listed get 0."""
     n = round(1 / step)
@@ -438,6 +465,8 @@ def recommend_block(
     recent_half_life: float = 1.0,
     recent_sharpness: float = 1.0,
     cooc_half_life: float = 3.0,
+    next_items: int = 3,
+    next_half_life: float = 1.0,
     popular_share: float = 0.5,
     rerank_slots: int = 0,
 ) -> pd.DataFrame:
@@ -454,6 +483,8 @@ def recommend_block(
         recent_sharpness=recent_sharpness,
         cooc_half_life=cooc_half_life,
         history_cap=history_cap,
+        next_items=next_items,
+        next_half_life=next_half_life,
     )
     ties = cache(lambda: tie_break(block["user_id"].to_numpy(), catalog.ids))
     frames = []
@@ -464,7 +495,7 @@ def recommend_block(
         items = best[rows, ranks]
         contributions = part_contributions(parts, defined, weights, rows, items)
         reasons, reason_items = _reasons(
-            block, catalog, rows, items, contributions, history_cap, popular_share
+            block, catalog, rows, items, contributions, history_cap, next_items, popular_share
         )
         frames.append(
             pd.DataFrame(
@@ -479,6 +510,7 @@ def recommend_block(
                     "text_score": parts["text"][rows, items].astype(np.float64),
                     "recent_score": parts["recent"][rows, items].astype(np.float64),
                     "pop_score": parts["pop"][rows, items].astype(np.float64),
+                    "next_score": parts["next"][rows, items].astype(np.float64),
                     "reason": reasons,
                     "reason_item_id": reason_items,
                 }
@@ -534,11 +566,13 @@ def _reasons(
     items: np.ndarray,
     contributions: np.ndarray,
     history: int,
+    next_items: int,
     popular_share: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A short why per recommendation: the part that explains it (``dominant_parts``), and for
-    a text or co-occurrence part the user's closest recent history item, named in the text and
-    returned as an id of its own (so an analyst joins it to a title without parsing the text)."""
+    a text, co-occurrence or what-came-next part the user's closest recent history item, named
+    in the text and returned as an id of its own (so an analyst joins it to a title without
+    parsing the text)."""
     dominant = dominant_parts(contributions, popular_share)
     reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
     reasons[np.isneginf(contributions.max(axis=1))] = UNEXPLAINED
@@ -555,18 +589,23 @@ def _reasons(
             catalog,
             *NAMED_REASONS["text"],
         )
-    is_cooc = dominant == PARTS.index("cooc")
-    if is_cooc.any():
-        # How similar each history item is to the recommended one, from its neighbour list.
-        listed = catalog.neighbours[known[is_cooc]] == items[is_cooc][:, None, None]
-        sims = np.where(listed, catalog.neighbour_sims[known[is_cooc]], -np.inf).max(
-            axis=2, initial=-np.inf
-        )
-        reasons[is_cooc], reason_items[is_cooc] = _name_closest(
-            history_idx[is_cooc],
-            np.where(history_idx[is_cooc] >= 0, sims, -np.inf),
+    listed_parts = (
+        ("cooc", history_idx, catalog.neighbours, catalog.neighbour_sims),
+        ("next", history_idx[:, :next_items], catalog.next_items, catalog.next_sims),
+    )
+    for part, voters, neighbours, neighbour_sims in listed_parts:
+        chosen = dominant == PARTS.index(part)
+        if not chosen.any():
+            continue
+        # How strongly each history item voted for the recommended one, from its list.
+        voter = np.maximum(voters[chosen], 0)
+        listed = neighbours[voter] == items[chosen][:, None, None]
+        sims = np.where(listed, neighbour_sims[voter], -np.inf).max(axis=2, initial=-np.inf)
+        reasons[chosen], reason_items[chosen] = _name_closest(
+            voters[chosen],
+            np.where(voters[chosen] >= 0, sims, -np.inf),
             catalog,
-            *NAMED_REASONS["cooc"],
+            *NAMED_REASONS[part],
         )
     return reasons, reason_items
 

@@ -34,6 +34,7 @@ TINY_SETTINGS = {
         "recent_sharpness_grid": [1.0],
         "k": 5,
         "debias_grid": [0.0, 1.0],
+        "next_share_grid": [0.0, 0.1],
     },
     # One point per baseline grid: these runs test the platform, not the picks.
     "evaluate": {"k": 5, "ease": {"l2_grid": [10.0]}, "item_knn": {"neighbours_grid": [10]}},

@@ -19,6 +19,7 @@ from hybridrec.constants import METRICS, MODELS, RECOMMENDATIONS, SPLIT_COL, TES
 from hybridrec.folds import history
 from hybridrec.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
+from udfs.topk import PARTS
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,7 @@ def test_with_every_item_a_candidate_the_ranking_is_full_ranking(spark, built):
     same_item = (full_rows["item_id"] == over_rows["item_id"]).mean()
     assert same_item >= 0.97, same_item
     assert (full_rows["score"] - over_rows["score"]).abs().max() < 1e-3
-    for part in ("cf_score", "cooc_score", "text_score", "recent_score", "pop_score"):
+    for part in [f"{p}_score" for p in PARTS]:
         both = full_rows["item_id"] == over_rows["item_id"]
         gap = (full_rows.loc[both, part] - over_rows.loc[both, part]).abs().max()
         assert gap < 1e-3, part

@@ -14,6 +14,7 @@ from hybridrec.constants import MODELS
 from hybridrec.tables import Warehouse
 from hybridrec.tracking import RUN_ID_TAG, tracking_uri
 from pipelines.end_to_end import run_pipeline
+from udfs.topk import PARTS
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +114,16 @@ def test_item_neighbours_are_built_per_fold(e2e):
     assert neighbours.where("item_id = neighbour_id or similarity <= 0").count() == 0
 
 
+def test_item_transitions_are_built_per_fold(e2e):
+    cfg, warehouse, results = e2e
+    after = warehouse.read("item_transitions")
+    assert after.count() == results["als"]["item_transitions"] > 0
+    per_item = after.groupBy("fold", "item_id").count().toPandas()
+    assert set(per_item["fold"]) == {"validation", "test"}
+    assert per_item["count"].max() <= cfg.transitions.neighbours
+    assert after.where("item_id = neighbour_id or similarity <= 0").count() == 0
+
+
 def test_text_neighbours_are_every_text_item_s_closest_per_fold(e2e):
     cfg, warehouse, results = e2e
     closest = warehouse.read("item_text_neighbours")
@@ -166,7 +177,7 @@ def test_recommendations_are_top_k_unseen_items(e2e):
         .iloc[0]
     )
     assert weights["recent_sharpness"] in cfg.score.recent_sharpness_grid
-    fused = sum(weights[p] * rows[f"{p}_score"] for p in ("cf", "cooc", "text", "recent", "pop"))
+    fused = sum(weights[p] * rows[f"{p}_score"] for p in PARTS)
     np.testing.assert_allclose(rows["score"], fused, rtol=1e-4, atol=1e-5)
 
 
@@ -175,7 +186,7 @@ def test_metrics_hold_every_model(e2e):
     metrics = warehouse.read("metrics").where(F.col("run_id") == RUN_ID).toPandas()
     assert set(metrics["model"]) == set(MODELS)
     expected = {"ndcg", "hr", "precision", "recall", "map", "coverage", "diversity", "novelty"}
-    reasons = {f"reason_{kind}" for kind in ("cf", "cooc", "text", "pop", "none")}
+    reasons = {f"reason_{kind}" for kind in ("cf", "cooc", "text", "next", "pop", "none")}
     for model in MODELS:
         extra = reasons if model == "hybrid" else set()
         assert set(metrics.loc[metrics["model"] == model, "metric"]) == expected | extra

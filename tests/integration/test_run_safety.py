@@ -34,6 +34,7 @@ TINY = [
     "score.k=5",
     "evaluate.k=5",
     "score.debias_grid=[0.0, 1.0]",
+    "score.next_share_grid=[0.0, 0.1]",
     "evaluate.ease.l2_grid=[10.0]",
     "evaluate.item_knn.neighbours_grid=[10]",
     "embed.text_neighbours=10",
@@ -51,6 +52,7 @@ TABLES = (
     "als_user_factors",
     "als_item_factors",
     "item_neighbours",
+    "item_transitions",
     "recommendations",
     "metrics",
 )

@@ -20,7 +20,7 @@ def test_recent_history_orders_like_full_ranking_and_skips_items_outside_the_cat
         "user_id string, item_id string, event_ts string, split string",
     ).selectExpr("user_id", "item_id", "cast(event_ts as timestamp) as event_ts", "split")
     items = spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], "item_id string")
-    tables = candidates.FoldTables(interactions, items, *[None] * 7)
+    tables = candidates.FoldTables(interactions, items, *[None] * 8)
 
     rows = candidates.recent_history(tables, "validation", 10).orderBy("user_id", "pos").collect()
 

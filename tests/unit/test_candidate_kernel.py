@@ -11,8 +11,14 @@ import pytest
 from udfs import candidate_kernel, topk
 
 N_ITEMS, RANK, DIM, NEIGHBOURS = 40, 4, 8, 6
-SETTINGS = {"recent_half_life": 1.0, "recent_sharpness": 3.0, "cooc_half_life": 2.0}
-WEIGHTS = {"cf": 0.3, "cooc": 0.2, "text": 0.2, "recent": 0.2, "pop": 0.1}
+SETTINGS = {
+    "recent_half_life": 1.0,
+    "recent_sharpness": 3.0,
+    "cooc_half_life": 2.0,
+    "next_items": 2,
+    "next_half_life": 1.0,
+}
+WEIGHTS = {"cf": 0.3, "cooc": 0.2, "text": 0.2, "recent": 0.1, "pop": 0.1, "next": 0.1}
 
 
 def unit(rng, rows, dim):
@@ -43,6 +49,8 @@ def world():
         neighbour_sims=rng.random((N_ITEMS, NEIGHBOURS)).astype(np.float32),
         text_neighbours=text_idx,
         text_neighbour_sims=text_sims,
+        next_items=rng.integers(0, N_ITEMS, (N_ITEMS, NEIGHBOURS)),
+        next_sims=rng.random((N_ITEMS, NEIGHBOURS)).astype(np.float32),
     )
     users = 7
     seen = [list(rng.choice(N_ITEMS, rng.integers(1, 6), replace=False)) for _ in range(users)]
@@ -63,7 +71,15 @@ def world():
 def as_candidates(catalog, block, keep=None):
     """Every unseen item of each user as a candidate pair, with the votes Spark would sum."""
     history = topk.padded_history(block["seen"], 50)
-    cooc = topk.cooc_scores(history, catalog, SETTINGS["cooc_half_life"])
+    cooc = topk.history_votes(
+        history, catalog.neighbours, catalog.neighbour_sims, SETTINGS["cooc_half_life"]
+    )
+    after = topk.history_votes(
+        history[:, : SETTINGS["next_items"]],
+        catalog.next_items,
+        catalog.next_sims,
+        SETTINGS["next_half_life"],
+    )
     recent, has_recent = topk.recent_similarity(
         history, catalog, SETTINGS["recent_half_life"], SETTINGS["recent_sharpness"]
     )
@@ -83,6 +99,8 @@ def as_candidates(catalog, block, keep=None):
                     "cooc_from": None,
                     "recent": recent[u, i] if recent[u, i] else None,
                     "recent_from": None,
+                    "next": after[u, i] if after[u, i] else None,
+                    "next_from": None,
                 }
             )
     users = block.assign(

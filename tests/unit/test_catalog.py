@@ -74,11 +74,11 @@ def test_recommendations_explained_names_both_titles(spark, warehouse):
     )
     warehouse.write(items, "items")
     recs = spark.createDataFrame(
-        [("u", 1, "b", 0.9, 0.1, 0.2, 0.3, 0.4, 0.5, "similar to a", "a"),
-         ("u", 2, "a", 0.5, 0.1, 0.2, 0.3, 0.4, 0.5, "popular", None)],
+        [("u", 1, "b", 0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, "similar to a", "a"),
+         ("u", 2, "a", 0.5, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, "popular", None)],
         "user_id string, rank int, item_id string, score double, cf_score double, "
         "cooc_score double, text_score double, recent_score double, pop_score double, "
-        "reason string, reason_item_id string",
+        "next_score double, reason string, reason_item_id string",
     )  # fmt: skip
     warehouse.write(recs, "recommendations")
 

@@ -42,6 +42,7 @@ def test_defaults_come_from_base_yaml():
         "text": 0.1,
         "recent": 0.5,
         "pop": 0.0,
+        "next": 0.0,
     }
     assert cfg.cooc.time_scale_days == 30.0
     assert cfg.ingest.event_types == ["rating", "review", "click", "purchase"]

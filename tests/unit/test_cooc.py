@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from hybridrec.constants import TEST, TRAIN, VALIDATION
-from hybridrec.cooc import item_neighbours
+from hybridrec.cooc import item_neighbours, item_transitions
 
 T0 = 1_700_000_000
 DAY = 86_400
@@ -109,3 +109,51 @@ def test_catalog_holds_neighbours_as_padded_index_arrays_best_first(spark):
     assert catalog.ids.tolist() == ["a", "b", "c"]
     assert catalog.neighbours.tolist() == [[1, 2], [0, -1], [-1, -1]]
     np.testing.assert_allclose(catalog.neighbour_sims, [[0.9, 0.2], [0.9, 0.0], [0.0, 0.0]])
+
+
+# u1 had a, b, c in that order; u2 a then c; u3 b then a (and d, held out for validation).
+ORDERED = [
+    ("u1", "a", 0, TRAIN),
+    ("u1", "b", 1, TRAIN),
+    ("u1", "c", 2, TRAIN),
+    ("u2", "a", 0, TRAIN),
+    ("u2", "c", 1, TRAIN),
+    ("u3", "b", 0, TRAIN),
+    ("u3", "a", 1, TRAIN),
+    ("u3", "d", 2, VALIDATION),
+]
+
+
+def test_transitions_are_directed_place_weighted_and_normalised(spark):
+    interactions = _interactions(spark, ORDERED)
+
+    sims = _similarities(item_transitions(interactions, VALIDATION, window=2, neighbours=10))
+
+    # Weights: a->b 1 (u1), a->c .5 (u1, two places on) + 1 (u2), b->c 1, b->a 1 (u3).
+    # Outgoing a 2.5, b 2; incoming b 1, c 2.5, a 1.
+    assert sims == pytest.approx(
+        {
+            ("a", "b"): 1 / math.sqrt(2.5 * 1),
+            ("a", "c"): 1.5 / math.sqrt(2.5 * 2.5),
+            ("b", "c"): 1 / math.sqrt(2 * 2.5),
+            ("b", "a"): 1 / math.sqrt(2 * 1),
+        }
+    )
+    # Nothing came after c, and d is held out of the validation fold's history.
+    assert not {pair for pair in sims if pair[0] in ("c", "d") or pair[1] == "d"}
+
+
+def test_transitions_window_neighbours_and_folds(spark):
+    interactions = _interactions(spark, ORDERED)
+
+    one_place = _similarities(item_transitions(interactions, VALIDATION, window=1, neighbours=10))
+    best_only = _similarities(item_transitions(interactions, VALIDATION, window=2, neighbours=1))
+    test_fold = item_transitions(interactions, TEST, window=1, neighbours=10)
+
+    # Within one place, u1's a->c (two places on) no longer counts: only u2's.
+    assert one_place[("a", "c")] == pytest.approx(1 / math.sqrt(2 * 2))
+    # Each item keeps its one most frequent successor.
+    assert set(best_only) == {("a", "b"), ("b", "a")}
+    # The test fold's history has the validation split: u3 had d after a.
+    assert ("a", "d") in _similarities(test_fold)
+    assert set(test_fold.select("fold").distinct().toPandas()["fold"]) == {TEST}

@@ -16,6 +16,7 @@ PICK = pd.Series(
         "text": 0.0,
         "recent": 0.4,
         "pop": 0.2,
+        "next": 0.0,
         "recent_sharpness": 40.0,
         "validation_ndcg": 0.500,
         "validation_hr": 0.700,

@@ -455,6 +455,7 @@ def test_reason_shares_count_each_kind_within_the_top_k(spark):
         ("hybrid", "u1", 1, "a", "liked by similar users"),
         ("hybrid", "u1", 2, "b", "often had with x"),
         ("hybrid", "u1", 3, "c", "similar to y"),
+        ("hybrid", "u1", 4, "h", "often had after z"),
         ("hybrid", "u2", 1, "a", "matches your reviews"),
         ("hybrid", "u2", 2, "d", "popular"),
         ("hybrid", "u2", 3, "e", "ranked by the remaining signals"),
@@ -467,9 +468,10 @@ def test_reason_shares_count_each_kind_within_the_top_k(spark):
     )
     shares = _values(evaluation.reason_shares(recs, 4))
     assert shares == {
-        ("hybrid", "reason_cf"): pytest.approx(1 / 7),
-        ("hybrid", "reason_cooc"): pytest.approx(2 / 7),
-        ("hybrid", "reason_text"): pytest.approx(2 / 7),
-        ("hybrid", "reason_pop"): pytest.approx(1 / 7),
-        ("hybrid", "reason_none"): pytest.approx(1 / 7),
+        ("hybrid", "reason_cf"): pytest.approx(1 / 8),
+        ("hybrid", "reason_cooc"): pytest.approx(2 / 8),
+        ("hybrid", "reason_text"): pytest.approx(2 / 8),
+        ("hybrid", "reason_next"): pytest.approx(1 / 8),
+        ("hybrid", "reason_pop"): pytest.approx(1 / 8),
+        ("hybrid", "reason_none"): pytest.approx(1 / 8),
     }

@@ -40,7 +40,7 @@ def test_without_a_score_run_the_configured_weights_are_used(settings):
     picked = picked_weights(_Warehouse(), settings)
     assert set(picked) == {"hybrid", "text"}
     assert picked["hybrid"] == {
-        "weights": {"cf": 0.4, "cooc": 0.1, "text": 0.2, "recent": 0.2, "pop": 0.1},
+        "weights": {"cf": 0.4, "cooc": 0.1, "text": 0.2, "recent": 0.2, "pop": 0.1, "next": 0.0},
         "sharpness": 7.0,
         "debias": 0.0,
     }
@@ -56,6 +56,7 @@ def test_a_picked_row_replaces_its_model_only(spark, settings):
         "recent_sharpness double, debias double",
     )
     picked = picked_weights(_Warehouse(table), settings)
-    # A missing sharpness falls back to the configured one; the text row was not picked.
+    # A missing sharpness falls back to the configured one, a part the snapshot lacks (next) is
+    # unweighted; the text row was not picked.
     assert picked["hybrid"] == {"weights": row, "sharpness": 7.0, "debias": 0.3}
     assert picked["text"]["weights"] == BASELINE_WEIGHTS["text"]

@@ -11,8 +11,8 @@ from udfs.topk import (
     TIE_BREAK,
     ItemCatalog,
     closest_items,
-    cooc_scores,
     dominant_parts,
+    history_votes,
     normalise,
     padded_history,
     ragged_mask,
@@ -26,6 +26,7 @@ from udfs.topk import (
     tie_break,
     top_k,
     weight_grid,
+    with_next,
 )
 
 HYBRID = {"cf": 0.6, "text": 0.3, "pop": 0.1}
@@ -218,8 +219,24 @@ def test_weight_grid_size_and_every_point_sums_to_one(step, size):
     for weights in grid:
         assert sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
         assert min(weights.values()) >= 0.0
-    assert {"cf": 1.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 0.0} in grid
-    assert {"cf": 0.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0} in grid
+    assert {"cf": 1.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 0.0, "next": 0.0} in grid
+    assert {"cf": 0.0, "cooc": 0.0, "text": 0.0, "recent": 0.0, "pop": 1.0, "next": 0.0} in grid
+    # The what-came-next part is mixed in after the grid's pick, never searched in it.
+    assert all(w["next"] == 0.0 for w in grid)
+
+
+def test_with_next_scales_every_weight_and_stays_on_the_simplex():
+    mixed = with_next({"cf": 0.5, "cooc": 0.3, "pop": 0.2}, 0.1)
+
+    assert mixed == {
+        "cf": 0.45,
+        "cooc": 0.27,
+        "text": 0.0,
+        "recent": 0.0,
+        "pop": 0.18,
+        "next": 0.1,
+    }
+    assert sum(mixed.values()) == pytest.approx(1.0)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -266,6 +283,8 @@ def _catalog(*, e_has_text: bool = True) -> ItemCatalog:
             ),
             text_neighbours=np.full((5, 0), -1),
             text_neighbour_sims=np.zeros((5, 0), np.float32),
+            next_items=np.full((5, 0), -1),
+            next_sims=np.zeros((5, 0), np.float32),
         ),
         4,
     )
@@ -558,7 +577,8 @@ def test_recent_only_model_ranks_by_similarity_to_the_newest_item():
 def test_cooc_scores_sum_neighbour_similarities_weighted_by_recency():
     history = np.array([[1, 0], [2, -1], [-1, -1]])  # b (newest) then a; c only; nothing
 
-    scores = cooc_scores(history, _catalog(), half_life=1.0)
+    catalog = _catalog()
+    scores = history_votes(history, catalog.neighbours, catalog.neighbour_sims, half_life=1.0)
 
     # Row 0: b votes a .5, e .4 (weight 1); a votes d .9, b .5 (weight .5).
     np.testing.assert_allclose(scores[0], [0.5, 0.25, 0.0, 0.45, 0.4], rtol=1e-6)
@@ -571,7 +591,9 @@ def test_catalog_without_neighbours_gives_zero_cooc_scores():
     catalog.neighbours = np.full((5, 0), -1)
     catalog.neighbour_sims = np.zeros((5, 0), np.float32)
 
-    scores = cooc_scores(np.array([[1, 0]]), catalog, half_life=1.0)
+    scores = history_votes(
+        np.array([[1, 0]]), catalog.neighbours, catalog.neighbour_sims, half_life=1.0
+    )
 
     np.testing.assert_array_equal(scores, np.zeros((1, 5)))
 
@@ -595,6 +617,50 @@ def test_cooc_model_ranks_neighbours_of_recent_items_and_names_the_partner():
     assert warm["item_id"].iloc[0] == "d"
     assert warm["reason"].iloc[0] == "often had with c"
     np.testing.assert_allclose(cold["score"], cold["cooc_score"], rtol=1e-6)
+
+
+def _with_transitions(catalog: ItemCatalog) -> ItemCatalog:
+    """What came next: after b, e (.5) and c (.3); after a, c (.9); after c, a (.6)."""
+    catalog.next_items = np.array([[2, -1], [4, 2], [0, -1], [-1, -1], [-1, -1]])
+    catalog.next_sims = np.array(
+        [[0.9, 0.0], [0.5, 0.3], [0.6, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=np.float32
+    )
+    return catalog
+
+
+@pytest.mark.parametrize(
+    ("next_items", "cold_order", "cold_reasons"),
+    [
+        # Only b (newest) votes: e .5, c .3, d 0.
+        (1, ["e", "c", "d"], ["often had after b", "often had after b"]),
+        # b votes e .5, c .3 at weight 1; a votes c .9 at weight .5: c .75, e .5. a cast the
+        # larger vote for c, so a is named.
+        (2, ["c", "e", "d"], ["often had after a", "often had after b"]),
+    ],
+)
+def test_next_model_sums_what_came_after_the_newest_items_and_names_the_one_before(
+    next_items, cold_order, cold_reasons
+):
+    recs = recommend_block(
+        _block(),
+        _with_transitions(_catalog()),
+        {"next": {"next": 1.0}},
+        k=3,
+        method="minmax",
+        history_cap=50,
+        next_items=next_items,
+        next_half_life=1.0,
+    )
+    cold = recs[recs["user_id"] == "cold"]
+    warm = recs[recs["user_id"] == "warm"]
+
+    assert cold["item_id"].tolist() == cold_order
+    assert cold["reason"].tolist()[:2] == cold_reasons
+    assert cold["reason_item_id"].tolist()[:2] == [r[-1] for r in cold_reasons]
+    np.testing.assert_allclose(cold["score"], cold["next_score"], rtol=1e-6)
+    # Warm had c, after which a came: directed, so d (had with c, never after it) is not named.
+    assert warm["item_id"].iloc[0] == "a"
+    assert warm["reason"].iloc[0] == "often had after c"
 
 
 def _contributions(**parts: float) -> np.ndarray:
