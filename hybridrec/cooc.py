@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from hybridrec.constants import FOLD_COL, ITEM_COL, TS_COL, USER_COL
 from hybridrec.folds import history
+from hybridrec.nearest import keep_best
 
 NEIGHBOUR_COL = "neighbour_id"
 SECONDS_PER_DAY = 86_400.0
@@ -129,19 +130,14 @@ def item_transitions(
     )
     out_weight = F.sum("_w").over(Window.partitionBy(ITEM_COL))
     in_weight = F.sum("_w").over(Window.partitionBy(NEIGHBOUR_COL))
-    best_first = Window.partitionBy(ITEM_COL).orderBy(
-        F.col("similarity").desc(), F.col(NEIGHBOUR_COL)
+    similarity = weights.select(
+        ITEM_COL,
+        NEIGHBOUR_COL,
+        (
+            F.col("_w")
+            / F.sqrt(F.greatest(out_weight, F.lit(1.0)) * F.greatest(in_weight, F.lit(1.0)))
+        ).alias("similarity"),
     )
-    return (
-        weights.withColumn("_out", F.greatest(out_weight, F.lit(1.0)))
-        .withColumn("_in", F.greatest(in_weight, F.lit(1.0)))
-        .select(
-            ITEM_COL,
-            NEIGHBOUR_COL,
-            (F.col("_w") / F.sqrt(F.col("_out") * F.col("_in"))).alias("similarity"),
-        )
-        .withColumn(RANK_COL, F.row_number().over(best_first))
-        .where(F.col(RANK_COL) <= neighbours)
-        .drop(RANK_COL)
-        .withColumn(FOLD_COL, F.lit(fold))
+    return keep_best(similarity, ITEM_COL, NEIGHBOUR_COL, "similarity", neighbours).withColumn(
+        FOLD_COL, F.lit(fold)
     )

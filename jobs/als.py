@@ -160,39 +160,27 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         ALS_ITEM_FACTORS,
         partition_by=[FOLD_COL],
     )
-    results["item_neighbours"] = warehouse.write(
-        reduce(
-            DataFrame.unionByName,
-            [
-                cooc.item_neighbours(
-                    interactions,
-                    fold,
-                    history_items=cfg.cooc.history_items,
-                    time_scale_days=cfg.cooc.time_scale_days,
-                    neighbours=cfg.cooc.neighbours,
-                )
-                for fold in (VALIDATION, TEST)
-            ],
+    item_lists = {
+        ITEM_NEIGHBOURS: lambda fold: cooc.item_neighbours(
+            interactions,
+            fold,
+            history_items=cfg.cooc.history_items,
+            time_scale_days=cfg.cooc.time_scale_days,
+            neighbours=cfg.cooc.neighbours,
         ),
-        ITEM_NEIGHBOURS,
-        partition_by=[FOLD_COL],
-    )
-    results["item_transitions"] = warehouse.write(
-        reduce(
-            DataFrame.unionByName,
-            [
-                cooc.item_transitions(
-                    interactions,
-                    fold,
-                    window=cfg.transitions.window,
-                    neighbours=cfg.transitions.neighbours,
-                )
-                for fold in (VALIDATION, TEST)
-            ],
+        ITEM_TRANSITIONS: lambda fold: cooc.item_transitions(
+            interactions,
+            fold,
+            window=cfg.transitions.window,
+            neighbours=cfg.transitions.neighbours,
         ),
-        ITEM_TRANSITIONS,
-        partition_by=[FOLD_COL],
-    )
+    }
+    for table, build in item_lists.items():
+        results[table] = warehouse.write(
+            reduce(DataFrame.unionByName, [build(fold) for fold in (VALIDATION, TEST)]),
+            table,
+            partition_by=[FOLD_COL],
+        )
     if cfg.mlflow.log_model:
         tracking.log_spark_model(
             cf.scoring_pipeline(test_model, test_data.users, test_data.items),

@@ -104,24 +104,17 @@ def test_als_factors_cover_each_folds_history(e2e):
     assert len(factors.first().factors) == results["als"]["chosen_rank"]
 
 
-def test_item_neighbours_are_built_per_fold(e2e):
+@pytest.mark.parametrize(
+    ("table", "section"), [("item_neighbours", "cooc"), ("item_transitions", "transitions")]
+)
+def test_item_lists_are_built_per_fold(e2e, table, section):
     cfg, warehouse, results = e2e
-    neighbours = warehouse.read("item_neighbours")
-    assert neighbours.count() == results["als"]["item_neighbours"] > 0
-    per_item = neighbours.groupBy("fold", "item_id").count().toPandas()
+    lists = warehouse.read(table)
+    assert lists.count() == results["als"][table] > 0
+    per_item = lists.groupBy("fold", "item_id").count().toPandas()
     assert set(per_item["fold"]) == {"validation", "test"}
-    assert per_item["count"].max() <= cfg.cooc.neighbours
-    assert neighbours.where("item_id = neighbour_id or similarity <= 0").count() == 0
-
-
-def test_item_transitions_are_built_per_fold(e2e):
-    cfg, warehouse, results = e2e
-    after = warehouse.read("item_transitions")
-    assert after.count() == results["als"]["item_transitions"] > 0
-    per_item = after.groupBy("fold", "item_id").count().toPandas()
-    assert set(per_item["fold"]) == {"validation", "test"}
-    assert per_item["count"].max() <= cfg.transitions.neighbours
-    assert after.where("item_id = neighbour_id or similarity <= 0").count() == 0
+    assert per_item["count"].max() <= cfg[section].neighbours
+    assert lists.where("item_id = neighbour_id or similarity <= 0").count() == 0
 
 
 def test_text_neighbours_are_every_text_item_s_closest_per_fold(e2e):
