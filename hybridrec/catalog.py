@@ -44,10 +44,15 @@ EXPLAINED = "recommendations_explained"
 
 @dataclass(frozen=True)
 class TableDoc:
+    """A table's description and its columns' meanings. Each column's must fit the Hive
+    metastore's 256 characters (``COLUMN_MAX``): Spark registers a table with a longer one in a
+    format only Spark reads, after logging the metastore's failure."""
+
     description: str
     columns: dict[str, str]
 
 
+COLUMN_MAX = 256
 RUN_ID = "the run that wrote this row's snapshot (a row of runs); partition column"
 FOLD = (
     "validation: fitted on train, judged on validation (tuning); test: refitted on train + "
@@ -240,10 +245,10 @@ TABLES: dict[str, TableDoc] = {
         "Every model's metrics at K on the test split",
         {
             "model": "hybrid, als, cooc, text, popularity, ease or item_knn",
-            "metric": "ndcg, hr, precision, recall, map (0-1, per test user, averaged); coverage "
-            "(share of catalog recommended, 0-1), diversity (mean 1 - cosine within a list, "
-            "0-2), novelty (mean -log2 popularity, bits); reason_<kind> (share of the hybrid's "
-            "top-K explained by cf, cooc, text, next, pop or none)",
+            "metric": "ndcg, hr, precision, recall, map (0-1, mean per test user); coverage "
+            "(catalog share), diversity (mean 1 - cosine in a list, 0-2), novelty (mean -log2 "
+            "popularity, bits); reason_<kind>: share of the hybrid's top-K explained by cf, "
+            "cooc, text, next, pop, none",
             "k": "list length the metric is cut at",
             "value": "the metric's value",
             "segment": "all test users, sparse_users (fewest history items) or tail_items "

@@ -89,6 +89,16 @@ def test_recommendations_explained_names_both_titles(spark, warehouse):
     ]
 
 
+def test_every_column_meaning_fits_the_metastore():
+    too_long = {
+        (table, column): len(meaning)
+        for table, doc in catalog.TABLES.items()
+        for column, meaning in doc.columns.items()
+        if len(meaning) > catalog.COLUMN_MAX
+    }
+    assert not too_long
+
+
 def test_the_readme_lists_the_dictionarys_tables():
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- tables:begin -->\n(.*?)<!-- tables:end -->", text, re.S)
