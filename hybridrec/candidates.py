@@ -434,10 +434,10 @@ def tune_ranks(
     return _cogroup(_pair_rows(tables, pairs, groups), user_rows).applyInPandas(rank, schema)
 
 
-def summarise(ranks: DataFrame, k: int) -> DataFrame:
+def summarise(ranks: DataFrame, k: int, *, paired: bool = False) -> DataFrame:
     """``scoring.summarise_ranks`` plus candidate_recall: the share of users whose held-out
     item was among their candidates (the same in every row; no weighting can reach more)."""
     found = ranks.groupBy("combo").agg(
         F.avg((F.col("target_rank") < MISS_RANK).cast("double")).alias("candidate_recall")
     )
-    return scoring.summarise_ranks(ranks, k).join(found, "combo")
+    return scoring.summarise_ranks(ranks, k, paired=paired).join(found, "combo")

@@ -144,6 +144,7 @@ RANGES: dict[str, Bounds] = {
     "score.cooc_half_life": POSITIVE,
     "score.next_items": COUNT,
     "score.next_half_life": POSITIVE,
+    "score.next_confidence": Bounds(0, 1, high_open=True),
     "score.weight_grid_step": Bounds(0, 1, low_open=True),
     "score.user_block_rows": COUNT,
     "score.tune_max_users": COUNT,

@@ -397,9 +397,11 @@ def tune(
     cfg: Config,
     *,
     recent_sharpness: float | None = None,
+    paired: bool = False,
 ) -> DataFrame:
     """Per weight set of ``grid``: NDCG@K and HR@K of the held-out target, one row per set (the
-    target ranked in the re-ranked list where the set has a de-biasing strength)."""
+    target ranked in the re-ranked list where the set has a de-biasing strength); ``paired``
+    adds each set's NDCG gain over the first (``summarise_ranks``)."""
     grid = [dict(w) for w in grid]
     settings = kernel_settings(cfg, recent_sharpness)
     ranks = _map_user_blocks(
@@ -411,14 +413,32 @@ def tune(
             block, items, grid, **_rerank_settings(cfg), **settings
         ),
     )
-    return summarise_ranks(ranks, cfg.score.k)
+    return summarise_ranks(ranks, cfg.score.k, paired=paired)
 
 
-def summarise_ranks(ranks: DataFrame, k: int) -> DataFrame:
-    """combo, ndcg, hr, users: NDCG@k and HR@k of the targets' ranks per weight set."""
+def summarise_ranks(ranks: DataFrame, k: int, *, paired: bool = False) -> DataFrame:
+    """combo, ndcg, hr, users: NDCG@k and HR@k of the targets' ranks per weight set.
+
+    ``paired`` adds ndcg_gain and ndcg_gain_se: the mean over users of each set's NDCG less
+    combo 0's for the same user, and its standard error. Each user's row of every set meets
+    its combo-0 row: meant for a few sets, not the whole weight grid.
+    """
     hit = F.col("target_rank") <= k
-    return ranks.groupBy("combo").agg(
-        F.avg(F.when(hit, 1.0 / F.log2(F.col("target_rank") + 1)).otherwise(0.0)).alias("ndcg"),
+    scored = ranks.withColumn(
+        "_ndcg", F.when(hit, 1.0 / F.log2(F.col("target_rank") + 1)).otherwise(0.0)
+    )
+    summaries = [
+        F.avg("_ndcg").alias("ndcg"),
         F.avg(F.when(hit, 1.0).otherwise(0.0)).alias("hr"),
         F.count(F.lit(1)).alias("users"),
-    )
+    ]
+    if paired:
+        first = scored.where(F.col("combo") == 0).select(USER_COL, F.col("_ndcg").alias("_first"))
+        scored = scored.join(first, USER_COL).withColumn("_gain", F.col("_ndcg") - F.col("_first"))
+        summaries += [
+            F.avg("_gain").alias("ndcg_gain"),
+            F.coalesce(F.stddev_samp("_gain") / F.sqrt(F.count(F.lit(1))), F.lit(0.0)).alias(
+                "ndcg_gain_se"
+            ),
+        ]
+    return scored.groupBy("combo").agg(*summaries)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from statistics import NormalDist
 
 import mlflow
 import pandas as pd
@@ -39,11 +40,13 @@ def _candidate_tuner(warehouse: Warehouse, cfg: Config, grid: list[dict[str, flo
     that were candidates) in each row."""
     tables = candidates.load_fold(warehouse, cfg, VALIDATION)
 
-    def tune(sharpness: float, points: list[dict[str, float]] = grid) -> pd.DataFrame:
+    def tune(
+        sharpness: float, points: list[dict[str, float]] = grid, *, paired: bool = False
+    ) -> pd.DataFrame:
         ranks = candidates.tune_ranks(
             tables, VALIDATION, points, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
         )
-        tuned = candidates.summarise(ranks, cfg.score.k).toPandas()
+        tuned = candidates.summarise(ranks, cfg.score.k, paired=paired).toPandas()
         if len(tuned):
             log.info(
                 "candidate recall on validation (recent sharpness %g): %.4f of %d users",
@@ -79,8 +82,12 @@ def choose_weights(
         users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
         users = scoring.tuning_sample(users, cfg.score.tune_max_users).cache()
 
-        def tune(p: float, points: list[dict[str, float]] = grid) -> pd.DataFrame:
-            return scoring.tune(users, catalog, points, cfg, recent_sharpness=p).toPandas()
+        def tune(
+            p: float, points: list[dict[str, float]] = grid, *, paired: bool = False
+        ) -> pd.DataFrame:
+            return scoring.tune(
+                users, catalog, points, cfg, recent_sharpness=p, paired=paired
+            ).toPandas()
 
     frames = []
     for i, p in enumerate(sharpness_grid):
@@ -139,9 +146,12 @@ def choose_weights(
 
 def choose_next(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float], pd.DataFrame]:
     """The picked weights mixed with the what-came-next part at the share of
-    ``score.next_share_grid`` with the best validation NDCG (weights times 1 - s, ``next`` s);
-    unchanged unless a share beats the pick itself. Ties go to the smaller share. Returns the
-    weights with their validation NDCG and HR, and the curve tried."""
+    ``score.next_share_grid`` with the best validation NDCG (weights times 1 - s, ``next`` s),
+    among the shares whose NDCG gain over the pick, paired by user, is above zero at
+    ``score.next_confidence``; unchanged where none is. The part is added to a pick already
+    fitted to these users, so a share must gain more than their noise: on a few hundred users
+    a gain of 2% is within it. Ties go to the smaller share.
+    Returns the weights with their validation NDCG and HR, and the curve tried."""
     shares = sorted({float(s) for s in cfg.score.next_share_grid} - {0.0})
     unchanged = {
         **{part: float(pick[part]) for part in PARTS},
@@ -151,19 +161,28 @@ def choose_next(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float], p
     if not shares:
         return unchanged, pd.DataFrame()
     weights = {part: float(pick[part]) for part in PARTS}
+    # Share 0 (the pick itself) comes first: the gains are paired against it.
+    shares = [0.0, *shares]
     grid = [with_next(weights, s) for s in shares]
-    with progress.working_on(f"what came next ({len(grid)} shares)"):
-        curve = tune(float(pick["recent_sharpness"]), grid).sort_values("combo")
-    curve = curve.assign(next_share=[shares[c] for c in curve["combo"]])
-    log.info(
-        "what came next on validation (the pick alone: ndcg %.4f):\n%s",
-        unchanged["validation_ndcg"],
-        curve[["next_share", "ndcg", "hr"]].to_string(index=False, float_format="%.4f"),
+    with progress.working_on(f"what came next ({len(grid) - 1} shares)"):
+        curve = tune(float(pick["recent_sharpness"]), grid, paired=True).sort_values("combo")
+    z = NormalDist().inv_cdf(0.5 + cfg.score.next_confidence / 2)
+    curve = curve.assign(
+        next_share=[shares[c] for c in curve["combo"]],
+        gain_low=curve["ndcg_gain"] - z * curve["ndcg_gain_se"],
     )
-    best = curve.sort_values(["ndcg", "next_share"], ascending=[False, True]).head(1)
-    if best.empty or float(best["ndcg"].iloc[0]) <= unchanged["validation_ndcg"]:
+    log.info(
+        "what came next on validation (gain: NDCG over the pick, paired by user; low: its "
+        "%g%% interval's lower end):\n%s",
+        100 * cfg.score.next_confidence,
+        curve[["next_share", "ndcg", "hr", "ndcg_gain", "ndcg_gain_se", "gain_low"]].to_string(
+            index=False, float_format="%.4f"
+        ),
+    )
+    clear = curve[(curve["next_share"] > 0) & (curve["gain_low"] > 0)]
+    if clear.empty:
         return unchanged, curve
-    row = best.iloc[0]
+    row = clear.sort_values(["ndcg", "next_share"], ascending=[False, True]).iloc[0]
     return {
         **grid[int(row["combo"])],
         "validation_ndcg": float(row["ndcg"]),
