@@ -22,7 +22,7 @@ import yaml
 
 from hybridrec.config_checks import check_run_id, check_stages, check_values, dotted_items
 from hybridrec.config_errors import ConfigError, error_line, one_line
-from hybridrec.config_schema import OPEN_MAPS, OPTIONAL_TYPES
+from hybridrec.config_schema import COLUMN_MAPS, MAP_RANGES, OPEN_MAPS, OPTIONAL_TYPES
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -42,6 +42,10 @@ __all__ = [
 
 CONF_DIR_ENV = "HYBRIDREC_CONF_DIR"
 BASE_FILE = "base.yaml"
+
+# What ``--set key=`` with nothing after ``=`` stands for until the merge names the key's kind:
+# an unset shell variable or an empty template, never a wish for the default (that is ``null``).
+_EMPTY = object()
 
 
 class Config(Mapping):
@@ -110,15 +114,17 @@ def load_config(
     Args:
         paths: YAML overlay files, applied in order.
         overrides: ``dotted.key=value`` strings; the value is parsed as YAML (``als.rank=32``).
+            An empty value is an error: ``null`` unsets a key whose default is null.
         base: the defaults file; ``conf/base.yaml`` (or ``$HYBRIDREC_CONF_DIR/base.yaml``) if None.
 
     Returns:
         The validated config.
 
     Raises:
-        ConfigError: on an unreadable file, an unknown key, a wrong type, a bad choice, a value
-            out of range, a missing local path or environment variable; the message names the
-            key and the file or ``--set`` that set it last.
+        ConfigError: on an unreadable file, a key given twice in one mapping, an unknown key,
+            an empty ``--set`` value, a wrong type, a bad choice, a value out of range, a missing
+            local path or environment variable; the message names the key and the file or
+            ``--set`` that set it last.
     """
     base_path = Path(base) if base else conf_dir() / BASE_FILE
     defaults = _read_yaml(base_path)
@@ -144,7 +150,7 @@ def load_config(
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
         try:
-            cursor[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+            cursor[parts[-1]] = _load_yaml(raw) if raw.strip() else _EMPTY
         except yaml.YAMLError as exc:
             raise ConfigError(
                 f"{key.strip()!r} in {origin}: the value is not valid YAML ({_yaml_problem(exc)})"
@@ -177,11 +183,80 @@ def _same_file(a: Path | Traversable, b: Path | Traversable) -> bool:
     return str(a) == str(b)
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping; ``line`` is the repeat's (1-based), ``key`` dotted."""
+
+    def __init__(self, key: str, mark: yaml.Mark, first_line: int):
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=mark)
+        self.key = key
+        self.line = mark.line + 1
+        self.first_line = first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML would keep the
+    last one silently, so a value edited near the top of a file could be undone further down."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        # Checked on the node tree, before any mapping is built: the mapping constructor folds
+        # merge keys (<<) in first, where a key overriding a merged one looks like a repeat, and
+        # it no longer knows the path of the key.
+        self._check_unique(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, prefix: str, seen: set[int]) -> None:
+        if id(node) in seen:
+            return  # an alias of a node already checked (or a recursive one)
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                self._check_unique(item, prefix, seen)
+        elif isinstance(node, yaml.MappingNode):
+            first_lines: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = self._key(key_node)
+                if key is None:
+                    self._check_unique(value_node, prefix, seen)
+                    continue
+                if key in first_lines:
+                    raise _DuplicateKeyError(
+                        f"{prefix}{key}", key_node.start_mark, first_lines[key]
+                    )
+                first_lines[key] = key_node.start_mark.line + 1
+                self._check_unique(value_node, f"{prefix}{key}.", seen)
+
+    def _key(self, node: yaml.Node) -> Any:
+        """The key as the mapping will hold it, or None for a merge key (its mapping's keys are
+        this mapping's) and for a key no mapping can hold (PyYAML reports that one itself)."""
+        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:merge":
+            return None
+        key = self.construct_object(node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+
+def _load_yaml(text: str) -> Any:
+    """``text`` parsed as YAML like ``yaml.safe_load`` does, but a repeated key is an error.
+
+    Raises:
+        yaml.YAMLError: ``_DuplicateKeyError`` for a key given twice in one mapping.
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load_yaml(path.read_text()) or {}
+    except _DuplicateKeyError as exc:
+        raise ConfigError(
+            f"config file {path} line {exc.line}: key {exc.key!r} is given twice "
+            f"(first at line {exc.first_line}); YAML would keep only the last"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -205,6 +280,8 @@ def _merge(
         if key not in defaults:
             raise ConfigError(f"unknown config key {dotted!r} in {origin}")
         default = defaults[key]
+        if value is _EMPTY:
+            raise _empty(dotted, origin, _empty_hint(dotted, default))
         if (dotted in OPEN_MAPS or isinstance(default, Mapping)) and not isinstance(value, Mapping):
             raise ConfigError(f"{dotted!r} in {origin} must be a mapping, got {value!r}")
         if dotted in OPEN_MAPS:
@@ -212,6 +289,8 @@ def _merge(
             for k, v in value.items():
                 if not isinstance(k, str) or not k.strip():
                     raise ConfigError(f"{dotted!r} in {origin} has a key {k!r}: keys are names")
+                if v is _EMPTY:
+                    raise _empty(f"{dotted}.{k}", origin, _open_hint(dotted))
                 entries[k] = _open_value(f"{dotted}.{k}", v, origin)
                 origins[f"{dotted}.{k}"] = origin
             target[key] = {**target.get(key, {}), **entries}
@@ -230,6 +309,35 @@ def _open_value(dotted: str, value: Any, origin: str) -> Any:
     if value is None:
         raise ConfigError(f"{dotted!r} in {origin} must have a value, got null")
     return value
+
+
+def _empty(dotted: str, origin: str, hint: str) -> ConfigError:
+    """The error for ``--set key=``: nothing after ``=`` is what an unset shell variable or an
+    empty template gives, so it must not quietly become the default (or an overlay's value)."""
+    return ConfigError(f"{dotted!r} in {origin} is empty (an unset variable or template?): {hint}")
+
+
+def _empty_hint(dotted: str, default: Any) -> str:
+    """What to write instead of nothing, by the kind of value ``dotted`` holds."""
+    if dotted in OPEN_MAPS or isinstance(default, Mapping):
+        return "give a mapping"
+    if isinstance(default, list):
+        return "give a list"
+    if default is None:
+        # Only a key whose default is null has a meaning for null (conf/base.yaml says which).
+        kind = OPTIONAL_TYPES.get(dotted)
+        return f"give a value ({kind.__name__ if kind else 'any'}), or null to leave it unset"
+    return f"give a value ({type(default).__name__}), or leave the --set out"
+
+
+def _open_hint(open_map: str) -> str:
+    """What to write instead of nothing for an entry of ``open_map``."""
+    if open_map in MAP_RANGES:
+        return "give a number"
+    if open_map in COLUMN_MAPS:
+        return "give a column name"
+    # Reader options and Spark settings may be empty text, but only when written as ''.
+    return "give a value ('' for empty text)"
 
 
 def _coerce(dotted: str, default: Any, value: Any, origin: str) -> Any:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from hybridrec import runner
+from pipelines import cli
+
 REPO = Path(__file__).resolve().parents[2]
 
 # (case id, arguments after `run --conf conf/local.yaml --set run.work_dir=<tmp>`, named key)
@@ -111,7 +114,7 @@ def test_gpu_conf_in_local_mode_is_dropped_with_a_warning_not_left_to_hang(tmp_p
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "sql", "--conf", "conf/local.yaml"]
         + ["--conf", "conf/gpu.yaml", "--set", f"run.work_dir={tmp_path / 'work'}"]
-        + ["SELECT 41 + 1 AS answer", "--format", "csv"],
+        + ["SELECT 41 + 1 AS answer", "--format", "csv", "--engine", "spark"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -143,3 +146,79 @@ def test_gpu_task_resources_given_to_a_local_spark_submit_fail_at_start(tmp_path
     (line,) = re.findall(r"hybridrec: config error: .*", done.stdout)
     assert "spark.task.resource.gpu.amount=1 with master local[1]" in line
     assert "wait forever" in line
+
+
+# --- an empty value (an unset shell variable, an empty Airflow template) fails, in-process --------
+
+
+@pytest.fixture
+def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spark starting is a test failure here, not a pipeline run in the test's folder."""
+
+    def refuse(cfg):
+        raise AssertionError("Spark started: the setting got past load_config")
+
+    for module in (cli, runner):
+        monkeypatch.setattr(module, "get_spark", refuse)
+        monkeypatch.setattr(module, "setup_logging", lambda: None)
+        monkeypatch.setattr(module, "protect_secrets", lambda cfg: None)
+    monkeypatch.delenv("HYBRIDREC_CONF_DIR", raising=False)
+
+
+def _dag_job_args(hybridrec_set: str) -> list[str]:
+    """The arguments an Airflow task gives its job for a rendered ``HYBRIDREC_SET``, split at
+    the commas that start the next key=value as pipelines/airflow_dag.py splits it."""
+    items = [i.strip() for i in re.split(r",(?=\s*[\w.]+=)", hybridrec_set) if i.strip()]
+    sets = [flag for item in items for flag in ("--set", item)]
+    return ["job", "ingest", "--conf", "conf/local.yaml", *sets, "--run-id", "d20261123"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["run", "--set", "run.work_dir="], "--set run.work_dir="),
+        (["run", "--set", "als.rank="], "--set als.rank="),
+        (["run", "--set", "run.warehouse_dir= "], "--set run.warehouse_dir= "),
+        (["job", "als", "--set", "run.work_dir=", "--run-id", "r1"], "--set run.work_dir="),
+        (_dag_job_args("run.work_dir="), "--set run.work_dir="),
+        (_dag_job_args("run.work_dir=/data/hr,als.rank=,als.max_iter=3"), "--set als.rank="),
+    ],
+)
+def test_empty_set_value_exits_2_naming_key_and_set_before_any_folder(
+    tmp_path, monkeypatch, capsys, no_spark, argv, named
+):
+    monkeypatch.chdir(tmp_path)
+
+    status = cli.main(argv)
+
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert len(lines) == 1
+    key = named.removeprefix("--set ").partition("=")[0]
+    assert lines[0].startswith(f"hybridrec: config error: '{key}' in {named} is empty")
+    assert list(tmp_path.iterdir()) == []  # no ./work: no warehouse, metastore or mlflow.db
+
+
+def test_empty_work_dir_error_line(tmp_path, monkeypatch, capsys, no_spark):
+    monkeypatch.chdir(tmp_path)
+
+    assert cli.main(["run", "--set", "run.work_dir="]) == 2
+    assert capsys.readouterr().err == (
+        "hybridrec: config error: 'run.work_dir' in --set run.work_dir= is empty "
+        "(an unset variable or template?): give a value (str), or leave the --set out\n"
+    )
+
+
+def test_duplicate_key_in_an_overlay_exits_2_naming_file_and_line(
+    tmp_path, monkeypatch, capsys, no_spark
+):
+    monkeypatch.chdir(tmp_path)
+    overlay = tmp_path / "prod.yaml"
+    overlay.write_text("run:\n  work_dir: /data/hr\nals:\n  rank: 64\nrun:\n  keep_runs: 3\n")
+
+    assert cli.main(["run", "--conf", str(overlay)]) == 2
+    assert capsys.readouterr().err == (
+        f"hybridrec: config error: config file {overlay} line 5: key 'run' is given twice "
+        "(first at line 1); YAML would keep only the last\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prod.yaml"]

@@ -869,3 +869,164 @@ def test_unusable_run_ids_are_rejected(run_id):
     message = str(excinfo.value)
     assert message.startswith("--run-id ")
     assert "\n" not in message
+
+
+# --- an empty value is no value: an unset variable or template fails, never restores a default --
+
+OPEN_HINT = "give a value ('' for empty text)"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "hint"),
+    [
+        ("run.work_dir=", "run.work_dir", "give a value (str), or leave the --set out"),
+        ("als.rank=", "als.rank", "give a value (int), or leave the --set out"),
+        ("als.rank=  ", "als.rank", "give a value (int), or leave the --set out"),
+        ("als.implicit=", "als.implicit", "give a value (bool), or leave the --set out"),
+        ("run.metastore=", "run.metastore", "give a value (str), or null to leave it unset"),
+        ("als.num_blocks=", "als.num_blocks", "give a value (int), or null to leave it unset"),
+        ("ingest.event_types=", "ingest.event_types", "give a list"),
+        ("als.grid=", "als.grid", "give a mapping"),
+        ("spark.conf=", "spark.conf", "give a mapping"),
+        ("spark.conf.spark.executor.memory=", "spark.conf.spark.executor.memory", OPEN_HINT),
+        ("source.generic.options.nullValue=", "source.generic.options.nullValue", OPEN_HINT),
+        ("als.event_weights.view=", "als.event_weights.view", "give a number"),
+        ("score.weights.cf=", "score.weights.cf", "give a value (float), or leave the --set out"),
+        (
+            "source.generic.items.columns.title=",
+            "source.generic.items.columns.title",
+            "give a column name",
+        ),
+    ],
+)
+def test_empty_set_value_is_an_error_naming_the_key_and_the_set(override, key, hint):
+    message = _error([override])
+
+    assert (
+        message == f"'{key}' in --set {override} is empty (an unset variable or template?): {hint}"
+    )
+
+
+def test_empty_set_value_does_not_undo_an_overlay(tmp_path):
+    overlay = _overlay(tmp_path, "prod.yaml", f"run:\n  work_dir: {tmp_path / 'hr'}\n")
+
+    message = _error(["run.work_dir="], [overlay])
+
+    assert message.startswith("'run.work_dir' in --set run.work_dir= is empty")
+
+
+def test_empty_set_value_of_an_unknown_key_names_it_unknown():
+    assert _error(["als.rnak="]) == "unknown config key 'als.rnak' in --set als.rnak="
+
+
+@pytest.mark.parametrize("key", sorted(OPTIONAL_TYPES))
+@pytest.mark.parametrize("null", ["null", "~", "Null"])
+def test_explicit_null_for_a_nullable_key_is_accepted(key, null):
+    section, *rest = key.split(".")
+    value = load_config([], [f"{key}={null}"])[section]
+    for part in rest:
+        value = value[part]
+
+    assert value is None
+
+
+def test_explicit_null_for_a_nullable_key_unsets_what_an_overlay_set(tmp_path):
+    overlay = _overlay(tmp_path, "hive.yaml", "run:\n  metastore: thrift://hive:9083\n")
+
+    assert load_config([overlay], ["run.metastore=null"]).run.metastore is None
+
+
+def _base_yaml_lines() -> dict[str, str]:
+    """Dotted key -> the rest of its line in base.yaml (value and comment)."""
+    keys, path = {}, []
+    for line in (conf_dir() / "base.yaml").read_text().splitlines():
+        match = re.match(r"( *)(\w+):(.*)", line)
+        if match:
+            path[len(match[1]) // 2 :] = [match[2]]
+            keys[".".join(path)] = match[3]
+    return keys
+
+
+def test_base_yaml_says_what_null_means_for_every_nullable_key():
+    lines = _base_yaml_lines()
+
+    unexplained = {k for k in OPTIONAL_TYPES if not re.match(r" null +# null: ", lines[k])}
+
+    assert unexplained == set()
+
+
+# --- a key twice in one mapping: PyYAML would keep the last silently ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "first"),
+    [
+        ("als:\n  rank: 16\n  reg_param: 0.5\n  rank: 24\n", "als.rank", 4, 2),
+        ("als:\n  rank: 16\nscore:\n  k: 5\nals:\n  max_iter: 3\n", "als", 5, 1),
+        (
+            "score:\n  candidates:\n    als: 10\n    text: 5\n    als: 20\n",
+            "score.candidates.als",
+            5,
+            3,
+        ),
+        ("spark:\n  conf:\n    spark.x: '1'\n    spark.x: '2'\n", "spark.conf.spark.x", 4, 3),
+        ("als:\n  event_weights: {click: 1, click: 2}\n", "als.event_weights.click", 2, 2),
+    ],
+)
+def test_duplicate_key_in_an_overlay_names_file_key_and_line(tmp_path, text, key, line, first):
+    overlay = _overlay(tmp_path, "dup.yaml", text)
+
+    message = _error([], [overlay])
+
+    assert message == (
+        f"config file {overlay} line {line}: key '{key}' is given twice (first at line {first}); "
+        "YAML would keep only the last"
+    )
+
+
+def test_duplicate_key_in_the_base_file_is_refused(tmp_path):
+    text = (conf_dir() / "base.yaml").read_text().replace("  rank: 32\n", "  rank: 32\n  rank: 8\n")
+    base = _overlay(tmp_path, "base.yaml", text)
+
+    with pytest.raises(
+        ConfigError, match=rf"config file {re.escape(str(base))} line \d+: key 'als.rank'"
+    ):
+        load_config(base=base)
+
+
+def test_duplicate_key_in_a_set_value_is_refused():
+    message = _error(["spark.conf={spark.x: '1', spark.x: '2'}"])
+
+    assert message.startswith("'spark.conf' in --set spark.conf={spark.x: '1', spark.x: '2'}: ")
+    assert "duplicate key 'spark.x'" in message
+
+
+def test_same_key_in_two_mappings_is_no_duplicate(tmp_path):
+    overlay = _overlay(tmp_path, "ok.yaml", "als:\n  seed: 1\nsource:\n  sample:\n    seed: 2\n")
+
+    cfg = load_config([overlay])
+
+    assert (cfg.als.seed, cfg.source.sample.seed) == (1, 2)
+
+
+def test_merge_key_and_alias_are_no_duplicates(tmp_path):
+    text = (
+        "als:\n  grid: {rank: &ranks [8, 16]}\n"
+        "evaluate:\n  ease: {<<: {max_items: 5}, max_items: 7}\n"
+        "  item_knn: {neighbours_grid: *ranks}\n"
+    )
+
+    cfg = load_config([_overlay(tmp_path, "anchors.yaml", text)])
+
+    assert cfg.evaluate.ease.max_items == 7  # a merged key given again locally overrides it
+    assert cfg.evaluate.item_knn.neighbours_grid == [8, 16]
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in conf_dir().iterdir() if p.name.endswith(".yaml"))
+)
+def test_every_shipped_conf_file_loads(name):
+    # Remote paths are not checked, so the overlays that need a data set load as they ship.
+    remote = ["source.amazon.reviews_path=hdfs://nn/r.json", "source.movielens.path=hdfs://nn/ml"]
+
+    load_config([conf_dir() / name], remote)
