@@ -32,6 +32,8 @@ setup(
         "onnxruntime>=1.17",
         "onnx>=1.15",
         "mlflow>=3.0,<4",
+        # hybridrec sql answers plain SELECTs over the published Parquet snapshots in seconds.
+        "duckdb>=1.2",
         "matplotlib>=3.8",
     ],
     extras_require={

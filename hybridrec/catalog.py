@@ -36,10 +36,7 @@ from hybridrec.constants import (
     TEXT_EMBEDDINGS,
     USER_EMBEDDINGS,
 )
-
-RUNS = "runs"
-LATEST_SUFFIX = "_latest"
-EXPLAINED = "recommendations_explained"
+from hybridrec.views import EXPLAINED, LATEST_SUFFIX, RUNS  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Column and table names shared by every stage (the table contracts in README.md, 'Tables')."""
 
+from hybridrec.views import ITEMS, RECOMMENDATIONS  # noqa: F401 (the views need them light)
 from udfs.topk import PARTS
 
 USER_COL = "user_id"
@@ -41,7 +42,6 @@ TEXT_PARTS = ("text", "recent")
 STAGE_NAMES = ("ingest", "embed", "als", "score", "evaluate")
 
 INTERACTIONS = "interactions"
-ITEMS = "items"
 REJECTS = "rejects"
 TEXT_EMBEDDINGS = "text_embeddings"
 ITEM_EMBEDDINGS = "item_embeddings"
@@ -51,7 +51,6 @@ ALS_ITEM_FACTORS = "als_item_factors"
 ITEM_NEIGHBOURS = "item_neighbours"
 ITEM_TRANSITIONS = "item_transitions"
 ITEM_TEXT_NEIGHBOURS = "item_text_neighbours"
-RECOMMENDATIONS = "recommendations"
 BASELINE_RECOMMENDATIONS = "baseline_recommendations"
 METRICS = "metrics"
 COMPARISONS = "comparisons"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from hybridrec import sql_guard
 from hybridrec.config import Config, load_config
 from hybridrec.runner import argument_parser
 from hybridrec.runs import newest_complete_run
@@ -35,7 +36,9 @@ def notebook_config() -> Config:
 
 
 def open_latest_run() -> tuple[SparkSession, Config, str]:
-    """The session, the config and the newest complete run (what the ``_latest`` views show)."""
+    """A read-only session (``hybridrec.sql_guard``: a query that would change the pipeline's
+    tables or catalog fails, as over JDBC), the config and the newest complete run (what the
+    ``_latest`` views show)."""
     cfg = notebook_config()
     spark = get_spark(cfg)
     warehouse = Warehouse.from_config(spark, cfg)
@@ -45,7 +48,8 @@ def open_latest_run() -> tuple[SparkSession, Config, str]:
             f"no complete run in {warehouse.db_root}: run `hybridrec run --conf conf/local.yaml` "
             f"first (or set {ARGS_ENV} to the --conf/--set of the run you want to explore)"
         )
-    return spark, cfg, run_id
+    sql_guard.install_check_rule(spark)
+    return spark.newSession(), cfg, run_id
 
 
 def repository_root(start: Path) -> Path:

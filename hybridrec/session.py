@@ -7,10 +7,12 @@ import os
 import re
 import sys
 from pathlib import Path
-
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING
 
 from hybridrec.config import Config, ConfigError
+
+if TYPE_CHECKING:  # pyspark loads in seconds: paths and settings are needed without it
+    from pyspark.sql import SparkSession
 
 GPU_TASK_AMOUNT = "spark.task.resource.gpu.amount"
 GPU_RESOURCE = re.compile(r"^spark\.(task|executor|driver|worker)\.resource\.gpu\.")
@@ -55,6 +57,8 @@ def get_spark(cfg: Config) -> SparkSession:
     sized for small data. Under spark-submit the cluster's settings win and only app-level
     settings are added.
     """
+    from pyspark.sql import SparkSession
+
     builder = SparkSession.builder.appName(cfg.spark.app_name)
     builder = builder.config("spark.sql.catalogImplementation", "hive")
     for key, value in metastore_settings(cfg).items():

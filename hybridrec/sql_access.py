@@ -1,9 +1,12 @@
 """SQL over the tables for analysts and BI tools, on the pipeline's own catalog.
 
-- ``query``: one statement through the project's session, the result on stdout (logs on stderr).
+- ``query``: one read-only statement, the result on stdout (logs on stderr): DuckDB over the
+  published snapshots when it can answer (``hybridrec.sql_duckdb``), else Spark on the catalog;
+  a statement that would write is refused from its parsed form before anything runs.
 - ``serve``: the Spark Thrift JDBC/ODBC server (HiveServer2 protocol; its jar ships with
   pyspark) inside the project's session, so ``beeline`` and BI tools see the same metastore and
-  warehouse.
+  warehouse; each connection's session refuses writes from inside Spark's analyzer
+  (``hybridrec.sql_guard``).
 - ``conf_flags`` / ``properties_text``: the settings that point stock ``spark-sql`` /
   ``pyspark`` / ``spark-submit`` at the same catalog, as ``--conf`` flags or a properties file.
 
@@ -24,16 +27,17 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import TextIO
 
-import pandas as pd
-
+from hybridrec import sql_duckdb, sql_guard
 from hybridrec.config import Config, ConfigError
 from hybridrec.session import get_spark, metastore_home, metastore_settings, work_path
 
 log = logging.getLogger("hybridrec.sql")
 
 FORMATS = ("table", "csv", "json")
+ENGINES = ("auto", "duckdb", "spark")
 CONF_FORMATS = ("flags", "properties")
 
 # The Thrift server reads these environment variables before its configuration: one exported
@@ -95,8 +99,66 @@ def conf_flags(cfg: Config) -> str:
     return "".join(lines)
 
 
-def query(cfg: Config, statement: str, *, max_rows: int, fmt: str, out: TextIO) -> int:
-    """Run ``statement`` and write at most ``max_rows`` rows to ``out``; returns rows written."""
+def query(
+    cfg: Config, statement: str, *, max_rows: int, fmt: str, out: TextIO, engine: str = "auto"
+) -> str:
+    """Answer ``statement`` (read-only) with at most ``max_rows`` rows on ``out``; returns the
+    engine that answered.
+
+    ``auto``: DuckDB over the published snapshots when the warehouse is a local folder and the
+    statement is one plain SELECT (seconds, no catalog lock), else Spark on the catalog.
+    ``duckdb`` / ``spark``: that engine only. A statement that would change anything is refused
+    from its parsed form before either engine runs it (ReadOnlyError)."""
+    started = time.perf_counter()
+    kind = sql_duckdb.statement_kind(statement) if sql_duckdb.available() else "other"
+    if kind == "write":
+        raise sql_guard.ReadOnlyError(
+            f"{sql_guard.RULE}: refused before it ran (it parses as a statement that writes)"
+        )
+    columns, rows, answered = None, None, engine
+    if engine in {"auto", "duckdb"}:
+        columns, rows = _duckdb_rows(cfg, statement, max_rows, kind, required=engine == "duckdb")
+        answered = "duckdb"
+    if rows is None:
+        columns, rows = _spark_rows(cfg, statement, max_rows)
+        answered = "spark"
+    write_rows(columns, rows[:max_rows], fmt, out)
+    if len(rows) > max_rows:
+        print(f"hybridrec sql: showing the first {max_rows} rows (--max-rows)", file=sys.stderr)
+    print(
+        f"hybridrec sql: answered by {answered} in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
+    return answered
+
+
+def _duckdb_rows(
+    cfg: Config, statement: str, max_rows: int, kind: str, *, required: bool
+) -> tuple[list[str] | None, list[dict] | None]:
+    """DuckDB's answer, or (None, None) when Spark should answer instead."""
+    folder = sql_duckdb.local_folder(work_path(cfg, "warehouse_dir", "warehouse"))
+    if not sql_duckdb.available() or folder is None or kind != "query":
+        if required:
+            raise SqlError(
+                "--engine duckdb answers one plain SELECT over a warehouse on a local file "
+                "system (with duckdb installed); leave --engine at auto for the rest"
+            )
+        return None, None
+    try:
+        return sql_duckdb.query(
+            folder / f"{cfg.run.database}.db", cfg.run.database, statement, max_rows
+        )
+    except sql_duckdb.QueryError as exc:
+        raise SqlError(f"duckdb: {exc}") from exc
+    except sql_duckdb.NotForDuckDB as exc:
+        if required:
+            raise SqlError(f"duckdb: {exc}") from exc
+        print(f"hybridrec sql: duckdb cannot answer ({exc}); asking spark", file=sys.stderr)
+        return None, None
+
+
+def _spark_rows(cfg: Config, statement: str, max_rows: int) -> tuple[list[str], list[dict]]:
+    """Spark's answer on the catalog, in a session whose analyzer refuses writes too."""
     from pyspark.errors import PySparkException
 
     # PySpark logs every refused statement with its JVM stack trace; the caller gets one line.
@@ -104,17 +166,15 @@ def query(cfg: Config, statement: str, *, max_rows: int, fmt: str, out: TextIO) 
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     # A one-statement session has no use for the web UI, nor its port-taken warnings.
     spark = get_spark(_with_spark_conf(cfg, {"spark.ui.enabled": "false"}))
+    sql_guard.check(spark, statement)
+    sql_guard.install_check_rule(spark)
     try:
-        df = spark.sql(statement)
+        df = spark.newSession().sql(statement)
         # One row past the cut tells whether there was more, without bringing the rest over.
         rows = df.limit(max_rows + 1).collect()
     except PySparkException as exc:
         raise _refusal(exc) from exc
-    shown = rows[:max_rows]
-    write_rows(df.columns, [row.asDict(recursive=True) for row in shown], fmt, out)
-    if len(rows) > max_rows:
-        print(f"hybridrec sql: showing the first {max_rows} rows (--max-rows)", file=sys.stderr)
-    return len(shown)
+    return df.columns, [row.asDict(recursive=True) for row in rows]
 
 
 def _refusal(exc: Exception) -> Exception:
@@ -138,8 +198,35 @@ def write_rows(columns: list[str], rows: list[dict], fmt: str, out: TextIO) -> N
         for row in rows:
             out.write(json.dumps(row, default=str) + "\n")
     else:
-        frame = pd.DataFrame.from_records(rows, columns=columns)
-        out.write(frame.to_string(index=False, max_colwidth=80) + "\n")
+        out.write(table_text(columns, rows))
+
+
+def table_text(columns: list[str], rows: list[dict]) -> str:
+    """Aligned columns with every value whole (a data dictionary's comments included): numbers
+    right-aligned, the rest left; a line break inside a value is shown as ``\\n``."""
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+    numeric = [
+        bool(rows) and all(isinstance(row[c], (int, float)) or row[c] is None for row in rows)
+        for c in columns
+    ]
+
+    def line(values: list[str]) -> str:
+        padded = [
+            v.rjust(w) if right else v.ljust(w)
+            for v, w, right in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(padded).rstrip() + "\n"
+
+    return line(list(columns)) + "".join(line(values) for values in cells)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, default=str)
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def serve(cfg: Config, host: str, port: int) -> None:
@@ -159,6 +246,9 @@ def serve(cfg: Config, host: str, port: int) -> None:
             {
                 "spark.hadoop.hive.server2.thrift.bind.host": host,
                 "spark.hadoop.hive.server2.thrift.port": str(port),
+                # Every connection gets a session of its own, created after the read-only
+                # check rule is installed: one shared session would be the unguarded one.
+                "spark.sql.hive.thriftServer.singleSession": "false",
             },
         )
     )
@@ -168,6 +258,7 @@ def serve(cfg: Config, host: str, port: int) -> None:
             f"run.database {database!r} is not in the catalog {_catalog_name(cfg)}: "
             "run the pipeline first, or pass the run's --conf / --set"
         )
+    sql_guard.install_check_rule(spark)
     server = _start_thrift_server(spark, host, port)
     url = f"jdbc:hive2://{_url_host(host)}:{port}/{database}"
     log.info("sql-server: listening on %s (beeline -u %s); stop with Ctrl-C", url, url)

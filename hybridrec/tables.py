@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import catalog
+from hybridrec import catalog, views
 from hybridrec.config import Config
 from hybridrec.constants import ITEMS, RECOMMENDATIONS
 from hybridrec.session import work_path
 
 log = logging.getLogger(__name__)
 
-RUN_COL = "run_id"
+RUN_COL = views.RUN_COL
 STAGING = "_staging"
 TRASH = "_trash"
 REPORTS = "_reports"  # per-run files beside the tables (plots), removed with the run's snapshots
@@ -321,10 +321,10 @@ class Warehouse:
     def _create_views(self, name: str) -> None:
         """``<name>_latest`` (and ``recommendations_explained``); registering ``runs`` first
         gives every table registered before it its view."""
-        if not self.spark.catalog.tableExists(self.qualified(catalog.RUNS)):
+        if not self.spark.catalog.tableExists(self.qualified(views.RUNS)):
             return  # the views select the newest complete run from runs
         names = [name]
-        if name == catalog.RUNS:
+        if name == views.RUNS:
             names = [t for t in self.tables() if self.spark.catalog.tableExists(self.qualified(t))]
         for table in names:
             self._create_latest_view(table)
@@ -334,31 +334,21 @@ class Warehouse:
             self._create_explained_view()
 
     def _create_latest_view(self, name: str) -> None:
-        db = _quoted(self.database)
         self.spark.sql(
-            f"CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
-            f"SELECT * FROM {db}.{_quoted(name)} WHERE {RUN_COL} = "
-            f"(SELECT max_by({RUN_COL}, started_at) FROM {db}.{catalog.RUNS} "
-            "WHERE status = 'complete')",
+            "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
+            + views.latest_view_body(_quoted(self.database), name, _quoted),
             args={
-                "v": self.qualified(name + catalog.LATEST_SUFFIX),
+                "v": self.qualified(name + views.LATEST_SUFFIX),
                 "comment": f"{catalog.table_comment(name) or name}: the newest complete run",
             },
         )
 
     def _create_explained_view(self) -> None:
-        db = _quoted(self.database)
-        recs = f"{db}.{_quoted(RECOMMENDATIONS + catalog.LATEST_SUFFIX)}"
-        items = f"{db}.{_quoted(ITEMS + catalog.LATEST_SUFFIX)}"
         self.spark.sql(
             "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
-            "SELECT r.user_id, r.rank, r.item_id, i.title, r.score, r.cf_score, r.cooc_score, "
-            "r.text_score, r.recent_score, r.pop_score, r.next_score, r.reason, r.reason_item_id, "
-            f"p.title AS reason_item_title, r.{RUN_COL} FROM {recs} r "
-            f"LEFT JOIN {items} i ON i.item_id = r.item_id "
-            f"LEFT JOIN {items} p ON p.item_id = r.reason_item_id",
+            + views.explained_view_body(_quoted(self.database), _quoted),
             args={
-                "v": self.qualified(catalog.EXPLAINED),
+                "v": self.qualified(views.EXPLAINED),
                 "comment": catalog.EXPLAINED_DESCRIPTION,
             },
         )

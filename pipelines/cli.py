@@ -2,7 +2,8 @@
 
 hybridrec run [--conf conf/local.yaml] [--set key=value ...] [--stages ingest,embed] [--run-id R]
 hybridrec job <ingest|embed|als|score|evaluate> [--conf ...] [--set ...] --run-id R
-hybridrec sql "SELECT ..." [--conf ...] [--set ...] [--max-rows 100] [--format table|csv|json]
+hybridrec sql "SELECT ..." | -f FILE|- [--conf ...] [--set ...] [--max-rows 100]
+              [--format table|csv|json] [--engine auto|duckdb|spark]
 hybridrec sql-server [--conf ...] [--set ...] [--host 127.0.0.1] [--port 10000]
 hybridrec spark-conf [--conf ...] [--set ...] [--format flags|properties]
     spark-sql $(hybridrec spark-conf) -e "SELECT * FROM hybridrec.metrics_latest"
@@ -11,7 +12,8 @@ hybridrec pack [--out dist] [--torch cpu|cuda|SPEC] [--pip-arg ARG ...] [--pytho
     spark-submit $(hybridrec pack --out dist --print-flags) --master spark://... jobs/ingest.py
 
 A wrong setting, stage name or run id fails before Spark starts: one line on stderr naming the
-key and where it was set, exit status 2. A SQL statement Spark refuses exits 5 with one line;
+key and where it was set, exit status 2. SQL is read-only: a statement that would change a
+table, the catalog or a catalog setting, and one Spark refuses, exit 5 with one line;
 sql and sql-server exit 3 when the port or the (embedded Derby) catalog is held elsewhere.
 """
 
@@ -21,8 +23,9 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
-from hybridrec import packaging, sql_access
+from hybridrec import packaging, sql_access, sql_guard
 from hybridrec.config import (
     ConfigError,
     check_run_id,
@@ -97,19 +100,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sql(rest: list[str]) -> int:
-    parser = argument_parser("run one SQL statement on the pipeline's tables")
-    parser.add_argument("statement", help='e.g. "SELECT * FROM hybridrec.metrics_latest"')
+    parser = argument_parser("answer one read-only SQL statement on the pipeline's tables")
+    parser.add_argument(
+        "statement", nargs="?", help='e.g. "SELECT * FROM hybridrec.metrics_latest"'
+    )
+    parser.add_argument(
+        "-f", "--file", help="read the statement from this file ('-': standard input)"
+    )
     parser.add_argument("--max-rows", type=_int_in(1, None), default=100)
     parser.add_argument("--format", choices=sql_access.FORMATS, default="table")
+    parser.add_argument(
+        "--engine",
+        choices=sql_access.ENGINES,
+        default="auto",
+        help="auto: DuckDB over the published snapshots for a plain SELECT, else Spark",
+    )
     args = parser.parse_args(rest)
+    statement = _statement(parser, args.statement, args.file)
     cfg = load_config(args.conf or [DEFAULT_CONF], args.set)
     setup_logging()
     protect_secrets(cfg)
     with _sql_errors("sql"):
         sql_access.query(
-            cfg, args.statement, max_rows=args.max_rows, fmt=args.format, out=sys.stdout
+            cfg,
+            statement,
+            max_rows=args.max_rows,
+            fmt=args.format,
+            out=sys.stdout,
+            engine=args.engine,
         )
     return 0
+
+
+def _statement(parser: argparse.ArgumentParser, text: str | None, file: str | None) -> str:
+    """The statement from the command line, a file or standard input: exactly one of them."""
+    if (text is None) == (file is None):
+        parser.error("give the statement, or -f FILE (-f - reads standard input), not both")
+    if file is not None:
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"cannot read the statement from {file}: {exc}")
+    # A file's statement usually ends with ';', which Spark's parser does not take.
+    text = text.strip().removesuffix(";").rstrip()
+    if not text:
+        parser.error("the statement is empty")
+    return text
 
 
 def _sql_server(rest: list[str]) -> int:
@@ -163,6 +199,9 @@ def _sql_errors(command: str) -> Iterator[None]:
         yield
     except sql_access.SqlError as exc:
         print(f"hybridrec: sql error: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(5)
+    except sql_guard.ReadOnlyError as exc:
+        print(f"hybridrec: sql refused: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(5)
     except sql_access.BusyError as exc:
         print(f"hybridrec: {command}: {one_line(str(exc))}", file=sys.stderr)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pyspark
 import pytest
 
+from hybridrec.sql_guard import RULE
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +89,53 @@ def test_a_refused_statement_is_one_line_and_exit_5(analyst_run):
     assert "Traceback" not in done.stderr and "at org.apache" not in done.stderr
 
 
+# The statements that once doubled a snapshot, added a warehouse folder and broke every view.
+ISSUE_WRITES = [
+    "INSERT INTO hybridrec.interactions SELECT * FROM hybridrec.interactions",
+    "CREATE TABLE hybridrec.t (a INT)",
+    "DROP TABLE hybridrec.runs",
+]
+COUNTS = (
+    "SELECT (SELECT count(*) FROM hybridrec.interactions) AS interactions, "
+    "(SELECT count(*) FROM hybridrec.interactions_latest) AS interactions_latest, "
+    "(SELECT count(*) FROM hybridrec.metrics_latest) AS metrics_latest"
+)
+
+
+def _counts(analyst_run) -> dict[str, str]:
+    done = _hybridrec(analyst_run, "sql", COUNTS, "--format", "csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "hybridrec sql: answered by duckdb" in done.stderr
+    (counts,) = csv.DictReader(io.StringIO(done.stdout))
+    assert all(int(n) > 0 for n in counts.values())
+    return counts
+
+
+def _warehouse_listing(analyst_run) -> list[str]:
+    db = analyst_run.work_dir / "warehouse" / "hybridrec.db"
+    return sorted(str(p.relative_to(db)) for p in db.rglob("*") if "_staging" not in p.parts)
+
+
+def test_writes_are_refused_before_they_run_and_change_nothing(analyst_run, tmp_path):
+    before, listing = _counts(analyst_run), _warehouse_listing(analyst_run)
+    script = tmp_path / "write.sql"
+    script.write_text(ISSUE_WRITES[0] + ";\n", encoding="utf-8")
+
+    runs = [_hybridrec(analyst_run, "sql", statement) for statement in ISSUE_WRITES[1:]]
+    runs.append(_hybridrec(analyst_run, "sql", "-f", str(script)))
+
+    for done in runs:
+        assert done.returncode == 5, done.stderr[-3000:]
+        assert done.stdout == ""
+        assert (
+            done.stderr.strip()
+            .splitlines()[-1]
+            .startswith("hybridrec: sql refused: analyst SQL is read-only: refused before it ran")
+        )
+    assert _counts(analyst_run) == before
+    assert _warehouse_listing(analyst_run) == listing
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -107,14 +156,18 @@ def _wait_until_listening(server: subprocess.Popen, log: Path, port: int) -> Non
     assert _port_open(port), log.read_text()[-3000:]
 
 
-def _beeline_rows(port: int, statement: str) -> list[dict[str, str]]:
-    done = subprocess.run(
+def _beeline(port: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [str(SPARK_BIN / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/hybridrec"]
-        + ["--outputformat=csv2", "--silent=true", "-e", statement],
+        + ["--outputformat=csv2", "--silent=true", *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def _beeline_rows(port: int, statement: str) -> list[dict[str, str]]:
+    done = _beeline(port, "-e", statement)
     assert done.returncode == 0, done.stderr[-3000:]
     # beeline echoes its prompt before the header, on the header's line.
     lines = done.stdout.splitlines()
@@ -141,6 +194,25 @@ def test_metrics_latest_over_jdbc_with_beeline(analyst_run, tmp_path):
 
         assert [row["model"] for row in rows] == MODELS
         assert all(0.0 < float(row["value"]) <= 1.0 for row in rows)
+        # The server holds the embedded catalog: hybridrec sql answers from the snapshots,
+        # the same rows Spark gave over JDBC.
+        done = _hybridrec(analyst_run, "sql", NDCG_LATEST, "--format", "csv")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "answered by duckdb" in done.stderr
+        fast = list(csv.DictReader(io.StringIO(done.stdout)))
+        assert [(r["model"], float(r["value"])) for r in fast] == [
+            (r["model"], float(r["value"])) for r in rows
+        ]
+
+        script = tmp_path / "writes.sql"
+        script.write_text("".join(f"{statement};\n" for statement in ISSUE_WRITES))
+        listing = _warehouse_listing(analyst_run)
+        refused = _beeline(port, "--force=true", "-f", str(script))
+        assert refused.stderr.count(f"SecurityException: hybridrec: {RULE}") == 3, refused.stderr[
+            -3000:
+        ]
+        assert _beeline_rows(port, NDCG_LATEST) == rows
+        assert _warehouse_listing(analyst_run) == listing
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0, log.read_text()[-3000:]
         assert not _port_open(port)

@@ -1,0 +1,158 @@
+"""The fast SQL path: DuckDB over published snapshots, with the catalog's views and read-only.
+
+No Spark here: the snapshots are written as Spark lays them out (``<table>/run_id=<run>/
+[fold=<f>/]part-*.parquet``, with staging and trash folders beside them)."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hybridrec import sql_access, sql_duckdb
+from hybridrec.config import load_config
+
+DB = "hybridrec"
+
+
+def _write(root, table: str, run: str, columns: dict, fold: str | None = None) -> None:
+    folder = root / table / f"run_id={run}"
+    if fold is not None:
+        folder = folder / f"fold={fold}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), folder / "part-00000.snappy.parquet")
+
+
+@pytest.fixture()
+def work_dir(tmp_path):
+    """Three runs: r1 complete, r2 complete and newest complete, r3 newer but still running."""
+    root = tmp_path / "warehouse" / f"{DB}.db"
+    for run, status, hour in (("r1", "complete", 1), ("r2", "complete", 2), ("r3", "running", 3)):
+        _write(root, "runs", run, {"status": [status], "started_at": [datetime(2026, 1, 1, hour)]})
+        _write(root, "metrics", run, {"model": ["hybrid", "als"], "value": [hour, None]})
+    for run in ("r1", "r2"):
+        _write(
+            root,
+            "recommendations",
+            run,
+            {
+                "user_id": ["u1"],
+                "rank": [1],
+                "item_id": ["i2"],
+                "score": [0.5],
+                **{f"{p}_score": [0.1] for p in ("cf", "cooc", "text", "recent", "pop", "next")},
+                "reason": ["similar to i1"],
+                "reason_item_id": ["i1"],
+            },
+            fold="test",
+        )
+        _write(root, "items", run, {"item_id": ["i1", "i2"], "title": ["first", "second"]})
+    # What no reader may see: a snapshot being written and one being replaced.
+    _write(root / "_staging", "metrics", "r9", {"model": ["staged"], "value": [9]})
+    _write(root / "_trash", "metrics", "r8", {"model": ["trashed"], "value": [8]})
+    return tmp_path
+
+
+def _ask(work_dir, statement: str, max_rows: int = 100):
+    return sql_duckdb.query(work_dir / "warehouse" / f"{DB}.db", DB, statement, max_rows)
+
+
+def test_latest_views_show_the_newest_complete_run(work_dir):
+    columns, rows = _ask(work_dir, "SELECT * FROM hybridrec.metrics_latest ORDER BY model")
+
+    assert columns == ["model", "value", "run_id"]
+    assert [(r["model"], r["value"], r["run_id"]) for r in rows] == [
+        ("als", None, "r2"),
+        ("hybrid", 2, "r2"),
+    ]
+
+
+def test_tables_hold_every_published_run_and_nothing_staged(work_dir):
+    _, rows = _ask(work_dir, "SELECT model, count(*) AS n FROM hybridrec.metrics GROUP BY model")
+
+    assert {r["model"]: r["n"] for r in rows} == {"hybrid": 3, "als": 3}
+
+
+def test_explained_view_joins_the_titles(work_dir):
+    _, rows = _ask(work_dir, "SELECT * FROM hybridrec.recommendations_explained")
+
+    assert [(r["title"], r["reason_item_title"], r["run_id"]) for r in rows] == [
+        ("second", "first", "r2")
+    ]
+
+
+def test_nulls_sort_first_ascending_as_in_spark(work_dir):
+    _, rows = _ask(work_dir, "SELECT value FROM hybridrec.metrics_latest ORDER BY value")
+
+    assert [r["value"] for r in rows] == [None, 2]
+
+
+@pytest.mark.parametrize(
+    ("statement", "kind"),
+    [
+        ("SELECT count(*) FROM hybridrec.metrics_latest", "query"),
+        ("INSERT INTO hybridrec.interactions SELECT * FROM hybridrec.interactions", "write"),
+        ("CREATE TABLE hybridrec.t (a INT)", "write"),
+        ("DROP TABLE hybridrec.runs", "write"),
+        ("COPY (SELECT 1) TO 'x.csv'", "write"),
+        ("ATTACH 'x.db'", "write"),
+        ("DESCRIBE TABLE hybridrec.recommendations", "other"),
+        ("SHOW TABLES IN hybridrec", "other"),
+        ("SELECT 1; SELECT 2", "other"),
+        ("SELECT `model` FROM hybridrec.metrics", "query"),
+    ],
+)
+def test_statement_kind_comes_from_duckdbs_parser(statement, kind):
+    assert sql_duckdb.statement_kind(statement) == kind
+
+
+def test_files_outside_the_warehouse_cannot_be_read(work_dir):
+    with pytest.raises(sql_duckdb.QueryError, match="disabled"):
+        _ask(work_dir, "SELECT * FROM read_csv('/etc/passwd')")
+
+
+def test_what_duckdb_cannot_bind_goes_to_spark(work_dir):
+    with pytest.raises(sql_duckdb.NotForDuckDB):
+        _ask(work_dir, "SELECT * FROM hybridrec.no_such_table")
+
+
+def test_the_cli_path_refuses_writes_before_any_engine_runs(work_dir):
+    cfg = load_config([], [f"run.work_dir={work_dir}"])
+
+    for statement in (
+        "INSERT INTO hybridrec.metrics SELECT * FROM hybridrec.metrics",
+        "DROP TABLE hybridrec.runs",
+    ):
+        with pytest.raises(sql_access.sql_guard.ReadOnlyError, match="read-only"):
+            sql_access.query(cfg, statement, max_rows=10, fmt="table", out=io.StringIO())
+
+    out = io.StringIO()
+    answered = sql_access.query(
+        cfg, "SELECT count(*) AS n FROM hybridrec.metrics", max_rows=10, fmt="csv", out=out
+    )
+    assert (answered, out.getvalue()) == ("duckdb", "n\r\n6\r\n")
+
+
+def test_engine_duckdb_says_what_it_cannot_answer(work_dir):
+    cfg = load_config([], [f"run.work_dir={work_dir}"])
+
+    with pytest.raises(sql_access.SqlError, match="--engine duckdb"):
+        sql_access.query(
+            cfg,
+            "SHOW TABLES IN hybridrec",
+            max_rows=10,
+            fmt="table",
+            out=io.StringIO(),
+            engine="duckdb",
+        )
+
+
+def test_table_output_keeps_long_values_whole_on_one_line():
+    comment = "x" * 250
+    text = sql_access.table_text(["col_name", "comment"], [{"col_name": "a", "comment": comment}])
+
+    assert comment in text and "..." not in text
+    assert sql_access.table_text(["t"], [{"t": "two\nlines"}]).splitlines()[1] == "two\\nlines"
