@@ -5,8 +5,12 @@ processes cannot both succeed) and refreshed by a heartbeat thread. A second run
 with the holder's run id, pid, host and start, or waits up to ``run.lock_wait_seconds``. A lock
 whose holder is gone is taken over: on the same host when its pid no longer runs (or runs
 another program, told by the process start time), on any host when its heartbeat is older than
-``run.lock_stale_seconds``. Take-over renames the stale file away first, so of two processes that
-find it stale only one wins.
+``run.lock_stale_seconds``. A lock file that holds no record (empty, or not a JSON object: a
+crash or a full disk between its create and its write) is stale once it is older than
+``UNWRITTEN_LOCK_SECONDS`` (or one heartbeat interval, a fifth of ``run.lock_stale_seconds``, if
+that is shorter): a live holder writes its record right after the create, so a younger one may
+still be being written and is left alone. Take-over renames the stale file away first, so of
+two processes that find it stale only one wins.
 
 Local folders use the operating system's exclusive create. Other file systems (HDFS) go through
 Hadoop's ``create(overwrite=false)``, which is atomic on HDFS; object stores (S3) have no atomic
@@ -32,6 +36,8 @@ from pyspark.sql import SparkSession
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "_lock.json"
+# A lock file with no record older than this was left by a run that died creating it.
+UNWRITTEN_LOCK_SECONDS = 5.0
 
 
 class WarehouseBusyError(RuntimeError):
@@ -79,7 +85,14 @@ class _LocalFiles:
 
     def read(self, path: str) -> str | None:
         try:
-            return Path(path).read_text()
+            return Path(path).read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def mtime(self, path: str) -> float | None:
+        """When ``path`` was last written (epoch seconds), or None when it is gone."""
+        try:
+            return os.stat(path).st_mtime
         except FileNotFoundError:
             return None
 
@@ -129,6 +142,14 @@ class _HadoopFiles:
         reader.close()
         return text
 
+    def mtime(self, path: str) -> float | None:
+        """When ``path`` was last written (epoch seconds), or None when it is gone."""
+        fs, hpath = self._fs(path)
+        try:
+            return fs.getFileStatus(hpath).getModificationTime() / 1000.0
+        except Exception:  # FileNotFoundException arrives as a Py4JJavaError
+            return None
+
     def rename(self, source: str, target: str) -> bool:
         fs, src = self._fs(source)
         _, dst = self._fs(target)
@@ -161,6 +182,18 @@ class RunLock:
     @property
     def path(self) -> str:
         return f"{self.folder}/{LOCK_NAME}"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often the holder rewrites its lock file."""
+        return max(1.0, self.stale_seconds / 5)
+
+    @property
+    def unwritten_seconds(self) -> float:
+        """How old a lock file with no record must be before it counts as abandoned: its
+        holder writes the record right after the exclusive create, so a few seconds (or one
+        heartbeat, if shorter) is ample."""
+        return min(UNWRITTEN_LOCK_SECONDS, self.heartbeat_seconds)
 
     def _files(self):
         if _is_local(self.folder):
@@ -198,6 +231,11 @@ class RunLock:
             if holder is not None and self._stale(holder):
                 self._take_over(files, holder)
                 continue
+            if holder is None:
+                age = self._unreadable_age(files)
+                if age is not None and age > self.unwritten_seconds:
+                    self._take_over(files, None, age)
+                    continue
             if time.monotonic() >= deadline:
                 raise WarehouseBusyError(_busy_message(self.folder, holder, self.wait_seconds))
             if not announced:
@@ -217,13 +255,21 @@ class RunLock:
         return path.removeprefix("file://") if _is_local(path) else path
 
     def _holder(self, files) -> dict | None:
+        """The holder's record; None when the file is gone or holds no record (yet)."""
         text = files.read(self._local(self.path))
         if not text:
             return None  # being written or just released: look again
         try:
-            return json.loads(text)
+            record = json.loads(text)
         except json.JSONDecodeError:
             return None
+        return record if isinstance(record, dict) else None
+
+    def _unreadable_age(self, files) -> float | None:
+        """Seconds since the lock file was last written; None when it is gone (or its file
+        system cannot tell), which leaves it alone."""
+        written = files.mtime(self._local(self.path))
+        return None if written is None else time.time() - written
 
     def _stale(self, holder: dict) -> bool:
         if holder.get("host") == socket.gethostname():
@@ -234,25 +280,34 @@ class RunLock:
             return started is not None and _process_start(pid) not in (None, started)
         return time.time() - float(holder.get("heartbeat_epoch", 0)) > self.stale_seconds
 
-    def _take_over(self, files, holder: dict) -> None:
+    def _take_over(self, files, holder: dict | None, age: float = 0.0) -> None:
+        """Remove a stale lock file; ``holder`` None: it held no record, ``age`` seconds old."""
         aside = f"{self._local(self.path)}.stale-{self._token}"
         # Only one of several processes that found it stale wins this rename.
-        if files.rename(self._local(self.path), aside):
-            files.delete(aside)
+        if not files.rename(self._local(self.path), aside):
+            return
+        files.delete(aside)
+        if holder is None:
             log.warning(
-                "took over the lock of run %s (pid %s on %s, started %s): its process is gone",
-                holder.get("run_id"),
-                holder.get("pid"),
-                holder.get("host"),
-                holder.get("started"),
+                "took over the lock %s: the file is empty or unreadable and was last written "
+                "%.0fs ago (a run that died, or found the disk full, while creating it)",
+                self.path,
+                age,
             )
-            if self.on_take_over is not None:
-                self.on_take_over(holder)
+            return  # no run id to mark failed
+        log.warning(
+            "took over the lock of run %s (pid %s on %s, started %s): its process is gone",
+            holder.get("run_id"),
+            holder.get("pid"),
+            holder.get("host"),
+            holder.get("started"),
+        )
+        if self.on_take_over is not None and holder.get("run_id"):
+            self.on_take_over(holder)
 
     def _beat(self) -> None:
-        interval = max(1.0, self.stale_seconds / 5)
         files = self._files()
-        while not self._stop.wait(interval):
+        while not self._stop.wait(self.heartbeat_seconds):
             try:
                 if (self._holder(files) or {}).get("token") != self._token:
                     log.error("the warehouse lock %s is no longer ours", self.path)

@@ -6,6 +6,10 @@ a rating event without its rating, and rejected): each input line then ends in e
 ``interactions`` or ``rejects``. Lines are read as text first, so ``raw`` is the line itself (its
 bytes as they are in the file; ingest rejects one that is not UTF-8) and a line that is not a JSON
 record is kept as it came, with ``parse_error`` ``unparseable record``.
+
+A record is a line ended by ``\n`` (a CRLF line's ``\r`` is its line ending, not in ``raw``): a
+carriage return inside a line is data, and a raw control character inside a JSON string (some
+reviews hold a literal CR) is read as part of the text rather than making the record unparseable.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from hybridrec.sources import RawTables
+from hybridrec.sources.generic import LINE_SEP, without_line_end_cr
 
 REVIEW_JSON = T.StructType(
     [
@@ -36,8 +41,13 @@ META_JSON = T.StructType(
         T.StructField("_corrupt_record", T.StringType()),
     ]
 )
-# from_json fills the corrupt-record field of a line that is not a JSON record.
-JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}
+# from_json fills the corrupt-record field of a line that is not a JSON record. A review's text
+# may hold a raw CR or tab: strict JSON would reject the whole review for it.
+JSON_OPTIONS = {
+    "mode": "PERMISSIVE",
+    "columnNameOfCorruptRecord": "_corrupt_record",
+    "allowUnquotedControlChars": "true",
+}
 UNPARSEABLE = "unparseable record"
 HTML_TAG = r"<[A-Za-z/!][^>]*>?"  # a tag, possibly cut off; a bare "<" is text
 
@@ -51,8 +61,15 @@ def read(spark: SparkSession, reviews_path: str, meta_path: str | None) -> RawTa
     )
 
 
+def _lines(spark: SparkSession, path: str) -> DataFrame:
+    """The file's records as ``raw``, one a line (see the module doc)."""
+    # Spark's default also ends a line at a bare \r, which cut a review holding one in two.
+    text = spark.read.option("lineSep", LINE_SEP).text(path)
+    return text.select(without_line_end_cr(F.col("value")).alias("raw"))
+
+
 def read_reviews(spark: SparkSession, path: str) -> DataFrame:
-    lines = spark.read.text(path).withColumnRenamed("value", "raw")
+    lines = _lines(spark, path)
     parsed = lines.withColumn("r", F.from_json("raw", REVIEW_JSON, JSON_OPTIONS))
     return parsed.select(
         F.col("r.reviewerID").alias("user_id"),
@@ -71,7 +88,7 @@ def read_reviews(spark: SparkSession, path: str) -> DataFrame:
 def read_meta(spark: SparkSession, path: str) -> DataFrame:
     """Item metadata: list-valued description and categories joined, HTML stripped; the
     categories (minus the top one, which every item of a file shares) follow the description."""
-    lines = spark.read.text(path).withColumnRenamed("value", "raw")
+    lines = _lines(spark, path)
     parsed = lines.withColumn("m", F.from_json("raw", META_JSON, JSON_OPTIONS))
     description = F.regexp_replace(
         F.coalesce(

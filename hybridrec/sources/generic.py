@@ -27,9 +27,12 @@ together are rejected as ``wrong number of fields``, and a CRLF record in an LF 
 field would end in ``\\r``) as ``mixed line endings``. A limit of the reader itself: a quote that
 is never closed swallows the rest of the file into its field.
 
-JSON is read with the same corrupt-record column: a line that is not a JSON record keeps its text
-as ``raw`` with ``parse_error`` ``unparseable record``; other rows (JSON and Parquet) keep the
-row as JSON of all its columns (null fields left out) as ``raw``.
+JSON lines are split at ``\n`` only (unless ``lineSep`` is given): a carriage return inside a line
+is data, and a CRLF line's ``\r`` is its line ending. JSON is read with the same corrupt-record
+column: a line that is not a JSON record (a raw control character inside a string is not JSON,
+unless ``allowUnquotedControlChars`` is set) keeps its whole text as ``raw`` with ``parse_error``
+``unparseable record``; other rows (JSON and Parquet) keep the row as JSON of all its columns
+(null fields left out) as ``raw``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ CSV_DEFAULTS = {
     "escape": '"',
     "mode": "PERMISSIVE",
 }
+# A record ends at "\n" only: Spark's line readers by default also end one at a bare "\r".
+LINE_SEP = "\n"
 # Reader options that also say how a record is written back as CSV (raw of a valid record).
 _CSV_WRITE_KEYS = ("sep", "delimiter", "quote", "escape", "charToEscapeQuoteEscaping", "nullValue")
 
@@ -175,20 +180,32 @@ def _line_separator(spark: SparkSession, path: str) -> str:
     Left to itself, the CSV parser detects it too, but then rewrites a quoted ``\r\n`` to
     ``\n``; given explicitly, quoted line breaks are kept as they are.
     """
-    first = spark.read.option("lineSep", "\n").text(path).limit(1).collect()  # one line
+    first = spark.read.option("lineSep", LINE_SEP).text(path).limit(1).collect()  # one line
     return "\r\n" if first and first[0][0].endswith("\r") else "\n"
+
+
+def without_line_end_cr(line: Column) -> Column:
+    """``line`` without the ``\r`` of a CRLF line ending, read with a ``\n`` separator.
+
+    Cut as bytes: a line may hold bytes that are not UTF-8, which ingest must still find as read.
+    """
+    cut = F.substring(line.cast("binary"), F.lit(1), F.octet_length(line) - 1).cast("string")
+    return F.when(line.endswith("\r"), cut).otherwise(line)
 
 
 def read_json(spark: SparkSession, path: str, options: Mapping[str, str]) -> DataFrame:
     """A JSON table with ``RAW_COL`` and ``ERROR_COL``: a line that is not a JSON record is kept
     as its text, every other row as JSON of its columns."""
-    opts = _without(options, "columnNameOfCorruptRecord")
+    opts = _merged({"lineSep": LINE_SEP}, _without(options, "columnNameOfCorruptRecord"))
     df = spark.read.options(**opts).option("columnNameOfCorruptRecord", CORRUPT_COL).json(path)
     names = [name for name in df.columns if name != CORRUPT_COL]
     if not names and CORRUPT_COL not in df.columns:
         return df  # an empty file
     row = F.to_json(F.struct(*[F.col(f"`{name}`") for name in names])) if names else F.lit(None)
-    corrupt = F.col(CORRUPT_COL) if CORRUPT_COL in df.columns else F.lit(None).cast("string")
+    if CORRUPT_COL in df.columns:
+        corrupt = without_line_end_cr(F.col(CORRUPT_COL))
+    else:
+        corrupt = F.lit(None).cast("string")
     return df.select(
         *[F.col(f"`{name}`") for name in names],
         F.coalesce(corrupt, row).alias(RAW_COL),

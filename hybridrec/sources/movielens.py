@@ -2,7 +2,9 @@
 review text (one tag row, one review), ``movies.csv`` gives titles and genres as item text.
 Files may be plain or gzip (``ratings.csv.gz``). They are RFC 4180 CSV and read as the generic
 source reads CSV (``generic.read_csv``): a record of the wrong width is rejected, not cut to fit,
-and ``raw`` is the record as CSV."""
+and ``raw`` is the record as CSV. Records end at the file's line ending (``\n`` or ``\r\n``, as its
+first line ends), never at a bare ``\r``: one inside a tag is text, and the last field of a CRLF
+file keeps no ``\r``."""
 
 from __future__ import annotations
 

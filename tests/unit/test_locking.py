@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from hybridrec import locking
 from hybridrec.locking import LOCK_NAME, RunLock, WarehouseBusyError
 
 
@@ -86,3 +88,60 @@ def test_only_one_of_many_racing_processes_gets_the_lock(tmp_path):
     codes = sorted(p.wait() for p in procs)
 
     assert codes == [0, 3, 3, 3, 3, 3]
+
+
+# --- a lock file that was never written (a crash or a full disk right after its create) --------
+
+
+def _lock_file(folder, content: bytes, age: float = 0.0):
+    path = folder / LOCK_NAME
+    path.write_bytes(content)
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\x00\xff{not json", b"[1, 2]"], ids=["empty", "garbage", "not a record"]
+)
+def test_an_old_unreadable_lock_is_taken_over(tmp_path, content, caplog):
+    _lock_file(tmp_path, content, age=3600)
+    taken = []
+
+    caplog.set_level(logging.WARNING, logger="hybridrec.locking")
+
+    with RunLock(str(tmp_path), "next", on_take_over=taken.append):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["run_id"] == "next"
+
+    assert taken == []  # no run id to mark failed
+    assert "unreadable" in caplog.text
+
+
+def test_a_young_empty_lock_is_left_to_its_writer(tmp_path):
+    path = _lock_file(tmp_path, b"")
+
+    with pytest.raises(WarehouseBusyError, match="being written"):
+        RunLock(str(tmp_path), "mine").acquire()
+    assert path.read_bytes() == b""
+
+
+def test_a_waiting_run_takes_over_an_empty_lock_once_it_has_aged(tmp_path):
+    _lock_file(tmp_path, b"")
+    started = time.monotonic()
+
+    # stale_seconds 5: a heartbeat every second, so an empty file is abandoned after one.
+    with RunLock(str(tmp_path), "mine", wait_seconds=10, stale_seconds=5):
+        waited = time.monotonic() - started
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["run_id"] == "mine"
+    assert 0.9 < waited < 9
+
+
+def test_an_old_empty_lock_on_a_hadoop_file_system_is_taken_over(spark, tmp_path, monkeypatch):
+    # The same folder through Hadoop's FileSystem, as on HDFS.
+    monkeypatch.setattr(locking, "_is_local", lambda path: False)
+    path = _lock_file(tmp_path, b"", age=3600)
+
+    with RunLock(str(tmp_path), "next", spark=spark):
+        assert json.loads(path.read_text())["run_id"] == "next"
+        assert (tmp_path / f".{LOCK_NAME}.crc").exists()  # written by Hadoop's local FileSystem
+    assert not path.exists()

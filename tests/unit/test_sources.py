@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame
 
 from hybridrec.config import load_config
 from hybridrec.sources import BEHAVIOUR_SCHEMA, REVIEW_SCHEMA, amazon, movielens
-from hybridrec.sources.generic import to_raw
+from hybridrec.sources.generic import ERROR_COL, RAW_COL, read_json, to_raw
 from hybridrec.tables import Warehouse
 from jobs import ingest as ingest_job
 
@@ -207,6 +207,27 @@ def test_movielens_read(spark, movielens_folder):
     }
 
 
+def test_movielens_crlf_ratings_and_a_cr_inside_a_tag(spark, tmp_path):
+    # A CRLF file's records end before their \r; a bare \r inside a record is data (gzip too).
+    (tmp_path / "ratings.csv").write_bytes(
+        b"userId,movieId,rating,timestamp\r\n1,10,4.0,964982703\r\n1,20,3.5,964981247\r\n"
+    )
+    with gzip.open(tmp_path / "tags.csv.gz", "wb") as f:
+        f.write(b"userId,movieId,tag,timestamp\n1,10,so\rfunny,1445714994\n1,20,dull,1445714995\n")
+
+    raw = movielens.read(spark, str(tmp_path))
+
+    ratings = sorted((r["raw"], r["event_ts"], r["parse_error"]) for r in raw.behaviour.collect())
+    assert ratings == [
+        ("1,10,4.0,964982703", "964982703", None),
+        ("1,20,3.5,964981247", "964981247", None),
+    ]
+    tags = sorted(
+        (r["review_text"], r["event_ts"], r["parse_error"]) for r in raw.reviews.collect()
+    )
+    assert tags == [("dull", "1445714995", None), ("so\rfunny", "1445714994", None)]
+
+
 def test_movielens_without_ratings_is_a_clear_error(spark, tmp_path):
     with pytest.raises(FileNotFoundError, match="ratings.csv"):
         movielens.read(spark, str(tmp_path))
@@ -215,10 +236,22 @@ def test_movielens_without_ratings_is_a_clear_error(spark, tmp_path):
 # --- amazon.read_reviews / read_meta ---------------------------------------------------------
 
 
-def _gzip_lines(path: Path, lines: list[str]) -> str:
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+def _gzip_lines(path: Path, lines: list[str], end: str = "\n") -> str:
+    with gzip.open(path, "wb") as f:
+        f.write("".join(line + end for line in lines).encode())
     return str(path)
+
+
+def _write_lines(path: Path, lines: list[str], end: str) -> str:
+    if path.suffix == ".gz":
+        return _gzip_lines(path, lines, end)
+    path.write_bytes("".join(line + end for line in lines).encode())
+    return str(path)
+
+
+def _literal_cr(line: str) -> str:
+    """A JSON line whose escaped \\r is a raw carriage return, as some Amazon files have it."""
+    return line.replace("\\r", "\r")
 
 
 def _review(user: str, item: str, overall, ts: int, text: str) -> str:
@@ -242,7 +275,8 @@ REVIEW_LINES = [
     _review("U1", "A3", 3.0, T0 + 200, "Meh"),
     _review("U1", "A3", 3.0, T0 + 200, "Meh"),  # exact duplicate line
     CORRUPT,
-    _review("U2", "A1", 2.0, T0 + 300, "Poor"),
+    # A raw CR inside a string is part of its line, not a line break.
+    _literal_cr(_review("U2", "A1", 2.0, T0 + 300, "Poor\rvalue")),
 ]
 META_LINES = [
     json.dumps(
@@ -261,7 +295,7 @@ def amazon_files(tmp_path_factory) -> tuple[str, str]:
     folder = tmp_path_factory.mktemp("amazon")
     return (
         _gzip_lines(folder / "reviews.json.gz", REVIEW_LINES),
-        _gzip_lines(folder / "meta.json.gz", META_LINES),
+        _gzip_lines(folder / "meta.json.gz", META_LINES, "\r\n"),
     )
 
 
@@ -289,6 +323,48 @@ def test_amazon_read_reviews(spark, amazon_files):
     assert (corrupt["user_id"], corrupt["item_id"], corrupt["event_ts"]) == (None, None, None)
     assert corrupt["rating"] is None
     assert corrupt["parse_error"] == "unparseable record"
+    assert by_raw[REVIEW_LINES[5]]["review_text"] == "Poor\rvalue"
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("name", ["r.json", "r.json.gz"], ids=["plain", "gz"])
+def test_amazon_a_record_is_a_line_and_a_cr_inside_it_is_data(spark, tmp_path, end, name):
+    cr_line = _literal_cr(_review("U3", "A3", 4.0, T0, "Line one\rline two"))
+    lines = [REVIEW_LINES[0], cr_line, CORRUPT]
+    path = _write_lines(tmp_path / name, lines, end)
+
+    rows = amazon.read_reviews(spark, path).collect()
+
+    # One record per line, its raw the whole line without its line ending.
+    assert sorted(r["raw"] for r in rows) == sorted(lines)
+    by_raw = {r["raw"]: r for r in rows}
+    assert (by_raw[cr_line]["review_text"], by_raw[cr_line]["parse_error"]) == (
+        "Line one\rline two",
+        None,
+    )
+    assert by_raw[CORRUPT]["parse_error"] == "unparseable record"
+
+
+def test_amazon_meta_line_with_a_cr_inside_is_one_record(spark, tmp_path):
+    cr_line = _literal_cr(json.dumps({"asin": "A1", "title": "Mag", "description": "a\rb"}))
+    path = _write_lines(tmp_path / "m.json", [cr_line, META_LINES[1]], "\n")
+
+    rows = amazon.read_meta(spark, path).collect()
+
+    assert sorted(r["raw"] for r in rows) == sorted([cr_line, META_LINES[1]])
+    assert {r["item_id"]: r["description"] for r in rows} == {"A1": "a b", "A2": "Plain text"}
+
+
+def test_generic_json_a_record_is_a_line_and_a_cr_inside_it_is_data(spark, tmp_path):
+    cr_line = _literal_cr(json.dumps({"u": "b", "text": "x\ry"}))
+    path = _write_lines(tmp_path / "x.json", ['{"u": "a"}', cr_line, '{"u": oops'], "\r\n")
+
+    rows = read_json(spark, path, {}).collect()
+
+    # The generic reader is strict JSON: the CR line is one reject, kept whole.
+    assert sorted((r[RAW_COL], r[ERROR_COL]) for r in rows) == sorted(
+        [('{"u":"a"}', None), (cr_line, "unparseable record"), ('{"u": oops', "unparseable record")]
+    )
 
 
 def test_amazon_non_numeric_overall_keeps_its_text(spark, tmp_path):
@@ -341,7 +417,8 @@ def test_amazon_ingest_accounts_for_every_line(spark, amazon_files, tmp_path):
 
     counts = ingest_job.run(spark, cfg2, "run-x")
 
-    # 6 lines: 4 reviews kept, the duplicate and the corrupt line rejected.
+    # 6 lines (one with a raw CR inside, one record still): 4 reviews kept, the duplicate and
+    # the corrupt line rejected.
     # U1's newest item A3 is test, A2 validation, A1 train; U2 has one item: train.
     assert counts["reviews_in"] == counts["interactions"] + counts["reviews_rejected"]
     assert {k: counts[k] for k in ("reviews_in", "interactions", "reviews_rejected")} == {
