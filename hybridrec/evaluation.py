@@ -16,7 +16,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from hybridrec.constants import EMBEDDING_COL, ITEM_COL, USER_COL
+from hybridrec.constants import EMBEDDING_COL, ITEM_COL, TEXT_PARTS, USER_COL
 from udfs import topk
 
 RANKING_METRICS = ("ndcg", "hr", "precision", "recall", "map")
@@ -201,8 +201,10 @@ def reason_kind() -> Column:
     pop, or none (no weighted part was defined for the pick)."""
     reason = F.col("reason")
     kind = F.when(reason == topk.REASONS["cf"], "cf").when(reason == topk.REASONS["pop"], "pop")
-    for part, kind_name in (("cooc", "cooc"), ("text", "text"), ("next", "next")):
-        prefix, fallback = topk.NAMED_REASONS[part]
+    # Every part that names a history item, so a new one is counted without a change here;
+    # both text parts count as text.
+    for part, (prefix, fallback) in topk.NAMED_REASONS.items():
+        kind_name = "text" if part in TEXT_PARTS else part
         kind = kind.when(reason.startswith(prefix) | (reason == fallback), kind_name)
     return kind.otherwise("none")
 

@@ -153,14 +153,14 @@ def choose_next(pick: pd.Series, tune, cfg: Config) -> tuple[dict[str, float], p
     a gain of 2% is within it. Ties go to the smaller share.
     Returns the weights with their validation NDCG and HR, and the curve tried."""
     shares = sorted({float(s) for s in cfg.score.next_share_grid} - {0.0})
+    weights = {part: float(pick[part]) for part in PARTS}
     unchanged = {
-        **{part: float(pick[part]) for part in PARTS},
+        **weights,
         "validation_ndcg": float(pick["validation_ndcg"]),
         "validation_hr": float(pick["validation_hr"]),
     }
     if not shares:
         return unchanged, pd.DataFrame()
-    weights = {part: float(pick[part]) for part in PARTS}
     # Share 0 (the pick itself) comes first: the gains are paired against it.
     shares = [0.0, *shares]
     grid = [with_next(weights, s) for s in shares]
