@@ -21,7 +21,9 @@ from pyspark import SparkContext
 log = logging.getLogger("hybridrec.progress")
 
 _current: dict[str, object] = {}
-_stage: dict[str, object] = {}
+# name: what progress lines call it; started: its monotonic start; stage: the bare name of the
+# stage running now, None between stages. Only ever updated whole (another thread reads it).
+_stage: dict[str, object] = {"stage": None}
 
 
 class _LastRecord(logging.Handler):
@@ -56,12 +58,12 @@ def heartbeat(sc: SparkContext, label: str, interval: float = 20.0) -> Iterator[
     stop = threading.Event()
     started = time.monotonic()
     _current.clear()
-    _stage.update(name=label, started=started)
+    _stage.update(name=label, started=started, stage=None)
 
     def beat() -> None:
         while not stop.wait(min(2.0, interval / 4)):
-            if time.monotonic() - last.at >= interval:
-                log.info("%s", describe(sc, _stage["name"], time.monotonic() - _stage["started"]))
+            if time.monotonic() - last.at >= interval and not _report(sc):
+                return
 
     thread = threading.Thread(target=beat, name=f"progress-{label}", daemon=True)
     thread.start()
@@ -74,15 +76,31 @@ def heartbeat(sc: SparkContext, label: str, interval: float = 20.0) -> Iterator[
         _current.clear()
 
 
+def _report(sc: SparkContext) -> bool:
+    """Log one progress line; False when Spark cannot be asked (its JVM is gone, as after a kill
+    of the process group): progress lines end there, quietly, and the run goes on or stops."""
+    try:
+        text = describe(sc, _stage["name"], time.monotonic() - _stage["started"])
+    except Exception:
+        return False
+    log.info("%s", text)
+    return True
+
+
 @contextlib.contextmanager
 def in_stage(name: str) -> Iterator[None]:
     """Progress lines name stage ``name`` and count its seconds, until it ends."""
     before = dict(_stage)
-    _stage.update(name=f"stage {name}", started=time.monotonic())
+    _stage.update(name=f"stage {name}", started=time.monotonic(), stage=name)
     try:
         yield
     finally:
         _stage.update(before)
+
+
+def current_stage() -> str | None:
+    """The stage running now (``in_stage``), or None between stages and outside a run."""
+    return _stage.get("stage")
 
 
 def describe(sc: SparkContext, stage: str, elapsed: float) -> str:

@@ -1,9 +1,12 @@
-"""Keep secrets out of the process's logs and MLflow's printed run URLs.
+"""Keep secrets out of the process's logs, its tracebacks and MLflow's printed run URLs.
 
 :class:`RedactingFilter`, installed by :func:`install_log_redaction`, rewrites every log record on
-its way to a handler; :func:`quiet_mlflow_urls` stops MLflow's own "View run ... at: <url>" lines,
-which bypass logging (see its docstring). The masking itself, and the redaction of config params
-and the ``runs`` table, is :mod:`hybridrec.masking`; its public names are re-exported here.
+its way to a handler, and the same install masks what Python itself prints of an exception
+nobody caught (``sys.excepthook``, ``threading.excepthook``, ``sys.unraisablehook``);
+:func:`mask_message` gives one-line errors the same masking. :func:`quiet_mlflow_urls` stops
+MLflow's own "View run ... at: <url>" lines, which bypass logging (see its docstring). The masking
+itself, and the redaction of config params and the ``runs`` table, is :mod:`hybridrec.masking`;
+its public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import importlib
 import logging
 import os
 import re
+import sys
 import threading
+import traceback
 from collections.abc import Iterable
 
 from hybridrec.masking import (
@@ -35,6 +40,7 @@ __all__ = [
     "RedactingFilter",
     "install_log_redaction",
     "is_secret_key",
+    "mask_message",
     "mask_text",
     "mask_uri",
     "name_parts",
@@ -105,6 +111,8 @@ class RedactingFilter(logging.Filter):
 _EXC_FORMATTER = logging.Formatter()
 _FILTER: RedactingFilter | None = None
 _INSTALL_LOCK = threading.Lock()
+# sys.excepthook, threading.excepthook and sys.unraisablehook as they were before the install.
+_HOOKS_BEFORE: tuple | None = None
 # Logger-level filters see only records logged on that very logger, so they back up the
 # handler-level ones for handlers added after installation. MLflow's "mlflow", "alembic",
 # "sqlalchemy.engine" and "huey" loggers do not propagate (mlflow/utils/logging_utils.py:
@@ -126,12 +134,17 @@ def _all_loggers() -> list[logging.Logger]:
     return [logging.getLogger(), *existing]
 
 
-def install_log_redaction(secrets: Iterable[str] = (), *, from_env: bool = True) -> RedactingFilter:
-    """Mask secrets in every log record the process emits; idempotent, cheap to call again.
+def install_log_redaction(
+    secrets: Iterable[str] = (), *, from_env: bool = True, load_mlflow: bool = True
+) -> RedactingFilter:
+    """Mask secrets in every log record and uncaught exception the process prints; idempotent,
+    cheap to call again.
 
     Puts one :class:`RedactingFilter` on every handler of every existing logger (root, MLflow's
     own non-propagating handler, py4j's, pytest's ...) and on :data:`logging.lastResort`, and as a
     logger-level filter on root, ``hybridrec``, ``mlflow``, ``py4j`` and MLflow's other loggers.
+    Replaces ``sys.excepthook``, ``threading.excepthook`` and ``sys.unraisablehook`` by hooks
+    that print the same report, masked (an uncaught MLflow error carries the tracking URI whole).
     Imports MLflow first when it is installed, as its import replaces the handler of the
     ``mlflow`` logger. Call it again after anything that adds handlers (``logging.basicConfig``
     with ``force``, a new file handler) and whenever new secrets are known: each call adds
@@ -141,13 +154,16 @@ def install_log_redaction(secrets: Iterable[str] = (), *, from_env: bool = True)
         secrets: literal secrets to mask wherever they appear (e.g. ``secret_values(cfg.flat())``).
         from_env: also mask :func:`secret_values` of ``os.environ`` (``AWS_SECRET_ACCESS_KEY``,
             ``MLFLOW_TRACKING_PASSWORD``, the password in ``MLFLOW_TRACKING_URI`` ...).
+        load_mlflow: import MLflow first, so that the handlers it adds on import are covered;
+            False for commands that never use MLflow (it costs seconds to import).
 
     Returns:
         The process-wide filter.
     """
     global _FILTER
-    with contextlib.suppress(ImportError):
-        importlib.import_module("mlflow")
+    if load_mlflow:
+        with contextlib.suppress(ImportError):
+            importlib.import_module("mlflow")
     with _INSTALL_LOCK:
         if _FILTER is None:
             _FILTER = RedactingFilter()
@@ -162,6 +178,7 @@ def install_log_redaction(secrets: Iterable[str] = (), *, from_env: bool = True)
             logging.lastResort.addFilter(redacting)
         for name in _FILTERED_LOGGERS:
             logging.getLogger(name).addFilter(redacting)
+        _install_exception_hooks()
     return redacting
 
 
@@ -178,6 +195,65 @@ def remove_log_redaction() -> None:
         if logging.lastResort is not None:
             logging.lastResort.removeFilter(_FILTER)
         _FILTER = None
+        _remove_exception_hooks()
+
+
+def mask_message(text: str) -> str:
+    """``text`` masked as log lines are: URI credentials, secret pairs, and the literal secrets
+    :func:`install_log_redaction` was given. For what is printed outside logging (one-line errors
+    on stderr)."""
+    return _FILTER.mask(text) if _FILTER is not None else mask_uri(text)
+
+
+def _install_exception_hooks() -> None:
+    global _HOOKS_BEFORE
+    if _HOOKS_BEFORE is None:
+        _HOOKS_BEFORE = (sys.excepthook, threading.excepthook, sys.unraisablehook)
+        sys.excepthook = _masked_excepthook
+        threading.excepthook = _masked_thread_excepthook
+        sys.unraisablehook = _masked_unraisablehook
+
+
+def _remove_exception_hooks() -> None:
+    global _HOOKS_BEFORE
+    if _HOOKS_BEFORE is not None:
+        sys.excepthook, threading.excepthook, sys.unraisablehook = _HOOKS_BEFORE
+        _HOOKS_BEFORE = None
+
+
+def _masked_excepthook(exc_type, exc, tb) -> None:
+    _print_masked("", exc_type, exc, tb)
+
+
+def _masked_thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    # As threading's own hook: a thread ended by SystemExit is no error.
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    _print_masked(
+        f"Exception in thread {name}:\n", args.exc_type, args.exc_value, args.exc_traceback
+    )
+
+
+def _masked_unraisablehook(unraisable) -> None:
+    head = unraisable.err_msg or "Exception ignored in"
+    if unraisable.object is not None:
+        try:
+            head = f"{head}: {unraisable.object!r}"
+        except Exception:
+            head = f"{head}: <{type(unraisable.object).__name__} object>"
+    exc = (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    _print_masked(f"{head}\n", *exc)
+
+
+def _print_masked(head: str, exc_type, exc, tb) -> None:
+    """Python's report of an exception (the same text as its own hooks), masked, on stderr."""
+    stream = sys.stderr
+    if stream is None:  # pythonw, or a closed console
+        return
+    text = head + "".join(traceback.format_exception(exc_type, exc, tb))
+    stream.write(mask_message(text))
+    stream.flush()
 
 
 def quiet_mlflow_urls() -> None:

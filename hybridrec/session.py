@@ -91,6 +91,7 @@ def get_spark(cfg: Config) -> SparkSession:
             log.warning("%s ignored: local Spark (%s) schedules no GPUs", key, cfg.spark.master)
             continue
         builder = builder.config(key, str(value))
+    _start_jvm_apart(builder)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     _refuse_gpu_tasks_in_local_mode(spark)
@@ -104,6 +105,30 @@ def get_spark(cfg: Config) -> SparkSession:
     spark.sparkContext.setCheckpointDir(work_path(cfg, "checkpoint_dir", "checkpoints"))
     log.info("spark %s master=%s warehouse=%s", spark.version, spark.sparkContext.master, warehouse)
     return spark
+
+
+def _start_jvm_apart(builder: SparkSession.Builder) -> None:
+    """Start the driver's JVM (as getOrCreate would) in a session of its own.
+
+    ``timeout``, Airflow and a terminal send SIGTERM or SIGINT to the whole process group; in
+    ours, the JVM would die with the driver's first signal, and the run could neither be marked
+    failed in ``runs`` nor stop without a flood of py4j errors. Apart, it outlives the signal
+    long enough for that, and still ends with this process: it exits when its stdin, a pipe from
+    here, closes. Under spark-submit the JVM came first; nothing to do.
+    """
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    options = getattr(builder, "_options", None)  # what getOrCreate turns into a SparkConf
+    if under_spark_submit() or SparkContext._gateway is not None or options is None:
+        return
+    conf = SparkConf()
+    for key, value in options.items():
+        conf.set(key, value)
+    with SparkContext._lock:
+        if SparkContext._gateway is None:
+            SparkContext._gateway = launch_gateway(conf, popen_kwargs={"start_new_session": True})
+            SparkContext._jvm = SparkContext._gateway.jvm
 
 
 def _refuse_gpu_tasks_in_local_mode(spark: SparkSession) -> None:

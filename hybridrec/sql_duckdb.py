@@ -115,6 +115,22 @@ def query(
 
     if statement_kind(statement) != "query":
         raise NotForDuckDB("not a single plain SELECT")
+    try:
+        return _answer(db_root, database, statement, max_rows)
+    except duckdb.IOException:
+        # Retention removed a snapshot between the listing and the read: list again, once.
+        log.info("duckdb: a snapshot went away while it was read; reading again")
+    try:
+        return _answer(db_root, database, statement, max_rows)
+    except duckdb.IOException as exc:
+        raise QueryError(_first_line(str(exc))) from exc
+
+
+def _answer(
+    db_root: Path, database: str, statement: str, max_rows: int
+) -> tuple[list[str], list[dict]]:
+    import duckdb
+
     with duckdb.connect(":memory:") as con:
         tables = define_views(con, db_root, database)
         _lock_down(con, db_root)
@@ -126,6 +142,8 @@ def query(
         except (duckdb.CatalogException, duckdb.BinderException, duckdb.ParserException) as exc:
             # Spark SQL functions or names DuckDB lacks: Spark answers, or says what is wrong.
             raise NotForDuckDB(_first_line(str(exc))) from exc
+        except duckdb.IOException:
+            raise
         except duckdb.Error as exc:
             raise QueryError(_first_line(str(exc))) from exc
     return columns, rows

@@ -1,14 +1,17 @@
 """The end of a run, as an operator or analyst reads it: the headline numbers and where to look.
 
-Printed when a run completes: the ranking metrics of every model on the test split, the
-hybrid's paired gaps with their intervals, and ready-to-paste commands that open the tables
-(SQL), the notebook, the MLflow UI and the logged ALS model, with this run's settings filled in.
+Printed when a run ends: for a complete run the ranking metrics of every model on the test
+split and the hybrid's paired gaps with their intervals; then ready-to-paste commands that open
+the tables (SQL), the notebook, the MLflow UI and the logged ALS model, with this run's settings
+filled in. Each names only what exists: a view once some run has made it, the notebook once
+there are metrics to explore, a local MLflow store once it was written, the model once logged.
 """
 
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 from pyspark.sql import functions as F
@@ -17,6 +20,7 @@ from hybridrec.config import Config
 from hybridrec.constants import COMPARISONS, METRICS, MODELS
 from hybridrec.masking import mask_text
 from hybridrec.tables import Warehouse
+from hybridrec.views import EXPLAINED, LATEST_SUFFIX, RUNS
 
 HEADLINE = ("ndcg", "hr")
 REPO = Path(__file__).resolve().parents[1]
@@ -87,21 +91,68 @@ def _notebook() -> str:
 
 
 def where_things_are(
-    cfg: Config, warehouse: Warehouse, tracking_uri: str, mlflow_run_id: str | None
+    cfg: Config,
+    warehouse: Warehouse,
+    tracking_uri: str,
+    mlflow_run_id: str | None,
+    als_model_uri: str | None = None,
 ) -> list[str]:
+    """Ready-to-paste commands for what this run left, each line only for what exists.
+
+    Args:
+        cfg: the run's config (its overlays and location settings go into the commands).
+        warehouse: the run's warehouse; its folders and catalog say what exists.
+        tracking_uri: the MLflow store.
+        mlflow_run_id: the run's parent MLflow run, if it has one.
+        als_model_uri: the ALS model's ``runs:/`` URI, if the run logged one.
+    """
     args = " ".join(shlex.quote(a) for a in config_args(cfg))
-    db = warehouse.database
-    lines = [
-        f"tables: {warehouse.db_root} (catalog database {db}; each table has a <table>_latest "
-        "view of the newest complete run, and recommendations_explained)",
-        f'  hybridrec sql {args} "SELECT * FROM {db}.metrics_latest"',
-        f"  hybridrec sql-server {args}   # JDBC for BI tools and beeline",
-        f"notebook: HYBRIDREC_ARGS={shlex.quote(args)} jupyter lab {_notebook()}",
-        f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(mask_text(tracking_uri))}",
-    ]
+    lines = _table_lines(warehouse, args) + _notebook_lines(warehouse, args)
+    lines += _mlflow_ui_lines(tracking_uri)
     if mlflow_run_id:
-        lines.append(
-            f"MLflow run {mlflow_run_id}; ALS model: runs:/{mlflow_run_id}/als_model "
-            "(README, 'MLflow', shows how to load it)"
-        )
+        run = f"MLflow run {mlflow_run_id}"
+        if als_model_uri:
+            run += f"; ALS model: {als_model_uri} (README, 'MLflow', shows how to load it)"
+        lines.append(run)
     return lines
+
+
+def _in_catalog(warehouse: Warehouse, name: str) -> bool:
+    return warehouse.spark.catalog.tableExists(warehouse.qualified(name))
+
+
+def _table_lines(warehouse: Warehouse, args: str) -> list[str]:
+    if not warehouse.tables():
+        return []
+    db = warehouse.database
+    about = f"catalog database {db}"
+    if _in_catalog(warehouse, RUNS + LATEST_SUFFIX):
+        about += "; each table has a <table>_latest view of the newest complete run"
+        if _in_catalog(warehouse, EXPLAINED):
+            about += ", and recommendations_explained"
+    example = next(
+        (name for name in (METRICS + LATEST_SUFFIX, RUNS) if _in_catalog(warehouse, name)), None
+    )
+    lines = [f"tables: {warehouse.db_root} ({about})"]
+    if example:
+        lines.append(f'  hybridrec sql {args} "SELECT * FROM {db}.{example}"')
+    lines.append(f"  hybridrec sql-server {args}   # JDBC for BI tools and beeline")
+    return lines
+
+
+def _notebook_lines(warehouse: Warehouse, args: str) -> list[str]:
+    # It explores the views of the newest complete run, starting from its metrics.
+    if not _in_catalog(warehouse, METRICS + LATEST_SUFFIX):
+        return []
+    return [f"notebook: HYBRIDREC_ARGS={shlex.quote(args)} jupyter lab {_notebook()}"]
+
+
+def _mlflow_ui_lines(tracking_uri: str) -> list[str]:
+    parts = urlsplit(tracking_uri)
+    if parts.scheme in ("http", "https"):
+        # A tracking server is its own UI; credentials stay out of the address.
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        return [f"MLflow UI: {urlunsplit(bare)}"]
+    if parts.scheme == "sqlite" and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return []
+    return [f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(mask_text(tracking_uri))}"]

@@ -9,12 +9,21 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import requests
+from mlflow.environment_variables import (
+    MLFLOW_TRACKING_CLIENT_CERT_PATH,
+    MLFLOW_TRACKING_INSECURE_TLS,
+    MLFLOW_TRACKING_SERVER_CERT_PATH,
+)
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hybridrec import runs
@@ -33,11 +42,20 @@ JOB_TAG = "hybridrec.job"
 WAREHOUSE_TAG = "hybridrec.warehouse"  # runs of one warehouse: the lock holder owns them
 CONFIG_HASH_TAG = "hybridrec.config_hash"
 MAX_PARAM_CHARS = 6000
+# Seconds a tracking server has to accept a connection, and then to answer.
+PROBE_TIMEOUT = 10.0
 
 
 # As the operator set it: mlflow.set_tracking_uri writes this variable too, so read later it
 # would send a second run in this process (another work dir) to the first run's store.
 _OPERATOR_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+# Likewise for mlflow.set_registry_uri (see _use_store).
+_OPERATOR_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")
+
+
+class TrackingUnreachableError(RuntimeError):
+    """The MLflow tracking server cannot be reached. The message is one line: the URI with its
+    credentials masked, why, and the setting to check."""
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -56,6 +74,109 @@ def display_uri(cfg: Config) -> str:
     return mask_uri(tracking_uri(cfg))
 
 
+def tracking_setting(cfg: Config) -> str:
+    """Where the tracking URI comes from, for an operator to fix."""
+    if cfg.mlflow.tracking_uri:
+        return "mlflow.tracking_uri"
+    if _OPERATOR_TRACKING_URI:
+        return "mlflow.tracking_uri (unset: the environment variable MLFLOW_TRACKING_URI is used)"
+    return "run.work_dir (the MLflow store is its mlflow.db)"
+
+
+def _use_store(cfg: Config) -> None:
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    # Else every MlflowClient() asks the Spark session for a registry URI, which raises once the
+    # JVM is gone (killed with the driver's process group): the runs could not be ended FAILED.
+    mlflow.set_registry_uri(_OPERATOR_REGISTRY_URI or uri)
+
+
+def check_reachable(cfg: Config, timeout: float = PROBE_TIMEOUT) -> None:
+    """Fail at once, before Spark starts, when the tracking server cannot be reached.
+
+    MLflow's own client retries a refused connection for about 4.5 minutes and then raises an
+    exception that carries the URI, password included. Only HTTP(S) servers are asked: one GET
+    of the URI without its credentials (none are sent before anything is verified), through the
+    proxies and TLS settings MLflow uses. Any HTTP answer, 401 included, means it is reachable;
+    a refused connection, an unknown host, a connect timeout or a failed TLS handshake not.
+
+    Args:
+        cfg: the run's config.
+        timeout: seconds to wait for the connection, and then for an answer.
+
+    Raises:
+        TrackingUnreachableError: naming the masked URI, why, and the setting to check.
+    """
+    uri = tracking_uri(cfg)
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning, with insecure TLS
+            requests.get(
+                bare,
+                timeout=timeout,
+                allow_redirects=False,
+                verify=_verify_tls(),
+                cert=MLFLOW_TRACKING_CLIENT_CERT_PATH.get(),
+            )
+    except requests.exceptions.ConnectionError as exc:
+        raise _unreachable(uri, tracking_setting(cfg), exc) from None
+    except requests.exceptions.RequestException:
+        return  # it answered, slowly or oddly: MLflow's own calls will tell
+
+
+def _verify_tls() -> bool | str:
+    if MLFLOW_TRACKING_INSECURE_TLS.get():
+        return False
+    return MLFLOW_TRACKING_SERVER_CERT_PATH.get() or True
+
+
+@contextlib.contextmanager
+def translate_unreachable(cfg: Config) -> Iterator[None]:
+    """A tracking server lost mid-run becomes one :class:`TrackingUnreachableError`, not
+    MLflow's exception (raised after its retries, with the URI and password in its message)."""
+    try:
+        yield
+    except MlflowException as exc:
+        if not any(isinstance(e, requests.exceptions.ConnectionError) for e in _causes(exc)):
+            raise
+        raise _unreachable(tracking_uri(cfg), tracking_setting(cfg), exc) from None
+
+
+def _unreachable(uri: str, setting: str, exc: BaseException) -> TrackingUnreachableError:
+    return TrackingUnreachableError(
+        f"MLflow tracking server {mask_uri(uri)} cannot be reached ({_reason(exc)}): "
+        f"check {setting}"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """The operating system's words for a failed connection ("Connection refused", "Name or
+    service not known", "timed out"), found below the HTTP libraries' wrappers."""
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and type(cause).__module__ in ("builtins", "socket", "ssl"):
+            return (cause.strerror or str(cause) or type(cause).__name__).strip()
+    return type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps (causes, contexts, exception arguments, urllib3's
+    ``reason``), breadth first."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        wrapped = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        todo += [e for e in [*wrapped, *current.args] if isinstance(e, BaseException)]
+
+
 def warehouse_folder(cfg: Config) -> str:
     return f"{work_path(cfg, 'warehouse_dir', 'warehouse')}/{cfg.run.database}.db"
 
@@ -63,6 +184,14 @@ def warehouse_folder(cfg: Config) -> str:
 def warehouse_key(cfg: Config) -> str:
     """A search-safe tag value for the warehouse (its path may hold quotes)."""
     return hashlib.sha256(warehouse_folder(cfg).encode()).hexdigest()[:16]
+
+
+def logged_artifact_uri(mlflow_run_id: str, name: str) -> str | None:
+    """``runs:/<run>/<name>`` when MLflow run ``mlflow_run_id`` holds artifact ``name`` (a model
+    folder), else None: the summary names only what was logged."""
+    if not MlflowClient().list_artifacts(mlflow_run_id, name):
+        return None
+    return f"runs:/{mlflow_run_id}/{name}"
 
 
 def _experiment_id(cfg: Config) -> str:
@@ -78,7 +207,7 @@ def _experiment_id(cfg: Config) -> str:
 
 def pipeline_run_id(cfg: Config, run_id: str) -> str | None:
     """The MLflow id of pipeline run ``run_id``'s parent run, if it has one."""
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    _use_store(cfg)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     if experiment is None:
@@ -161,7 +290,7 @@ def _job_run_id(experiment_id: str, parent_id: str, run_id: str, job: str) -> st
 def fail_abandoned_runs(cfg: Config) -> list[str]:
     """Mark FAILED the MLflow runs of this warehouse left RUNNING by a process that died (the
     caller holds the warehouse lock, so no live process owns them)."""
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    _use_store(cfg)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     if experiment is None:
@@ -194,7 +323,7 @@ def fail_abandoned_runs(cfg: Config) -> list[str]:
 @contextlib.contextmanager
 def job_run(cfg: Config, run_id: str, job: str) -> Iterator[mlflow.ActiveRun]:
     """Open the parent run of ``run_id`` and the nested run of ``job`` inside it."""
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    _use_store(cfg)
     experiment_id = _experiment_id(cfg)
     # Runs a job opens itself (an ALS grid point) then land in the same experiment.
     mlflow.set_experiment(experiment_id=experiment_id)

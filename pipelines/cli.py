@@ -15,6 +15,10 @@ A wrong setting, stage name or run id fails before Spark starts: one line on std
 key and where it was set, exit status 2. SQL is read-only: a statement that would change a
 table, the catalog or a catalog setting, and one Spark refuses, exit 5 with one line;
 sql and sql-server exit 3 when the port or the (embedded Derby) catalog is held elsewhere.
+run and job exit 3 when another run holds the warehouse, 4 when an input has no valid row and
+6 when the MLflow tracking server cannot be reached (one line: the URI, credentials masked, and
+mlflow.tracking_uri); SIGTERM or SIGINT stops a run with one line, `hybridrec: run R stopped
+by signal N in stage S`, and status 143 or 130.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hybridrec import packaging, sql_access, sql_guard
+
+# Only light modules here: --help, argument errors and DuckDB-answered queries need no Spark,
+# MLflow or pandas; each command imports what it runs.
+from hybridrec.cli_base import argument_parser, protect_secrets, setup_logging
 from hybridrec.config import (
     ConfigError,
     check_run_id,
@@ -34,16 +42,6 @@ from hybridrec.config import (
     load_config,
     one_line,
 )
-from hybridrec.runner import (
-    argument_parser,
-    exit_on_known_errors,
-    job_main,
-    new_run_id,
-    protect_secrets,
-    setup_logging,
-)
-from hybridrec.session import get_spark
-from pipelines.end_to_end import STAGES, run_pipeline
 
 DEFAULT_CONF = "conf/local.yaml"
 
@@ -60,14 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = argument_parser("run the whole hybridrec pipeline")
             parser.add_argument("--stages", default=None, help="comma-separated subset, in order")
             args = parser.parse_args(rest)
+            from hybridrec import tracking
+            from hybridrec.runner import exit_on_known_errors, new_run_id
+            from hybridrec.session import get_spark
+            from pipelines.end_to_end import STAGES, run_pipeline
+
             # Everything the run needs is checked before get_spark: a typo costs no JVM start.
             stages = check_stages(args.stages, list(STAGES))
             run_id = check_run_id(args.run_id) if args.run_id is not None else new_run_id()
             cfg = load_config(args.conf or [DEFAULT_CONF], args.set)
             setup_logging()
             protect_secrets(cfg)
-            # A busy warehouse exits 3 with one line; SIGTERM marks the run failed.
-            with exit_on_known_errors():
+            # A busy warehouse exits 3 with one line, an MLflow server out of reach 6 (asked
+            # before the JVM starts); SIGTERM and SIGINT stop the run with one line, 143 or 130.
+            with exit_on_known_errors(run_id):
+                tracking.check_reachable(cfg)
                 spark = get_spark(cfg)
                 run_pipeline(spark, cfg, run_id, stages)
             return 0
@@ -76,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return packaging.main(rest, setup_logging=setup_logging)
         if command in SQL_COMMANDS:
             return SQL_COMMANDS[command](rest)
-        if command == "job" and rest and rest[0] in STAGES:
+        if command == "job" and rest and rest[0] in _stage_names():
+            from hybridrec.runner import job_main
+            from pipelines.end_to_end import STAGES
+
             # job_main checks these too, then exits; checked here first so that main() returns
             # 2 like the run command does, and an empty --run-id is refused here as well.
             args = argument_parser(f"hybridrec {rest[0]} job").parse_args(rest[1:])
@@ -91,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "job":
         given = repr(rest[0]) if rest else "none"
         print(
-            f"hybridrec: unknown job {given}; jobs are {', '.join(STAGES)} (hybridrec --help)",
+            f"hybridrec: unknown job {given}; jobs are {', '.join(_stage_names())} "
+            "(hybridrec --help)",
             file=sys.stderr,
         )
     else:
@@ -118,8 +127,8 @@ def _sql(rest: list[str]) -> int:
     args = parser.parse_args(rest)
     statement = _statement(parser, args.statement, args.file)
     cfg = load_config(args.conf or [DEFAULT_CONF], args.set)
-    setup_logging()
-    protect_secrets(cfg)
+    setup_logging(mlflow=False)
+    protect_secrets(cfg, mlflow=False)
     with _sql_errors("sql"):
         sql_access.query(
             cfg,
@@ -206,6 +215,12 @@ def _sql_errors(command: str) -> Iterator[None]:
     except sql_access.BusyError as exc:
         print(f"hybridrec: {command}: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(3)
+
+
+def _stage_names() -> tuple[str, ...]:
+    from hybridrec.constants import STAGE_NAMES
+
+    return STAGE_NAMES
 
 
 SQL_COMMANDS = {"sql": _sql, "sql-server": _sql_server, "spark-conf": _spark_conf}

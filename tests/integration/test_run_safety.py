@@ -1,13 +1,16 @@
 """Runs as an operator meets them: pipelines killed with SIGKILL mid-write and mid-stage, a
-second pipeline on a busy warehouse, and a resume of an older run after all that. Every
+second pipeline on a busy warehouse, a resume of an older run after all that, and a pipeline
+stopped by SIGTERM to its process group (one line, status 143, marked failed). Every
 pipeline is its own process (the real CLI), and tables are read back through the persistent
 catalog from a fresh process, as an analyst would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -114,6 +117,15 @@ def _read_back(work: Path, run_id: str) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
+def _mlflow_runs(db: Path) -> int:
+    """Runs in an MLflow SQLite store that another process is still writing."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as store:
+            return store.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("safety")
@@ -171,3 +183,42 @@ def test_kills_and_a_busy_warehouse_leave_the_complete_run_whole(work, tmp_path)
     assert statuses == {"P1": "FINISHED", "P2": "FAILED", "P3": "FAILED"}
     # The catalog and its logs live under the work dir, never in the checkout.
     assert not [p for p in ("metastore_db", "derby.log", "spark-warehouse") if (REPO / p).exists()]
+
+
+def test_sigterm_to_the_process_group_stops_the_run_with_one_line(tmp_path):
+    """What ``timeout`` and Airflow do: SIGTERM to every process of the group, the JVM's too."""
+    import pandas as pd
+
+    work = tmp_path / "work"
+    log = tmp_path / "stop.log"
+    run = subprocess.Popen(
+        _cli(work, "--run-id", "T1"),
+        cwd=REPO,
+        env=_environment(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own group, so the signal reaches no test process
+    )
+    _wait_for(lambda: "stage ingest: starting" in log.read_text(), "stage ingest", every=0.2)
+    # Its parent and job runs in MLflow, then into the stage's Spark work.
+    _wait_for(lambda: _mlflow_runs(work / "mlflow.db") >= 2, "the MLflow runs", every=0.2)
+    time.sleep(1)
+    os.killpg(run.pid, signal.SIGTERM)
+    status = run.wait(timeout=120)
+
+    output = log.read_text()
+    stops = [line for line in output.splitlines() if "stopped by signal" in line]
+    assert status == 143, output[-3000:]
+    assert stops == ["hybridrec: run T1 stopped by signal 15 in stage ingest"], output[-3000:]
+    assert output.rstrip().endswith(stops[0])
+    assert "Traceback" not in output and "py4j" not in output.lower(), output[-3000:]
+    # Marked failed in the runs table and in MLflow (read without Spark: seconds, not a JVM).
+    runs = pd.read_parquet(work / "warehouse" / "hybridrec.db" / "runs" / "run_id=T1")
+    assert runs["status"].tolist() == ["failed"]
+    assert runs["message"].tolist() == ["stopped by signal 15 in stage ingest"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("hybridrec").experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'pipeline'",
+    )
+    assert parent.info.status == "FAILED"

@@ -1,6 +1,6 @@
 """No secret leaves the process in clear: a password in the MLflow URI (a real tracking server
 over HTTP) and an S3 secret key in ``spark.conf`` appear in no MLflow param or tag, no log line
-and no table."""
+and no table; nor in the one line (exit status 6) of a tracking server that cannot be reached."""
 
 from __future__ import annotations
 
@@ -104,3 +104,18 @@ def test_secrets_are_in_no_param_log_or_table(tracking_server, tmp_path, spark):
             text = str(row.asDict())
             assert PASSWORD not in text, table
             assert S3_SECRET not in text, table
+
+
+def test_an_unreachable_tracking_server_is_one_line_without_its_password(tmp_path):
+    uri = f"http://analyst:{PASSWORD}@127.0.0.1:{_free_port()}/"  # nothing listens there
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--conf", "conf/local.yaml"]
+    command += ["--set", f"run.work_dir={tmp_path}", "--set", f"mlflow.tracking_uri={uri}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    output = done.stdout + done.stderr
+    assert done.returncode == 6, output[-3000:]
+    assert PASSWORD not in output
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("hybridrec: MLflow tracking server http://***@127.0.0.1:"), line
+    assert "mlflow.tracking_uri" in line
+    assert not (tmp_path / "metastore").exists()  # refused before Spark started

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec import runner
+from hybridrec import runner, session
 from pipelines import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,8 +158,10 @@ def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(cfg):
         raise AssertionError("Spark started: the setting got past load_config")
 
-    for module in (cli, runner):
+    # The run command imports get_spark from hybridrec.session when it runs.
+    for module in (session, runner):
         monkeypatch.setattr(module, "get_spark", refuse)
+    for module in (cli, runner):
         monkeypatch.setattr(module, "setup_logging", lambda: None)
         monkeypatch.setattr(module, "protect_secrets", lambda cfg: None)
     monkeypatch.delenv("HYBRIDREC_CONF_DIR", raising=False)

@@ -56,3 +56,31 @@ def test_progress_stops_with_the_run(spark, caplog):
     time.sleep(1.5)
 
     assert not [r for r in caplog.records if r.name == "hybridrec.progress"]
+
+
+def test_the_stage_running_now_is_known_and_forgotten_when_it_ends():
+    assert progress.current_stage() is None
+    with progress.in_stage("als"):
+        assert progress.current_stage() == "als"
+        with progress.in_stage("score"):
+            assert progress.current_stage() == "score"
+        assert progress.current_stage() == "als"
+    assert progress.current_stage() is None
+
+
+class _DeadContext:
+    """A SparkContext whose JVM is gone: every call into it fails, as py4j's do."""
+
+    def statusTracker(self):
+        raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+
+def test_a_status_call_that_fails_ends_progress_lines_without_a_traceback(monkeypatch, caplog):
+    failures = []
+    monkeypatch.setattr("threading.excepthook", failures.append)
+    caplog.set_level(logging.INFO)
+    with progress.heartbeat(_DeadContext(), "run R", interval=0.1):
+        time.sleep(0.4)
+
+    assert failures == []  # the thread did not die with an exception
+    assert not [r for r in caplog.records if r.exc_info]

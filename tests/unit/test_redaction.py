@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
+import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -429,3 +432,109 @@ def test_mask_uri_stays_linear_on_pathological_text() -> None:
     started = time.perf_counter()
     mask_uri("x://" * 20_000 + "a=b&" * 20_000)
     assert time.perf_counter() - started < 3.0  # quadratic took ~20 s
+
+
+def test_uncaught_exceptions_are_masked_in_their_tracebacks(capsys) -> None:
+    install_log_redaction(["hunter22"], from_env=False)
+    try:
+        raise ValueError("API request to http://user:s3cret@127.0.0.1:9/api failed (hunter22)")
+    except ValueError:
+        sys.excepthook(*sys.exc_info())
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert "API request to http://***@127.0.0.1:9/api failed (***)" in err
+    assert "s3cret" not in err and "hunter22" not in err
+
+
+def test_exceptions_of_threads_are_masked(capsys) -> None:
+    install_log_redaction(["hunter22"], from_env=False)
+
+    def fails() -> None:
+        raise ConnectionError("http://user:s3cret@127.0.0.1:9/ refused hunter22")
+
+    worker = threading.Thread(target=fails, name="worker")
+    worker.start()
+    worker.join()
+    err = capsys.readouterr().err
+    assert "Exception in thread worker" in err
+    assert "http://***@127.0.0.1:9/ refused ***" in err
+    assert "s3cret" not in err and "hunter22" not in err
+
+
+def test_removing_the_redaction_restores_the_exception_hooks() -> None:
+    before = (sys.excepthook, threading.excepthook, sys.unraisablehook)
+    install_log_redaction(from_env=False)
+    assert sys.excepthook is not before[0] and threading.excepthook is not before[1]
+    remove_log_redaction()
+    assert (sys.excepthook, threading.excepthook, sys.unraisablehook) == before
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_is_named_masked_with_its_setting(tmp_path) -> None:
+    from hybridrec import tracking
+
+    uri = f"http://user:s3cret@127.0.0.1:{_closed_port()}/"
+    cfg = load_config([], [f"run.work_dir={tmp_path}", f"mlflow.tracking_uri={uri}"])
+    started = time.perf_counter()
+    with pytest.raises(tracking.TrackingUnreachableError) as unreachable:
+        tracking.check_reachable(cfg)
+    message = str(unreachable.value)
+    assert time.perf_counter() - started < 5
+    assert "s3cret" not in message
+    assert "http://***@127.0.0.1:" in message and "connection refused" in message.lower()
+    assert "mlflow.tracking_uri" in message
+    assert "\n" not in message
+
+
+def test_a_local_store_needs_no_check(tmp_path) -> None:
+    from hybridrec import tracking
+
+    tracking.check_reachable(load_config([], [f"run.work_dir={tmp_path}"]))
+
+
+@pytest.fixture
+def _signal_handlers() -> Iterator[None]:
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def test_mlflow_lost_mid_run_is_one_masked_line_and_status_6(
+    tmp_path, capsys, _signal_handlers
+) -> None:
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from hybridrec import runner, tracking
+
+    install_log_redaction(from_env=False)
+    uri = "http://user:s3cret@127.0.0.1:9"
+    cfg = load_config([], [f"run.work_dir={tmp_path}", f"mlflow.tracking_uri={uri}"])
+    with (
+        pytest.raises(SystemExit) as exited,
+        runner.exit_on_known_errors("R1"),
+        tracking.translate_unreachable(cfg),
+    ):
+        try:  # what mlflow.utils.rest_utils.http_request raises once its retries are spent
+            raise requests.exceptions.ConnectionError(
+                "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded",
+            ) from ConnectionRefusedError(111, "Connection refused")
+        except requests.exceptions.ConnectionError as exc:
+            # MLflow raises it without "from": the connection error is only its context.
+            raise MlflowException(  # noqa: B904
+                f"API request to {uri}/api/2.0/x failed with exception {exc}"
+            )
+    assert exited.value.code == 6
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert "s3cret" not in lines[0]
+    assert lines[0] == (
+        "hybridrec: MLflow tracking server http://***@127.0.0.1:9 cannot be reached "
+        "(Connection refused): check mlflow.tracking_uri"
+    )
