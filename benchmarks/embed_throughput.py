@@ -10,7 +10,7 @@ times
 - ``in-process``: ``SentenceTransformer(<bundled model>).encode(texts, batch_size=...)`` with
   torch using every core (torch), and ``udfs.onnx_encoder.OnnxTextEncoder`` with every core as
   ONNX Runtime threads (onnx);
-- ``spark``: the embed job's own path (``hybridrec.embedding.encode_task_count`` and
+- ``spark``: the embed job's own path (``hybridrec.models.embedding.encode_task_count`` and
   ``encode_in_tasks`` with ``udfs.embedding_udf.encode_texts_udf``) on the project config's
   local session, its output consumed by the ``noop`` writer (so that Spark runs the UDF).
 
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hybridrec import embedding
-from hybridrec.config import Config, load_config
-from hybridrec.session import get_spark
+from hybridrec.config.loader import Config, load_config
+from hybridrec.models import embedding
+from hybridrec.ops.session import get_spark
 from udfs.embedding_udf import encode_texts_udf
 from udfs.encoder import bundled_model_path, resolve_model
 

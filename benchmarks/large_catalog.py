@@ -30,11 +30,11 @@ from pyspark import SparkContext
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import candidates, scoring
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.constants import SPLIT_COL, TEST, TS_COL, VALIDATION
-from hybridrec.runner import setup_logging
-from hybridrec.session import get_spark
+from hybridrec.ops.runner import setup_logging
+from hybridrec.ops.session import get_spark
+from hybridrec.ranking import candidates, scoring
 from udfs.topk import weight_grid
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.constants import COMPARISONS, DEBIAS_CURVE, FUSION_WEIGHTS, METRICS
-from hybridrec.runner import new_run_id, setup_logging
-from hybridrec.session import get_spark
-from hybridrec.tables import Warehouse
+from hybridrec.ops.runner import new_run_id, setup_logging
+from hybridrec.ops.session import get_spark
+from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
 from udfs.topk import PARTS
 

@@ -257,9 +257,9 @@ def pipeline_overrides(data: Path, run_dir: Path, encoder: Path | None) -> list[
 
 def measure(spec_file: Path) -> int:
     """Child process: run the stages of one size and write what was measured next to the spec."""
-    from hybridrec.config import load_config
-    from hybridrec.runner import new_run_id, setup_logging
-    from hybridrec.session import get_spark
+    from hybridrec.config.loader import load_config
+    from hybridrec.ops.runner import new_run_id, setup_logging
+    from hybridrec.ops.session import get_spark
     from pipelines.end_to_end import run_pipeline
 
     setup_logging()

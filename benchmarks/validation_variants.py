@@ -42,16 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import REPO, source_settings  # noqa: E402
 
 from hybridrec import linear, scoring  # noqa: E402
-from hybridrec.config import Config, load_config  # noqa: E402
+from hybridrec.config.loader import Config, load_config  # noqa: E402
 from hybridrec.constants import (  # noqa: E402
     FUSION_WEIGHTS,
     INTERACTIONS,
     VALIDATION,
 )
-from hybridrec.folds import history  # noqa: E402
-from hybridrec.runner import setup_logging  # noqa: E402
-from hybridrec.session import get_spark  # noqa: E402
-from hybridrec.tables import Warehouse  # noqa: E402
+from hybridrec.models.folds import history  # noqa: E402
+from hybridrec.ops.runner import setup_logging  # noqa: E402
+from hybridrec.ops.session import get_spark  # noqa: E402
+from hybridrec.store.tables import Warehouse  # noqa: E402
 from udfs import topk  # noqa: E402
 
 SLOTS = (1, 3, 5)

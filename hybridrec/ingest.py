@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from hybridrec.config import Config
+from hybridrec.config.loader import Config
 from hybridrec.constants import (
     EVENT_COL,
     ITEM_COL,

@@ -3,9 +3,10 @@
 ``<table>_latest`` holds a table's rows of the newest complete run (``runs.status =
 'complete'``, latest ``started_at``); ``recommendations_explained`` joins the newest complete
 run's recommendations with the titles of the item and of the history item the reason names.
-Spark registers them in the catalog (``hybridrec.tables``); ``hybridrec sql`` rebuilds them over
-the snapshot files in DuckDB (``hybridrec.sql_duckdb``). Each engine passes its own identifier
-quoting. This module imports nothing heavy: the fast SQL path loads it without Spark or pandas.
+Spark registers them in the catalog (``hybridrec.store.tables``); ``hybridrec sql`` rebuilds them
+over the snapshot files in DuckDB (``hybridrec.analyst.sql_duckdb``). Each engine passes its own
+identifier quoting. This module imports nothing heavy: the fast SQL path loads it without Spark or
+pandas.
 """
 
 from __future__ import annotations

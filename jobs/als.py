@@ -24,8 +24,7 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import candidates, cf, cooc, scoring, tracking
-from hybridrec.config import Config
+from hybridrec.config.loader import Config
 from hybridrec.constants import (
     ALS_ITEM_FACTORS,
     ALS_USER_FACTORS,
@@ -40,8 +39,11 @@ from hybridrec.constants import (
     USER_COL,
     VALIDATION,
 )
-from hybridrec.runner import job_main
-from hybridrec.tables import Warehouse
+from hybridrec.models import cf, cooc
+from hybridrec.ops import tracking
+from hybridrec.ops.runner import job_main
+from hybridrec.ranking import candidates, scoring
+from hybridrec.store.tables import Warehouse
 
 NAME = "als"
 log = logging.getLogger(__name__)

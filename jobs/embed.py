@@ -17,8 +17,7 @@ from functools import reduce
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import embedding, progress, scoring
-from hybridrec.config import Config
+from hybridrec.config.loader import Config
 from hybridrec.constants import (
     EMBEDDING_COL,
     FOLD_COL,
@@ -32,8 +31,11 @@ from hybridrec.constants import (
     TEXT_EMBEDDINGS,
     USER_EMBEDDINGS,
 )
-from hybridrec.runner import job_main
-from hybridrec.tables import Warehouse
+from hybridrec.models import embedding
+from hybridrec.ops import progress
+from hybridrec.ops.runner import job_main
+from hybridrec.ranking import scoring
+from hybridrec.store.tables import Warehouse
 from udfs.embedding_udf import encode_texts_udf
 from udfs.encoder import resolve_model
 

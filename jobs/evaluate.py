@@ -6,8 +6,8 @@
 The baselines (ALS-only, co-occurrence, text-only, popularity) come from the same scoring kernel
 with one part's weight at 1, so every model ranks the same candidates (items unseen in train) the
 same way; so does the hybrid's re-rank curve (each popularity de-biasing strength, table
-debias_curve). EASE and item-kNN (``hybridrec.linear``) are the strongest simple recommenders,
-each with its one hyper-parameter picked on validation.
+debias_curve). EASE and item-kNN (``hybridrec.evaluation.linear``) are the strongest simple
+recommenders, each with its one hyper-parameter picked on validation.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import candidates, evaluation, linear, plots, scoring, tracking
-from hybridrec.config import Config
+from hybridrec.config.loader import Config
 from hybridrec.constants import (
     BASELINE_RECOMMENDATIONS,
     BASELINE_WEIGHTS,
@@ -40,9 +39,13 @@ from hybridrec.constants import (
     SPLIT_COL,
     TEST,
 )
-from hybridrec.folds import history
-from hybridrec.runner import job_main
-from hybridrec.tables import Warehouse
+from hybridrec.evaluation import linear, plots
+from hybridrec.evaluation import metrics as evaluation
+from hybridrec.models.folds import history
+from hybridrec.ops import tracking
+from hybridrec.ops.runner import job_main
+from hybridrec.ranking import candidates, scoring
+from hybridrec.store.tables import Warehouse
 from udfs.topk import DEBIAS, PARTS, debiased
 
 NAME = "evaluate"

@@ -19,13 +19,14 @@ from functools import reduce
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import ingest, privacy
-from hybridrec.config import Config
+from hybridrec import ingest
+from hybridrec.config.loader import Config
 from hybridrec.constants import INTERACTIONS, ITEMS, REJECTS, SPLIT_COL
 from hybridrec.ingest import EmptyInputError
-from hybridrec.runner import job_main
+from hybridrec.ops.runner import job_main
+from hybridrec.safety import privacy
 from hybridrec.sources import describe, read_raw
-from hybridrec.tables import Warehouse
+from hybridrec.store.tables import Warehouse
 
 NAME = "ingest"
 KINDS = ("behaviour", "reviews", "items")

@@ -17,8 +17,7 @@ import mlflow
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from hybridrec import candidates, progress, scoring
-from hybridrec.config import Config
+from hybridrec.config.loader import Config
 from hybridrec.constants import (
     FUSION_WEIGHTS,
     RECOMMENDATIONS,
@@ -26,8 +25,10 @@ from hybridrec.constants import (
     TEXT_PARTS,
     VALIDATION,
 )
-from hybridrec.runner import job_main
-from hybridrec.tables import Warehouse
+from hybridrec.ops import progress
+from hybridrec.ops.runner import job_main
+from hybridrec.ranking import candidates, scoring
+from hybridrec.store.tables import Warehouse
 from udfs.topk import DEBIAS, PARTS, debiased, weight_grid, with_next
 
 NAME = "score"

@@ -29,12 +29,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from hybridrec import packaging, sql_access, sql_guard
-
-# Only light modules here: --help, argument errors and DuckDB-answered queries need no Spark,
-# MLflow or pandas; each command imports what it runs.
-from hybridrec.cli_base import argument_parser, protect_secrets, setup_logging
-from hybridrec.config import (
+from hybridrec.analyst import sql_access, sql_guard
+from hybridrec.config.loader import (
     ConfigError,
     check_run_id,
     check_stages,
@@ -42,6 +38,11 @@ from hybridrec.config import (
     load_config,
     one_line,
 )
+from hybridrec.ops import packaging
+
+# Only light modules here: --help, argument errors and DuckDB-answered queries need no Spark,
+# MLflow or pandas; each command imports what it runs.
+from hybridrec.ops.cli_base import argument_parser, protect_secrets, setup_logging
 
 DEFAULT_CONF = "conf/local.yaml"
 
@@ -58,9 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = argument_parser("run the whole hybridrec pipeline")
             parser.add_argument("--stages", default=None, help="comma-separated subset, in order")
             args = parser.parse_args(rest)
-            from hybridrec import tracking
-            from hybridrec.runner import exit_on_known_errors, new_run_id
-            from hybridrec.session import get_spark
+            from hybridrec.ops import tracking
+            from hybridrec.ops.runner import exit_on_known_errors, new_run_id
+            from hybridrec.ops.session import get_spark
             from pipelines.end_to_end import STAGES, run_pipeline
 
             # Everything the run needs is checked before get_spark: a typo costs no JVM start.
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in SQL_COMMANDS:
             return SQL_COMMANDS[command](rest)
         if command == "job" and rest and rest[0] in _stage_names():
-            from hybridrec.runner import job_main
+            from hybridrec.ops.runner import job_main
             from pipelines.end_to_end import STAGES
 
             # job_main checks these too, then exits; checked here first so that main() returns

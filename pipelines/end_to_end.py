@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
-from hybridrec.config import Config
-from hybridrec.runner import JobFn, run_stages
+from hybridrec.config.loader import Config
+from hybridrec.ops.runner import JobFn, run_stages
 from jobs import als, embed, evaluate, ingest, score
 
 STAGES: dict[str, JobFn] = {

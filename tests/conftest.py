@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from hybridrec.config import Config, load_config
-from hybridrec.session import get_spark
+from hybridrec.config.loader import Config, load_config
+from hybridrec.ops.session import get_spark
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ import pandas as pd
 from udfs import topk
 
 PARTS = topk.PARTS
-# The recommendations table's columns in order (``hybridrec.scoring.RECOMMENDATION_SCHEMA``).
+# The recommendations table's columns in order
+# (``hybridrec.ranking.scoring.RECOMMENDATION_SCHEMA``).
 RECOMMENDATION_COLUMNS = (
     "model",
     "user_id",

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from udfs.batching import encode_by_length
 
 log = logging.getLogger(__name__)
 # Weights only ever come from a local folder; never let a missing file turn into a download.
@@ -143,21 +144,6 @@ class TextEncoder:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
-
-
-def encode_by_length(
-    texts: list[str], batch_size: int, dim: int, encode_batch: Callable[[list[str]], np.ndarray]
-) -> np.ndarray:
-    """``encode_batch`` over batches of texts of similar length, put back in input order.
-
-    Padding costs as much as real tokens: batching by length keeps it small.
-    """
-    out = np.empty((len(texts), dim), dtype=np.float32)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    for start in range(0, len(texts), batch_size):
-        idx = order[start : start + batch_size]
-        out[idx] = encode_batch([texts[i] for i in idx])
-    return out
 
 
 def task_cpus() -> int | None:

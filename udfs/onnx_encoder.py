@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from udfs.encoder import encode_by_length
+from udfs.batching import encode_by_length
 
 log = logging.getLogger(__name__)
 # Bump when the export or quantisation below changes: cached files of an older recipe are stale.

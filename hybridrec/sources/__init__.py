@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from hybridrec.config import Config
+from hybridrec.config.loader import Config
 
 BEHAVIOUR_SCHEMA = T.StructType(
     [

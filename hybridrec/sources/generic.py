@@ -43,7 +43,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from hybridrec.config import Config
+from hybridrec.config.loader import Config
 from hybridrec.sources import BEHAVIOUR_SCHEMA, ITEM_SCHEMA, REVIEW_SCHEMA, RawTables
 
 # Columns a reader may add next to the data: the record as read and the reader's verdict. Named

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hybridrec.config import Config
+from hybridrec.config.loader import Config
 
 TOPICS = {
     "hiking": "trail tent backpack summit boots compass campfire mountain ridge canteen",

@@ -48,7 +48,7 @@ def packed_env():
     """``hybridrec pack`` once per session, into the checkout's ignored ``build/`` folder: a
     fresh clone (CI) builds it; a second local session reuses it when nothing it is built from
     changed."""
-    from hybridrec import packaging
+    from hybridrec.ops import packaging
 
     started = time.perf_counter()
     result = packaging.build(REPO / "build" / "test-dist")

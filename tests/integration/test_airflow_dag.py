@@ -36,7 +36,7 @@ ENV_KEYS = (
     "HYBRIDREC_RETRIES",
     "HYBRIDREC_RETRY_DELAY",
 )
-# The CLI's rule for --run-id (hybridrec.config_checks.check_run_id).
+# The CLI's rule for --run-id (hybridrec.config.checks.check_run_id).
 RUN_ID_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 NOV_23 = datetime(2026, 11, 23, tzinfo=timezone.utc)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.sources import sample
 
 pytestmark = pytest.mark.slow

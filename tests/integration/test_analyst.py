@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec import catalog
+from hybridrec.store import catalog
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 READER = """
 import json, sys
-from hybridrec import catalog
-from hybridrec.config import load_config
-from hybridrec.session import get_spark
+from hybridrec.store import catalog
+from hybridrec.config.loader import load_config
+from hybridrec.ops.session import get_spark
 
 run_id, conf = sys.argv[1], sys.argv[2:]
 spark = get_spark(load_config(conf))

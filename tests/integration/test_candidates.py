@@ -13,11 +13,11 @@ from pyspark import SparkContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from hybridrec import candidates, scoring
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.constants import METRICS, MODELS, RECOMMENDATIONS, SPLIT_COL, TEST, VALIDATION
-from hybridrec.folds import history
-from hybridrec.tables import Warehouse
+from hybridrec.models.folds import history
+from hybridrec.ranking import candidates, scoring
+from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
 from udfs.topk import PARTS
 

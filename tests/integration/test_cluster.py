@@ -376,9 +376,9 @@ print(json.dumps({"facts": found, "cuda_failure": failure}))
 LOAD_MODEL = """
 import json, math
 import mlflow.spark
-from hybridrec.config import load_config
-from hybridrec.session import get_spark
-from hybridrec.tracking import pipeline_run_id
+from hybridrec.config.loader import load_config
+from hybridrec.ops.session import get_spark
+from hybridrec.ops.tracking import pipeline_run_id
 
 args = CONF
 cfg = load_config(

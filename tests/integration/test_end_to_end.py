@@ -9,10 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.constants import MODELS
-from hybridrec.tables import Warehouse
-from hybridrec.tracking import RUN_ID_TAG, tracking_uri
+from hybridrec.ops.tracking import RUN_ID_TAG, tracking_uri
+from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
 from udfs.topk import PARTS
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec import packaging
+from hybridrec.ops import packaging
 
 pytestmark = pytest.mark.slow
 

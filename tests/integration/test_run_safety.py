@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hybridrec.tracking import ROLE_TAG, RUN_ID_TAG
+from hybridrec.ops.tracking import ROLE_TAG, RUN_ID_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,8 @@ TABLES = (
 )
 READER = """
 import json, sys
-from hybridrec.config import load_config
-from hybridrec.session import get_spark
+from hybridrec.config.loader import load_config
+from hybridrec.ops.session import get_spark
 run_id, tables = sys.argv[1], json.loads(sys.argv[2])
 spark = get_spark(load_config(["conf/local.yaml"], sys.argv[3:]))
 counts = {t: spark.table(f"hybridrec.{t}").where(f"run_id = '{run_id}'").count() for t in tables}

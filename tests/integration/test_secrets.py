@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hybridrec.config import load_config
-from hybridrec.tables import Warehouse
+from hybridrec.config.loader import load_config
+from hybridrec.store.tables import Warehouse
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyspark
 import pytest
 
-from hybridrec.sql_guard import RULE
+from hybridrec.analyst.sql_guard import RULE
 
 pytestmark = pytest.mark.slow
 

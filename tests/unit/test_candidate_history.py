@@ -4,7 +4,7 @@ item's recency weight."""
 
 from __future__ import annotations
 
-from hybridrec import candidates
+from hybridrec.ranking import candidates
 
 
 def test_recent_history_orders_like_full_ranking_and_skips_items_outside_the_catalog(spark):

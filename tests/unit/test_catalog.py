@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from hybridrec import catalog
-from hybridrec.config import load_config
-from hybridrec.tables import Warehouse
+from hybridrec.config.loader import load_config
+from hybridrec.store import catalog
+from hybridrec.store.tables import Warehouse
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -103,7 +103,7 @@ def test_the_readme_lists_the_dictionarys_tables():
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- tables:begin -->\n(.*?)<!-- tables:end -->", text, re.S)
     assert block, "README.md lost its generated table list markers"
-    assert block.group(1) == catalog.markdown(), "regenerate: python -m hybridrec.catalog"
+    assert block.group(1) == catalog.markdown(), "regenerate: python -m hybridrec.store.catalog"
 
 
 def test_a_changed_dictionary_reaches_a_registered_table(spark, warehouse, monkeypatch):

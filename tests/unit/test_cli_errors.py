@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec import runner, session
+from hybridrec.ops import runner, session
 from pipelines import cli
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridrec.config import (
+from hybridrec.config.loader import (
     ConfigError,
     check_run_id,
     check_stages,
@@ -17,8 +17,8 @@ from hybridrec.config import (
     error_line,
     load_config,
 )
-from hybridrec.config_schema import LIST_RANGES, MAP_RANGES, OPEN_MAPS, OPTIONAL_TYPES, RANGES
-from hybridrec.runner import new_run_id
+from hybridrec.config.schema import LIST_RANGES, MAP_RANGES, OPEN_MAPS, OPTIONAL_TYPES, RANGES
+from hybridrec.ops.runner import new_run_id
 from pipelines.end_to_end import STAGES
 from udfs.topk import PARTS
 

@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from hybridrec.constants import TEST, TRAIN, VALIDATION
-from hybridrec.cooc import item_neighbours, item_transitions
+from hybridrec.models.cooc import item_neighbours, item_transitions
 
 T0 = 1_700_000_000
 DAY = 86_400
@@ -94,7 +94,7 @@ def test_neighbours_and_history_caps(spark):
 
 
 def test_catalog_holds_neighbours_as_padded_index_arrays_best_first(spark):
-    from hybridrec.scoring import build_catalog
+    from hybridrec.ranking.scoring import build_catalog
 
     items = spark.createDataFrame([("a",), ("b",), ("c",)], "item_id string")
     pop = spark.createDataFrame([("a", 1.0)], "item_id string, popularity double")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from jobs.score import choose_debias
 from udfs.topk import debiased
 

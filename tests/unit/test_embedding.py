@@ -9,8 +9,8 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import embedding
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
+from hybridrec.models import embedding
 
 DAY = 86_400
 T0 = 1_700_000_000

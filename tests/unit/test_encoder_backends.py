@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from hybridrec import embedding
-from hybridrec.config import ConfigError, load_config
+from hybridrec.config.loader import ConfigError, load_config
+from hybridrec.models import embedding
 from udfs import onnx_encoder
 from udfs.embedding_udf import encode_texts_udf
 from udfs.encoder import bundled_model_path, get_encoder, resolve_model

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from hybridrec import evaluation
+from hybridrec.evaluation import metrics as evaluation
 
 LOG2_3 = math.log2(3)  # 1.5849625: the discount of rank 2
 

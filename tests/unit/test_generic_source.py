@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec.config import ConfigError, load_config
+from hybridrec.config.loader import ConfigError, load_config
 from hybridrec.sources.generic import (
     ERROR_COL,
     MIXED_ENDINGS,
@@ -18,7 +18,7 @@ from hybridrec.sources.generic import (
     read_csv,
     read_json,
 )
-from hybridrec.tables import Warehouse
+from hybridrec.store.tables import Warehouse
 from jobs import ingest as ingest_job
 from jobs.ingest import EmptyInputError
 from pipelines.cli import main as cli_main

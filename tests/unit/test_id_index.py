@@ -7,8 +7,8 @@ import math
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
-from hybridrec import cf
 from hybridrec.constants import ITEM_COL, USER_COL
+from hybridrec.models import cf
 
 
 def _fitted(spark, cfg):
@@ -73,7 +73,7 @@ def test_the_model_carries_the_package_even_when_imported_from_the_code_zip(tmp_
     import subprocess
     import sys
 
-    from hybridrec import packaging
+    from hybridrec.ops import packaging
 
     zipped = packaging.build_code_archive(tmp_path)
     script = (

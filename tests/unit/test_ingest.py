@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from hybridrec import ingest
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.constants import TEST, TRAIN, VALIDATION
 from hybridrec.sources import BEHAVIOUR_SCHEMA, ITEM_SCHEMA, REVIEW_SCHEMA, frame_to_raw
 

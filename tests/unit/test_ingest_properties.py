@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
-from hybridrec.config import load_config
-from hybridrec.tables import Warehouse
+from hybridrec.config.loader import load_config
+from hybridrec.store.tables import Warehouse
 from jobs import ingest as ingest_job
 
 BEHAVIOUR_ROWS = 1_200

@@ -19,9 +19,10 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hybridrec import cf, cooc, embedding, scoring
-from hybridrec.config import Config, load_config
+from hybridrec.config.loader import Config, load_config
 from hybridrec.constants import FOLDS, TEST, TRAIN, VALIDATION
+from hybridrec.models import cf, cooc, embedding
+from hybridrec.ranking import scoring
 
 T0 = 1_700_000_000
 DAY = 86_400

@@ -7,11 +7,9 @@ import logging
 import numpy as np
 import pytest
 
-from hybridrec.candidates import MISS_RANK
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.constants import TEST, TRAIN, VALIDATION
-from hybridrec.folds import history
-from hybridrec.linear import (
+from hybridrec.evaluation.linear import (
     SCORE_DECIMALS,
     cosine_neighbours,
     dense_tuning_ranks,
@@ -24,6 +22,8 @@ from hybridrec.linear import (
     recommend_knn,
     tune_and_recommend,
 )
+from hybridrec.models.folds import history
+from hybridrec.ranking.candidates import MISS_RANK
 
 SCHEMA = "user_id string, item_id string, split string"
 
@@ -342,7 +342,7 @@ def test_ease_is_skipped_above_max_items(spark, tmp_path, caplog):
         "evaluate.item_knn.neighbours_grid=[2]",
     )
 
-    with caplog.at_level(logging.INFO, logger="hybridrec.linear"):
+    with caplog.at_level(logging.INFO, logger="hybridrec.evaluation.linear"):
         recs, params = tune_and_recommend(interactions, _catalog(spark, N_ITEMS), cfg)
 
     assert {r["model"] for r in recs.select("model").distinct().collect()} == {"item_knn"}

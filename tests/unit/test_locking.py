@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from hybridrec import locking
-from hybridrec.locking import LOCK_NAME, RunLock, WarehouseBusyError
+from hybridrec.store import locking
+from hybridrec.store.locking import LOCK_NAME, RunLock, WarehouseBusyError
 
 
 def test_a_second_run_is_refused_naming_the_holder(tmp_path):
@@ -76,7 +76,7 @@ def test_a_waiting_run_gets_the_lock_when_it_is_released(tmp_path):
 def test_only_one_of_many_racing_processes_gets_the_lock(tmp_path):
     script = (
         "import sys, time\n"
-        "from hybridrec.locking import RunLock, WarehouseBusyError\n"
+        "from hybridrec.store.locking import RunLock, WarehouseBusyError\n"
         "try:\n"
         f"    lock = RunLock({str(tmp_path)!r}, sys.argv[1]).acquire()\n"
         "except WarehouseBusyError:\n"
@@ -108,7 +108,7 @@ def test_an_old_unreadable_lock_is_taken_over(tmp_path, content, caplog):
     _lock_file(tmp_path, content, age=3600)
     taken = []
 
-    caplog.set_level(logging.WARNING, logger="hybridrec.locking")
+    caplog.set_level(logging.WARNING, logger="hybridrec.store.locking")
 
     with RunLock(str(tmp_path), "next", on_take_over=taken.append):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["run_id"] == "next"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridrec import nearest
+from hybridrec.models import nearest
 
 
 def _frame(spark, key: str, ids: list[str], vectors: np.ndarray):

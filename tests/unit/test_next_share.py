@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybridrec import scoring
-from hybridrec.config import load_config
-from hybridrec.config_errors import ConfigError
+from hybridrec.config.errors import ConfigError
+from hybridrec.config.loader import load_config
+from hybridrec.ranking import scoring
 from jobs.score import choose_next
 from udfs.topk import PARTS
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec.notebook import ARGS_ENV, notebook_config, repository_root
+from hybridrec.analyst.notebook import ARGS_ENV, notebook_config, repository_root
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def test_without_arguments_the_notebook_reads_the_embedded_default(monkeypatch):
 
 
 def test_a_wrong_setting_names_the_key(monkeypatch):
-    from hybridrec.config import ConfigError
+    from hybridrec.config.loader import ConfigError
 
     monkeypatch.setenv(ARGS_ENV, "--set als.rank=zero")
     with pytest.raises(ConfigError, match="als.rank"):

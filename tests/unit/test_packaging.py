@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec import packaging
-from hybridrec.packaging import (
+from hybridrec.ops import packaging
+from hybridrec.ops.packaging import (
     CODE_ARCHIVE,
     ENV_ARCHIVE,
     EXECUTOR_MODULES,
@@ -61,7 +61,7 @@ def source(tmp_path: Path) -> Path:
         tmp_path / "src",
         {
             "hybridrec/__init__.py": "",
-            "hybridrec/config.py": "X = 1\n",
+            "hybridrec/config/loader.py": "X = 1\n",
             "hybridrec/data/stopwords.txt": "a\n",
             "conf/base.yaml": "a: 1\n",
             "conf/gpu_discovery.sh": "echo\n",
@@ -96,7 +96,7 @@ def test_code_zip_holds_packages_and_package_data_only(source: Path):
         "hybridrec/__init__.py",
         "hybridrec/conf/base.yaml",
         "hybridrec/conf/gpu_discovery.sh",
-        "hybridrec/config.py",
+        "hybridrec/config/loader.py",
         "hybridrec/data/stopwords.txt",
         "hybridrec/sources/__init__.py",
         "hybridrec/sources/sample.py",
@@ -111,7 +111,7 @@ def test_code_zip_holds_packages_and_package_data_only(source: Path):
 
 def test_code_zip_is_reproducible(source: Path, tmp_path: Path):
     first = packaging.code_archive_bytes(source)
-    os.utime(source / "hybridrec/config.py", (1_000_000_000, 1_000_000_000))
+    os.utime(source / "hybridrec/config/loader.py", (1_000_000_000, 1_000_000_000))
     (source / "udfs/topk.py").chmod(0o600)
     assert packaging.code_archive_bytes(source) == first
 
@@ -359,7 +359,7 @@ class FakeBuild:
 
 def test_the_env_is_built_once_then_reused(tmp_path: Path, monkeypatch, caplog):
     fake = FakeBuild(monkeypatch)
-    caplog.set_level("INFO", logger="hybridrec.packaging")
+    caplog.set_level("INFO", logger="hybridrec.ops.packaging")
 
     first = packaging.build(tmp_path / "dist")
     second = packaging.build(tmp_path / "dist")
@@ -394,7 +394,7 @@ def test_a_driver_upgrade_of_a_package_in_the_env_rebuilds(tmp_path: Path, monke
     fake = FakeBuild(monkeypatch)
     packaging.build(tmp_path)
     monkeypatch.setattr(packaging, "driver_versions", lambda: {**DRIVER, "tokenizers": "0.24.0"})
-    caplog.set_level("INFO", logger="hybridrec.packaging")
+    caplog.set_level("INFO", logger="hybridrec.ops.packaging")
     packaging.build(tmp_path)
     assert fake.calls == 2
     assert "tokenizers is 0.23.1 in the env, 0.24.0 in the driver" in caplog.text

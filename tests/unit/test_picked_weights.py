@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.constants import BASELINE_WEIGHTS, FUSION_WEIGHTS
 from jobs.evaluate import picked_weights
 from udfs.topk import PARTS

@@ -10,8 +10,8 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from hybridrec import plots
-from hybridrec.tables import Warehouse
+from hybridrec.evaluation import plots
+from hybridrec.store.tables import Warehouse
 
 MODELS = ["hybrid", "als", "cooc", "text", "popularity"]
 RANKING = ["ndcg", "hr", "precision"]

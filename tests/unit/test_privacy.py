@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from hybridrec import privacy
-from hybridrec.config import load_config
-from hybridrec.tables import Warehouse
+from hybridrec.config.loader import load_config
+from hybridrec.safety import privacy
+from hybridrec.store.tables import Warehouse
 from jobs import ingest as ingest_job
 
 KEY = "k3y-that-must-not-leak-7f1c"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from hybridrec import progress
+from hybridrec.ops import progress
 
 # A lambda travels to the Python workers by value; a module function would need this module.
 _slow = lambda x: __import__("time").sleep(1.5) or x  # noqa: E731

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec.config import load_config
-from hybridrec.redaction import (
+from hybridrec.config.loader import load_config
+from hybridrec.safety.redaction import (
     MASK,
     MLFLOW_URL_ENV,
     RedactingFilter,
@@ -476,7 +476,7 @@ def _closed_port() -> int:
 
 
 def test_an_unreachable_tracking_server_is_named_masked_with_its_setting(tmp_path) -> None:
-    from hybridrec import tracking
+    from hybridrec.ops import tracking
 
     uri = f"http://user:s3cret@127.0.0.1:{_closed_port()}/"
     cfg = load_config([], [f"run.work_dir={tmp_path}", f"mlflow.tracking_uri={uri}"])
@@ -492,7 +492,7 @@ def test_an_unreachable_tracking_server_is_named_masked_with_its_setting(tmp_pat
 
 
 def test_a_local_store_needs_no_check(tmp_path) -> None:
-    from hybridrec import tracking
+    from hybridrec.ops import tracking
 
     tracking.check_reachable(load_config([], [f"run.work_dir={tmp_path}"]))
 
@@ -511,7 +511,7 @@ def test_mlflow_lost_mid_run_is_one_masked_line_and_status_6(
     import requests
     from mlflow.exceptions import MlflowException
 
-    from hybridrec import runner, tracking
+    from hybridrec.ops import runner, tracking
 
     install_log_redaction(from_env=False)
     uri = "http://user:s3cret@127.0.0.1:9"

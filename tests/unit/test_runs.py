@@ -10,10 +10,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from hybridrec.config import ConfigError, load_config
-from hybridrec.runs import COMPLETE, FAILED, RUNS, RunLog
-from hybridrec.tables import Warehouse
-from hybridrec.tracking import JOB_TAG, RUN_ID_TAG
+from hybridrec.config.loader import ConfigError, load_config
+from hybridrec.ops.tracking import JOB_TAG, RUN_ID_TAG
+from hybridrec.store.runs import COMPLETE, FAILED, RUNS, RunLog
+from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
 
 HEADER = "user_id,item_id,rating,event_ts\n"

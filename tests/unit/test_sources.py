@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pyspark.sql import DataFrame
 
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
 from hybridrec.sources import BEHAVIOUR_SCHEMA, REVIEW_SCHEMA, amazon, movielens
 from hybridrec.sources.generic import ERROR_COL, RAW_COL, read_json, to_raw
-from hybridrec.tables import Warehouse
+from hybridrec.store.tables import Warehouse
 from jobs import ingest as ingest_job
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec import sql_access
+from hybridrec.analyst import sql_access
 from pipelines.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

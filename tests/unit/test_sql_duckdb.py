@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hybridrec import sql_access, sql_duckdb
-from hybridrec.config import load_config
+from hybridrec.analyst import sql_access, sql_duckdb
+from hybridrec.config.loader import load_config
 
 DB = "hybridrec"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hybridrec import sql_guard
+from hybridrec.analyst import sql_guard
 
 # The statements an analyst once used to double a snapshot, add a folder and break the views.
 ISSUE_WRITES = [

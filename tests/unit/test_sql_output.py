@@ -6,8 +6,8 @@ import csv
 import io
 import json
 
-from hybridrec import sql_access
-from hybridrec.config import load_config
+from hybridrec.analyst import sql_access
+from hybridrec.config.loader import load_config
 
 ROWS = [
     {"model": "hybrid", "value": 0.25, "note": "a, b"},

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from hybridrec import progress, runner
-from hybridrec.runs import FAILED
+from hybridrec.ops import progress, runner
+from hybridrec.store.runs import FAILED
 
 
 @pytest.fixture(autouse=True)

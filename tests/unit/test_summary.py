@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from hybridrec import summary
-from hybridrec.config import load_config
+from hybridrec.config.loader import load_config
+from hybridrec.ops import summary
 
 
 def test_headline_shows_each_model_and_says_which_gaps_are_ties():

@@ -7,8 +7,8 @@ import os
 import pytest
 from pyspark.sql import functions as F
 
-from hybridrec.config import load_config
-from hybridrec.tables import STAGING, MissingTableError, Warehouse
+from hybridrec.config.loader import load_config
+from hybridrec.store.tables import STAGING, MissingTableError, Warehouse
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ sample that keeps the same users every time and all of them below the cap."""
 
 from __future__ import annotations
 
-from hybridrec.scoring import tuning_sample
+from hybridrec.ranking.scoring import tuning_sample
 
 
 def test_above_the_cap_a_stable_sample_of_about_that_size(spark):

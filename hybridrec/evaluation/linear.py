@@ -1,0 +1,515 @@
+"""Two simple, strong item-item baselines for the evaluate stage, each tuned on validation.
+
+- EASE^R (Steck 2019): ``B = I - P / diag(P)`` with ``P = (XᵀX + l2·I)⁻¹``, the closed-form
+  ridge regression of each item column on all the others. The inverse is dense and taken on the
+  driver, so it runs only up to ``evaluate.ease.max_items`` catalog items; the Gram matrix is
+  counted in Spark and only its (at most n²) entries are collected.
+- item-kNN: cosine similarity of item columns, each item's best neighbours, and a user's score
+  for an item the sum of the similarities of her history items that list it. All in Spark, at
+  any catalog size.
+
+X is binary: ``X[u, i] = 1`` if the user had catalog item i in the fold's history (any event).
+Both write the baselines' long format: model, user_id, rank (1 = best), item_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from hybridrec.config.loader import Config
+from hybridrec.constants import ITEM_COL, TEST, USER_COL, VALIDATION
+from hybridrec.models import cooc
+from hybridrec.models.cooc import NEIGHBOUR_COL, RANK_COL
+from hybridrec.models.folds import history
+from hybridrec.ranking import scoring
+from hybridrec.ranking.candidates import MISS_RANK, held_out_targets
+from udfs.topk import ragged_mask, target_ranks, top_k
+
+log = logging.getLogger(__name__)
+
+EASE, ITEM_KNN = "ease", "item_knn"
+IDX_COL = "idx"
+RECOMMENDATION_SCHEMA = T.StructType(
+    [
+        T.StructField("model", T.StringType()),
+        T.StructField(USER_COL, T.StringType()),
+        T.StructField(RANK_COL, T.IntegerType()),
+        T.StructField(ITEM_COL, T.StringType()),
+    ]
+)
+# Spark sums a user's votes in no fixed order, and the same votes summed in another order can
+# differ in the last bits; rounded, equal vote sets tie and go to the lower item_id on every run.
+SCORE_DECIMALS = 9
+
+
+# --- shared: the binary interaction matrix -------------------------------------------------
+
+
+def catalog_ids(catalog_items: DataFrame) -> np.ndarray:
+    """The catalog's item ids, sorted: index order is id order, so index ties go to the lower id
+    as they do in Spark. The catalog is bounded, never the users."""
+    frame = catalog_items.select(ITEM_COL).distinct().orderBy(ITEM_COL).toPandas()
+    return frame[ITEM_COL].to_numpy(dtype=object)
+
+
+def item_index(catalog_items: DataFrame) -> tuple[np.ndarray, DataFrame]:
+    """The sorted catalog ids and the frame item_id, idx mapping each to its position."""
+    ids = catalog_ids(catalog_items)
+    return ids, scoring.catalog_index(catalog_items.sparkSession, ids)
+
+
+def interacted(history: DataFrame, catalog: DataFrame) -> DataFrame:
+    """user_id, item_id: X's nonzeros, each catalog item a user had once however many events."""
+    return (
+        history.select(USER_COL, ITEM_COL)
+        .join(catalog.select(ITEM_COL), ITEM_COL, "left_semi")
+        .distinct()
+    )
+
+
+def user_items(history: DataFrame, index: DataFrame) -> DataFrame:
+    """user_id, idx: X's nonzeros as catalog positions."""
+    return (
+        history.select(USER_COL, ITEM_COL)
+        .join(index, ITEM_COL)
+        .select(USER_COL, IDX_COL)
+        .distinct()
+    )
+
+
+# --- EASE^R ---------------------------------------------------------------------------------
+
+
+def gram(history: DataFrame, index: DataFrame, n: int) -> np.ndarray:
+    """G = XᵀX as a dense (n, n) float64 array: G[i, i] users of i, G[i, j] users of both.
+
+    Counted in Spark by a self-join of each user's items; only the aggregated entries are
+    collected, one triangle of them since G is symmetric.
+    """
+    pairs = user_items(history, index)
+    left = pairs.select(USER_COL, F.col(IDX_COL).alias("i"))
+    right = pairs.select(USER_COL, F.col(IDX_COL).alias("j"))
+    counts = (
+        left.join(right, USER_COL)
+        .where(F.col("i") <= F.col("j"))
+        .groupBy("i", "j")
+        .count()
+        .select(F.col("i").cast("int"), F.col("j").cast("int"), F.col("count").cast("int"))
+        .toPandas()
+    )
+    matrix = np.zeros((n, n))
+    i, j, c = (counts[col].to_numpy() for col in ("i", "j", "count"))
+    matrix[i, j] = c
+    matrix[j, i] = c
+    return matrix
+
+
+def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
+    """EASE^R item-item weights (float32): B[i, j] = -P[i, j] / P[j, j] with
+    P = (G + l2·I)⁻¹, and a zero diagonal (an item never predicts itself)."""
+    # In place where numpy allows: at 10k items each float64 copy is 800 MB.
+    regularised = gram.copy()
+    regularised[np.diag_indices_from(regularised)] += l2
+    weights = np.linalg.inv(regularised)
+    del regularised
+    weights /= -weights.diagonal().copy()
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32)
+
+
+def dense_top_k(
+    block: pd.DataFrame, ids: np.ndarray, weights: np.ndarray, k: int, model: str
+) -> pd.DataFrame:
+    """Rows model, user_id, rank, item_id: the best k unseen items of each user of ``block``
+    (user_id, seen: catalog positions) by ``x_u @ weights``."""
+    seen = ragged_mask(block["seen"], len(ids))
+    best, _ = top_k(seen.astype(np.float32) @ weights, ~seen, k)
+    rows, ranks = np.nonzero(best >= 0)
+    return pd.DataFrame(
+        {
+            "model": np.full(len(rows), model, dtype=object),
+            USER_COL: block[USER_COL].to_numpy()[rows],
+            RANK_COL: (ranks + 1).astype(np.int32),
+            ITEM_COL: ids[best[rows, ranks]],
+        }
+    )
+
+
+def dense_target_ranks(block: pd.DataFrame, weights: np.ndarray, combo: int) -> pd.DataFrame:
+    """Rows combo, user_id, target_rank: each target's rank among the user's unseen items by
+    ``x_u @ weights`` (ties count against it); ``MISS_RANK`` for a target the user already had,
+    since seen items are never recommended."""
+    seen = ragged_mask(block["seen"], weights.shape[0])
+    target = block["target"].to_numpy().astype(np.int64)
+    ranks = target_ranks(seen.astype(np.float32) @ weights, ~seen, target)
+    ranks = np.where(seen[np.arange(len(target)), target], MISS_RANK, ranks)
+    return pd.DataFrame(
+        {
+            "combo": np.full(len(target), combo, dtype=np.int32),
+            USER_COL: block[USER_COL].to_numpy(),
+            "target_rank": ranks.astype(np.int64),
+        }
+    )
+
+
+def _seen_lists(history: DataFrame, index: DataFrame, users: DataFrame | None) -> DataFrame:
+    """user_id, seen: the catalog positions each user (of ``users``, if given) had."""
+    pairs = user_items(history, index)
+    if users is not None:
+        pairs = pairs.join(users.select(USER_COL), USER_COL, "left_semi")
+    return pairs.groupBy(USER_COL).agg(F.sort_array(F.collect_list(IDX_COL)).alias("seen"))
+
+
+def _map_with_broadcast(
+    users: DataFrame,
+    shared_value: Any,
+    block_rows: int,
+    schema: T.StructType,
+    score_block: Callable[[pd.DataFrame, Any], pd.DataFrame],
+) -> DataFrame:
+    """``score_block(block, shared_value)`` over blocks of ``block_rows`` users, materialised
+    (local checkpoint) so that the broadcast can be destroyed before returning: a 10k-item
+    weight matrix is 400 MB on every executor."""
+    shared = users.sparkSession.sparkContext.broadcast(shared_value)
+    try:
+        return scoring.map_user_blocks(
+            users, shared, block_rows, schema, score_block
+        ).localCheckpoint(eager=True)
+    finally:
+        shared.destroy()
+
+
+def recommend_dense(
+    history: DataFrame,
+    users: DataFrame | None,
+    ids: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    model: str,
+    *,
+    block_rows: int = 256,
+) -> DataFrame:
+    """Top-k unseen items by ``x_u @ weights`` for each user of ``users`` (every user when None)
+    with catalog history in ``history``; users without any get no rows.
+
+    Args:
+        history: the fold's interactions (user_id, item_id).
+        users: user_id of the users to recommend for, or None for all.
+        ids: the sorted catalog ids (``catalog_ids``); row/column i of ``weights`` is ``ids[i]``.
+        weights: (n, n) item-item weights, broadcast once as float32.
+        k: recommendations per user.
+        model: the model column's value.
+        block_rows: users one numpy product holds (``score.user_block_rows``).
+
+    Returns:
+        model, user_id, rank, item_id, already computed (the weights are no longer held).
+    """
+    index = scoring.catalog_index(history.sparkSession, ids)
+    return _map_with_broadcast(
+        _seen_lists(history, index, users),
+        (ids, weights.astype(np.float32, copy=False)),
+        block_rows,
+        RECOMMENDATION_SCHEMA,
+        lambda block, shared: dense_top_k(block, *shared, k, model),
+    )
+
+
+def dense_tuning_ranks(
+    history: DataFrame,
+    targets: DataFrame,
+    ids: np.ndarray,
+    weights: np.ndarray,
+    *,
+    combo: int = 0,
+    block_rows: int = 256,
+) -> DataFrame:
+    """combo, user_id, target_rank for each user of ``targets`` (user_id, target: an item_id)
+    with catalog history and a catalog target; see ``dense_target_ranks``."""
+    index = scoring.catalog_index(history.sparkSession, ids)
+    target_idx = targets.join(
+        index.select(F.col(ITEM_COL).alias("target"), F.col(IDX_COL).alias("_idx")), "target"
+    ).select(USER_COL, F.col("_idx").alias("target"))
+    return _map_with_broadcast(
+        _seen_lists(history, index, target_idx).join(target_idx, USER_COL),
+        weights.astype(np.float32, copy=False),
+        block_rows,
+        scoring.TUNE_SCHEMA,
+        lambda block, shared: dense_target_ranks(block, shared, combo),
+    )
+
+
+# --- item-kNN -------------------------------------------------------------------------------
+
+
+def cosine_neighbours(history: DataFrame, catalog: DataFrame, n: int) -> DataFrame:
+    """item_id, neighbour_id, similarity, rank: each catalog item's ``n`` most similar other
+    items by the cosine of X's columns, users of both / sqrt(users of each); ties go to the lower
+    neighbour_id. Items without a user in common are not listed."""
+    pairs = interacted(history, catalog).withColumn(
+        "_n", F.count(F.lit(1)).over(Window.partitionBy(ITEM_COL))
+    )
+    return cooc.cosine_neighbours(pairs, n)
+
+
+def knn_scores(seen: DataFrame, neighbours: DataFrame, n_neighbours: int) -> DataFrame:
+    """user_id, item_id, score: for each user of ``seen`` (user_id, item_id) and each unseen
+    item, the summed similarity of her items that have it among their first ``n_neighbours``
+    neighbours. Items without such a vote get no row."""
+    votes = (
+        seen.join(neighbours.where(F.col(RANK_COL) <= n_neighbours), ITEM_COL)
+        .groupBy(USER_COL, NEIGHBOUR_COL)
+        .agg(F.round(F.sum("similarity"), SCORE_DECIMALS).alias("score"))
+        .withColumnRenamed(NEIGHBOUR_COL, ITEM_COL)
+    )
+    return votes.join(seen, [USER_COL, ITEM_COL], "left_anti")
+
+
+def recommend_knn(
+    seen: DataFrame, neighbours: DataFrame, n_neighbours: int, k: int, model: str
+) -> DataFrame:
+    """model, user_id, rank, item_id: each user's ``k`` best-scored unseen items (ties to the
+    lower item_id); fewer where fewer items got a vote."""
+    best_first = Window.partitionBy(USER_COL).orderBy(F.col("score").desc(), F.col(ITEM_COL))
+    return (
+        knn_scores(seen, neighbours, n_neighbours)
+        .withColumn(RANK_COL, F.row_number().over(best_first))
+        .where(F.col(RANK_COL) <= k)
+        .select(F.lit(model).alias("model"), USER_COL, F.col(RANK_COL).cast("int"), ITEM_COL)
+    )
+
+
+def knn_target_ranks(
+    seen: DataFrame, targets: DataFrame, neighbours: DataFrame, n_neighbours: int
+) -> DataFrame:
+    """user_id, target_rank for each user of ``targets`` (user_id, target) with history in
+    ``seen``: 1 + the unseen items scored at least as high as the target (ties count against
+    it, as ``udfs.topk.target_ranks``); ``MISS_RANK`` for a target without a vote or one the
+    user already had."""
+    is_target = F.col(ITEM_COL) == F.col("target")
+    # The target's score beside every scored item of its user, then one count per user: a
+    # window and a group by on the same key share one shuffle.
+    ranked = (
+        knn_scores(seen, neighbours, n_neighbours)
+        .join(targets, USER_COL)
+        .withColumn(
+            "_target_score",
+            F.max(F.when(is_target, F.col("score"))).over(Window.partitionBy(USER_COL)),
+        )
+        .groupBy(USER_COL)
+        .agg(
+            F.max("_target_score").alias("_target_score"),
+            F.count(F.when((F.col("score") >= F.col("_target_score")) & ~is_target, 1)).alias(
+                "_ahead"
+            ),
+        )
+    )
+    return (
+        targets.join(seen.select(USER_COL).distinct(), USER_COL, "left_semi")
+        .join(ranked, USER_COL, "left")
+        .select(
+            USER_COL,
+            F.when(F.col("_target_score").isNull(), F.lit(MISS_RANK))
+            .otherwise(1 + F.col("_ahead"))
+            .cast("long")
+            .alias("target_rank"),
+        )
+    )
+
+
+# --- tuning on validation, refit on test ----------------------------------------------------
+
+
+def _validation_scores(ranks: DataFrame, k: int) -> tuple[float, float, int]:
+    """NDCG@k, HR@k and users of one grid value's target ranks (zeros without users)."""
+    rows = scoring.summarise_ranks(ranks, k).collect()
+    if not rows:
+        return 0.0, 0.0, 0
+    return float(rows[0]["ndcg"]), float(rows[0]["hr"]), int(rows[0]["users"])
+
+
+def _grid_search(
+    model: str,
+    key: str,
+    grid: Sequence[float],
+    rank_targets: Callable[[int, Any], DataFrame],
+    k: int,
+) -> tuple[int, tuple[float, float, int]]:
+    """Position and (NDCG, HR, users) of the grid value of best validation NDCG (the first on
+    ties); ``rank_targets(combo, value)`` gives combo, user_id, target_rank."""
+    scores = []
+    for combo, value in enumerate(grid):
+        started = time.perf_counter()
+        scores.append(_validation_scores(rank_targets(combo, value), k))
+        log.info(
+            "%s %s=%s: validation NDCG@%d %.4f, HR@%d %.4f over %d users (%.1fs)",
+            model,
+            key,
+            value,
+            k,
+            scores[-1][0],
+            k,
+            scores[-1][1],
+            scores[-1][2],
+            time.perf_counter() - started,
+        )
+    best = max(range(len(grid)), key=lambda c: scores[c][0])
+    log.info("%s: picked %s=%s", model, key, grid[best])
+    return best, scores[best]
+
+
+def _ease_validation(
+    interactions: DataFrame,
+    targets: DataFrame,
+    ids: np.ndarray,
+    index: DataFrame,
+    grid: Sequence[float],
+    cfg: Config,
+) -> tuple[int, tuple[float, float, int]]:
+    """``_grid_search`` over the l2 values on the validation fold. A function of its own so that
+    the validation Gram matrix is freed before the test fold's is built."""
+    started = time.perf_counter()
+    matrix = gram(history(interactions, VALIDATION), index, len(ids))
+    log.info(
+        "ease: validation Gram matrix of %d items in %.1fs", len(ids), time.perf_counter() - started
+    )
+    fit = history(interactions, VALIDATION).join(targets, USER_COL, "left_semi").persist()
+    try:
+        return _grid_search(
+            EASE,
+            "l2",
+            grid,
+            lambda combo, l2: dense_tuning_ranks(
+                fit,
+                targets,
+                ids,
+                ease_weights(matrix, l2),
+                combo=combo,
+                block_rows=cfg.score.user_block_rows,
+            ),
+            cfg.evaluate.k,
+        )
+    finally:
+        fit.unpersist()
+
+
+def tune_ease(
+    interactions: DataFrame, catalog: DataFrame, targets: DataFrame, cfg: Config
+) -> tuple[DataFrame, dict[str, float]]:
+    """EASE^R: each ``evaluate.ease.l2_grid`` value fitted on the validation fold and judged by
+    the rank of each user's target (``targets``: user_id, target); the best refitted on the test
+    fold for every user with catalog history there."""
+    grid = [float(v) for v in cfg.evaluate.ease.l2_grid]
+    ids, index = item_index(catalog)
+    best, scores = _ease_validation(interactions, targets, ids, index, grid, cfg)
+    started = time.perf_counter()
+    fit = history(interactions, TEST)
+    weights = ease_weights(gram(fit, index, len(ids)), grid[best])
+    recommendations = recommend_dense(
+        fit, None, ids, weights, cfg.evaluate.k, EASE, block_rows=cfg.score.user_block_rows
+    )
+    log.info(
+        "ease: refitted on the test fold, %d recommendation rows in %.1fs",
+        recommendations.count(),
+        time.perf_counter() - started,
+    )
+    return recommendations, {
+        "ease.l2": grid[best],
+        "ease.validation_ndcg": scores[0],
+        "ease.validation_hr": scores[1],
+    }
+
+
+def tune_item_knn(
+    interactions: DataFrame, catalog: DataFrame, targets: DataFrame, cfg: Config
+) -> tuple[DataFrame, dict[str, float]]:
+    """item-kNN: each ``evaluate.item_knn.neighbours_grid`` value judged on the validation fold
+    as ``tune_ease``, the best refitted on the test fold."""
+    k = cfg.evaluate.k
+    grid = [int(v) for v in cfg.evaluate.item_knn.neighbours_grid]
+    fit = history(interactions, VALIDATION)
+    # Every grid value reads the widest neighbour lists (bounded by items x max(grid)).
+    neighbours = cosine_neighbours(fit, catalog, max(grid)).persist()
+    seen = interacted(fit, catalog).join(targets, USER_COL, "left_semi").persist()
+    best, scores = _grid_search(
+        ITEM_KNN,
+        "neighbours",
+        grid,
+        lambda combo, n: knn_target_ranks(seen, targets, neighbours, n).withColumn(
+            "combo", F.lit(combo)
+        ),
+        k,
+    )
+    neighbours.unpersist()
+    seen.unpersist()
+    started = time.perf_counter()
+    fit = history(interactions, TEST)
+    recommendations = recommend_knn(
+        interacted(fit, catalog),
+        cosine_neighbours(fit, catalog, grid[best]),
+        grid[best],
+        k,
+        ITEM_KNN,
+    ).localCheckpoint(eager=True)
+    log.info(
+        "item_knn: refitted on the test fold, %d recommendation rows in %.1fs",
+        recommendations.count(),
+        time.perf_counter() - started,
+    )
+    return recommendations, {
+        "item_knn.neighbours": grid[best],
+        "item_knn.validation_ndcg": scores[0],
+        "item_knn.validation_hr": scores[1],
+    }
+
+
+def tune_and_recommend(
+    interactions: DataFrame, catalog_items: DataFrame, cfg: Config, *, dense: bool = True
+) -> tuple[DataFrame, dict[str, float]]:
+    """EASE^R (when the catalog is at most ``evaluate.ease.max_items``) and item-kNN, each tuned
+    on validation and refitted on the test fold.
+
+    Args:
+        interactions: user_id, item_id, split (every split; each fold reads its own history).
+        catalog_items: item_id of every catalog item (``scoring.catalog_items``).
+        cfg: reads ``evaluate.k``, ``evaluate.ease``, ``evaluate.item_knn``,
+            ``score.tune_max_users`` and ``score.user_block_rows``.
+        dense: whether an items x items matrix may be broadcast at all; not where the catalog
+            is ranked over candidates, whose promise is that nothing item-sized is.
+
+    Returns:
+        model, user_id, rank, item_id: the top ``evaluate.k`` of every user with test-fold
+        history, per model; and the picked values with their validation NDCG and HR.
+    """
+    catalog = catalog_items.select(ITEM_COL).distinct()
+    targets = scoring.tuning_sample(
+        held_out_targets(interactions, catalog, VALIDATION), cfg.score.tune_max_users
+    ).persist()
+    results, picked = [], {}
+    n, max_items = catalog.count(), cfg.evaluate.ease.max_items
+    if not dense:
+        log.info(
+            "EASE skipped: the catalog is ranked over candidates (nothing item-sized is broadcast)"
+        )
+    elif max_items and n <= max_items:
+        recommendations, params = tune_ease(interactions, catalog, targets, cfg)
+        results.append(recommendations)
+        picked.update(params)
+    else:
+        log.info("EASE skipped: %d catalog items above evaluate.ease.max_items=%d", n, max_items)
+    recommendations, params = tune_item_knn(interactions, catalog, targets, cfg)
+    results.append(recommendations)
+    picked.update(params)
+    targets.unpersist()
+    union = results[0]
+    for frame in results[1:]:
+        union = union.unionByName(frame)
+    return union, picked

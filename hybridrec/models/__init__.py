@@ -1,0 +1,3 @@
+"""The signals, each fitted per fold on that fold's history: ALS factors (``cf``), co-occurrence
+and transitions (``cooc``), text vectors (``embedding``), blocked nearest neighbours and id
+indexes. May import ``config``, ``constants``, ``store`` and ``udfs``."""

@@ -1,0 +1,322 @@
+"""The data dictionary: what each table and column means, with units and ranges.
+
+One source for three readers: the catalog (``DESCRIBE TABLE hybridrec.<table>`` shows these
+comments), the README's table list (``python -m hybridrec.store.catalog`` prints it; a test keeps
+the README equal to it) and the analyst views built on the tables:
+
+- ``<table>_latest``: the table's rows of the newest complete run (``runs.status = 'complete'``,
+  latest ``started_at``), for every table partitioned by run.
+- ``recommendations_explained``: the newest complete run's recommendations with the item's
+  title and the title of the history item the reason names.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from pyspark.sql import types as T
+
+from hybridrec.constants import (
+    ALS_ITEM_FACTORS,
+    ALS_USER_FACTORS,
+    BASELINE_RECOMMENDATIONS,
+    COMPARISONS,
+    DEBIAS_CURVE,
+    FUSION_WEIGHTS,
+    INTERACTIONS,
+    ITEM_EMBEDDINGS,
+    ITEM_NEIGHBOURS,
+    ITEM_TEXT_NEIGHBOURS,
+    ITEM_TRANSITIONS,
+    ITEMS,
+    METRICS,
+    RECOMMENDATIONS,
+    REJECTS,
+    TEXT_EMBEDDINGS,
+    USER_EMBEDDINGS,
+)
+from hybridrec.views import EXPLAINED, LATEST_SUFFIX, RUNS  # noqa: F401 (re-exported)
+
+
+@dataclass(frozen=True)
+class TableDoc:
+    """A table's description and its columns' meanings. Each column's must fit the Hive
+    metastore's 256 characters (``COLUMN_MAX``): Spark registers a table with a longer one in a
+    format only Spark reads, after logging the metastore's failure."""
+
+    description: str
+    columns: dict[str, str]
+
+
+COLUMN_MAX = 256
+RUN_ID = "the run that wrote this row's snapshot (a row of runs); partition column"
+FOLD = (
+    "validation: fitted on train, judged on validation (tuning); test: refitted on train + "
+    "validation, judged on test and served; partition column"
+)
+# score.normalisation scales each part per user over their candidate items: zscore (default;
+# standard deviations from the user's mean, 0 = no preference), minmax (0-1) or rank (0-1).
+SCORE_PARTS = {
+    "cf_score": "ALS collaborative part, normalised per user (score.normalisation: z-score by "
+    "default, 0 = the user's average candidate)",
+    "cooc_score": "item co-occurrence part, normalised like cf_score",
+    "text_score": "review/item text similarity part (whole history), normalised like cf_score",
+    "recent_score": "text similarity to the user's recent items, normalised like cf_score",
+    "pop_score": "item popularity part, normalised like cf_score",
+    "next_score": "what other users had next after the user's newest items, normalised like "
+    "cf_score",
+}
+RECOMMENDATION_COLUMNS = {
+    "user_id": "user the list is for",
+    "rank": "position in the user's list, 1 = best (1..score.k)",
+    "item_id": "recommended item, never one the user already had",
+    "score": "fused score: the weighted sum of the parts below (higher is better)",
+    **SCORE_PARTS,
+    "reason": "why, in words: the part that added most (e.g. 'similar to <item>', 'popular')",
+    "reason_item_id": "the user's history item the reason names; null when it names none",
+    "run_id": RUN_ID,
+}
+EMBEDDING_COLUMNS = {
+    "id": "user_id or item_id the vector belongs to",
+    "embedding": "mean of its texts' encoder vectors, unit length (array<float>, the model's dim)",
+    "n_texts": "texts averaged into the vector (count, >= 1)",
+    "model_id": "encoder that made it: model name or path @ max sequence length",
+    "run_id": RUN_ID,
+    "fold": FOLD,
+}
+
+TABLES: dict[str, TableDoc] = {
+    RUNS: TableDoc(
+        "One row per pipeline run: status, timing, the settings and inputs that decided results",
+        {
+            "status": "running, incomplete (some stages done), complete (all five) or failed",
+            "attempt": "how many times this run id was started (1 = first try)",
+            "started_at": "first attempt's start (UTC timestamp)",
+            "attempt_started_at": "this attempt's start (UTC timestamp)",
+            "ended_at": "when the last attempt ended (UTC timestamp); null while running",
+            "stages_done": "stages that succeeded, comma-separated (ingest ... evaluate)",
+            "config_hash": "hash of the result settings: equal hashes, same configuration",
+            "config": "the settings that decide results (JSON, secrets masked as ***)",
+            "inputs": "source paths read (JSON, credentials masked)",
+            "input_rows": "rows read per source (JSON)",
+            "code_version": "hybridrec version + git commit, e.g. 0.1.0+3c1d44d",
+            "host": "host the last attempt ran on",
+            "pid": "process id of the last attempt",
+            "message": "why it failed (first line of the error); null otherwise",
+            "run_id": "the run id (partition column)",
+        },
+    ),
+    INTERACTIONS: TableDoc(
+        "Validated user-item events, behaviour joined with reviews, split leave-last-out per user",
+        {
+            "user_id": "user (pseudonymised if privacy.pseudonymise_user_ids)",
+            "item_id": "item",
+            "rating": "explicit rating in the source's scale (e.g. 1-5); null for implicit events",
+            "event_type": "rating, click, purchase or review",
+            "event_ts": "when it happened (UTC timestamp)",
+            "review_text": "the user's review of the item, if any",
+            "origin": "behaviour, review or behaviour+review (found in both sources)",
+            "split": "train, validation (user's second-newest item) or test (newest item)",
+            "run_id": RUN_ID,
+        },
+    ),
+    ITEMS: TableDoc(
+        "The item catalog with the text the encoder reads",
+        {
+            "item_id": "item",
+            "title": "item title from metadata; null without metadata",
+            "description": "item description from metadata; null without metadata",
+            "has_metadata": "true when the source had a metadata record for the item",
+            "run_id": RUN_ID,
+        },
+    ),
+    REJECTS: TableDoc(
+        "Input records that failed validation, as read, with the reason",
+        {
+            "source": "where the record came from, e.g. behaviour:<path> or reviews:sample",
+            "raw": "the record as read (JSON or the text line); the user id pseudonymised if set",
+            "reason": "why it was rejected, e.g. missing user_id, invalid event_ts, duplicate row",
+            "run_id": RUN_ID,
+        },
+    ),
+    TEXT_EMBEDDINGS: TableDoc(
+        "Encoder vectors by text hash: the cache shared across runs (each run's snapshot holds "
+        "every vector it used)",
+        {
+            "text_hash": "SHA-256 (hex) of the encoded text",
+            "model_id": "encoder: model name or path @ max sequence length",
+            "embedding": "the text's vector, unit length (array<float>, the model's dim)",
+            "run_id": RUN_ID,
+        },
+    ),
+    ITEM_EMBEDDINGS: TableDoc(
+        "One text vector per item: its title, description and reviews (train side of the fold)",
+        EMBEDDING_COLUMNS,
+    ),
+    USER_EMBEDDINGS: TableDoc(
+        "One text vector per user: the reviews they wrote (train side of the fold)",
+        EMBEDDING_COLUMNS,
+    ),
+    ALS_USER_FACTORS: TableDoc(
+        "Spark ALS user factors of the fold's chosen model",
+        {
+            "user_id": "user",
+            "factors": "latent factors (array<float>, als rank entries)",
+            "run_id": RUN_ID,
+            "fold": FOLD,
+        },
+    ),
+    ALS_ITEM_FACTORS: TableDoc(
+        "Spark ALS item factors of the fold's chosen model",
+        {
+            "item_id": "item",
+            "factors": "latent factors (array<float>, als rank entries)",
+            "run_id": RUN_ID,
+            "fold": FOLD,
+        },
+    ),
+    ITEM_NEIGHBOURS: TableDoc(
+        "Item co-occurrence neighbours: items often had by the same users",
+        {
+            "item_id": "item",
+            "neighbour_id": "an item often had together with it",
+            "similarity": "time-weighted co-occurrence cosine (0-1, higher is closer)",
+            "run_id": RUN_ID,
+            "fold": FOLD,
+        },
+    ),
+    ITEM_TEXT_NEIGHBOURS: TableDoc(
+        "Each item's nearest items by text",
+        {
+            "item_id": "item",
+            "neighbour_id": "one of its embed.text_neighbours closest items by text",
+            "similarity": "cosine similarity of the item vectors (-1 to 1)",
+            "run_id": RUN_ID,
+            "fold": FOLD,
+        },
+    ),
+    ITEM_TRANSITIONS: TableDoc(
+        "What came next: the items users had soon after each item",
+        {
+            "item_id": "item",
+            "neighbour_id": "an item often had within transitions.window items after it",
+            "similarity": "place-weighted count of (item, then neighbour) over sqrt(item's "
+            "outgoing x neighbour's incoming count), each at least 1 (higher is more often next)",
+            "run_id": RUN_ID,
+            "fold": FOLD,
+        },
+    ),
+    RECOMMENDATIONS: TableDoc(
+        "Served top-K per user from the hybrid (test fold models), with the parts of each score",
+        RECOMMENDATION_COLUMNS,
+    ),
+    BASELINE_RECOMMENDATIONS: TableDoc(
+        "Top-K per user from each baseline, for evaluation",
+        {
+            "model": "als, cooc, text, popularity, ease or item_knn; debias=<b>: the hybrid at "
+            "popularity de-biasing strength b (the debias_curve's lists)",
+            **RECOMMENDATION_COLUMNS,
+        },
+    ),
+    FUSION_WEIGHTS: TableDoc(
+        "The fusion weights picked on validation",
+        {
+            "model": "hybrid or text (the text baseline's mix of its two parts)",
+            "cf": "weight of cf_score (0-1; the six weights sum to 1)",
+            "cooc": "weight of cooc_score (0-1)",
+            "text": "weight of text_score (0-1)",
+            "recent": "weight of recent_score (0-1)",
+            "pop": "weight of pop_score (0-1)",
+            "next": "weight of next_score (0-1; mixed into the grid's pick on validation)",
+            "recent_sharpness": "exponent sharpening the recent text part (1 = plain cosine)",
+            "debias": "popularity de-biasing strength of the re-rank: the last score.rerank_slots "
+            "places go to the best remaining items by fused score - debias x normalised "
+            "popularity (0 = none; picked on validation within score.max_ndcg_loss)",
+            "validation_ndcg": "NDCG@K on validation with these weights (0-1)",
+            "validation_hr": "hit rate@K on validation with these weights (0-1)",
+            "run_id": RUN_ID,
+        },
+    ),
+    METRICS: TableDoc(
+        "Every model's metrics at K on the test split",
+        {
+            "model": "hybrid, als, cooc, text, popularity, ease or item_knn",
+            "metric": "ndcg, hr, precision, recall, map (0-1, mean per test user); coverage "
+            "(catalog share), diversity (mean 1 - cosine in a list, 0-2), novelty (mean -log2 "
+            "popularity, bits); reason_<kind>: share of the hybrid's top-K explained by cf, "
+            "cooc, text, next, pop, none",
+            "k": "list length the metric is cut at",
+            "value": "the metric's value",
+            "segment": "all test users, sparse_users (fewest history items) or tail_items "
+            "(test items among the least popular); beyond-accuracy metrics only for all",
+            "run_id": RUN_ID,
+        },
+    ),
+    DEBIAS_CURVE: TableDoc(
+        "The hybrid at each popularity de-biasing strength on the test split: accuracy against "
+        "catalog coverage, diversity and the long tail",
+        {
+            "debias": "strength taken off the normalised popularity part (0 = no re-rank)",
+            "served": "whether this strength is the one picked on validation and served",
+            "metric": "ndcg, hr, coverage, diversity, novelty, tail_hr (hr on the tail_items "
+            "segment), sparse_hr (hr on sparse_users)",
+            "k": "list length the metric is cut at",
+            "value": "the metric's value",
+            "run_id": RUN_ID,
+        },
+    ),
+    COMPARISONS: TableDoc(
+        "The hybrid against each baseline, paired by test user, with an interval",
+        {
+            "model": "the baseline compared with (als, cooc, text, popularity, ease, item_knn)",
+            "metric": "ndcg, hr, precision, recall or map",
+            "k": "list length",
+            "users": "test users in the comparison",
+            "difference": "hybrid minus baseline, mean over users (> 0: the hybrid is better)",
+            "ci_low": "lower end of the evaluate.confidence (95%) interval of difference",
+            "ci_high": "upper end of that interval; an interval spanning 0 is a tie",
+            "p_value": "two-sided paired t-test p-value (0-1)",
+            "segment": "all, sparse_users or tail_items",
+            "run_id": RUN_ID,
+        },
+    ),
+}
+
+EXPLAINED_DESCRIPTION = (
+    "Newest complete run's recommendations with the item's title and the title of the history "
+    "item its reason names"
+)
+
+
+def table_comment(name: str) -> str | None:
+    doc = TABLES.get(name)
+    return doc.description if doc else None
+
+
+def with_comments(name: str, schema: T.StructType) -> T.StructType:
+    """``schema`` with each column's comment from the dictionary (unknown columns keep none)."""
+    columns = TABLES[name].columns if name in TABLES else {}
+    return T.StructType(
+        [
+            T.StructField(
+                f.name,
+                f.dataType,
+                f.nullable,
+                {**f.metadata, "comment": columns[f.name]} if f.name in columns else f.metadata,
+            )
+            for f in schema.fields
+        ]
+    )
+
+
+def markdown() -> str:
+    """The README's table list (each column's meaning is in ``DESCRIBE TABLE``)."""
+    lines = ["| table | what it holds | columns |", "|---|---|---|"]
+    for name, doc in TABLES.items():
+        lines.append(f"| `{name}` | {doc.description} | {', '.join(doc.columns)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

@@ -1,0 +1,371 @@
+"""The one table reader/writer: every table is a set of run snapshots, each published whole.
+
+Layout under ``<run.warehouse_dir>/<run.database>.db``::
+
+    <table>/run_id=<run>/[fold=<fold>/]part-*.parquet   a published snapshot (one per run)
+    _staging/<table>/<run>.<token>/                     a snapshot being written
+    _trash/<table>/<run>.<token>/                       a replaced snapshot, removed right after
+
+A write goes to a fresh staging folder and is then renamed to ``run_id=<run>``: a reader sees a
+run's snapshot whole or not at all (a directory rename is atomic on local disks and HDFS). A
+retry of the same run moves the old snapshot aside first, so a retry that writes 0 rows leaves
+0 rows. Each table is registered in the catalog as ``<database>.<table>``, partitioned by
+``run_id`` (and ``fold`` where a table has folds); a new snapshot becomes a new partition. No
+SQL text is built from names or paths: identifiers and values travel as parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from hybridrec import views
+from hybridrec.config.loader import Config, work_path
+from hybridrec.constants import ITEMS, RECOMMENDATIONS
+from hybridrec.store import catalog
+
+log = logging.getLogger(__name__)
+
+RUN_COL = views.RUN_COL
+STAGING = "_staging"
+TRASH = "_trash"
+REPORTS = "_reports"  # per-run files beside the tables (plots), removed with the run's snapshots
+
+
+class MissingTableError(RuntimeError):
+    """An input snapshot has not been written yet: the job that writes it has to run first."""
+
+
+@dataclass
+class Warehouse:
+    """Tables of one database. ``run_id`` is the run whose snapshots ``read``/``write`` use when
+    they are not given one."""
+
+    spark: SparkSession
+    root: str
+    database: str
+    run_id: str | None = None
+
+    @classmethod
+    def from_config(cls, spark: SparkSession, cfg: Config, run_id: str | None = None) -> Warehouse:
+        warehouse = cls(
+            spark, work_path(cfg, "warehouse_dir", "warehouse"), cfg.run.database, run_id
+        )
+        if not spark.catalog.databaseExists(warehouse.database):
+            spark.sql(
+                "CREATE DATABASE IF NOT EXISTS IDENTIFIER(:db)", args={"db": warehouse.database}
+            )
+        return warehouse
+
+    @property
+    def db_root(self) -> str:
+        return f"{self.root}/{self.database}.db"
+
+    def path(self, name: str) -> str:
+        return f"{self.db_root}/{name}"
+
+    def snapshot_path(self, name: str, run_id: str) -> str:
+        return f"{self.path(name)}/{RUN_COL}={run_id}"
+
+    def staging_path(self) -> str:
+        """The folder snapshots are staged in, on the warehouse's own (shared) storage: also where
+        a model goes on its way to MLflow, since executors and driver see the same files there.
+        A killed run's leftovers here go with :meth:`clear_leftovers`."""
+        return f"{self.db_root}/{STAGING}"
+
+    def report_path(self, run_id: str) -> str:
+        return f"{self.db_root}/{REPORTS}/{RUN_COL}={run_id}"
+
+    def qualified(self, name: str) -> str:
+        return f"{self.database}.{name}"
+
+    # -- file system -------------------------------------------------------------------------
+
+    def _hpath(self, path: str):
+        jvm = self.spark.sparkContext._jvm
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        return hpath.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+    def _exists(self, path: str) -> bool:
+        fs, hpath = self._hpath(path)
+        return fs.exists(hpath)
+
+    def _children(self, path: str) -> list[str]:
+        fs, hpath = self._hpath(path)
+        if not fs.exists(hpath):
+            return []
+        return [status.getPath().getName() for status in fs.listStatus(hpath)]
+
+    def _has_data(self, path: str) -> bool:
+        """Data files or partition folders, not only ``_SUCCESS`` and checksums."""
+        return any(not n.startswith(("_", ".")) for n in self._children(path))
+
+    def _delete(self, path: str) -> None:
+        fs, hpath = self._hpath(path)
+        fs.delete(hpath, True)
+
+    def _rename(self, source: str, target: str) -> None:
+        fs, src = self._hpath(source)
+        _, dst = self._hpath(target)
+        fs.mkdirs(dst.getParent())
+        if not fs.rename(src, dst):
+            raise OSError(f"could not rename {source} to {target}")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def tables(self) -> list[str]:
+        """Tables with a folder in the warehouse."""
+        return sorted(n for n in self._children(self.db_root) if not n.startswith(("_", ".")))
+
+    def runs(self, name: str) -> list[str]:
+        """Run ids with a published snapshot of ``name``."""
+        prefix = f"{RUN_COL}="
+        return sorted(
+            n[len(prefix) :] for n in self._children(self.path(name)) if n.startswith(prefix)
+        )
+
+    def exists(self, name: str, *, run_id: str | None = None) -> bool:
+        return self._exists(self.snapshot_path(name, self._run(run_id)))
+
+    def read(self, name: str, *, run_id: str | None = None) -> DataFrame:
+        """One run's snapshot of ``name``, with its ``run_id`` column."""
+        run_id = self._run(run_id)
+        snapshot = self.snapshot_path(name, run_id)
+        if not self._exists(snapshot):
+            raise MissingTableError(
+                f"table {self.qualified(name)} has no snapshot of run {run_id!r} at {snapshot}: "
+                "run the job that writes it first, with the same --run-id (see README, 'Runs')"
+            )
+        if not self._has_data(snapshot):
+            return self._empty(name, run_id)
+        # basePath keeps run_id (and fold) as columns; mergeSchema reads snapshots written
+        # before a column was added.
+        return (
+            self.spark.read.option("basePath", self.path(name))
+            .option("mergeSchema", "true")
+            .parquet(snapshot)
+        )
+
+    def read_all(self, name: str) -> DataFrame | None:
+        """Every published snapshot of ``name`` (a cache shared across runs), or None."""
+        if not self.runs(name):
+            return None
+        return self.spark.read.option("mergeSchema", "true").parquet(self.path(name))
+
+    def _empty(self, name: str, run_id: str) -> DataFrame:
+        """A snapshot written with 0 rows and partition columns holds no file to take a schema
+        from: take it from the catalog."""
+        if not self.spark.catalog.tableExists(self.qualified(name)):
+            raise MissingTableError(
+                f"table {self.qualified(name)} has an empty snapshot of run {run_id!r} and no "
+                "schema in the catalog"
+            )
+        return self.spark.table(self.qualified(name)).where(F.lit(False))
+
+    def _run(self, run_id: str | None) -> str:
+        run_id = run_id or self.run_id
+        if not run_id:
+            raise ValueError("no run id: pass run_id or use Warehouse.from_config(..., run_id)")
+        return run_id
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(
+        self,
+        df: DataFrame,
+        name: str,
+        *,
+        run_id: str | None = None,
+        partition_by: list[str] | None = None,
+    ) -> int:
+        """Write ``df`` as run ``run_id``'s snapshot of ``name``, replacing an earlier attempt's
+        whole, and return the rows written (counted from the staged files)."""
+        run_id = self._run(run_id)
+        started = time.perf_counter()
+        staging = f"{self.db_root}/{STAGING}/{name}/{run_id}.{secrets.token_hex(4)}"
+        if RUN_COL in df.columns:
+            df = df.drop(RUN_COL)  # the folder carries it
+        writer = df.write.mode("errorifexists")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.parquet(staging)
+        rows = self.spark.read.parquet(staging).count() if self._has_data(staging) else 0
+        self.publish(name, run_id, staging, columns={*df.columns, *(partition_by or []), RUN_COL})
+        log.info(
+            "wrote %s run %s: %d rows in %.1fs -> %s",
+            self.qualified(name),
+            run_id,
+            rows,
+            time.perf_counter() - started,
+            self.snapshot_path(name, run_id),
+        )
+        return rows
+
+    def publish(
+        self, name: str, run_id: str, staging: str, *, columns: set[str] | None = None
+    ) -> None:
+        """Make ``staging`` run ``run_id``'s snapshot: two renames, never a partial folder."""
+        target = self.snapshot_path(name, run_id)
+        if self._exists(target):
+            trash = f"{self.db_root}/{TRASH}/{name}/{run_id}.{secrets.token_hex(4)}"
+            self._rename(target, trash)
+            self._rename(staging, target)
+            self._delete(trash)
+        else:
+            self._rename(staging, target)
+        self.register(name, columns=columns)
+
+    def drop_runs(self, name: str, run_ids: Iterable[str]) -> None:
+        """Remove snapshots (retention): the catalog partition first, then the files."""
+        registered = self.spark.catalog.tableExists(self.qualified(name))
+        for run_id in run_ids:
+            if registered:
+                self.spark.sql(
+                    "ALTER TABLE IDENTIFIER(:t) DROP IF EXISTS PARTITION (run_id = :r)",
+                    args={"t": self.qualified(name), "r": run_id},
+                )
+            self._delete(self.snapshot_path(name, run_id))
+
+    def drop_reports(self, run_ids: Iterable[str]) -> None:
+        for run_id in run_ids:
+            self._delete(self.report_path(run_id))
+
+    def clear_leftovers(self) -> list[str]:
+        """Staging and trash folders of killed writes (call only while holding the run lock)."""
+        left = [
+            f"{folder}/{name}"
+            for folder in (STAGING, TRASH)
+            for name in self._children(f"{self.db_root}/{folder}")
+        ]
+        for path in left:
+            self._delete(f"{self.db_root}/{path}")
+        return left
+
+    # -- catalog -----------------------------------------------------------------------------
+
+    def register(self, name: str, *, columns: set[str] | None = None) -> None:
+        """Register ``name`` (partitioned by run) in the catalog and add new snapshots to it.
+
+        ``columns``: those of the snapshot just written; a catalog entry that lacks one of them
+        (a column added since), points at another folder or has another description is
+        re-created with the dictionary's comments (``hybridrec.store.catalog``), and so are its
+        analyst views. It is metadata only (an external table): no data moves.
+        """
+        table = self.qualified(name)
+        if not any(self._has_data(self.snapshot_path(name, r)) for r in self.runs(name)):
+            return  # no file to take a schema from yet
+        if self.spark.catalog.tableExists(table) and not self._registered_here(name, columns):
+            self.spark.sql("DROP TABLE IF EXISTS IDENTIFIER(:t)", args={"t": table})
+        created = not self.spark.catalog.tableExists(table)
+        if created:
+            self._create_table(name)
+        self.spark.catalog.recoverPartitions(table)
+        self.spark.catalog.refreshTable(table)
+        if created:
+            self._create_views(name)
+
+    def _create_table(self, name: str) -> None:
+        schema = (
+            self.spark.read.option("basePath", self.path(name))
+            .option("mergeSchema", "true")
+            .parquet(self.path(name))
+            .schema
+        )
+        partitions = [RUN_COL, *self._inner_partitions(name)]
+        described = catalog.with_comments(name, schema)
+        # The column list is Spark's own DDL of the data's schema (types and comments escaped
+        # by Spark); names and values from config or paths travel as parameters.
+        ddl = self.spark._jvm.org.apache.spark.sql.types.DataType.fromJson(described.json()).toDDL()
+        self.spark.sql(
+            f"CREATE TABLE IDENTIFIER(:t) ({ddl}) USING parquet "
+            f"PARTITIONED BY ({', '.join(_quoted(c) for c in partitions)}) "
+            "LOCATION :location COMMENT :comment OPTIONS ('mergeSchema' = 'true')",
+            args={
+                "t": self.qualified(name),
+                "location": self.path(name),
+                "comment": catalog.table_comment(name) or "",
+            },
+        )
+
+    def _inner_partitions(self, name: str) -> list[str]:
+        """Partition columns below run_id (``fold``), from the folder names of a snapshot."""
+        for run_id in self.runs(name):
+            children = self._children(self.snapshot_path(name, run_id))
+            keys = [c.split("=", 1)[0] for c in children if "=" in c and not c.startswith("_")]
+            if keys:
+                return sorted(set(keys))
+        return []
+
+    def _registered_here(self, name: str, columns: set[str] | None) -> bool:
+        table = self.qualified(name)
+        details = self.spark.sql("DESCRIBE TABLE EXTENDED IDENTIFIER(:t)", args={"t": table})
+        described = {r.col_name: r.data_type for r in details.collect()}
+        if _local(described.get("Location", "")) != _local(self.path(name)):
+            return False
+        if described.get("Comment", "") != (catalog.table_comment(name) or ""):
+            return False
+        registered = {c.name: c.description for c in self.spark.catalog.listColumns(table)}
+        documented = catalog.TABLES[name].columns if name in catalog.TABLES else {}
+        if any(registered.get(c, comment) != comment for c, comment in documented.items()):
+            return False  # the dictionary changed since
+        return columns is None or columns <= set(registered)
+
+    # -- analyst views -----------------------------------------------------------------------
+
+    def _create_views(self, name: str) -> None:
+        """``<name>_latest`` (and ``recommendations_explained``); registering ``runs`` first
+        gives every table registered before it its view."""
+        if not self.spark.catalog.tableExists(self.qualified(views.RUNS)):
+            return  # the views select the newest complete run from runs
+        names = [name]
+        if name == views.RUNS:
+            names = [t for t in self.tables() if self.spark.catalog.tableExists(self.qualified(t))]
+        for table in names:
+            self._create_latest_view(table)
+        if {RECOMMENDATIONS, ITEMS} & set(names) and all(
+            self.spark.catalog.tableExists(self.qualified(t)) for t in (RECOMMENDATIONS, ITEMS)
+        ):
+            self._create_explained_view()
+
+    def _create_latest_view(self, name: str) -> None:
+        self.spark.sql(
+            "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
+            + views.latest_view_body(_quoted(self.database), name, _quoted),
+            args={
+                "v": self.qualified(name + views.LATEST_SUFFIX),
+                "comment": f"{catalog.table_comment(name) or name}: the newest complete run",
+            },
+        )
+
+    def _create_explained_view(self) -> None:
+        self.spark.sql(
+            "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
+            + views.explained_view_body(_quoted(self.database), _quoted),
+            args={
+                "v": self.qualified(views.EXPLAINED),
+                "comment": catalog.EXPLAINED_DESCRIPTION,
+            },
+        )
+
+    def register_all(self, names: Iterable[str]) -> list[str]:
+        """Register every table of ``names`` that has a snapshot."""
+        present = [name for name in names if self.runs(name)]
+        for name in present:
+            self.register(name)
+        return present
+
+
+def _quoted(identifier: str) -> str:
+    """A backquoted identifier. View bodies cannot take parameters; the names quoted here are
+    the validated ``run.database`` and the table names of this package."""
+    return "`" + identifier.replace("`", "``") + "`"
+
+
+def _local(path: str) -> str:
+    return path.removeprefix("file:").rstrip("/")
