@@ -2,8 +2,9 @@
 
     python benchmarks/kernel_speed.py [--items 10000 100000] [--block 256] [--repeats 3]
 
-The kernel (``udfs.topk``) is what every score and evaluate task runs on each block of users,
-so its cost per user times the number of users, divided by the task slots, is the scoring time.
+The kernel (``udfs.full_ranking``) is what every score and evaluate task runs on each block of
+users, so its cost per user times the number of users, divided by the task slots, is the scoring
+time.
 Synthetic inputs of production shape: 384-d unit text vectors, rank-64 ALS factors, 100
 co-occurrence and 100 text neighbours per item, 50 history items per user. Prints one row per
 catalog size: seconds per block for the raw parts (split by part), for recommend (top-K of one
@@ -19,7 +20,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from udfs import topk
+from udfs import full_ranking, ranking_kernel
 
 DIM, RANK, NEIGHBOURS, HISTORY, K = 384, 64, 100, 50, 10
 
@@ -30,7 +31,7 @@ def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 
 
 def synthetic(rng: np.random.Generator, n_items: int, n_users: int):
-    catalog = topk.ItemCatalog(
+    catalog = ranking_kernel.ItemCatalog(
         ids=np.array([f"i{i}" for i in range(n_items)]),
         cf=rng.standard_normal((n_items, RANK)).astype(np.float32),
         has_cf=np.ones(n_items, bool),
@@ -67,29 +68,37 @@ def seconds(fn, repeats: int) -> float:
     return best
 
 
-def time_steps(block: pd.DataFrame, catalog: topk.ItemCatalog, repeats: int) -> dict[str, float]:
+def time_steps(
+    block: pd.DataFrame, catalog: ranking_kernel.ItemCatalog, repeats: int
+) -> dict[str, float]:
     """Seconds of each kernel step on one block (best of ``repeats``)."""
     weights = {"cf": 0.2, "cooc": 0.2, "text": 0.1, "recent": 0.4, "pop": 0.1}
     settings = {"method": "zscore", "recent_sharpness": 40.0}
-    history = topk.padded_history(block["seen"], HISTORY)
+    history = ranking_kernel.padded_history(block["seen"], HISTORY)
     timings = {
         "cooc part": seconds(
-            lambda: topk.history_votes(history, catalog.neighbours, catalog.neighbour_sims, 3.0),
+            lambda: ranking_kernel.history_votes(
+                history, catalog.neighbours, catalog.neighbour_sims, 3.0
+            ),
             repeats,
         ),
         "recent part (sharpness 40)": seconds(
-            lambda: topk.recent_similarity(history, catalog, 1.0, 40.0), repeats
+            lambda: ranking_kernel.recent_similarity(history, catalog, 1.0, 40.0), repeats
         ),
         "all raw parts": seconds(
-            lambda: topk.raw_parts(block, catalog, recent_sharpness=40.0), repeats
+            lambda: ranking_kernel.raw_parts(block, catalog, recent_sharpness=40.0), repeats
         ),
         "recommend (1 model)": seconds(
-            lambda: topk.recommend_block(block, catalog, {"hybrid": weights}, k=K, **settings),
+            lambda: full_ranking.recommend_block(
+                block, catalog, {"hybrid": weights}, k=K, **settings
+            ),
             repeats,
         ),
     }
     one, eleven = (
-        seconds(lambda n=n: topk.tune_block(block, catalog, [weights] * n, **settings), repeats)
+        seconds(
+            lambda n=n: full_ranking.tune_block(block, catalog, [weights] * n, **settings), repeats
+        )
         for n in (1, 11)
     )
     timings["tune, each grid point past the first"] = (eleven - one) / 10

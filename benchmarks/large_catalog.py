@@ -35,7 +35,7 @@ from hybridrec.constants import SPLIT_COL, TEST, TS_COL, VALIDATION
 from hybridrec.ops.runner import setup_logging
 from hybridrec.ops.session import get_spark
 from hybridrec.ranking import candidates, scoring
-from udfs.topk import weight_grid
+from udfs.ranking_kernel import weight_grid
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS, RANK, NEIGHBOURS, EVENTS = 2000, 32, 100, 12

@@ -25,7 +25,7 @@ from hybridrec.ops.runner import new_run_id, setup_logging
 from hybridrec.ops.session import get_spark
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
-from udfs.topk import PARTS
+from udfs.ranking_kernel import PARTS
 
 REPO = Path(__file__).resolve().parents[1]
 

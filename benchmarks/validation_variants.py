@@ -41,18 +41,19 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import REPO, source_settings  # noqa: E402
 
-from hybridrec import linear, scoring  # noqa: E402
 from hybridrec.config.loader import Config, load_config  # noqa: E402
 from hybridrec.constants import (  # noqa: E402
     FUSION_WEIGHTS,
     INTERACTIONS,
     VALIDATION,
 )
+from hybridrec.evaluation import linear  # noqa: E402
 from hybridrec.models.folds import history  # noqa: E402
 from hybridrec.ops.runner import setup_logging  # noqa: E402
 from hybridrec.ops.session import get_spark  # noqa: E402
+from hybridrec.ranking import scoring  # noqa: E402
 from hybridrec.store.tables import Warehouse  # noqa: E402
-from udfs import topk  # noqa: E402
+from udfs import ranking_kernel, rerank  # noqa: E402
 
 SLOTS = (1, 3, 5)
 EASE_SHARES = (0.1, 0.2, 0.3, 0.5)
@@ -63,16 +64,16 @@ class Block:
     """One block of validation users and what several variants derive from it, made once."""
 
     frame: pd.DataFrame
-    catalog: topk.ItemCatalog
+    catalog: ranking_kernel.ItemCatalog
     _made: dict = field(default_factory=dict)
 
     @cached_property
     def candidates(self) -> np.ndarray:
-        return ~topk.ragged_mask(self.frame["seen"], len(self.catalog))
+        return ~ranking_kernel.ragged_mask(self.frame["seen"], len(self.catalog))
 
     @cached_property
     def ties(self) -> np.ndarray:
-        return topk.tie_break(self.frame["user_id"].to_numpy(), self.catalog.ids)
+        return rerank.tie_break(self.frame["user_id"].to_numpy(), self.catalog.ids)
 
     def once(self, key, make: Callable[[], np.ndarray]) -> np.ndarray:
         """``make()`` the first time ``key`` is asked for in this block (a part's scores are
@@ -90,19 +91,19 @@ def ndcg_of(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
 
 
-def popularity_z(catalog: topk.ItemCatalog) -> np.ndarray:
+def popularity_z(catalog: ranking_kernel.ItemCatalog) -> np.ndarray:
     pop = catalog.pop.astype(np.float64)
     return ((pop - pop.mean()) / (pop.std() or 1.0)).astype(np.float32)
 
 
-def rerank_variants(cfg: Config, catalog: topk.ItemCatalog) -> dict[str, Scorer]:
+def rerank_variants(cfg: Config, catalog: ranking_kernel.ItemCatalog) -> dict[str, Scorer]:
     z = popularity_z(catalog)
     variants: dict[str, Scorer] = {}
     for slots in SLOTS:
         for b in sorted(float(b) for b in cfg.score.debias_grid if b > 0):
 
             def plain(block, parts, fused, b=b, slots=slots):
-                return fused, topk.debiased_scores(fused, parts["pop"], b, block.ties), slots
+                return fused, rerank.debiased_scores(fused, parts["pop"], b, block.ties), slots
 
             variants[f"global, {slots} slots, b={b:g}"] = plain
     for b in sorted(float(b) for b in cfg.score.debias_grid if b > 0):
@@ -118,7 +119,7 @@ def rerank_variants(cfg: Config, catalog: topk.ItemCatalog) -> dict[str, Scorer]
 def above_own_level(block: Block, z: np.ndarray) -> np.ndarray:
     """(users, items): how far each item's popularity z lies above the mean z of the user's
     own history items (0 where it does not)."""
-    seen = topk.padded_history(block.frame["seen"], len(z))
+    seen = ranking_kernel.padded_history(block.frame["seen"], len(z))
     own = np.where(seen >= 0, z[np.maximum(seen, 0)], np.nan)
     level = np.nan_to_num(np.nanmean(own, axis=1), nan=0.0).astype(np.float32)
     return np.maximum(z[None, :] - level[:, None], 0)
@@ -128,7 +129,7 @@ def mixed_in(cfg: Config, block: Block, fused: np.ndarray, key, raw, share: floa
     """The fused scores scaled by 1 - share plus share times the extra part ``raw()``,
     normalised like every part (computed once per block and part)."""
     extra = block.once(
-        key, lambda: topk.normalise(raw(), block.candidates, cfg.score.normalisation)
+        key, lambda: ranking_kernel.normalise(raw(), block.candidates, cfg.score.normalisation)
     )
     return (1 - share) * fused + share * extra, None, 0
 
@@ -142,7 +143,10 @@ def ease_variants(cfg: Config, gram: np.ndarray | None) -> dict[str, Scorer]:
         weights = linear.ease_weights(gram, float(l2))
 
         def ease_scores(block, weights=weights):
-            return topk.ragged_mask(block.frame["seen"], len(weights)).astype(np.float32) @ weights
+            return (
+                ranking_kernel.ragged_mask(block.frame["seen"], len(weights)).astype(np.float32)
+                @ weights
+            )
 
         for share in EASE_SHARES:
 
@@ -156,7 +160,7 @@ def ease_variants(cfg: Config, gram: np.ndarray | None) -> dict[str, Scorer]:
 def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
     picked = warehouse.read(FUSION_WEIGHTS).toPandas()
     hybrid = picked[picked["model"] == "hybrid"].iloc[0]
-    weights = {part: float(hybrid[part]) for part in topk.PARTS}
+    weights = {part: float(hybrid[part]) for part in ranking_kernel.PARTS}
     catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
     users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
     users = scoring.tuning_sample(users.where("target is not null"), cfg.score.tune_max_users)
@@ -180,16 +184,16 @@ def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
         frame = users.iloc[start : start + cfg.score.user_block_rows].reset_index(drop=True)
         block = Block(frame, catalog)
         candidates = block.candidates
-        parts, _ = topk.normalised_parts(frame, catalog, candidates, **settings)
-        fused = topk.fuse(parts, weights)
+        parts, _ = ranking_kernel.normalised_parts(frame, catalog, candidates, **settings)
+        fused = ranking_kernel.fuse(parts, weights)
         target = frame["target"].to_numpy().astype(np.int64)
         for name, variant in variants.items():
             scores, debiased, slots = variant(block, parts, fused)
-            ranks = topk.reranked_target_ranks(scores, debiased, candidates, target, k, slots)
+            ranks = rerank.reranked_target_ranks(scores, debiased, candidates, target, k, slots)
             if debiased is None:
-                items, _ = topk.top_k(scores, candidates, k)
+                items, _ = ranking_kernel.top_k(scores, candidates, k)
             else:
-                items, _ = topk.rerank_top_k(scores, debiased, candidates, k, slots)
+                items, _ = rerank.rerank_top_k(scores, debiased, candidates, k, slots)
             gains[name].append(pd.DataFrame({"ndcg": ndcg_of(ranks, k), "tail": tail[target]}))
             shown[name][items[items >= 0]] = True
     base = pd.concat(gains["served, no re-rank"], ignore_index=True)

@@ -1,7 +1,7 @@
 """Column and table names shared by every stage (the table contracts in README.md, 'Tables')."""
 
 from hybridrec.views import ITEMS, RECOMMENDATIONS  # noqa: F401 (the views need them light)
-from udfs.topk import PARTS
+from udfs.ranking_kernel import PARTS
 
 USER_COL = "user_id"
 ITEM_COL = "item_id"

@@ -46,7 +46,8 @@ from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
 from hybridrec.ranking import candidates, scoring
 from hybridrec.store.tables import Warehouse
-from udfs.topk import DEBIAS, PARTS, debiased
+from udfs.ranking_kernel import PARTS
+from udfs.rerank import DEBIAS, debiased
 
 NAME = "evaluate"
 FIGURE = "metrics_by_model.png"

@@ -29,7 +29,8 @@ from hybridrec.ops import progress
 from hybridrec.ops.runner import job_main
 from hybridrec.ranking import candidates, scoring
 from hybridrec.store.tables import Warehouse
-from udfs.topk import DEBIAS, PARTS, debiased, weight_grid, with_next
+from udfs.ranking_kernel import PARTS, weight_grid, with_next
+from udfs.rerank import DEBIAS, debiased
 
 NAME = "score"
 log = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ One call gets a group of users and their candidates as long rows (one per user a
 item, carrying that item's vectors and the neighbour votes Spark already summed) and lays them
 out as (users, slots) matrices, one slot per candidate and padding where a user has fewer. The
 normalisation, fusion, top-K and target ranks are then the same functions as full ranking
-(``udfs.topk``), with "every unseen item" replaced by "every candidate".
+(``udfs.ranking_kernel``, ``udfs.rerank``, ``udfs.reasons``), with "every unseen item"
+replaced by "every candidate".
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from udfs import topk
+from udfs.ranking_kernel import PARTS, normalise, stack_vectors
+from udfs.reasons import NAMED_REASONS, REASONS, UNEXPLAINED, dominant_parts, part_contributions
+from udfs.rerank import model_scores, rerank_top_k, reranked_target_ranks, tie_break
 
-PARTS = topk.PARTS
 # The recommendations table's columns in order
 # (``hybridrec.ranking.scoring.RECOMMENDATION_SCHEMA``).
 RECOMMENDATION_COLUMNS = (
@@ -52,7 +54,7 @@ def _dots(user_vectors: pd.Series, item_vectors: pd.Series, row: np.ndarray) -> 
     out = np.zeros(len(row), np.float32)
     if both.any():
         dim = len(item_vectors[item_ok].iloc[0])
-        users, _ = topk.stack_vectors(user_vectors, dim)
+        users, _ = stack_vectors(user_vectors, dim)
         items = np.stack(item_vectors[both].to_numpy()).astype(np.float32)
         out[both] = np.einsum("ij,ij->i", users[row[both]], items)
     return out, both
@@ -104,7 +106,7 @@ def layout(
 
 
 def _normalised(parts, candidates: np.ndarray, method: str):
-    normalised = {p: topk.normalise(s, v & candidates, method) for p, (s, v) in parts.items()}
+    normalised = {p: normalise(s, v & candidates, method) for p, (s, v) in parts.items()}
     defined = {p: v for p, (_, v) in parts.items()}
     return normalised, defined
 
@@ -129,12 +131,12 @@ def recommend_group(
     ties = cache(lambda: _ties(pairs, users, candidates, pair_at))
     frames = []
     for model, weights in models.items():
-        fused, debiased = topk.model_scores(normalised, weights, ties)
-        best, best_scores = topk.rerank_top_k(fused, debiased, candidates, k, rerank_slots)
+        fused, debiased = model_scores(normalised, weights, ties)
+        best, best_scores = rerank_top_k(fused, debiased, candidates, k, rerank_slots)
         rows, ranks = np.nonzero(best >= 0)
         slots = best[rows, ranks]
         picked = pairs.iloc[pair_at[rows, slots]]
-        contributions = topk.part_contributions(normalised, defined, weights, rows, slots)
+        contributions = part_contributions(normalised, defined, weights, rows, slots)
         reasons, reason_items = _reasons(picked, contributions, popular_share)
         frame = {
             "model": model,
@@ -153,19 +155,19 @@ def recommend_group(
 def _ties(
     pairs: pd.DataFrame, users: pd.DataFrame, candidates: np.ndarray, pair_at: np.ndarray
 ) -> np.ndarray:
-    """``topk.tie_break`` over the (users, slots) layout: each slot's own item."""
+    """``udfs.rerank.tie_break`` over the (users, slots) layout: each slot's own item."""
     slot_items = np.where(candidates, pairs["item_id"].to_numpy(object)[np.maximum(pair_at, 0)], "")
-    return topk.tie_break(users["user_id"].to_numpy(), slot_items)
+    return tie_break(users["user_id"].to_numpy(), slot_items)
 
 
 def _reasons(
     picked: pd.DataFrame, contributions: np.ndarray, popular_share: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The part that explains each pick (``topk.dominant_parts``); for a neighbour part, the
+    """The part that explains each pick (``udfs.reasons.dominant_parts``); for a neighbour part, the
     history item whose vote was largest (Spark's ``max_by`` while summing the votes) is named,
     as full ranking names the closest history item."""
-    dominant = topk.dominant_parts(contributions, popular_share)
-    reasons = np.array([topk.REASONS[p] for p in PARTS], dtype=object)[dominant]
+    dominant = dominant_parts(contributions, popular_share)
+    reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
     reason_items = np.full(len(picked), None, dtype=object)
     sources = {
         "cooc": "cooc_from",
@@ -173,7 +175,7 @@ def _reasons(
         "recent": "recent_from",
         "next": "next_from",
     }
-    for part, (prefix, fallback) in topk.NAMED_REASONS.items():
+    for part, (prefix, fallback) in NAMED_REASONS.items():
         source = sources[part]
         chosen = dominant == PARTS.index(part)
         if not chosen.any():
@@ -182,7 +184,7 @@ def _reasons(
         has = pd.notna(named)
         reasons[chosen] = np.where(has, [f"{prefix}{i}" for i in named], fallback)
         reason_items[chosen] = np.where(has, named, None)
-    reasons[np.isneginf(contributions.max(axis=1))] = topk.UNEXPLAINED
+    reasons[np.isneginf(contributions.max(axis=1))] = UNEXPLAINED
     return reasons, reason_items
 
 
@@ -221,10 +223,8 @@ def tune_group(
     ties = cache(lambda: _ties(pairs, users, candidates, pair_at))
     frames = []
     for combo, weights in enumerate(grid):
-        fused, debiased = topk.model_scores(normalised, weights, ties)
-        ranks = topk.reranked_target_ranks(
-            fused, debiased, candidates, target_slot, k, rerank_slots
-        )
+        fused, debiased = model_scores(normalised, weights, ties)
+        ranks = reranked_target_ranks(fused, debiased, candidates, target_slot, k, rerank_slots)
         frames.append(
             pd.DataFrame(
                 {

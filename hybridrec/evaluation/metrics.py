@@ -17,7 +17,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from hybridrec.constants import EMBEDDING_COL, ITEM_COL, TEXT_PARTS, USER_COL
-from udfs import topk
+from udfs import reasons
 
 RANKING_METRICS = ("ndcg", "hr", "precision", "recall", "map")
 
@@ -200,10 +200,12 @@ def reason_kind() -> Column:
     """The part a ``reason`` text names: cf, cooc, text (own reviews or recent items), next,
     pop, or none (no weighted part was defined for the pick)."""
     reason = F.col("reason")
-    kind = F.when(reason == topk.REASONS["cf"], "cf").when(reason == topk.REASONS["pop"], "pop")
+    kind = F.when(reason == reasons.REASONS["cf"], "cf").when(
+        reason == reasons.REASONS["pop"], "pop"
+    )
     # Every part that names a history item, so a new one is counted without a change here;
     # both text parts count as text.
-    for part, (prefix, fallback) in topk.NAMED_REASONS.items():
+    for part, (prefix, fallback) in reasons.NAMED_REASONS.items():
         kind_name = "text" if part in TEXT_PARTS else part
         kind = kind.when(reason.startswith(prefix) | (reason == fallback), kind_name)
     return kind.otherwise("none")

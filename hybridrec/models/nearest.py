@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from udfs.topk import closest_items
+from udfs.ranking_kernel import closest_items
 
 # Left rows per block (at least one block per task slot): with right blocks of at most
 # ``right_block_rows``, one task's product stays within LEFT_BLOCK_ROWS x right_block_rows.

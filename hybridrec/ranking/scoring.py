@@ -1,5 +1,6 @@
 """Spark side of scoring: the item catalog to broadcast, the per-user frame, and the blockwise
-pandas UDF calls into the numpy kernel in ``udfs.topk``. No users x items DataFrame ever exists:
+pandas UDF calls into the numpy kernel in ``udfs.full_ranking``. No users x items DataFrame ever
+exists:
 each task holds one block of users against the broadcast catalog."""
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from hybridrec.constants import (
 from hybridrec.models.cooc import NEIGHBOUR_COL
 from hybridrec.models.folds import history
 from hybridrec.store.tables import Warehouse
-from udfs import topk
+from udfs import full_ranking, ranking_kernel, rerank
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def configured_weights(cfg: Config) -> pd.DataFrame:
             {"model": "hybrid", **cfg.score.weights, "recent_sharpness": sharpness},
             {"model": "text", **BASELINE_WEIGHTS["text"], "recent_sharpness": sharpness},
         ]
-    ).assign(**{topk.DEBIAS: 0.0})
+    ).assign(**{rerank.DEBIAS: 0.0})
 
 
 def popularity(interactions: DataFrame, fold: str) -> DataFrame:
@@ -111,7 +112,7 @@ def build_catalog(
     neighbours: DataFrame | None = None,
     text_neighbours: DataFrame | None = None,
     transitions: DataFrame | None = None,
-) -> topk.ItemCatalog:
+) -> ranking_kernel.ItemCatalog:
     """Collect the candidates (they grow with the catalog, never with users) into arrays.
 
     Args:
@@ -134,13 +135,13 @@ def build_catalog(
             frame[column] = None
     rank = _first_length(frame[FACTORS_COL])
     dim = _first_length(frame[EMBEDDING_COL])
-    cf, has_cf = topk.stack_vectors(frame[FACTORS_COL], rank)
-    emb, has_text = topk.stack_vectors(frame[EMBEDDING_COL], dim)
+    cf, has_cf = ranking_kernel.stack_vectors(frame[FACTORS_COL], rank)
+    emb, has_text = ranking_kernel.stack_vectors(frame[EMBEDDING_COL], dim)
     ids = frame[ITEM_COL].to_numpy().astype(str)
     neighbour_idx, neighbour_sims = _neighbour_arrays(items, neighbours, ids)
     text_idx, text_sims = _neighbour_arrays(items, text_neighbours, ids)
     next_idx, next_sims = _neighbour_arrays(items, transitions, ids)
-    return topk.ItemCatalog(
+    return ranking_kernel.ItemCatalog(
         ids=ids,
         cf=cf,
         has_cf=has_cf,
@@ -184,7 +185,7 @@ def _neighbour_arrays(
     return neighbour_idx, neighbour_sims
 
 
-def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> topk.ItemCatalog:
+def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> ranking_kernel.ItemCatalog:
     """The catalog of ``fold`` from the written factor and embedding tables."""
     interactions = warehouse.read(INTERACTIONS)
     catalog = build_catalog(
@@ -241,7 +242,7 @@ def catalog_index(spark: SparkSession, ids: np.ndarray) -> DataFrame:
 def build_user_frame(
     spark: SparkSession,
     interactions: DataFrame,
-    catalog: topk.ItemCatalog,
+    catalog: ranking_kernel.ItemCatalog,
     fold: str,
     user_factors: DataFrame | None,
     user_vectors: DataFrame | None,
@@ -297,7 +298,7 @@ def tuning_sample(users: DataFrame, max_users: int) -> DataFrame:
 def load_user_frame(
     spark: SparkSession,
     warehouse: Warehouse,
-    catalog: topk.ItemCatalog,
+    catalog: ranking_kernel.ItemCatalog,
     fold: str,
     *,
     with_target: bool = False,
@@ -335,7 +336,11 @@ def map_user_blocks(
 
 
 def _map_user_blocks(
-    users: DataFrame, catalog: topk.ItemCatalog, cfg: Config, schema: T.StructType, score_block
+    users: DataFrame,
+    catalog: ranking_kernel.ItemCatalog,
+    cfg: Config,
+    schema: T.StructType,
+    score_block,
 ) -> DataFrame:
     """``map_user_blocks`` with the catalog broadcast once, in blocks of
     ``score.user_block_rows`` users."""
@@ -363,7 +368,7 @@ def _rerank_settings(cfg: Config) -> dict:
 
 def recommend(
     users: DataFrame,
-    catalog: topk.ItemCatalog,
+    catalog: ranking_kernel.ItemCatalog,
     models: Mapping[str, Mapping[str, float]],
     cfg: Config,
     *,
@@ -379,7 +384,7 @@ def recommend(
         catalog,
         cfg,
         RECOMMENDATION_SCHEMA,
-        lambda block, items: topk.recommend_block(
+        lambda block, items: full_ranking.recommend_block(
             block,
             items,
             models,
@@ -392,7 +397,7 @@ def recommend(
 
 def tune(
     users: DataFrame,
-    catalog: topk.ItemCatalog,
+    catalog: ranking_kernel.ItemCatalog,
     grid: Sequence[Mapping[str, float]],
     cfg: Config,
     *,
@@ -409,7 +414,7 @@ def tune(
         catalog,
         cfg,
         TUNE_SCHEMA,
-        lambda block, items: topk.tune_block(
+        lambda block, items: full_ranking.tune_block(
             block, items, grid, **_rerank_settings(cfg), **settings
         ),
     )

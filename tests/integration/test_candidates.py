@@ -19,7 +19,7 @@ from hybridrec.models.folds import history
 from hybridrec.ranking import candidates, scoring
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
-from udfs.topk import PARTS
+from udfs.ranking_kernel import PARTS
 
 pytestmark = pytest.mark.slow
 

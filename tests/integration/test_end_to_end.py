@@ -14,7 +14,7 @@ from hybridrec.constants import MODELS
 from hybridrec.ops.tracking import RUN_ID_TAG, tracking_uri
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
-from udfs.topk import PARTS
+from udfs.ranking_kernel import PARTS
 
 pytestmark = pytest.mark.slow
 

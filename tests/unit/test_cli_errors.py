@@ -158,7 +158,7 @@ def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(cfg):
         raise AssertionError("Spark started: the setting got past load_config")
 
-    # The run command imports get_spark from hybridrec.session when it runs.
+    # The run command imports get_spark from hybridrec.ops.session when it runs.
     for module in (session, runner):
         monkeypatch.setattr(module, "get_spark", refuse)
     for module in (cli, runner):

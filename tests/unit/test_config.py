@@ -20,7 +20,7 @@ from hybridrec.config.loader import (
 from hybridrec.config.schema import LIST_RANGES, MAP_RANGES, OPEN_MAPS, OPTIONAL_TYPES, RANGES
 from hybridrec.ops.runner import new_run_id
 from pipelines.end_to_end import STAGES
-from udfs.topk import PARTS
+from udfs.ranking_kernel import PARTS
 
 
 def _overlay(folder: Path, name: str, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""hybridrec.cooc: item co-occurrence neighbours on a real local Spark session."""
+"""hybridrec.models.cooc: item co-occurrence neighbours on a real local Spark session."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import pytest
 
 from hybridrec.config.loader import load_config
 from jobs.score import choose_debias
-from udfs.topk import debiased
+from udfs.rerank import debiased
 
 PICK = pd.Series(
     {

@@ -1,4 +1,5 @@
-"""hybridrec.embedding: which texts get encoded and how vectors are averaged (fake 3-d vectors)."""
+"""hybridrec.models.embedding: which texts get encoded and how vectors are averaged (fake 3-d
+vectors)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""hybridrec.evaluation: ranking metrics, coverage, diversity, novelty and segments, checked
+"""hybridrec.evaluation.metrics: ranking metrics, coverage, diversity, novelty and segments, checked
 against numbers worked out by hand."""
 
 from __future__ import annotations

@@ -73,12 +73,12 @@ def test_the_model_carries_the_package_even_when_imported_from_the_code_zip(tmp_
     import subprocess
     import sys
 
-    from hybridrec.ops import packaging
+    from hybridrec.ops.code_archive import build_code_archive
 
-    zipped = packaging.build_code_archive(tmp_path)
+    zipped = build_code_archive(tmp_path)
     script = (
         "import sys, pathlib; sys.path.insert(0, sys.argv[1]);"
-        "import hybridrec, hybridrec.tracking as t;"
+        "import hybridrec, hybridrec.ops.tracking as t;"
         "assert '.zip' in hybridrec.__file__, hybridrec.__file__;"
         "out = t._copy_package(pathlib.Path(sys.argv[2]));"
         "print(sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file()))"
@@ -92,5 +92,5 @@ def test_the_model_carries_the_package_even_when_imported_from_the_code_zip(tmp_
     )
     assert done.returncode == 0, done.stderr
     copied = done.stdout
-    assert "'id_index.py'" in copied and "'conf/base.yaml'" in copied
+    assert "'models/id_index.py'" in copied and "'conf/base.yaml'" in copied
     assert "__pycache__" not in copied

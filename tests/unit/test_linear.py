@@ -1,4 +1,5 @@
-"""hybridrec.linear: EASE^R and item-kNN against numpy brute force on a real local session."""
+"""hybridrec.evaluation.linear: EASE^R and item-kNN against numpy brute force on a real local
+session."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ import pytest
 
 from hybridrec.config.loader import load_config
 from hybridrec.constants import TEST, TRAIN, VALIDATION
-from hybridrec.evaluation.linear import (
+from hybridrec.evaluation.item_knn import (
     SCORE_DECIMALS,
     cosine_neighbours,
+    interacted,
+    knn_target_ranks,
+    recommend_knn,
+)
+from hybridrec.evaluation.linear import (
     dense_tuning_ranks,
     ease_weights,
     gram,
-    interacted,
     item_index,
-    knn_target_ranks,
     recommend_dense,
-    recommend_knn,
     tune_and_recommend,
 )
 from hybridrec.models.folds import history

@@ -12,7 +12,7 @@ from hybridrec.config.errors import ConfigError
 from hybridrec.config.loader import load_config
 from hybridrec.ranking import scoring
 from jobs.score import choose_next
-from udfs.topk import PARTS
+from udfs.ranking_kernel import PARTS
 
 PICK = pd.Series(
     {

@@ -7,7 +7,7 @@ import pytest
 from hybridrec.config.loader import load_config
 from hybridrec.constants import BASELINE_WEIGHTS, FUSION_WEIGHTS
 from jobs.evaluate import picked_weights
-from udfs.topk import PARTS
+from udfs.ranking_kernel import PARTS
 
 
 class _Warehouse:

@@ -1,5 +1,5 @@
-"""hybridrec.privacy: keyed pseudonyms of user ids, redaction of rejects.raw, and the key kept out
-of plans, config and logs, alone and through the ingest job."""
+"""hybridrec.safety.privacy: keyed pseudonyms of user ids, redaction of rejects.raw, and the key
+kept out of plans, config and logs, alone and through the ingest job."""
 
 from __future__ import annotations
 

@@ -6,13 +6,17 @@ has not interacted with in train), fused with weights, and reduced to the top K.
 or an item lacks (a cold user without ALS factors, an item without text) takes the user's
 average normalised value, so it neither helps nor hurts and the other parts decide: a cold user
 is ranked by text and popularity alone.
+
+The bottom of the kernel: the item catalog arrays, the raw parts, normalising, fusion and its
+weight sets, top-K and target ranks. It imports nothing else of ``udfs``; the popularity
+re-rank (``udfs.rerank``), the reasons (``udfs.reasons``) and the block entry points
+(``udfs.full_ranking``, ``udfs.candidate_kernel``) build on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -22,25 +26,6 @@ PARTS = ("cf", "cooc", "text", "recent", "pop", "next")
 # afterwards at a few shares (``jobs.score.choose_next``): a sixth grid dimension would triple
 # the grid for a part that only helps where histories have an order worth following.
 GRID_PARTS = ("cf", "cooc", "text", "recent", "pop")
-# A weight set's key for the popularity de-biasing strength of its re-rank (``model_scores``).
-DEBIAS = "debias"
-REASONS = {
-    "cf": "liked by similar users",
-    "cooc": "",  # filled with the history item it was most often had with
-    "text": "",  # filled with the most similar history item
-    "recent": "",
-    "pop": "popular",
-    "next": "",  # filled with the recent history item it most often came after
-}
-# How a neighbour part names the history item behind a recommendation, and what it says when
-# no history item can be named.
-NAMED_REASONS = {
-    "cooc": ("often had with ", "often had with your items"),
-    "text": ("similar to ", "matches your reviews"),
-    "recent": ("similar to ", "matches your reviews"),
-    "next": ("often had after ", "often had after your recent items"),
-}
-UNEXPLAINED = "ranked by the remaining signals"
 
 
 @dataclass
@@ -314,117 +299,6 @@ def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarra
     return best, best_scores
 
 
-# Scale of the per-(user, item) tie-break added to de-biased scores: far below any gap between
-# z-scored parts worth keeping, far above float32 resolution at the scores' size (< 10).
-TIE_BREAK = 1e-4
-
-
-def tie_break(user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-    """(users, items) float32 in [0, TIE_BREAK): a fixed pseudo-random order per user, for one
-    list of ``item_ids`` shared by every user or a (users, items) matrix of them. Items
-    the model cannot tell apart (cold items with only neutral parts) would otherwise come in
-    item-id order, the same few for every user; this shows each user a different few, the same
-    ones on every run."""
-    users = pd.util.hash_array(np.asarray(user_ids, dtype=object).astype(str))
-    item_ids = np.asarray(item_ids, dtype=object)
-    items = pd.util.hash_array(item_ids.ravel().astype(str)).reshape(item_ids.shape)
-    mixed = users[:, None] ^ (items[None, :] if items.ndim == 1 else items)
-    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as a hash mix should
-        mixed *= np.uint64(0x9E3779B97F4A7C15)
-    mixed ^= mixed >> np.uint64(29)
-    unit = (mixed >> np.uint64(40)).astype(np.float32) / np.float32(2**24)
-    return unit * np.float32(TIE_BREAK)
-
-
-def debiased_scores(
-    fused: np.ndarray, pop: np.ndarray, strength: float, ties: np.ndarray
-) -> np.ndarray:
-    """The fused scores with ``strength`` of the normalised popularity taken off (popularity
-    de-biasing), plus the per-user tie-break."""
-    return fused - np.float32(strength) * pop + ties
-
-
-def debiased(weights: Mapping[str, float], strength: float) -> dict[str, float]:
-    """The weights with a popularity de-biasing strength: the kernel fills the last
-    ``score.rerank_slots`` places of each list by the fused score less ``strength`` times the
-    normalised popularity (``rerank_top_k``); the head stays as ranked."""
-    return {**weights, DEBIAS: strength}
-
-
-def with_next(weights: Mapping[str, float], share: float) -> dict[str, float]:
-    """Every part's weight times 1 - ``share``, and ``share`` on the what-came-next part: the
-    fused score mixed with that part, still on the simplex."""
-    mixed = {p: round((1 - share) * float(weights.get(p, 0.0)), 6) for p in PARTS}
-    return {**mixed, "next": round(share + mixed["next"], 6)}
-
-
-def model_scores(
-    parts: Mapping[str, np.ndarray], weights: Mapping[str, float], ties: Callable[[], np.ndarray]
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """A weight set's fused scores, and its de-biased ones when it has a ``debias`` strength
-    (``ties`` makes the tie-break matrix, only when one is needed)."""
-    fused = fuse(parts, weights)
-    strength = float(weights.get(DEBIAS, 0.0))
-    if strength == 0:
-        return fused, None
-    return fused, debiased_scores(fused, parts["pop"], strength, ties())
-
-
-def rerank_top_k(
-    fused: np.ndarray,
-    debiased: np.ndarray | None,
-    candidates: np.ndarray,
-    k: int,
-    slots: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``top_k`` of ``fused``, except that the last ``slots`` of the k places go to the best
-    remaining candidates by ``debiased``: the head of each list stays as accurate as ranked,
-    and the tail goes to items popularity kept out. The re-ranked places are shown in ``fused``
-    order after the head, so scores still fall with rank. Returns indices and fused scores."""
-    if debiased is None or slots <= 0:
-        return top_k(fused, candidates, k)
-    head = max(k - min(slots, k), 0)
-    kept, _ = top_k(fused, candidates, head)
-    rest = candidates.copy()
-    rows = np.repeat(np.arange(len(kept)), kept.shape[1])
-    listed = kept.ravel() >= 0
-    rest[rows[listed], kept.ravel()[listed]] = False
-    picked, _ = top_k(debiased, rest, k - head)
-    picked_scores = np.where(
-        picked >= 0, np.take_along_axis(fused, np.maximum(picked, 0), axis=1), -np.inf
-    )
-    order = np.argsort(-picked_scores, axis=1, kind="stable")
-    best = np.concatenate([kept, np.take_along_axis(picked, order, axis=1)], axis=1)
-    # A user with fewer than ``head`` candidates has pads in the head: move them to the end.
-    pads_last = np.argsort(best < 0, axis=1, kind="stable")
-    best = np.take_along_axis(best, pads_last, axis=1)
-    scores = np.where(best >= 0, np.take_along_axis(fused, np.maximum(best, 0), axis=1), -np.inf)
-    return best, scores
-
-
-def reranked_target_ranks(
-    fused: np.ndarray,
-    debiased: np.ndarray | None,
-    candidates: np.ndarray,
-    target: np.ndarray,
-    k: int,
-    slots: int,
-) -> np.ndarray:
-    """The target's 1-based place in ``rerank_top_k``'s list, k + 1 when the re-rank leaves it
-    out (ties count against it, as in ``target_ranks``)."""
-    ranks = target_ranks(fused, candidates, target)
-    if debiased is None or slots <= 0:
-        return ranks
-    best, scores = rerank_top_k(fused, debiased, candidates, k, slots)
-    rows = np.arange(len(target))
-    is_target = best == target[:, None]
-    found = is_target.any(axis=1)
-    # Among the listed items, those scored at least as high as the target come before it.
-    target_score = fused[rows, target]
-    listed_ahead = ((scores >= target_score[:, None]) & (best >= 0) & ~is_target).sum(axis=1)
-    return np.where(found, listed_ahead + 1, np.maximum(ranks, k + 1))
-
-
 def target_ranks(scores: np.ndarray, candidates: np.ndarray, target: np.ndarray) -> np.ndarray:
     """1-based rank of each row's target item among its candidates (ties count against it)."""
     rows = np.arange(len(target))
@@ -432,6 +306,13 @@ def target_ranks(scores: np.ndarray, candidates: np.ndarray, target: np.ndarray)
     better = candidates & (scores >= target_score[:, None])
     better[rows, target] = False
     return better.sum(axis=1) + 1
+
+
+def with_next(weights: Mapping[str, float], share: float) -> dict[str, float]:
+    """Every part's weight times 1 - ``share``, and ``share`` on the what-came-next part: the
+    fused score mixed with that part, still on the simplex."""
+    mixed = {p: round((1 - share) * float(weights.get(p, 0.0)), 6) for p in PARTS}
+    return {**mixed, "next": round(share + mixed["next"], 6)}
 
 
 def weight_grid(step: float, parts: Sequence[str] = GRID_PARTS) -> list[dict[str, float]]:
@@ -452,204 +333,3 @@ def weight_grid(step: float, parts: Sequence[str] = GRID_PARTS) -> list[dict[str
         {p: round(dict(zip(parts, point, strict=True)).get(p, 0) / n, 6) for p in PARTS}
         for point in points
     ]
-
-
-def recommend_block(
-    block: pd.DataFrame,
-    catalog: ItemCatalog,
-    models: Mapping[str, Mapping[str, float]],
-    *,
-    k: int,
-    method: str,
-    history_cap: int = 50,
-    recent_half_life: float = 1.0,
-    recent_sharpness: float = 1.0,
-    cooc_half_life: float = 3.0,
-    next_items: int = 3,
-    next_half_life: float = 1.0,
-    popular_share: float = 0.5,
-    rerank_slots: int = 0,
-) -> pd.DataFrame:
-    """Top-k rows per (model, user) with the score, its normalised parts, a reason and the
-    history item the reason names (None where it names none). A model with a ``debias``
-    strength fills its last ``rerank_slots`` places by de-biased scores (``rerank_top_k``)."""
-    candidates = ~ragged_mask(block["seen"], len(catalog))
-    parts, defined = normalised_parts(
-        block,
-        catalog,
-        candidates,
-        method,
-        recent_half_life=recent_half_life,
-        recent_sharpness=recent_sharpness,
-        cooc_half_life=cooc_half_life,
-        history_cap=history_cap,
-        next_items=next_items,
-        next_half_life=next_half_life,
-    )
-    ties = cache(lambda: tie_break(block["user_id"].to_numpy(), catalog.ids))
-    frames = []
-    for model, weights in models.items():
-        fused, debiased = model_scores(parts, weights, ties)
-        best, best_scores = rerank_top_k(fused, debiased, candidates, k, rerank_slots)
-        rows, ranks = np.nonzero(best >= 0)
-        items = best[rows, ranks]
-        contributions = part_contributions(parts, defined, weights, rows, items)
-        reasons, reason_items = _reasons(
-            block, catalog, rows, items, contributions, history_cap, next_items, popular_share
-        )
-        frames.append(
-            pd.DataFrame(
-                {
-                    "model": model,
-                    "user_id": block["user_id"].to_numpy()[rows],
-                    "rank": (ranks + 1).astype(np.int32),
-                    "item_id": catalog.ids[items],
-                    "score": best_scores[rows, ranks].astype(np.float64),
-                    "cf_score": parts["cf"][rows, items].astype(np.float64),
-                    "cooc_score": parts["cooc"][rows, items].astype(np.float64),
-                    "text_score": parts["text"][rows, items].astype(np.float64),
-                    "recent_score": parts["recent"][rows, items].astype(np.float64),
-                    "pop_score": parts["pop"][rows, items].astype(np.float64),
-                    "next_score": parts["next"][rows, items].astype(np.float64),
-                    "reason": reasons,
-                    "reason_item_id": reason_items,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-def part_contributions(
-    parts: Mapping[str, np.ndarray],
-    defined: Mapping[str, np.ndarray],
-    weights: Mapping[str, float],
-    rows: np.ndarray,
-    cols: np.ndarray,
-) -> np.ndarray:
-    """(picks, parts): each part's weighted normalised score at the picked (row, col) entries;
-    -inf where the part is unweighted or undefined there, since only a part that is weighted and
-    defined for this (user, item) can explain it."""
-    return np.stack(
-        [
-            np.where(
-                defined[p][rows, cols] & (weights.get(p, 0.0) > 0),
-                np.float32(weights.get(p, 0.0)) * parts[p][rows, cols],
-                -np.inf,
-            )
-            for p in PARTS
-        ],
-        axis=1,
-    )
-
-
-def dominant_parts(contributions: np.ndarray, popular_share: float) -> np.ndarray:
-    """Per pick, the index in PARTS of the part that explains it: the largest contribution,
-    except that popularity is named only where it adds at least ``popular_share`` of the
-    positive contributions. Below that a personal part added more in all (z-scores of several
-    parts each a little above the mean), so the largest of those is named instead: "popular"
-    says little to a user, and it should not stand for a pick the user's own history made."""
-    dominant = contributions.argmax(axis=1)
-    pop = PARTS.index("pop")
-    positive = np.where(contributions > 0, contributions, 0.0).sum(axis=1)
-    weak_pop = (dominant == pop) & (contributions[:, pop] < popular_share * positive)
-    if weak_pop.any():
-        personal = contributions[weak_pop].copy()
-        personal[:, pop] = -np.inf
-        dominant[weak_pop] = personal.argmax(axis=1)
-    return dominant
-
-
-def _reasons(
-    block: pd.DataFrame,
-    catalog: ItemCatalog,
-    rows: np.ndarray,
-    items: np.ndarray,
-    contributions: np.ndarray,
-    history: int,
-    next_items: int,
-    popular_share: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A short why per recommendation: the part that explains it (``dominant_parts``), and for
-    a text, co-occurrence or what-came-next part the user's closest recent history item, named
-    in the text and returned as an id of its own (so an analyst joins it to a title without
-    parsing the text)."""
-    dominant = dominant_parts(contributions, popular_share)
-    reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
-    reasons[np.isneginf(contributions.max(axis=1))] = UNEXPLAINED
-    reason_items = np.full(len(rows), None, dtype=object)
-    history_idx = padded_history(block["seen"], history)[rows]  # (recommendations, width)
-    known = np.maximum(history_idx, 0)
-    is_text = np.isin(dominant, [PARTS.index("text"), PARTS.index("recent")])
-    if is_text.any():
-        sims = np.einsum("md,mwd->mw", catalog.text[items[is_text]], catalog.text[known[is_text]])
-        has_text = (history_idx[is_text] >= 0) & catalog.has_text[known[is_text]]
-        reasons[is_text], reason_items[is_text] = _name_closest(
-            history_idx[is_text],
-            np.where(has_text, sims, -np.inf),
-            catalog,
-            *NAMED_REASONS["text"],
-        )
-    listed_parts = (
-        ("cooc", history_idx, catalog.neighbours, catalog.neighbour_sims),
-        ("next", history_idx[:, :next_items], catalog.next_items, catalog.next_sims),
-    )
-    for part, voters, neighbours, neighbour_sims in listed_parts:
-        chosen = dominant == PARTS.index(part)
-        if not chosen.any():
-            continue
-        # How strongly each history item voted for the recommended one, from its list.
-        voter = np.maximum(voters[chosen], 0)
-        listed = neighbours[voter] == items[chosen][:, None, None]
-        sims = np.where(listed, neighbour_sims[voter], -np.inf).max(axis=2, initial=-np.inf)
-        reasons[chosen], reason_items[chosen] = _name_closest(
-            voters[chosen],
-            np.where(voters[chosen] >= 0, sims, -np.inf),
-            catalog,
-            *NAMED_REASONS[part],
-        )
-    return reasons, reason_items
-
-
-def _name_closest(
-    history_idx: np.ndarray, closeness: np.ndarray, catalog: ItemCatalog, prefix: str, fallback: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, ``prefix`` + the id of its history item with the highest closeness, and that
-    id; ``fallback`` and None where no history item has any (-inf everywhere)."""
-    closest = history_idx[np.arange(len(history_idx)), closeness.argmax(axis=1)]
-    named = np.isfinite(closeness.max(axis=1))
-    ids = catalog.ids[np.maximum(closest, 0)].astype(str)
-    return (
-        np.where(named, np.char.add(prefix, ids), fallback),
-        np.where(named, ids.astype(object), None),
-    )
-
-
-def tune_block(
-    block: pd.DataFrame,
-    catalog: ItemCatalog,
-    grid: Sequence[Mapping[str, float]],
-    *,
-    method: str,
-    k: int = 10,
-    rerank_slots: int = 0,
-    **raw_settings,
-) -> pd.DataFrame:
-    """For each user with a target item and each weight set: the target's rank (its place in
-    the re-ranked top ``k`` for a weight set with a ``debias`` strength)."""
-    block = block[block["target"].notna()]
-    if block.empty:
-        return pd.DataFrame({"combo": [], "user_id": [], "target_rank": []})
-    candidates = ~ragged_mask(block["seen"], len(catalog))
-    parts, _ = normalised_parts(block, catalog, candidates, method, **raw_settings)
-    target = block["target"].to_numpy().astype(np.int64)
-    ties = cache(lambda: tie_break(block["user_id"].to_numpy(), catalog.ids))
-    frames = []
-    for combo, weights in enumerate(grid):
-        fused, debiased = model_scores(parts, weights, ties)
-        ranks = reranked_target_ranks(fused, debiased, candidates, target, k, rerank_slots)
-        frames.append(
-            pd.DataFrame(
-                {"combo": combo, "user_id": block["user_id"].to_numpy(), "target_rank": ranks}
-            )
-        )
-    return pd.concat(frames, ignore_index=True)

@@ -1,4 +1,5 @@
-"""udfs.topk: the numpy scoring kernel, checked against hand-computed numbers (no Spark)."""
+"""The numpy scoring kernel (udfs.ranking_kernel, rerank, reasons, full_ranking), checked
+against hand-computed numbers (no Spark)."""
 
 from __future__ import annotations
 
@@ -6,28 +7,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from udfs.topk import (
+from udfs.full_ranking import recommend_block
+from udfs.ranking_kernel import (
     PARTS,
-    TIE_BREAK,
     ItemCatalog,
     closest_items,
-    dominant_parts,
     history_votes,
     normalise,
     padded_history,
     ragged_mask,
     recent_similarity,
-    recommend_block,
-    rerank_top_k,
-    reranked_target_ranks,
     signed_power,
     stack_vectors,
     target_ranks,
-    tie_break,
     top_k,
     weight_grid,
     with_next,
 )
+from udfs.reasons import dominant_parts
+from udfs.rerank import TIE_BREAK, rerank_top_k, reranked_target_ranks, tie_break
 
 HYBRID = {"cf": 0.6, "text": 0.3, "pop": 0.1}
 

@@ -1,0 +1,114 @@
+"""Full ranking of one block of users against the whole item catalog: the entry points the
+score and evaluate pandas UDFs call. ``recommend_block`` lists each user's top K with its parts
+and reason; ``tune_block`` ranks each user's target under every weight set of a grid. The top
+of the kernel: it imports ``udfs.ranking_kernel``, ``udfs.rerank`` and ``udfs.reasons``, and
+nothing imports it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+
+import numpy as np
+import pandas as pd
+
+from udfs.ranking_kernel import ItemCatalog, normalised_parts, ragged_mask
+from udfs.reasons import part_contributions, pick_reasons
+from udfs.rerank import model_scores, rerank_top_k, reranked_target_ranks, tie_break
+
+
+def recommend_block(
+    block: pd.DataFrame,
+    catalog: ItemCatalog,
+    models: Mapping[str, Mapping[str, float]],
+    *,
+    k: int,
+    method: str,
+    history_cap: int = 50,
+    recent_half_life: float = 1.0,
+    recent_sharpness: float = 1.0,
+    cooc_half_life: float = 3.0,
+    next_items: int = 3,
+    next_half_life: float = 1.0,
+    popular_share: float = 0.5,
+    rerank_slots: int = 0,
+) -> pd.DataFrame:
+    """Top-k rows per (model, user) with the score, its normalised parts, a reason and the
+    history item the reason names (None where it names none). A model with a ``debias``
+    strength fills its last ``rerank_slots`` places by de-biased scores (``rerank_top_k``)."""
+    candidates = ~ragged_mask(block["seen"], len(catalog))
+    parts, defined = normalised_parts(
+        block,
+        catalog,
+        candidates,
+        method,
+        recent_half_life=recent_half_life,
+        recent_sharpness=recent_sharpness,
+        cooc_half_life=cooc_half_life,
+        history_cap=history_cap,
+        next_items=next_items,
+        next_half_life=next_half_life,
+    )
+    ties = cache(lambda: tie_break(block["user_id"].to_numpy(), catalog.ids))
+    frames = []
+    for model, weights in models.items():
+        fused, debiased = model_scores(parts, weights, ties)
+        best, best_scores = rerank_top_k(fused, debiased, candidates, k, rerank_slots)
+        rows, ranks = np.nonzero(best >= 0)
+        items = best[rows, ranks]
+        contributions = part_contributions(parts, defined, weights, rows, items)
+        reasons, reason_items = pick_reasons(
+            block, catalog, rows, items, contributions, history_cap, next_items, popular_share
+        )
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "user_id": block["user_id"].to_numpy()[rows],
+                    "rank": (ranks + 1).astype(np.int32),
+                    "item_id": catalog.ids[items],
+                    "score": best_scores[rows, ranks].astype(np.float64),
+                    "cf_score": parts["cf"][rows, items].astype(np.float64),
+                    "cooc_score": parts["cooc"][rows, items].astype(np.float64),
+                    "text_score": parts["text"][rows, items].astype(np.float64),
+                    "recent_score": parts["recent"][rows, items].astype(np.float64),
+                    "pop_score": parts["pop"][rows, items].astype(np.float64),
+                    "next_score": parts["next"][rows, items].astype(np.float64),
+                    "reason": reasons,
+                    "reason_item_id": reason_items,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def tune_block(
+    block: pd.DataFrame,
+    catalog: ItemCatalog,
+    grid: Sequence[Mapping[str, float]],
+    *,
+    method: str,
+    k: int = 10,
+    rerank_slots: int = 0,
+    **raw_settings,
+) -> pd.DataFrame:
+    """For each user with a target item and each weight set: the target's rank (its place in
+    the re-ranked top ``k`` for a weight set with a ``debias`` strength)."""
+    block = block[block["target"].notna()]
+    if block.empty:
+        return pd.DataFrame({"combo": [], "user_id": [], "target_rank": []})
+    candidates = ~ragged_mask(block["seen"], len(catalog))
+    parts, _ = normalised_parts(block, catalog, candidates, method, **raw_settings)
+    target = block["target"].to_numpy().astype(np.int64)
+    ties = cache(lambda: tie_break(block["user_id"].to_numpy(), catalog.ids))
+    frames = []
+    for combo, weights in enumerate(grid):
+        fused, debiased = model_scores(parts, weights, ties)
+        ranks = reranked_target_ranks(fused, debiased, candidates, target, k, rerank_slots)
+        frames.append(
+            pd.DataFrame(
+                {"combo": combo, "user_id": block["user_id"].to_numpy(), "target_rank": ranks}
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
