@@ -44,7 +44,7 @@ from hybridrec.evaluation import metrics as evaluation
 from hybridrec.models.folds import history
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
-from hybridrec.ranking import candidates, scoring
+from hybridrec.ranking import rank, scoring
 from hybridrec.store.tables import Warehouse
 from udfs.ranking_kernel import PARTS
 from udfs.rerank import DEBIAS, debiased
@@ -89,7 +89,7 @@ def curve_name(strength: float) -> str:
 
 
 def kernel_recommendations(
-    warehouse: Warehouse, cfg: Config, picked: dict[str, dict], n_items: int
+    warehouse: Warehouse, cfg: Config, picked: dict[str, dict], mode: rank.RankingMode
 ) -> DataFrame:
     """Top-K of the weight sets ranked by the hybrid's own kernel: the single-signal baselines
     (the text one with the mix and sharpness the score job picked for it) and, with
@@ -109,14 +109,7 @@ def kernel_recommendations(
     return reduce(
         DataFrame.unionByName,
         [
-            candidates.recommend_fold(
-                warehouse,
-                cfg,
-                TEST,
-                models,
-                recent_sharpness=sharpness,
-                over_candidates=candidates.use_candidates(cfg, n_items),
-            )
+            rank.rank_fold(warehouse, cfg, TEST, models, recent_sharpness=sharpness, mode=mode)
             for sharpness, models in passes.items()
         ],
     )
@@ -264,12 +257,12 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     k = cfg.evaluate.k
     hybrid = hybrid_recommendations(warehouse, run_id)
     picked = picked_weights(warehouse, cfg)
-    n_items = scoring.catalog_size(warehouse, cfg)
+    mode = rank.ranking_mode(warehouse, cfg)
     interactions = warehouse.read(INTERACTIONS)
-    kernel_recs = kernel_recommendations(warehouse, cfg, picked, n_items)
+    kernel_recs = kernel_recommendations(warehouse, cfg, picked, mode)
     items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
     linear_recs, linear_picks = linear.tune_and_recommend(
-        interactions, items, cfg, dense=not candidates.use_candidates(cfg, n_items)
+        interactions, items, cfg, dense=not mode.over_candidates
     )
     warehouse.write(
         kernel_recs.unionByName(linear_recs, allowMissingColumns=True),
@@ -283,7 +276,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         recs.select("model", "user_id", "rank", "item_id"),
         interactions,
         scoring.of_fold(warehouse.read(ITEM_EMBEDDINGS), TEST),
-        n_items,
+        mode.n_items,
         cfg,
     )
     is_curve = F.col("model").startswith(CURVE_PREFIX)

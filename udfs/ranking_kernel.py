@@ -23,8 +23,8 @@ import pandas as pd
 
 PARTS = ("cf", "cooc", "text", "recent", "pop", "next")
 # The parts of the simplex weight grid searched on validation. ``next`` is mixed into the pick
-# afterwards at a few shares (``jobs.score.choose_next``): a sixth grid dimension would triple
-# the grid for a part that only helps where histories have an order worth following.
+# afterwards at a few shares (``hybridrec.ranking.tuning.choose_next``): a sixth grid dimension
+# would triple the grid for a part that only helps where histories have an order worth following.
 GRID_PARTS = ("cf", "cooc", "text", "recent", "pop")
 
 

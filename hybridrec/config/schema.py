@@ -113,6 +113,8 @@ RANGES: dict[str, Bounds] = {
     "source.sample.n_items": COUNT,
     "source.sample.n_topics": COUNT,
     "source.sample.events_per_user": POSITIVE,
+    "source.sample.sequence_strength": FRACTION,
+    "source.sample.style_weight": NON_NEGATIVE,
     "source.sample.review_fraction": FRACTION,
     "source.sample.orphan_review_fraction": FRACTION,
     "source.sample.bad_row_fraction": FRACTION,

@@ -2,7 +2,7 @@
 
 Full ranking (``hybridrec.ranking.scoring``) broadcasts the item catalog and scores every unseen
 item for every user. Above ``score.candidates.max_full_items`` ranking broadcasts nothing
-item-sized:
+item-sized (``hybridrec.ranking.rank`` chooses):
 
 1. Candidates, all in Spark: the ALS top-N of each user (blocked factor products: each task
    multiplies one block of users by one block of items), the best co-occurrence and text
@@ -361,31 +361,6 @@ def recommend(
     return _cogroup(
         _pair_rows(tables, pairs, groups), _user_rows(tables, fold, users, groups)
     ).applyInPandas(rank, schema)
-
-
-def recommend_fold(
-    warehouse: Warehouse,
-    cfg: Config,
-    fold: str,
-    models: Mapping[str, Mapping[str, float]],
-    *,
-    recent_sharpness: float,
-    over_candidates: bool,
-) -> DataFrame:
-    """Top-K rows (with ``model``) of ``fold`` for each weight set: over candidates, or by full
-    ranking against the broadcast catalog."""
-    if over_candidates:
-        return recommend(
-            load_fold(warehouse, cfg, fold),
-            fold,
-            models,
-            cfg,
-            scoring.RECOMMENDATION_SCHEMA,
-            recent_sharpness=recent_sharpness,
-        )
-    catalog = scoring.load_catalog(warehouse, cfg, fold)
-    users = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold)
-    return scoring.recommend(users, catalog, models, cfg, recent_sharpness=recent_sharpness)
 
 
 def targets(tables: FoldTables, fold: str) -> DataFrame:

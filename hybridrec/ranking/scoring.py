@@ -1,7 +1,6 @@
 """Spark side of scoring: the item catalog to broadcast, the per-user frame, and the blockwise
 pandas UDF calls into the numpy kernel in ``udfs.full_ranking``. No users x items DataFrame ever
-exists:
-each task holds one block of users against the broadcast catalog."""
+exists: each task holds one block of users against the broadcast catalog."""
 
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
-"""The built-in sample data set: users and items with latent topics, so both signals carry weight.
+"""The built-in sample data set, where behaviour, sequence and text each carry part of the signal.
 
-Users prefer one or two topics; items belong mostly to one. Which items a user touches follows
-popularity times topic affinity (the collaborative signal); review text and item text are built
-from the topic's words with a sentiment that follows the rating (the text signal). A small share of
-rows is broken on purpose so that the rejects path runs on every sample run.
+Users prefer one or two topics and one style; items belong mostly to one topic and have one
+style. Which items a user touches follows popularity times topic affinity (what co-occurrence and
+ALS learn), plus a pull towards the user's style, which only the words of titles and reviews
+name (what the text vectors see); and in what order: with ``sequence_strength`` the next item is
+one of the previous item's few follow-ups (an accessory, a refill: what the recent and next parts
+follow). Review text is built from the topic's words and the item's style, with a sentiment that
+follows the rating. A small share of rows is broken on purpose so that the rejects path runs on
+every sample run.
 
 Generation is seeded numpy on the driver: the sample's size is set by config, not by the data.
 """
@@ -59,17 +63,18 @@ def generate(cfg: Config) -> dict[str, pd.DataFrame]:
     item_main = item_topic.argmax(axis=1)
     item_quality = rng.normal(0.0, 0.6, size=p.n_items)
     item_pop = rng.zipf(1.6, size=p.n_items).clip(max=200).astype(float)
+    item_style = rng.integers(0, len(STYLES), size=p.n_items)
     user_topic = rng.dirichlet(np.full(n_topics, 0.25), size=p.n_users)
+    user_style = rng.integers(0, len(STYLES), size=p.n_users)
 
     affinity = user_topic @ item_topic.T  # users x items, in [0, 1]
-    logits = 10.0 * affinity + 0.5 * np.log(item_pop)
-    n_events = np.maximum(rng.poisson(p.events_per_user, size=p.n_users), 4)
+    same_style = user_style[:, None] == item_style[None, :]
+    logits = 10.0 * affinity + p.style_weight * same_style + 0.5 * np.log(item_pop)
+    follow_ups = _follow_ups(rng, item_main, item_pop)
+    n_events = np.minimum(np.maximum(rng.poisson(p.events_per_user, size=p.n_users), 4), p.n_items)
     users, items = [], []
     for u in range(p.n_users):  # a generator loop over sample users, not over table rows
-        prob = np.exp(logits[u] - logits[u].max())
-        chosen = rng.choice(
-            p.n_items, size=min(n_events[u], p.n_items), replace=False, p=prob / prob.sum()
-        )
+        chosen = _sequence(rng, logits[u], follow_ups, n_events[u], p.sequence_strength)
         users.append(np.full(len(chosen), u))
         items.append(chosen)
     user_idx = np.concatenate(users)
@@ -92,23 +97,24 @@ def generate(cfg: Config) -> dict[str, pd.DataFrame]:
         p.review_fraction,
         words,
         item_main,
+        item_style,
     )
     reviews = pd.concat(
-        [reviews, _orphan_reviews(rng, p, words, item_main, reviews)], ignore_index=True
+        [reviews, _orphan_reviews(rng, p, words, item_main, item_style, reviews)],
+        ignore_index=True,
     )
 
     items_df = pd.DataFrame(
         {
             "item_id": np.char.add("i", np.arange(p.n_items).astype(str)),
             "title": [
-                f"{rng.choice(STYLES).title()} {topics[t]} {rng.choice(words[t])} "
-                f"{rng.choice(KINDS)}"
-                for t in item_main
+                f"{STYLES[st].title()} {topics[t]} {rng.choice(words[t])} {rng.choice(KINDS)}"
+                for t, st in zip(item_main, item_style, strict=True)
             ],
             "description": [
-                f"A {topics[t]} {rng.choice(KINDS)} with "
+                f"A {STYLES[st]} {topics[t]} {rng.choice(KINDS)} with "
                 f"{', '.join(rng.choice(words[t], 3, replace=False))}."
-                for t in item_main
+                for t, st in zip(item_main, item_style, strict=True)
             ],
         }
     )
@@ -125,10 +131,12 @@ def events(
     review_fraction: float,
     words: list[list[str]],
     item_main: np.ndarray,
+    item_style: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw behaviour rows (a 1-5 rating from ``latent`` plus noise, kept on rating events) and
     the reviews of a ``review_fraction`` of them: text from the item's main topic's ``words``
-    with a sentiment that follows the rating, written within a day of the event."""
+    (and its style, where items have one) with a sentiment that follows the rating, written
+    within a day of the event."""
     n = len(user_ids)
     rating = np.clip(np.rint(3.0 + 1.6 * latent + rng.normal(0, 0.6, n)), 1, 5)
     event_type = rng.choice(EVENT_TYPES, size=n, p=EVENT_TYPE_P)
@@ -150,7 +158,13 @@ def events(
             "item_id": item_ids[reviewed],
             "rating": stars,
             "summary": _phrases(rng, stars),
-            "review_text": _review_texts(rng, words, item_main[item_idx[reviewed]], stars),
+            "review_text": _review_texts(
+                rng,
+                words,
+                item_main[item_idx[reviewed]],
+                stars,
+                None if item_style is None else item_style[item_idx[reviewed]],
+            ),
             "event_ts": (ts[reviewed] + rng.integers(600, 86400, size=len(stars))).astype(str),
         }
     )
@@ -171,21 +185,68 @@ def _phrases(rng: np.random.Generator, ratings: np.ndarray) -> list[str]:
 
 
 def _review_texts(
-    rng: np.random.Generator, words: list[list[str]], topic: np.ndarray, ratings: np.ndarray
+    rng: np.random.Generator,
+    words: list[list[str]],
+    topic: np.ndarray,
+    ratings: np.ndarray,
+    style: np.ndarray | None = None,
 ) -> list[str]:
     texts = []
-    for t, r in zip(topic, ratings, strict=True):
+    styles = [None] * len(topic) if style is None else style
+    for t, r, st in zip(topic, ratings, styles, strict=True):
         picked = rng.choice(words[t], size=3, replace=False)
         mood = _phrases(rng, np.array([r]))[0].lower()
         verdict = "great" if r >= 4 else "meh" if r == 3 else "bad"
+        what = "it" if st is None else f"the {STYLES[st]} one"
         texts.append(
-            f"Bought it for my {picked[0]} and {picked[1]}; {mood}. "
+            f"Bought {what} for my {picked[0]} and {picked[1]}; {mood}. "
             f"The {picked[2]} part is {verdict}."
         )
     return texts
 
 
-def _orphan_reviews(rng, p, words, item_main, reviews: pd.DataFrame) -> pd.DataFrame:
+def _follow_ups(
+    rng: np.random.Generator, item_main: np.ndarray, item_pop: np.ndarray, n: int = 3
+) -> np.ndarray:
+    """Per item, ``n`` items often had next: two of its own topic and one of any (an accessory,
+    a refill, the next volume), the more popular the likelier."""
+    weight = np.sqrt(item_pop)
+    out = np.empty((len(item_main), n), dtype=np.int64)
+    for i, topic in enumerate(item_main):  # per catalog item, as the loop over users
+        own = np.flatnonzero((item_main == topic) & (np.arange(len(item_main)) != i))
+        own = own if len(own) >= n - 1 else np.flatnonzero(np.arange(len(item_main)) != i)
+        picked = rng.choice(own, size=n - 1, replace=False, p=weight[own] / weight[own].sum())
+        others = np.setdiff1d(np.flatnonzero(np.arange(len(item_main)) != i), picked)
+        out[i, : n - 1] = picked
+        out[i, n - 1] = rng.choice(others, p=weight[others] / weight[others].sum())
+    return out
+
+
+def _sequence(
+    rng: np.random.Generator,
+    logits: np.ndarray,
+    follow_ups: np.ndarray,
+    n: int,
+    strength: float,
+) -> np.ndarray:
+    """One user's ``n`` distinct items in time order: each a follow-up of the previous one with
+    chance ``strength`` (while one is left), else drawn by ``logits`` among the rest."""
+    prob = np.exp(logits - logits.max())
+    taken = np.zeros(len(logits), dtype=bool)
+    chosen = []
+    for _ in range(n):
+        options = follow_ups[chosen[-1]][~taken[follow_ups[chosen[-1]]]] if chosen else []
+        if len(options) and rng.random() < strength:
+            item = int(rng.choice(options))
+        else:
+            left = np.where(taken, 0.0, prob)
+            item = int(rng.choice(len(logits), p=left / left.sum()))
+        taken[item] = True
+        chosen.append(item)
+    return np.array(chosen, dtype=np.int64)
+
+
+def _orphan_reviews(rng, p, words, item_main, item_style, reviews: pd.DataFrame) -> pd.DataFrame:
     """Reviews whose (user, item) has no behaviour row: they become interactions of their own."""
     n = int(len(reviews) * p.orphan_review_fraction)
     users = rng.integers(0, p.n_users, size=n)
@@ -197,7 +258,7 @@ def _orphan_reviews(rng, p, words, item_main, reviews: pd.DataFrame) -> pd.DataF
             "item_id": np.char.add("i", items.astype(str)),
             "rating": ratings,
             "summary": _phrases(rng, ratings),
-            "review_text": _review_texts(rng, words, item_main[items], ratings),
+            "review_text": _review_texts(rng, words, item_main[items], ratings, item_style[items]),
             "event_ts": (START_TS + rng.integers(0, 400 * 86400, size=n)).astype(str),
         }
     )

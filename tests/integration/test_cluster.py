@@ -1,4 +1,4 @@
-"""The five jobs on a real Spark standalone cluster whose worker behaves as a second host.
+"""The pipeline on a real Spark standalone cluster whose worker behaves as a second host.
 
 A master and a worker start from pyspark's own scripts on 127.0.0.1. The worker runs in its own
 mount namespace (``unshare -m``, as root): the checkout (with the driver's venv and its
@@ -9,11 +9,12 @@ at another path (a node's own Spark install); the base Python that the packed ve
 visible, as the same OS image on every node would have it. Only ``shared/`` (warehouse,
 checkpoints, metastore, MLflow store) is seen by both, as HDFS or NFS would be.
 
-Jobs go in with exactly the README's flags: ``hybridrec pack``'s environment and code archive,
-``conf/gpu.yaml``, and a discovery script on the worker that reports two fake GPUs. Then:
-tables and the run are complete; the executors ran the shipped Python, not the driver's; every
-embed task got its own GPU address and fell back to the CPU with a warning (no CUDA here), and
-under ``embed.device: cuda`` a task fails; the ALS model, loaded back from MLflow, scores real ids.
+The pipeline goes in as one application (``pipelines/cli.py run``) with exactly the README's flags:
+``hybridrec pack``'s environment and code archive, ``conf/gpu.yaml``, and a discovery script on the
+worker that reports two fake GPUs. Then: tables and the run are complete; the executors ran the
+shipped Python, not the driver's; every embed task got its own GPU address and fell back to the CPU
+with a warning (no CUDA here), and under ``embed.device: cuda`` a task fails; the ALS model, loaded
+back from MLflow, scores real ids.
 """
 
 from __future__ import annotations
@@ -219,6 +220,10 @@ def _submit(cluster, flags, application: str, args: list[str], extra: list[str] 
 
 @pytest.fixture(scope="module")
 def cluster_run(cluster, flags, tiny_settings):
+    """The whole pipeline as one application (``pipelines/cli.py run``): the five stages on the
+    cluster, each executor unpacking the environment once rather than once per job. Each job
+    alone under spark-submit runs the same stages (``runner.run_stages``); the Airflow test
+    submits them one by one."""
     overlay = cluster["root"] / "cluster.yaml"
     settings = {k: v for k, v in tiny_settings.items() if k != "spark"}
     settings["run"] = {"work_dir": str(cluster["shared"] / "work")}
@@ -226,17 +231,17 @@ def cluster_run(cluster, flags, tiny_settings):
     conf = ["--conf", "conf/local.yaml", "--conf", str(overlay), "--conf", "conf/gpu.yaml"]
     # Two GPUs per executor, one per task: the executor's two cores run two tasks at once.
     conf += ["--set", "spark.conf.spark.executor.resource.gpu.amount=2"]
-    seconds = {}
-    for job in JOBS:
-        done, seconds[job] = _submit(
-            cluster,
-            flags,
-            str(REPO / "jobs" / f"{job}.py"),
-            [*conf_paths(conf), "--run-id", RUN_ID],
-        )
-        (cluster["root"] / f"{job}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-        assert done.returncode == 0, f"{job}: {_not_spark_info(done.stderr)[-6000:]}"
-    print("seconds per job:", seconds)
+    done, seconds = _submit(
+        cluster,
+        flags,
+        str(REPO / "pipelines" / "cli.py"),
+        ["run", *conf_paths(conf), "--run-id", RUN_ID],
+    )
+    (cluster["root"] / "pipeline.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    assert done.returncode == 0, _not_spark_info(done.stderr)[-6000:]
+    stages = re.findall(r"stage (\w+): done in", done.stderr)
+    assert stages == JOBS, _not_spark_info(done.stderr)[-6000:]
+    print(f"the pipeline on the cluster: {seconds:.0f} s")
     return {"conf": conf_paths(conf), "seconds": seconds}
 
 
@@ -278,7 +283,7 @@ def _sql(cluster_run, statement: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-def test_the_five_jobs_complete_one_run_on_the_cluster(cluster_run):
+def test_the_five_stages_complete_one_run_on_the_cluster(cluster_run):
     runs = _sql(cluster_run, f"SELECT status FROM hybridrec.runs WHERE run_id = '{RUN_ID}'")
     assert [r["status"] for r in runs] == ["complete"]
     counts = _sql(

@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from hybridrec.constants import MODELS
+from udfs.ranking_kernel import PARTS
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,8 +95,9 @@ def test_the_notebook_runs_as_is(analyst_run, tmp_path, where):
     assert Path(kernel_python).parent.resolve() == Path(sys.executable).parent.resolve()
     assert "complete" in opening  # the runs table
 
+    # Every model the run evaluated, the closest baselines included, from the tables.
     metrics = _text(_cell(executed, "metrics_latest"))
-    for model in ("hybrid", "als", "cooc", "text", "popularity"):
+    for model in MODELS:
         assert model in metrics
 
     # The user shown is the smallest user id with recommendations, read here without Spark.
@@ -111,6 +115,7 @@ def test_the_notebook_runs_as_is(analyst_run, tmp_path, where):
     assert "similar to" in reasons or "often had with" in reasons
     for item in recommendations[recommendations.user_id == user].item_id:
         assert item in reasons
+    assert all(part in reasons for part in PARTS)  # every part of the score, named by the table
 
     images = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
     assert images >= 4  # metrics and gaps, segments, beyond accuracy, rejects

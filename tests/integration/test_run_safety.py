@@ -44,6 +44,7 @@ TINY = [
     "spark.master=local[2]",
     "spark.shuffle_partitions=2",
 ]
+RUNS = ("P1", "P2", "P3", "P4")
 TABLES = (
     "interactions",
     "items",
@@ -59,16 +60,6 @@ TABLES = (
     "recommendations",
     "metrics",
 )
-READER = """
-import json, sys
-from hybridrec.config.loader import load_config
-from hybridrec.ops.session import get_spark
-run_id, tables = sys.argv[1], json.loads(sys.argv[2])
-spark = get_spark(load_config(["conf/local.yaml"], sys.argv[3:]))
-counts = {t: spark.table(f"hybridrec.{t}").where(f"run_id = '{run_id}'").count() for t in tables}
-runs = {r.run_id: r.status for r in spark.table("hybridrec.runs").collect()}
-print("RESULT " + json.dumps({"counts": counts, "runs": runs}))
-"""
 
 
 def _settings(work: Path) -> list[str]:
@@ -109,12 +100,29 @@ def _wait_for(condition, what: str, timeout: float = 300, every: float = 0.01):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _read_back(work: Path, run_id: str) -> dict:
-    """Counts of ``run_id`` in every table, through the catalog, from a fresh process."""
-    done = _run([sys.executable, "-c", READER, run_id, json.dumps(TABLES), *_settings(work)])
+def _read_back(work: Path, run_id: str, engine: str) -> dict:
+    """Counts of ``run_id`` in every table and the status of every run, in one statement from a
+    fresh process: ``hybridrec sql`` on DuckDB (the published snapshots, a second) or on Spark
+    (the persistent catalog, as an analyst's BI tool would)."""
+    columns = [
+        f"(SELECT count(*) FROM hybridrec.{t} WHERE run_id = '{run_id}') AS {t}" for t in TABLES
+    ]
+    columns += [
+        f"(SELECT max(status) FROM hybridrec.runs WHERE run_id = '{run}') AS status_{run}"
+        for run in RUNS
+    ]
+    columns.append("(SELECT count(DISTINCT run_id) FROM hybridrec.runs) AS runs")
+    command = [sys.executable, "-m", "pipelines.cli", "sql", f"SELECT {', '.join(columns)}"]
+    command += ["--conf", "conf/local.yaml", "--engine", engine, "--format", "json"]
+    for setting in _settings(work):
+        command += ["--set", setting]
+    done = _run(command)
     assert done.returncode == 0, done.stderr[-3000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    assert f"answered by {engine}" in done.stderr, done.stderr[-3000:]
+    (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    runs = {run: row[f"status_{run}"] for run in RUNS if row[f"status_{run}"] is not None}
+    assert row["runs"] == len(runs), row  # no run but these
+    return {"counts": {t: row[t] for t in TABLES}, "runs": runs}
 
 
 def _mlflow_runs(db: Path) -> int:
@@ -134,7 +142,7 @@ def work(tmp_path_factory) -> Path:
 def test_kills_and_a_busy_warehouse_leave_the_complete_run_whole(work, tmp_path):
     first = _run(_cli(work, "--run-id", "P1"))
     assert first.returncode == 0, first.stderr[-3000:]
-    before = _read_back(work, "P1")
+    before = _read_back(work, "P1", "duckdb")
     assert all(before["counts"][t] > 0 for t in TABLES if t != "rejects"), before
     assert before["runs"] == {"P1": "complete"}
 
@@ -159,14 +167,14 @@ def test_kills_and_a_busy_warehouse_leave_the_complete_run_whole(work, tmp_path)
     os.kill(killed_in_stage.pid, signal.SIGKILL)
     killed_in_stage.wait()
 
-    after_kills = _read_back(work, "P1")
+    after_kills = _read_back(work, "P1", "duckdb")
     assert after_kills["counts"] == before["counts"]
 
     # Resume the older run: it reads its own snapshots whatever the killed runs did.
     resumed = _run(_cli(work, "--run-id", "P1", "--stages", "score,evaluate"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "took over the lock of run P3" in resumed.stderr
-    final = _read_back(work, "P1")
+    final = _read_back(work, "P1", "spark")
     assert final["counts"] == before["counts"]
     assert final["runs"]["P1"] == "complete"
     assert final["runs"]["P2"] == "failed"

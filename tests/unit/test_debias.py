@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from hybridrec.config.loader import load_config
-from jobs.score import choose_debias
+from hybridrec.ranking.tuning import choose_debias
 from udfs.rerank import debiased
 
 PICK = pd.Series(

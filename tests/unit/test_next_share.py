@@ -11,7 +11,7 @@ import pytest
 from hybridrec.config.errors import ConfigError
 from hybridrec.config.loader import load_config
 from hybridrec.ranking import scoring
-from jobs.score import choose_next
+from hybridrec.ranking.tuning import choose_next
 from udfs.ranking_kernel import PARTS
 
 PICK = pd.Series(

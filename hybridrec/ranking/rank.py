@@ -1,0 +1,120 @@
+"""One way to rank a fold, whatever the catalog's size.
+
+``ranking_mode`` decides once per job whether the catalog is ranked in full (broadcast to every
+task, ``scoring``) or over per-user candidates (``candidates``, above
+``score.candidates.max_full_items``). ``rank_fold`` gives each user's top K for named weight
+sets, and ``validation_tuner`` scores weight sets on the validation targets, both in that mode:
+weights are tuned the way they are used. The jobs call these and never choose a path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pandas as pd
+from pyspark.sql import DataFrame
+
+from hybridrec.config.loader import Config
+from hybridrec.constants import VALIDATION
+from hybridrec.ranking import candidates, scoring
+from hybridrec.store.tables import Warehouse
+
+log = logging.getLogger(__name__)
+
+# tune(sharpness, points, *, paired) -> one row per point: combo, ndcg, hr, users (paired adds
+# ndcg_gain and ndcg_gain_se over point 0; over candidates, candidate_recall too).
+Tune = Callable[..., pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class RankingMode:
+    n_items: int
+    over_candidates: bool
+
+    def describe(self) -> str:
+        how = (
+            "ranking per-user candidates"
+            if self.over_candidates
+            else "full ranking (catalog broadcast)"
+        )
+        return f"catalog of {self.n_items} items: {how}"
+
+
+def ranking_mode(warehouse: Warehouse, cfg: Config) -> RankingMode:
+    n_items = scoring.catalog_size(warehouse, cfg)
+    return RankingMode(n_items, candidates.use_candidates(cfg, n_items))
+
+
+def rank_fold(
+    warehouse: Warehouse,
+    cfg: Config,
+    fold: str,
+    models: Mapping[str, Mapping[str, float]],
+    *,
+    recent_sharpness: float,
+    mode: RankingMode,
+) -> DataFrame:
+    """Top-K rows (the recommendations table's columns with ``model``) of ``fold`` for each
+    named weight set."""
+    if mode.over_candidates:
+        return candidates.recommend(
+            candidates.load_fold(warehouse, cfg, fold),
+            fold,
+            models,
+            cfg,
+            scoring.RECOMMENDATION_SCHEMA,
+            recent_sharpness=recent_sharpness,
+        )
+    catalog = scoring.load_catalog(warehouse, cfg, fold)
+    users = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold)
+    return scoring.recommend(users, catalog, models, cfg, recent_sharpness=recent_sharpness)
+
+
+@contextmanager
+def validation_tuner(
+    warehouse: Warehouse, cfg: Config, mode: RankingMode, grid: Sequence[Mapping[str, float]]
+) -> Iterator[Tune]:
+    """A ``Tune`` over the validation fold's users with a held-out target (a hash sample above
+    ``score.tune_max_users``), its points defaulting to ``grid``; what it holds is released on
+    exit."""
+    if mode.over_candidates:
+        tables = candidates.load_fold(warehouse, cfg, VALIDATION)
+
+        def tune(
+            sharpness: float, points: Sequence[Mapping[str, float]] = grid, *, paired=False
+        ) -> pd.DataFrame:
+            ranks = candidates.tune_ranks(
+                tables, VALIDATION, points, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
+            )
+            tuned = candidates.summarise(ranks, cfg.score.k, paired=paired).toPandas()
+            if len(tuned):
+                log.info(
+                    "candidate recall on validation (recent sharpness %g): %.4f of %d users",
+                    sharpness,
+                    tuned["candidate_recall"].iloc[0],
+                    tuned["users"].iloc[0],
+                )
+            return tuned
+
+        yield tune
+        return
+    catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
+    users = scoring.load_user_frame(
+        warehouse.spark, warehouse, catalog, VALIDATION, with_target=True
+    )
+    users = scoring.tuning_sample(users, cfg.score.tune_max_users).cache()
+
+    def tune(
+        sharpness: float, points: Sequence[Mapping[str, float]] = grid, *, paired=False
+    ) -> pd.DataFrame:
+        return scoring.tune(
+            users, catalog, points, cfg, recent_sharpness=sharpness, paired=paired
+        ).toPandas()
+
+    try:
+        yield tune
+    finally:
+        users.unpersist()
