@@ -39,7 +39,7 @@ setup(
     extras_require={
         # venv-pack builds the executor environment (hybridrec pack); the cluster test uses it.
         "pack": ["venv-pack>=0.2"],
-        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "venv-pack>=0.2"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6", "venv-pack>=0.2"],
         # notebooks/explore_run.ipynb: Jupyter Lab to open it, nbconvert to run it headless.
         "notebook": ["jupyterlab>=4", "nbconvert>=7", "ipykernel>=6", "ipywidgets>=8"],
         # benchmarks/embed_throughput.py: the in-process reference it compares the Spark path to.

@@ -28,3 +28,16 @@ def spark(cfg: Config):
     session = get_spark(cfg)
     yield session
     session.stop()
+
+
+# The suite runs on two xdist workers (pyproject's addopts, --dist loadgroup). A session or
+# module fixture is made once per worker that needs it: the tests sharing an expensive session
+# fixture go to one worker as a group, and every other test goes with the rest of its file.
+SHARED_FIXTURE_GROUPS = ("analyst_run", "packed_env")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        shared = next((name for name in SHARED_FIXTURE_GROUPS if name in names), None)
+        item.add_marker(pytest.mark.xdist_group(shared or item.nodeid.split("::")[0]))

@@ -46,6 +46,18 @@ NEUTRAL = ["it is okay", "does the job", "average overall", "fine for the price"
 NEGATIVE = ["very disappointed", "broke quickly", "poor quality", "would not buy again", "waste"]
 KINDS = ["kit", "set", "guide", "pack", "essentials", "starter", "pro edition", "bundle"]
 STYLES = ["classic", "deluxe", "compact", "everyday", "premium", "travel", "eco", "ultra"]
+# What each style looks like in words: item descriptions and reviews use them, so that a text
+# vector carries the style, not only its one name.
+STYLE_WORDS = {
+    "classic": "timeless vintage traditional wooden heritage",
+    "deluxe": "luxurious velvet gold leather elegant",
+    "compact": "small foldable pocket lightweight slim",
+    "everyday": "simple practical durable basic reliable",
+    "premium": "professional precision engineered titanium flagship",
+    "travel": "portable packable carry-on rugged adventure",
+    "eco": "recycled bamboo organic sustainable biodegradable",
+    "ultra": "powerful turbo extreme high-performance maximum",
+}
 EVENT_TYPES = ["rating", "purchase", "click"]
 EVENT_TYPE_P = [0.5, 0.25, 0.25]
 START_TS = 1_500_000_000  # 2017-07-14, so every timestamp is a plausible epoch second
@@ -113,7 +125,8 @@ def generate(cfg: Config) -> dict[str, pd.DataFrame]:
             ],
             "description": [
                 f"A {STYLES[st]} {topics[t]} {rng.choice(KINDS)} with "
-                f"{', '.join(rng.choice(words[t], 3, replace=False))}."
+                f"{', '.join(rng.choice(words[t], 3, replace=False))}: "
+                f"{' and '.join(rng.choice(STYLE_WORDS[STYLES[st]].split(), 2, replace=False))}."
                 for t, st in zip(item_main, item_style, strict=True)
             ],
         }
@@ -198,9 +211,10 @@ def _review_texts(
         mood = _phrases(rng, np.array([r]))[0].lower()
         verdict = "great" if r >= 4 else "meh" if r == 3 else "bad"
         what = "it" if st is None else f"the {STYLES[st]} one"
+        looks = "" if st is None else f", {rng.choice(STYLE_WORDS[STYLES[st]].split())} as I like"
         texts.append(
             f"Bought {what} for my {picked[0]} and {picked[1]}; {mood}. "
-            f"The {picked[2]} part is {verdict}."
+            f"The {picked[2]} part is {verdict}{looks}."
         )
     return texts
 

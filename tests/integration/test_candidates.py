@@ -44,6 +44,11 @@ def settings(work, *extra: str) -> list[str]:
         "score.recent_sharpness_grid=[40.0]",
         f"score.k={K}",
         f"evaluate.k={K}",
+        # One or two points on each later grid: every path runs, at a fraction of the cost.
+        "score.debias_grid=[0.0, 1.0]",
+        "score.next_share_grid=[0.0, 0.1]",
+        "evaluate.ease.l2_grid=[10.0]",
+        "evaluate.item_knn.neighbours_grid=[10]",
         *extra,
     ]
 

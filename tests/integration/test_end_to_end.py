@@ -40,6 +40,11 @@ def e2e(spark, tmp_path_factory):
             "score.weight_grid_step=0.25",
             f"score.k={K}",
             f"evaluate.k={K}",
+            # Two points on each later grid: every path runs, each at a fraction of the cost.
+            "score.debias_grid=[0.0, 1.0]",
+            "score.next_share_grid=[0.0, 0.1]",
+            "evaluate.ease.l2_grid=[10.0, 50.0]",
+            "evaluate.item_knn.neighbours_grid=[10, 20]",
         ],
     )
     results = run_pipeline(spark, cfg, RUN_ID)
