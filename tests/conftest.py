@@ -30,14 +30,40 @@ def spark(cfg: Config):
     session.stop()
 
 
-# The suite runs on two xdist workers (pyproject's addopts, --dist loadgroup). A session or
-# module fixture is made once per worker that needs it: the tests sharing an expensive session
-# fixture go to one worker as a group, and every other test goes with the rest of its file.
-SHARED_FIXTURE_GROUPS = ("analyst_run", "packed_env")
+# The suite runs on two xdist workers (pyproject's addopts). A session or module fixture is made
+# once per worker that needs it, so the unit of work given to a worker is a file (its module
+# fixtures made once), and the files that share an expensive session fixture go together.
+SHARED_FIXTURE_FILES = {
+    "analyst_run": (
+        "tests/integration/test_analyst.py",
+        "tests/integration/test_notebook.py",
+        "tests/integration/test_sql_access.py",
+    ),
+    "packed_env": ("tests/integration/test_pack.py", "tests/integration/test_cluster.py"),
+}
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit a test is scheduled in: its shared fixture's name, else its file."""
+    path = nodeid.split("::", 1)[0]
+    return next((f for f, files in SHARED_FIXTURE_FILES.items() if path in files), path)
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        shared = next((name for name in SHARED_FIXTURE_GROUPS if name in names), None)
-        item.add_marker(pytest.mark.xdist_group(shared or item.nodeid.split("::")[0]))
+        for fixture in SHARED_FIXTURE_FILES:
+            if fixture in getattr(item, "fixturenames", ()) and work_unit(item.nodeid) != fixture:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses {fixture}: add its file to SHARED_FIXTURE_FILES in "
+                    "tests/conftest.py, or each xdist worker makes the fixture again"
+                )
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
