@@ -10,6 +10,13 @@ import pytest
 from hybridrec.config.loader import Config, load_config
 from hybridrec.ops.session import get_spark
 
+# An xdist worker's __main__ (execnet's bootstrap) has neither __spec__ nor __file__, which
+# pyspark.sql.connect takes for a doctest run and answers with sys.exit(0) when MLflow imports
+# it to save a Spark model.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
+
 
 @pytest.fixture(scope="session")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:

@@ -176,7 +176,9 @@ def test_daily_dag_runs_the_logical_dates_partition_and_a_rerun_resumes_it(tmp_p
     # hybridrec, which this venv does not have).
     with timings.step("parse tests in the Airflow venv"):
         out = run(
+            # -o addopts=: the project's addopts name xdist, which the Airflow venv has not.
             [venv / "bin/python", "-m", "pytest", "--noconftest", "-p", "no:cacheprovider"]
+            + ["-o", "addopts="]
             + ["-q", "tests/integration/test_airflow_dag.py"],
             env=base_env,
             timeout=300,

@@ -239,7 +239,7 @@ def cluster_run(cluster, flags, tiny_settings):
     )
     (cluster["root"] / "pipeline.log").write_text(done.stdout + done.stderr, encoding="utf-8")
     assert done.returncode == 0, _not_spark_info(done.stderr)[-6000:]
-    stages = re.findall(r"stage (\w+): done in", done.stderr)
+    stages = re.findall(r"stage (\w+): done in", done.stdout + done.stderr)
     assert stages == JOBS, _not_spark_info(done.stderr)[-6000:]
     print(f"the pipeline on the cluster: {seconds:.0f} s")
     return {"conf": conf_paths(conf), "seconds": seconds}
