@@ -226,11 +226,13 @@ def _follow_ups(
     a refill, the next volume), the more popular the likelier."""
     weight = np.sqrt(item_pop)
     out = np.empty((len(item_main), n), dtype=np.int64)
+    items = np.arange(len(item_main))
     for i, topic in enumerate(item_main):  # per catalog item, as the loop over users
-        own = np.flatnonzero((item_main == topic) & (np.arange(len(item_main)) != i))
-        own = own if len(own) >= n - 1 else np.flatnonzero(np.arange(len(item_main)) != i)
+        not_i = items != i
+        own = np.flatnonzero((item_main == topic) & not_i)
+        own = own if len(own) >= n - 1 else np.flatnonzero(not_i)
         picked = rng.choice(own, size=n - 1, replace=False, p=weight[own] / weight[own].sum())
-        others = np.setdiff1d(np.flatnonzero(np.arange(len(item_main)) != i), picked)
+        others = np.flatnonzero(not_i & ~np.isin(items, picked))
         out[i, : n - 1] = picked
         out[i, n - 1] = rng.choice(others, p=weight[others] / weight[others].sum())
     return out
