@@ -37,6 +37,12 @@ STAGING = "_staging"
 TRASH = "_trash"
 REPORTS = "_reports"  # per-run files beside the tables (plots), removed with the run's snapshots
 
+# Tables this Spark application has checked against the dictionary and their folder, with their
+# registered and partition columns: a later snapshot of one of them only adds its own partitions
+# (listing every run's folder again grows with the retained history). A run holds the warehouse
+# lock, so no other writer re-creates a table meanwhile.
+_CHECKED: dict[tuple[str, str, str], tuple[frozenset[str], tuple[str, ...], object]] = {}
+
 
 class MissingTableError(RuntimeError):
     """An input snapshot has not been written yet: the job that writes it has to run first."""
@@ -219,7 +225,7 @@ class Warehouse:
             self._delete(trash)
         else:
             self._rename(staging, target)
-        self.register(name, columns=columns)
+        self.register(name, columns=columns, run_id=run_id)
 
     def drop_runs(self, name: str, run_ids: Iterable[str]) -> None:
         """Remove snapshots (retention): the catalog partition first, then the files."""
@@ -249,15 +255,31 @@ class Warehouse:
 
     # -- catalog -----------------------------------------------------------------------------
 
-    def register(self, name: str, *, columns: set[str] | None = None) -> None:
+    def register(
+        self, name: str, *, columns: set[str] | None = None, run_id: str | None = None
+    ) -> None:
         """Register ``name`` (partitioned by run) in the catalog and add new snapshots to it.
 
         ``columns``: those of the snapshot just written; a catalog entry that lacks one of them
         (a column added since), points at another folder or has another description is
         re-created with the dictionary's comments (``hybridrec.store.catalog``), and so are its
-        analyst views. It is metadata only (an external table): no data moves.
+        analyst views. It is metadata only (an external table): no data moves. ``run_id``: the
+        snapshot just written; once this application has checked the table, only that
+        snapshot's partitions are added.
         """
         table = self.qualified(name)
+        key = (self.spark.sparkContext.applicationId, table, self.path(name))
+        checked = _CHECKED.pop(key, None)
+        if (
+            run_id is not None
+            and checked is not None
+            and (columns is None or columns <= checked[0])
+            and checked[2] == catalog.TABLES.get(name)  # the dictionary it was checked against
+            and self._add_partitions(name, run_id, checked[1])
+        ):
+            self.spark.catalog.refreshTable(table)
+            _CHECKED[key] = checked
+            return
         if not any(self._has_data(self.snapshot_path(name, r)) for r in self.runs(name)):
             return  # no file to take a schema from yet
         if self.spark.catalog.tableExists(table) and not self._registered_here(name, columns):
@@ -269,6 +291,47 @@ class Warehouse:
         self.spark.catalog.refreshTable(table)
         if created:
             self._create_views(name)
+        registered = self.spark.catalog.listColumns(table)
+        for elsewhere in [k for k in _CHECKED if k[:2] == key[:2]]:
+            del _CHECKED[elsewhere]  # the entry now points here
+        _CHECKED[key] = (
+            frozenset(c.name for c in registered),
+            tuple(c.name for c in registered if c.isPartition),
+            catalog.TABLES.get(name),
+        )
+
+    def _add_partitions(self, name: str, run_id: str, partitions: tuple[str, ...]) -> bool:
+        """Add run ``run_id``'s snapshot to the catalog as its partitions; False where its
+        folders do not have the table's partition layout (then a full recovery decides)."""
+        snapshot = self.snapshot_path(name, run_id)
+        inner = partitions[1:]
+        if partitions[:1] != (RUN_COL,) or len(inner) > 1:
+            return False
+        if not self.spark.catalog.tableExists(self.qualified(name)):
+            return False  # dropped since (by hand): register it again
+        if not inner:
+            specs = [({RUN_COL: run_id}, snapshot)]
+        else:
+            prefix = f"{inner[0]}="
+            children = [c for c in self._children(snapshot) if not c.startswith(("_", "."))]
+            if any(not c.startswith(prefix) for c in children):
+                return False
+            specs = [
+                ({RUN_COL: run_id, inner[0]: c[len(prefix) :]}, f"{snapshot}/{c}")
+                for c in children
+            ]
+        for values, location in specs:
+            names = list(values)
+            spec = ", ".join(f"{_quoted(n)} = :v{i}" for i, n in enumerate(names))
+            self.spark.sql(
+                f"ALTER TABLE IDENTIFIER(:t) ADD IF NOT EXISTS PARTITION ({spec}) LOCATION :loc",
+                args={
+                    "t": self.qualified(name),
+                    "loc": location,
+                    **{f"v{i}": values[n] for i, n in enumerate(names)},
+                },
+            )
+        return True
 
     def _create_table(self, name: str) -> None:
         schema = (

@@ -97,3 +97,33 @@ def test_dropped_runs_leave_files_and_catalog(spark, warehouse):
 
     assert warehouse.runs("old") == ["R2"]
     assert spark.table(warehouse.qualified("old")).groupBy("run_id").count().collect()[0][0] == "R2"
+
+
+def test_later_snapshots_of_a_checked_table_add_only_their_partitions(spark, warehouse):
+    for run_id, n in (("R1", 2), ("R2", 3), ("R3", 4)):
+        warehouse.write(_rows(spark, n, fold=True), "later", run_id=run_id, partition_by=["fold"])
+    warehouse.write(_rows(spark, 1, fold=True), "later", run_id="R2", partition_by=["fold"])
+
+    table = spark.table(warehouse.qualified("later"))
+    assert dict(table.groupBy("run_id").count().collect()) == {"R1": 2, "R2": 1, "R3": 4}
+    listed = spark.sql(f"SHOW PARTITIONS {warehouse.qualified('later')}").collect()
+    assert sorted(r[0] for r in listed) == [f"run_id=R{i}/fold=test" for i in (1, 2, 3)]
+
+
+def test_a_table_registered_elsewhere_or_dropped_by_hand_is_registered_again(
+    spark, warehouse, tmp_path
+):
+    other = Warehouse.from_config(
+        spark, load_config([], [f"run.work_dir={tmp_path / 'other'}"]), "R1"
+    )
+    warehouse.write(_rows(spark, 2), "moved")
+    other.write(_rows(spark, 5), "moved")
+    warehouse.write(_rows(spark, 3), "moved", run_id="R2")
+
+    table = spark.table(warehouse.qualified("moved"))
+    assert dict(table.groupBy("run_id").count().collect()) == {"R1": 2, "R2": 3}
+
+    spark.sql(f"DROP TABLE {warehouse.qualified('moved')}")
+    warehouse.write(_rows(spark, 4), "moved", run_id="R3")
+    table = spark.table(warehouse.qualified("moved"))
+    assert dict(table.groupBy("run_id").count().collect()) == {"R1": 2, "R2": 3, "R3": 4}
