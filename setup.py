@@ -35,6 +35,8 @@ setup(
         # hybridrec sql answers plain SELECTs over the published Parquet snapshots in seconds.
         "duckdb>=1.2",
         "matplotlib>=3.8",
+        # ALS fold-in of a nonnegative model (the stream): NNLS.
+        "scipy>=1.11",
     ],
     extras_require={
         # venv-pack builds the executor environment (hybridrec pack); the cluster test uses it.
