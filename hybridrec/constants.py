@@ -56,3 +56,8 @@ METRICS = "metrics"
 COMPARISONS = "comparisons"
 FUSION_WEIGHTS = "fusion_weights"
 DEBIAS_CURVE = "debias_curve"
+ALS_PARAMS = "als_params"
+# Written by the stream (hybridrec stream), one snapshot per micro-batch.
+EVENTS_LIVE = "events_live"
+RECOMMENDATIONS_LIVE = "recommendations_live"
+STREAM_PROGRESS = "stream_progress"

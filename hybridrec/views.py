@@ -3,6 +3,10 @@
 ``<table>_latest`` holds a table's rows of the newest complete run (``runs.status =
 'complete'``, latest ``started_at``); ``recommendations_explained`` joins the newest complete
 run's recommendations with the titles of the item and of the history item the reason names.
+``recommendations_current`` is what to serve now: per user, the newest live list the stream
+ranked against the newest complete run (a micro-batch counts once its ``stream_progress`` row is
+published, so a half-written one never shows), else that run's batch list. The stream's own
+tables (``STREAM_TABLES``) have no ``_latest`` view: their snapshots are micro-batches, not runs.
 Spark registers them in the catalog (``hybridrec.store.tables``); ``hybridrec sql`` rebuilds them
 over the snapshot files in DuckDB (``hybridrec.analyst.sql_duckdb``). Each engine passes its own
 identifier quoting. This module imports nothing heavy: the fast SQL path loads it without Spark or
@@ -19,6 +23,14 @@ ITEMS = "items"
 RUN_COL = "run_id"
 LATEST_SUFFIX = "_latest"
 EXPLAINED = "recommendations_explained"
+CURRENT = "recommendations_current"
+RECOMMENDATIONS_LIVE = "recommendations_live"
+STREAM_PROGRESS = "stream_progress"
+STREAM_TABLES = ("events_live", RECOMMENDATIONS_LIVE, STREAM_PROGRESS)
+_LIST_COLUMNS = (
+    "user_id, rank, item_id, score, cf_score, cooc_score, text_score, recent_score, pop_score, "
+    "next_score, reason, reason_item_id"
+)
 
 Quote = Callable[[str], str]
 
@@ -42,4 +54,42 @@ def explained_view_body(db: str, quote: Quote) -> str:
         f"p.title AS reason_item_title, r.{RUN_COL} FROM {recs} r "
         f"LEFT JOIN {items} i ON i.item_id = r.item_id "
         f"LEFT JOIN {items} p ON p.item_id = r.reason_item_id"
+    )
+
+
+def has_latest_view(table: str) -> bool:
+    return table not in STREAM_TABLES
+
+
+def current_view_body(db: str, quote: Quote, *, live: bool) -> str:
+    """The SELECT of ``recommendations_current``; ``live``: the stream's tables exist (without
+    them, every list is the batch's)."""
+    serving = (
+        f"(SELECT max_by({RUN_COL}, started_at) FROM {db}.{quote(RUNS)} WHERE status = 'complete')"
+    )
+    columns = ", ".join(f"r.{c.strip()}" for c in _LIST_COLUMNS.split(","))
+    batch = (
+        f"SELECT {columns}, r.{RUN_COL} AS serving_run_id, 'batch' AS list_source, "
+        "CAST(NULL AS BIGINT) AS batch_id, CAST(NULL AS TIMESTAMP) AS newest_event_ts "
+        f"FROM {db}.{quote(RECOMMENDATIONS)} r WHERE r.{RUN_COL} = {serving}"
+    )
+    if not live:
+        return batch
+    committed = (
+        f"SELECT l.*, p.committed_at FROM {db}.{quote(RECOMMENDATIONS_LIVE)} l "
+        f"JOIN {db}.{quote(STREAM_PROGRESS)} p ON p.{RUN_COL} = l.{RUN_COL} "
+        f"WHERE l.serving_run_id = {serving}"
+    )
+    newest = (
+        f"SELECT user_id, max_by({RUN_COL}, committed_at) AS newest_snapshot "
+        "FROM committed GROUP BY user_id"
+    )
+    live_lists = (
+        f"SELECT {columns}, r.serving_run_id, 'live' AS list_source, r.batch_id, "
+        "r.newest_event_ts FROM committed r JOIN newest n "
+        f"ON n.user_id = r.user_id AND n.newest_snapshot = r.{RUN_COL}"
+    )
+    return (
+        f"WITH committed AS ({committed}), newest AS ({newest}) {live_lists} UNION ALL "
+        f"{batch} AND NOT EXISTS (SELECT 1 FROM newest n WHERE n.user_id = r.user_id)"
     )

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from hybridrec.config.loader import Config
 from hybridrec.constants import (
+    ALS_PARAMS,
     ALS_ITEM_FACTORS,
     ALS_USER_FACTORS,
     BASELINE_WEIGHTS,
@@ -160,6 +161,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     results["item_factors"] = warehouse.write(
         reduce(DataFrame.unionByName, [i for _, i in fold_factors]),
         ALS_ITEM_FACTORS,
+        partition_by=[FOLD_COL],
+    )
+    fitted = {"rank": int(params["rank"]), "reg_param": float(params["reg_param"])}
+    fitted |= {"alpha": float(params["alpha"]), "implicit": bool(cfg.als.implicit)}
+    fitted |= {"nonnegative": bool(cfg.als.nonnegative)}
+    warehouse.write(
+        spark.createDataFrame([{**fitted, FOLD_COL: fold} for fold in (VALIDATION, TEST)]),
+        ALS_PARAMS,
         partition_by=[FOLD_COL],
     )
     item_lists = {

@@ -2,6 +2,8 @@
 
 hybridrec run [--conf conf/local.yaml] [--set key=value ...] [--stages ingest,embed] [--run-id R]
 hybridrec job <ingest|embed|als|score|evaluate> [--conf ...] [--set ...] --run-id R
+hybridrec stream [--conf ...] [--set ...] [--available-now]
+    new events landed in stream.landing_dir folded into recommendations_live (README, Streaming)
 hybridrec sql "SELECT ..." | -f FILE|- [--conf ...] [--set ...] [--max-rows 100]
               [--format table|csv|json] [--engine auto|duckdb|spark]
 hybridrec sql-server [--conf ...] [--set ...] [--host 127.0.0.1] [--port 10000]
@@ -76,6 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tracking.check_reachable(cfg)
                 spark = get_spark(cfg)
                 run_pipeline(spark, cfg, run_id, stages)
+            return 0
+        if command == "stream":
+            parser = argument_parser("fold landed events into the touched users' lists")
+            parser.add_argument("--available-now", action="store_true")
+            args = parser.parse_args(rest)
+            cfg = load_config(args.conf or [DEFAULT_CONF], args.set)
+            from jobs import stream
+
+            stream.main(
+                [*[f"--conf={c}" for c in args.conf or [DEFAULT_CONF]]]
+                + [f"--set={s}" for s in args.set]
+                + (["--available-now"] if args.available_now else [])
+            )
             return 0
         if command == "pack":
             # Builds the executor environment; exits 3 when --print-flags finds it not built.

@@ -168,7 +168,7 @@ def define_views(con, db_root: Path, database: str) -> list[str]:
             "hive_types_autocast = false)"
         )
     if views.RUNS in tables:
-        for table in tables:
+        for table in filter(views.has_latest_view, tables):
             body = views.latest_view_body(_quoted(database), table, _quoted)
             con.execute(
                 f"CREATE VIEW {_qualified(database, table + views.LATEST_SUFFIX)} AS {body}"
@@ -176,6 +176,10 @@ def define_views(con, db_root: Path, database: str) -> list[str]:
         if {views.RECOMMENDATIONS, views.ITEMS} <= set(tables):
             body = views.explained_view_body(_quoted(database), _quoted)
             con.execute(f"CREATE VIEW {_qualified(database, views.EXPLAINED)} AS {body}")
+        if views.RECOMMENDATIONS in tables:
+            live = {views.RECOMMENDATIONS_LIVE, views.STREAM_PROGRESS} <= set(tables)
+            body = views.current_view_body(_quoted(database), _quoted, live=live)
+            con.execute(f"CREATE VIEW {_qualified(database, views.CURRENT)} AS {body}")
     return tables
 
 

@@ -371,9 +371,10 @@ def _coerce(dotted: str, default: Any, value: Any, origin: str) -> Any:
     return value
 
 
-def work_path(cfg: Config, key: str, default_name: str) -> str:
-    """An absolute path (or URI) for a run.* folder, defaulting under run.work_dir."""
-    value = cfg.run[key]
+def work_path(cfg: Config, key: str, default_name: str, section: str = "run") -> str:
+    """An absolute path (or URI) for a ``<section>.<key>`` folder, defaulting under
+    run.work_dir."""
+    value = cfg[section][key]
     if value and "://" in str(value):
         return str(value)
     return str(Path(value or Path(cfg.run.work_dir) / default_name).resolve())

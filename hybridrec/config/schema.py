@@ -33,11 +33,14 @@ CHOICES = {
     "score.catalog": {"interacted", "all"},
     "score.tune_metric": {"ndcg", "hr"},
     "score.candidates.mode": {"auto", "full", "candidates"},
+    "stream.format": {"csv", "amazon"},
 }
 
 # A null default marks an optional setting; when set, it must be of this type.
 OPTIONAL_TYPES: dict[str, type] = {
     "run.warehouse_dir": str,
+    "stream.landing_dir": str,
+    "stream.checkpoint_dir": str,
     "run.checkpoint_dir": str,
     "run.metastore": str,
     "source.amazon.reviews_path": str,
@@ -107,6 +110,9 @@ RANGES: dict[str, Bounds] = {
     "run.keep_runs": COUNT,
     "run.lock_wait_seconds": NON_NEGATIVE,
     "run.lock_stale_seconds": POSITIVE,
+    "stream.trigger_seconds": POSITIVE,
+    "stream.max_files_per_trigger": SPARK_INT,
+    "stream.fold_block_users": COUNT,
     "spark.shuffle_partitions": SPARK_INT,
     "spark.arrow_batch_rows": SPARK_INT,
     "source.sample.n_users": COUNT,

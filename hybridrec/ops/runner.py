@@ -17,6 +17,7 @@ from typing import TextIO
 
 from pyspark.sql import SparkSession
 
+from hybridrec import views
 from hybridrec.config.loader import (
     Config,
     ConfigError,
@@ -105,6 +106,9 @@ def _run_stages(
         history.fail_abandoned()
         tracking.fail_abandoned_runs(cfg)
         history.begin(run_id, cfg)
+        # The stream publishes its snapshots as files (it leaves the catalog to the batch, see
+        # Warehouse.catalog_writes): they join the catalog here.
+        warehouse.register_all(views.STREAM_TABLES)
         results: dict[str, dict[str, float]] = {}
         try:
             for name, job in stages.items():

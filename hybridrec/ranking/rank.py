@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 from pyspark.sql import DataFrame
@@ -21,12 +21,24 @@ from hybridrec.config.loader import Config
 from hybridrec.constants import VALIDATION
 from hybridrec.ranking import candidates, scoring
 from hybridrec.store.tables import Warehouse
+from udfs import ranking_kernel
 
 log = logging.getLogger(__name__)
 
 # tune(sharpness, points, *, paired) -> one row per point: combo, ndcg, hr, users (paired adds
 # ndcg_gain and ndcg_gain_se over point 0; over candidates, candidate_recall too).
 Tune = Callable[..., pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class UserState:
+    """Users to rank from their own state: ``interactions`` (every row is history of the fold
+    being ranked: ``folds.history`` keeps it), ``factors`` (user_id, factors) and ``vectors``
+    (user_id, embedding)."""
+
+    interactions: DataFrame
+    factors: DataFrame
+    vectors: DataFrame
 
 
 @dataclass(frozen=True)
@@ -59,18 +71,51 @@ def rank_fold(
 ) -> DataFrame:
     """Top-K rows (the recommendations table's columns with ``model``) of ``fold`` for each
     named weight set."""
+    return rank_users(
+        warehouse, cfg, fold, models, recent_sharpness=recent_sharpness, mode=mode
+    )
+
+
+def rank_users(
+    warehouse: Warehouse,
+    cfg: Config,
+    fold: str,
+    models: Mapping[str, Mapping[str, float]],
+    *,
+    recent_sharpness: float,
+    mode: RankingMode,
+    users: UserState | None = None,
+    catalog: ranking_kernel.ItemCatalog | None = None,
+) -> DataFrame:
+    """``rank_fold`` for the users of ``users`` (their own history and vectors; the stream's
+    live users) against ``fold``'s items, neighbour lists and popularity; without ``users``,
+    the fold's own users. ``catalog``: ``scoring.load_catalog`` of the fold, when the caller
+    keeps it (full ranking only)."""
     if mode.over_candidates:
+        tables = candidates.load_fold(warehouse, cfg, fold)
+        if users is not None:
+            tables = replace(
+                tables,
+                interactions=users.interactions,
+                user_factors=users.factors,
+                user_vectors=users.vectors,
+            )
         return candidates.recommend(
-            candidates.load_fold(warehouse, cfg, fold),
+            tables,
             fold,
             models,
             cfg,
             scoring.RECOMMENDATION_SCHEMA,
             recent_sharpness=recent_sharpness,
         )
-    catalog = scoring.load_catalog(warehouse, cfg, fold)
-    users = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold)
-    return scoring.recommend(users, catalog, models, cfg, recent_sharpness=recent_sharpness)
+    catalog = catalog or scoring.load_catalog(warehouse, cfg, fold)
+    if users is None:
+        frame = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold)
+    else:
+        frame = scoring.build_user_frame(
+            warehouse.spark, users.interactions, catalog, fold, users.factors, users.vectors
+        )
+    return scoring.recommend(frame, catalog, models, cfg, recent_sharpness=recent_sharpness)
 
 
 @contextmanager

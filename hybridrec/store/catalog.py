@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pyspark.sql import types as T
 
 from hybridrec.constants import (
+    ALS_PARAMS,
+    EVENTS_LIVE,
+    RECOMMENDATIONS_LIVE,
+    STREAM_PROGRESS,
     ALS_ITEM_FACTORS,
     ALS_USER_FACTORS,
     BASELINE_RECOMMENDATIONS,
@@ -137,7 +141,7 @@ TABLES: dict[str, TableDoc] = {
             "source": "where the record came from, e.g. behaviour:<path> or reviews:sample",
             "raw": "the record as read (JSON or the text line); the user id pseudonymised if set",
             "reason": "why it was rejected, e.g. missing user_id, invalid event_ts, duplicate row",
-            "run_id": RUN_ID,
+            "run_id": RUN_ID + "; stream-<stream>-<batch> for a streamed micro-batch's rows",
         },
     ),
     TEXT_EMBEDDINGS: TableDoc(
@@ -163,6 +167,18 @@ TABLES: dict[str, TableDoc] = {
         {
             "user_id": "user",
             "factors": "latent factors (array<float>, als rank entries)",
+            "run_id": RUN_ID,
+            "fold": FOLD,
+        },
+    ),
+    ALS_PARAMS: TableDoc(
+        "The ALS settings each fold's model was fitted with (what a fold-in needs)",
+        {
+            "rank": "latent factors per user and item",
+            "reg_param": "L2 strength, scaled per user and item by their preference count",
+            "alpha": "implicit confidence: 1 + alpha * preference",
+            "implicit": "true: implicit-feedback ALS; false: explicit ratings",
+            "nonnegative": "true: factors constrained to >= 0",
             "run_id": RUN_ID,
             "fold": FOLD,
         },
@@ -283,6 +299,59 @@ TABLES: dict[str, TableDoc] = {
     ),
 }
 
+TABLES.update(
+    {
+        EVENTS_LIVE: TableDoc(
+            "Events the stream folded in, validated as ingest does, exact repeats dropped",
+            {
+                "user_id": "user",
+                "item_id": "item",
+                "rating": "explicit rating; null for implicit events",
+                "event_type": "rating, click, purchase or review",
+                "event_ts": "when it happened (UTC timestamp)",
+                "review_text": "the review, if the event had one",
+                "origin": "behaviour or behaviour+review",
+                "batch_id": "the stream's micro-batch id",
+                "serving_run_id": "the batch run the events were folded against",
+                "run_id": "stream-<stream start>-<batch>: the micro-batch's snapshot",
+            },
+        ),
+        RECOMMENDATIONS_LIVE: TableDoc(
+            "Top-K lists of the users a micro-batch touched, ranked as the batch ranks",
+            {
+                **RECOMMENDATION_COLUMNS,
+                "batch_id": "the stream's micro-batch id",
+                "serving_run_id": "the batch run whose models and weights ranked the list",
+                "newest_event_ts": "the user's newest event folded into the list",
+                "run_id": "stream-<stream start>-<batch>: the micro-batch's snapshot",
+            },
+        ),
+        STREAM_PROGRESS: TableDoc(
+            "One row per completed micro-batch: what came in and where each event went",
+            {
+                "batch_id": "the stream's micro-batch id",
+                "serving_run_id": "the batch run folded against",
+                "files": "files read",
+                "rows_in": "event rows read",
+                "rejected": "rows rejected (table rejects, this run_id)",
+                "duplicates": "valid rows dropped as exact repeats of events already seen",
+                "folded": "events folded in (table events_live)",
+                "users_updated": "users with a new list (table recommendations_live)",
+                "texts_encoded": "new review texts encoded (added to text_embeddings)",
+                "newest_event_ts": "newest event time folded in",
+                "lag_seconds": "commit time minus the newest landed file's modification time",
+                "seconds": "the micro-batch's wall time",
+                "committed_at": "when the micro-batch's tables were all published (UTC)",
+                "run_id": "stream-<stream start>-<batch>: the micro-batch's snapshot",
+            },
+        ),
+    }
+)
+
+CURRENT_DESCRIPTION = (
+    "What to serve now: per user the newest live list of the stream against the newest complete "
+    "run, else that run's batch list (list_source says which)"
+)
 EXPLAINED_DESCRIPTION = (
     "Newest complete run's recommendations with the item's title and the title of the history "
     "item its reason names"

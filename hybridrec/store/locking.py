@@ -174,6 +174,7 @@ class RunLock:
     stale_seconds: float = 300.0
     spark: SparkSession | None = None
     on_take_over: Callable[[dict], None] | None = None
+    name: str = LOCK_NAME  # the stream holds a lock of its own: it never blocks the batch
     _token: str = field(default_factory=lambda: secrets.token_hex(8))
     _stop: threading.Event = field(default_factory=threading.Event)
     _heartbeat: threading.Thread | None = None
@@ -181,7 +182,7 @@ class RunLock:
 
     @property
     def path(self) -> str:
-        return f"{self.folder}/{LOCK_NAME}"
+        return f"{self.folder}/{self.name}"
 
     @property
     def heartbeat_seconds(self) -> float:

@@ -57,13 +57,28 @@ class Warehouse:
     root: str
     database: str
     run_id: str | None = None
+    # False: snapshots are published as files only, for a process that must not open the
+    # catalog (the stream beside the batch on one embedded Derby metastore, which admits one
+    # process); the next batch run registers them, and hybridrec sql reads the files at once.
+    catalog_writes: bool = True
 
     @classmethod
-    def from_config(cls, spark: SparkSession, cfg: Config, run_id: str | None = None) -> Warehouse:
+    def from_config(
+        cls,
+        spark: SparkSession,
+        cfg: Config,
+        run_id: str | None = None,
+        *,
+        catalog_writes: bool = True,
+    ) -> Warehouse:
         warehouse = cls(
-            spark, work_path(cfg, "warehouse_dir", "warehouse"), cfg.run.database, run_id
+            spark,
+            work_path(cfg, "warehouse_dir", "warehouse"),
+            cfg.run.database,
+            run_id,
+            catalog_writes,
         )
-        if not spark.catalog.databaseExists(warehouse.database):
+        if catalog_writes and not spark.catalog.databaseExists(warehouse.database):
             spark.sql(
                 "CREATE DATABASE IF NOT EXISTS IDENTIFIER(:db)", args={"db": warehouse.database}
             )
@@ -225,7 +240,8 @@ class Warehouse:
             self._delete(trash)
         else:
             self._rename(staging, target)
-        self.register(name, columns=columns, run_id=run_id)
+        if self.catalog_writes:
+            self.register(name, columns=columns, run_id=run_id)
 
     def drop_runs(self, name: str, run_ids: Iterable[str]) -> None:
         """Remove snapshots (retention): the catalog partition first, then the files."""
@@ -389,12 +405,21 @@ class Warehouse:
         names = [name]
         if name == views.RUNS:
             names = [t for t in self.tables() if self.spark.catalog.tableExists(self.qualified(t))]
-        for table in names:
+        for table in filter(views.has_latest_view, names):
             self._create_latest_view(table)
-        if {RECOMMENDATIONS, ITEMS} & set(names) and all(
-            self.spark.catalog.tableExists(self.qualified(t)) for t in (RECOMMENDATIONS, ITEMS)
-        ):
+        registered = {
+            t: self.spark.catalog.tableExists(self.qualified(t))
+            for t in (RECOMMENDATIONS, ITEMS, views.RECOMMENDATIONS_LIVE, views.STREAM_PROGRESS)
+        }
+        if {RECOMMENDATIONS, ITEMS} & set(names) and registered[RECOMMENDATIONS] and registered[ITEMS]:
             self._create_explained_view()
+        if {RECOMMENDATIONS, *views.STREAM_TABLES} & set(names) and registered[RECOMMENDATIONS]:
+            live = registered[views.RECOMMENDATIONS_LIVE] and registered[views.STREAM_PROGRESS]
+            self.spark.sql(
+                "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
+                + views.current_view_body(_quoted(self.database), _quoted, live=live),
+                args={"v": self.qualified(views.CURRENT), "comment": catalog.CURRENT_DESCRIPTION},
+            )
 
     def _create_latest_view(self, name: str) -> None:
         self.spark.sql(

@@ -1,0 +1,237 @@
+"""Fold a micro-batch's events into the touched users and rank them as the batch does.
+
+The serving run is the newest complete batch run. A touched user's history is their rows of the
+serving run's interactions (every split: all they did) plus every live event folded in since,
+this micro-batch's included. From it, the batch's own functions give the ALS preferences
+(``cf.preferences``), then the user's ALS factors by fold-in against the serving run's item
+factors (``models.foldin``, ALS's own user step), and the user's text vector
+(``embedding.user_embeddings``, reviews new to the cache encoded by the same UDF). The users are
+then ranked by ``rank.rank_users`` with the serving run's fusion weights, re-rank strength and
+recent sharpness: the one ranking function of the batch. A user the serving run never saw is
+ranked from their first event the same way (text, history parts and popularity).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from hybridrec.config.loader import Config
+from hybridrec.constants import (
+    ALS_ITEM_FACTORS,
+    ALS_PARAMS,
+    EMBEDDING_COL,
+    EVENTS_LIVE,
+    FACTORS_COL,
+    FUSION_WEIGHTS,
+    INTERACTIONS,
+    ITEM_COL,
+    ITEM_EMBEDDINGS,
+    SPLIT_COL,
+    TEST,
+    TEXT_EMBEDDINGS,
+    TS_COL,
+    USER_COL,
+)
+from hybridrec.models import cf, embedding
+from hybridrec.models.foldin import AlsSettings, fold_in, gram
+from hybridrec.ranking import rank, scoring
+from hybridrec.store.tables import MissingTableError, Warehouse
+from hybridrec.streaming.events import EVENT_COLUMNS
+from udfs import ranking_kernel
+from udfs.embedding_udf import encode_texts_udf
+from udfs.encoder import resolve_model
+from udfs.rerank import DEBIAS, debiased
+
+log = logging.getLogger(__name__)
+
+# Served lists come from the test fold: the models refitted on train and validation.
+SERVED_FOLD = TEST
+
+
+@dataclass
+class Serving:
+    """What ranking against one batch run needs, loaded once per run."""
+
+    run_id: str
+    warehouse: Warehouse  # its reads default to the serving run's snapshots
+    mode: rank.RankingMode
+    catalog: ranking_kernel.ItemCatalog | None  # full ranking only
+    weights: dict[str, float]
+    recent_sharpness: float
+    als: AlsSettings
+    factor_items: np.ndarray  # item ids, one per row of factors
+    factors: np.ndarray
+    factor_gram: np.ndarray
+    model_id: str
+
+
+def load_serving(spark: SparkSession, cfg: Config, run_id: str, warehouse: Warehouse) -> Serving:
+    """The serving run ``run_id``'s weights, ALS settings and item factors (catalog-sized)."""
+    served = Warehouse(spark, warehouse.root, warehouse.database, run_id, catalog_writes=False)
+    if not served.exists(ALS_PARAMS):
+        raise MissingTableError(
+            f"the serving run {run_id} has no als_params snapshot (written by the als stage "
+            "since the stream exists): run the batch pipeline once more, then start the stream"
+        )
+    params = scoring.of_fold(served.read(ALS_PARAMS), SERVED_FOLD).first()
+    picked = served.read(FUSION_WEIGHTS).where(F.col("model") == "hybrid").first()
+    weights = {part: float(picked[part] or 0.0) for part in ranking_kernel.PARTS}
+    items = (
+        scoring.of_fold(served.read(ALS_ITEM_FACTORS), SERVED_FOLD)
+        .orderBy(ITEM_COL)
+        .toPandas()  # one row per item: grows with the catalog, never with users
+    )
+    factors = np.stack(items[FACTORS_COL].to_numpy()).astype(np.float64)
+    mode = rank.ranking_mode(served, cfg)
+    _, model_id = resolve_model(
+        cfg.embed.model_path, cfg.embed.model_id, cfg.embed.max_length, cfg.embed.backend
+    )
+    serving = Serving(
+        run_id=run_id,
+        warehouse=served,
+        mode=mode,
+        catalog=None if mode.over_candidates else scoring.load_catalog(served, cfg, SERVED_FOLD),
+        weights=debiased(weights, float(picked[DEBIAS] or 0.0)),
+        recent_sharpness=float(picked["recent_sharpness"]),
+        als=AlsSettings(
+            reg_param=float(params["reg_param"]),
+            alpha=float(params["alpha"]),
+            implicit=bool(params["implicit"]),
+            nonnegative=bool(params["nonnegative"]),
+        ),
+        factor_items=items[ITEM_COL].to_numpy().astype(str),
+        factors=factors,
+        factor_gram=gram(factors),
+        model_id=model_id,
+    )
+    log.info(
+        "stream serves against run %s: %s; ALS rank %d (%s, reg %g, alpha %g); weights %s",
+        run_id,
+        mode.describe(),
+        factors.shape[1],
+        "implicit" if serving.als.implicit else "explicit",
+        serving.als.reg_param,
+        serving.als.alpha,
+        {k: round(v, 3) for k, v in weights.items()},
+    )
+    return serving
+
+
+def user_history(serving: Serving, live_events: DataFrame, touched: DataFrame) -> DataFrame:
+    """The touched users' whole history: their serving-run interactions and live events, all
+    marked history of the served fold."""
+    past = serving.warehouse.read(INTERACTIONS).select(*EVENT_COLUMNS)
+    rows = past.unionByName(live_events.select(*EVENT_COLUMNS))
+    return rows.join(touched, USER_COL, "left_semi").withColumn(SPLIT_COL, F.lit("train"))
+
+
+def folded_factors(serving: Serving, history: DataFrame, cfg: Config) -> DataFrame:
+    """user_id, factors: each user's ALS factors by fold-in of their preferences."""
+    spark = history.sparkSession
+    prefs = cf.preferences(history, cfg, SERVED_FOLD)
+    index = scoring.catalog_index(spark, serving.factor_items)
+    pairs = prefs.join(index, ITEM_COL)  # an item without factors has nothing to fold in
+    shared = spark.sparkContext.broadcast((serving.factors, serving.factor_gram, serving.als))
+
+    def solve(block: pd.DataFrame) -> pd.DataFrame:
+        item_factors, item_gram, settings = shared.value
+        users, rows = np.unique(block[USER_COL].to_numpy(), return_inverse=True)
+        factors, counted = fold_in(
+            rows,
+            block["idx"].to_numpy(),
+            block["preference"].to_numpy(),
+            len(users),
+            item_factors,
+            settings,
+            item_gram=item_gram,
+        )
+        kept = counted > 0
+        return pd.DataFrame({USER_COL: users[kept], FACTORS_COL: list(factors[kept])})
+
+    n_users = pairs.select(USER_COL).distinct().count()
+    blocks = max(1, math.ceil(n_users / cfg.stream.fold_block_users))
+    return pairs.groupBy(F.pmod(F.xxhash64(USER_COL), F.lit(blocks)).alias("_block")).applyInPandas(
+        solve, f"{USER_COL} string, {FACTORS_COL} array<float>"
+    )
+
+
+def new_text_vectors(serving: Serving, docs: DataFrame, cfg: Config) -> DataFrame:
+    """text_hash, model_id, embedding of the review texts no snapshot of ``text_embeddings``
+    has a vector for (encoded by the batch's UDF)."""
+    cache = serving.warehouse.read_all(TEXT_EMBEDDINGS)
+    if cache is not None:
+        cache = cache.where(F.col("model_id") == serving.model_id)
+    todo = embedding.texts_to_encode(docs, cache, serving.model_id)
+    encode = encode_texts_udf(
+        model_path=cfg.embed.model_path,
+        device=cfg.embed.device,
+        max_length=cfg.embed.max_length,
+        batch_size=cfg.embed.batch_size,
+        backend=cfg.embed.backend,
+        onnx_cache_dir=cfg.embed.onnx_cache_dir,
+    )
+    partitions = docs.sparkSession.sparkContext.defaultParallelism
+    return embedding.encode_in_tasks(todo, encode, partitions, serving.model_id)
+
+
+def user_vectors(
+    serving: Serving, history: DataFrame, docs: DataFrame, new_vectors: DataFrame
+) -> DataFrame:
+    """user_id, embedding: each user's text vector, as the embed job makes it."""
+    cache = serving.warehouse.read_all(TEXT_EMBEDDINGS)
+    vectors = new_vectors.select("text_hash", "model_id", EMBEDDING_COL)
+    if cache is not None:
+        vectors = vectors.unionByName(cache.select("text_hash", "model_id", EMBEDDING_COL))
+    vectors = (
+        vectors.where(F.col("model_id") == serving.model_id)
+        .join(docs.select("text_hash").distinct(), "text_hash", "left_semi")
+        .dropDuplicates(["text_hash"])
+        .select("text_hash", EMBEDDING_COL)
+    )
+    items = scoring.of_fold(serving.warehouse.read(ITEM_EMBEDDINGS), SERVED_FOLD)
+    return embedding.user_embeddings(
+        docs, vectors, history, items, serving.model_id, SERVED_FOLD
+    ).select(F.col("id").alias(USER_COL), EMBEDDING_COL)
+
+
+def live_lists(
+    serving: Serving, history: DataFrame, new_vectors: DataFrame, cfg: Config
+) -> DataFrame:
+    """The recommendations table's rows for every user of ``history``, with the newest event
+    time folded into each list."""
+    docs = embedding.review_documents(history, cfg, SERVED_FOLD)
+    users = rank.UserState(
+        interactions=history,
+        factors=folded_factors(serving, history, cfg),
+        vectors=user_vectors(serving, history, docs, new_vectors),
+    )
+    recs = rank.rank_users(
+        serving.warehouse,
+        cfg,
+        SERVED_FOLD,
+        {"hybrid": serving.weights},
+        recent_sharpness=serving.recent_sharpness,
+        mode=serving.mode,
+        users=users,
+        catalog=serving.catalog,
+    ).drop("model")
+    newest = history.groupBy(USER_COL).agg(F.max(TS_COL).alias("newest_event_ts"))
+    return recs.join(newest, USER_COL, "left")
+
+
+def live_events_of(warehouse: Warehouse, serving_run: str, before: str) -> DataFrame | None:
+    """Events folded in by earlier micro-batches (snapshots sorting before ``before``) against
+    ``serving_run``."""
+    table = warehouse.read_all(EVENTS_LIVE)
+    if table is None:
+        return None
+    return table.where(
+        (F.col("run_id") < F.lit(before)) & (F.col("serving_run_id") == F.lit(serving_run))
+    )
