@@ -26,8 +26,8 @@ from pyspark.sql import functions as F
 
 from hybridrec.config.loader import Config
 from hybridrec.constants import (
-    ALS_PARAMS,
     ALS_ITEM_FACTORS,
+    ALS_PARAMS,
     ALS_USER_FACTORS,
     BASELINE_WEIGHTS,
     FOLD_COL,

@@ -45,6 +45,7 @@ SHARED_FIXTURE_FILES = {
         "tests/integration/test_analyst.py",
         "tests/integration/test_notebook.py",
         "tests/integration/test_sql_access.py",
+        "tests/integration/test_stream.py",
     ),
     "packed_env": ("tests/integration/test_pack.py", "tests/integration/test_cluster.py"),
 }

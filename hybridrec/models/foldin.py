@@ -104,4 +104,4 @@ def _nonnegative(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     lower = np.linalg.cholesky(a)
     rhs = np.linalg.solve(lower, b[:, :, None])[:, :, 0]
-    return np.stack([nnls(l.T, r)[0] for l, r in zip(lower, rhs, strict=True)])
+    return np.stack([nnls(low.T, r)[0] for low, r in zip(lower, rhs, strict=True)])

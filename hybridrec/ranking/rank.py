@@ -71,9 +71,7 @@ def rank_fold(
 ) -> DataFrame:
     """Top-K rows (the recommendations table's columns with ``model``) of ``fold`` for each
     named weight set."""
-    return rank_users(
-        warehouse, cfg, fold, models, recent_sharpness=recent_sharpness, mode=mode
-    )
+    return rank_users(warehouse, cfg, fold, models, recent_sharpness=recent_sharpness, mode=mode)
 
 
 def rank_users(

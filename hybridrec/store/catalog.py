@@ -18,15 +18,13 @@ from dataclasses import dataclass
 from pyspark.sql import types as T
 
 from hybridrec.constants import (
-    ALS_PARAMS,
-    EVENTS_LIVE,
-    RECOMMENDATIONS_LIVE,
-    STREAM_PROGRESS,
     ALS_ITEM_FACTORS,
+    ALS_PARAMS,
     ALS_USER_FACTORS,
     BASELINE_RECOMMENDATIONS,
     COMPARISONS,
     DEBIAS_CURVE,
+    EVENTS_LIVE,
     FUSION_WEIGHTS,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
@@ -36,7 +34,9 @@ from hybridrec.constants import (
     ITEMS,
     METRICS,
     RECOMMENDATIONS,
+    RECOMMENDATIONS_LIVE,
     REJECTS,
+    STREAM_PROGRESS,
     TEXT_EMBEDDINGS,
     USER_EMBEDDINGS,
 )

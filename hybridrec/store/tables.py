@@ -333,8 +333,7 @@ class Warehouse:
             if any(not c.startswith(prefix) for c in children):
                 return False
             specs = [
-                ({RUN_COL: run_id, inner[0]: c[len(prefix) :]}, f"{snapshot}/{c}")
-                for c in children
+                ({RUN_COL: run_id, inner[0]: c[len(prefix) :]}, f"{snapshot}/{c}") for c in children
             ]
         for values, location in specs:
             names = list(values)
@@ -411,7 +410,11 @@ class Warehouse:
             t: self.spark.catalog.tableExists(self.qualified(t))
             for t in (RECOMMENDATIONS, ITEMS, views.RECOMMENDATIONS_LIVE, views.STREAM_PROGRESS)
         }
-        if {RECOMMENDATIONS, ITEMS} & set(names) and registered[RECOMMENDATIONS] and registered[ITEMS]:
+        if (
+            {RECOMMENDATIONS, ITEMS} & set(names)
+            and registered[RECOMMENDATIONS]
+            and registered[ITEMS]
+        ):
             self._create_explained_view()
         if {RECOMMENDATIONS, *views.STREAM_TABLES} & set(names) and registered[RECOMMENDATIONS]:
             live = registered[views.RECOMMENDATIONS_LIVE] and registered[views.STREAM_PROGRESS]

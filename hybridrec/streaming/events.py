@@ -22,7 +22,11 @@ log = logging.getLogger(__name__)
 
 # A landed CSV row is one event and may carry its review.
 EVENT_SCHEMA = T.StructType(
-    [*BEHAVIOUR_SCHEMA.fields, T.StructField("summary", T.StringType()), T.StructField(TEXT_COL, T.StringType())]
+    [
+        *BEHAVIOUR_SCHEMA.fields,
+        T.StructField("summary", T.StringType()),
+        T.StructField(TEXT_COL, T.StringType()),
+    ]
 )
 EVENT_COLUMNS = [USER_COL, ITEM_COL, RATING_COL, EVENT_COL, TS_COL, TEXT_COL, "origin"]
 # An Amazon review is its rating event, as in the batch's reading of the same files.
@@ -60,9 +64,18 @@ def _read_one(spark: SparkSession, path: str, cfg: Config) -> DataFrame:
         row = {f.name: None for f in EVENT_SCHEMA.fields}
         schema = T.StructType(
             [*EVENT_SCHEMA.fields]
-            + [T.StructField(c, T.StringType()) for c in ("rating_raw", "raw", "source", "parse_error")]
+            + [
+                T.StructField(c, T.StringType())
+                for c in ("rating_raw", "raw", "source", "parse_error")
+            ]
         )
-        values = {**row, "rating_raw": None, "raw": path, "source": source, "parse_error": UNREADABLE}
+        values = {
+            **row,
+            "rating_raw": None,
+            "raw": path,
+            "source": source,
+            "parse_error": UNREADABLE,
+        }
         return spark.createDataFrame([values], schema)
 
 
@@ -95,7 +108,5 @@ def drop_seen(events: DataFrame, seen: DataFrame) -> DataFrame:
     and text; nulls equal)."""
     keys = [USER_COL, ITEM_COL, EVENT_COL, TS_COL, RATING_COL, TEXT_COL]
     seen = seen.select(*[F.col(k).alias(f"_s_{k}") for k in keys])
-    condition = reduce(
-        lambda a, b: a & b, [events[k].eqNullSafe(seen[f"_s_{k}"]) for k in keys]
-    )
+    condition = reduce(lambda a, b: a & b, [events[k].eqNullSafe(seen[f"_s_{k}"]) for k in keys])
     return events.join(seen, condition, "left_anti")

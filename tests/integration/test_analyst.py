@@ -23,11 +23,12 @@ import json, sys
 from hybridrec.store import catalog
 from hybridrec.config.loader import load_config
 from hybridrec.ops.session import get_spark
+from hybridrec.views import STREAM_TABLES
 
 run_id, conf = sys.argv[1], sys.argv[2:]
 spark = get_spark(load_config(conf))
 out = {"tables": {}, "views": {}, "comments": {}}
-for name in catalog.TABLES:
+for name in (n for n in catalog.TABLES if n not in STREAM_TABLES):  # the stream's: test_stream
     table = spark.table(f"hybridrec.{name}")
     out["tables"][name] = {
         "rows": table.where(table.run_id == run_id).count(),
