@@ -95,15 +95,25 @@ class MicroBatches:
             self.serving = live.load_serving(self.spark, self.cfg, run_id, self.warehouse)
         return self.serving
 
-    def __call__(self, files: DataFrame, batch_id: int) -> None:
+    def __call__(self, arrivals: DataFrame, batch_id: int) -> None:
         started = time.perf_counter()
-        landed = files.select("path", "modificationTime").collect()  # maxFilesPerTrigger rows
-        if not landed:
-            return
+        if self.cfg.stream.source == "kafka":
+            topic = self.cfg.stream.kafka.topic
+            arrived = arrivals.agg(F.count(F.lit(1)), F.max("timestamp")).first()
+            if not arrived[0]:
+                return
+            n_files, newest_arrival = 0, arrived[1]
+            raw = events.parse_lines(arrivals, f"stream:kafka:{topic}")
+        else:
+            landed = arrivals.collect()  # path, modificationTime: maxFilesPerTrigger rows at most
+            if not landed:
+                return
+            n_files, newest_arrival = len(landed), max(r.modificationTime for r in landed)
+            raw = events.read_landed(self.spark, sorted(r.path for r in landed), self.cfg)
         snapshot = snapshot_key(self.stream_id, batch_id)
         serving = self.serving_now()
         write = lambda df, name: self.warehouse.write(df, name, run_id=snapshot)  # noqa: E731
-        raw = events.read_landed(self.spark, sorted(r.path for r in landed), self.cfg).cache()
+        raw = raw.cache()
         try:
             rows_in = raw.count()
             checked = events.validate(
@@ -149,13 +159,12 @@ class MicroBatches:
             users = published.select(USER_COL).distinct().count()
             newest = batch_events.agg(F.max("event_ts")).first()[0]
         committed = datetime.now(timezone.utc)
-        newest_file = max(r.modificationTime for r in landed)
-        if newest_file.tzinfo is None:
-            newest_file = newest_file.astimezone(timezone.utc)
+        if newest_arrival.tzinfo is None:  # Spark hands local-time datetimes to Python
+            newest_arrival = newest_arrival.astimezone(timezone.utc)
         progress = {
             "batch_id": int(batch_id),
             "serving_run_id": serving.run_id,
-            "files": len(landed),
+            "files": n_files,
             "rows_in": rows_in,
             "rejected": rejected,
             "duplicates": n_valid - folded,
@@ -163,7 +172,7 @@ class MicroBatches:
             "users_updated": users,
             "texts_encoded": texts,
             "newest_event_ts": newest,
-            "lag_seconds": (committed - newest_file).total_seconds(),
+            "lag_seconds": (committed - newest_arrival).total_seconds(),
             "seconds": time.perf_counter() - started,
             "committed_at": committed,
         }
@@ -183,7 +192,7 @@ class MicroBatches:
             "stream batch %d: %d files, %d rows in: %d folded, %d duplicates, %d rejected; "
             "%d users updated, %d texts encoded, against run %s, in %.1fs (lag %.1fs)",
             batch_id,
-            len(landed),
+            n_files,
             rows_in,
             folded,
             progress["duplicates"],
@@ -194,6 +203,30 @@ class MicroBatches:
             progress["seconds"],
             progress["lag_seconds"],
         )
+
+
+def arrivals(spark: SparkSession, cfg: Config, landing: str) -> DataFrame:
+    """The streaming source: landed files (path, modificationTime), or a Kafka topic's messages
+    (value: one CSV record in the landed files' column order, timestamp)."""
+    if cfg.stream.source == "kafka":
+        kafka = cfg.stream.kafka
+        reader = (
+            spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", kafka.bootstrap_servers)
+            .option("subscribe", kafka.topic)
+            .option("maxOffsetsPerTrigger", kafka.max_offsets_per_trigger)
+        )
+        for key, value in kafka.options.items():
+            reader = reader.option(key, str(value))
+        return reader.load().select(F.col("value").cast("string").alias("value"), "timestamp")
+    return (
+        spark.readStream.format("binaryFile")
+        .schema(BINARY_FILE_SCHEMA)  # a file source needs one: Spark's own for binaryFile
+        .option("pathGlobFilter", cfg.stream.file_glob)
+        .option("maxFilesPerTrigger", cfg.stream.max_files_per_trigger)
+        .load(landing)
+        .select("path", "modificationTime")
+    )
 
 
 def run(spark: SparkSession, cfg: Config, *, available_now: bool = False) -> dict[str, int]:
@@ -214,16 +247,10 @@ def run(spark: SparkSession, cfg: Config, *, available_now: bool = False) -> dic
     with lock:
         batches = MicroBatches(spark, cfg, warehouse, stream_id)
         batches.serving_now()  # no serving run: say so before the query starts
-        files = (
-            spark.readStream.format("binaryFile")
-            .schema(BINARY_FILE_SCHEMA)  # a file source needs one; Spark's own for binaryFile
-            .option("pathGlobFilter", cfg.stream.file_glob)
-            .option("maxFilesPerTrigger", cfg.stream.max_files_per_trigger)
-            .load(landing)
-            .select("path", "modificationTime")
-        )
-        writer = files.writeStream.foreachBatch(batches).option(
-            "checkpointLocation", f"{checkpoint}/query"
+        writer = (
+            arrivals(spark, cfg, landing)
+            .writeStream.foreachBatch(batches)
+            .option("checkpointLocation", f"{checkpoint}/query")
         )
         if available_now:
             writer = writer.trigger(availableNow=True)
@@ -232,8 +259,8 @@ def run(spark: SparkSession, cfg: Config, *, available_now: bool = False) -> dic
         log.info(
             "stream %s: reading %s (%s) into %s%s",
             stream_id,
-            landing,
-            cfg.stream.format,
+            f"topic {cfg.stream.kafka.topic}" if cfg.stream.source == "kafka" else landing,
+            "csv records" if cfg.stream.source == "kafka" else cfg.stream.format,
             warehouse.db_root,
             ", what has landed, then stop" if available_now else "",
         )

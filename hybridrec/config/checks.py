@@ -149,6 +149,7 @@ class _Checker:
                 self.check_number(f"{section}.{name}", value, bounds)
         self.check_relations()
         self.check_embed_backend()
+        self.check_stream_source()
         self.check_event_types()
         self.check_min_event_ts()
         self.check_identifiers()
@@ -221,6 +222,13 @@ class _Checker:
             raise ConfigError(
                 f"score.weights = {weights!r} (from {', '.join(where)}) must have a positive sum"
             )
+
+    def check_stream_source(self) -> None:
+        if self.get("stream.source") != "kafka":
+            return
+        for key in ("stream.kafka.bootstrap_servers", "stream.kafka.topic"):
+            if not self.get(key):
+                self.fail(key, f"is needed: {self.shown('stream.source')} reads a Kafka topic")
 
     def check_embed_backend(self) -> None:
         if self.get("embed.backend") == "onnx" and self.get("embed.device") == "cuda":

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 # Sections whose keys are free-form (their values still have to be scalars of the right kind).
 OPEN_MAPS = {
     "spark.conf",
+    "stream.kafka.options",
     "als.event_weights",
     "source.generic.options",
     "source.generic.behaviour.columns",
@@ -34,6 +35,7 @@ CHOICES = {
     "score.tune_metric": {"ndcg", "hr"},
     "score.candidates.mode": {"auto", "full", "candidates"},
     "stream.format": {"csv", "amazon"},
+    "stream.source": {"folder", "kafka"},
 }
 
 # A null default marks an optional setting; when set, it must be of this type.
@@ -41,6 +43,8 @@ OPTIONAL_TYPES: dict[str, type] = {
     "run.warehouse_dir": str,
     "stream.landing_dir": str,
     "stream.checkpoint_dir": str,
+    "stream.kafka.bootstrap_servers": str,
+    "stream.kafka.topic": str,
     "run.checkpoint_dir": str,
     "run.metastore": str,
     "source.amazon.reviews_path": str,
@@ -113,6 +117,7 @@ RANGES: dict[str, Bounds] = {
     "stream.trigger_seconds": POSITIVE,
     "stream.max_files_per_trigger": SPARK_INT,
     "stream.fold_block_users": COUNT,
+    "stream.kafka.max_offsets_per_trigger": SPARK_INT,
     "spark.shuffle_partitions": SPARK_INT,
     "spark.arrow_batch_rows": SPARK_INT,
     "source.sample.n_users": COUNT,

@@ -73,6 +73,8 @@ EXECUTOR_MODULES = (
     "hybridrec.models.nearest",
     "hybridrec.safety.privacy",
     "hybridrec.ranking.scoring",
+    "hybridrec.streaming.live",
+    "hybridrec.models.foldin",
 )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from functools import reduce
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -32,6 +32,7 @@ EVENT_COLUMNS = [USER_COL, ITEM_COL, RATING_COL, EVENT_COL, TS_COL, TEXT_COL, "o
 # An Amazon review is its rating event, as in the batch's reading of the same files.
 AMAZON_EVENT = "rating"
 UNREADABLE = "unreadable file"
+_END = "\u0002hybridrec-end"
 
 
 def read_landed(spark: SparkSession, paths: Sequence[str], cfg: Config) -> DataFrame:
@@ -77,6 +78,43 @@ def _read_one(spark: SparkSession, path: str, cfg: Config) -> DataFrame:
             "parse_error": UNREADABLE,
         }
         return spark.createDataFrame([values], schema)
+
+
+def parse_lines(lines: DataFrame, source: str) -> DataFrame:
+    """Raw rows of CSV records that came one per message (``value``; a Kafka topic), in the
+    landed files' column order ``user_id,item_id,event_type,event_ts,rating[,review_text]``; a
+    record of another width is kept whole with ``parse_error`` ``wrong number of fields``."""
+    names = [USER_COL, ITEM_COL, EVENT_COL, TS_COL, RATING_COL, TEXT_COL]
+    # A sentinel field appended to the record lands where the record ends: its position is the
+    # record's width, empty fields and quoted commas included.
+    slots = len(names) + 2
+    fields = F.from_csv(
+        F.concat(F.col("value").cast("string"), F.lit("," + _END)),
+        ", ".join(f"_{n} string" for n in range(slots)),
+        {"quote": '"', "escape": '"', "mode": "PERMISSIVE"},
+    )
+    parsed = lines.select(F.col("value").cast("string").alias("raw"), fields.alias("f"))
+    width = F.coalesce(*[F.when(F.col(f"f._{n}") == _END, F.lit(n)) for n in range(slots)])
+
+    def field(name: str) -> Column:
+        index = names.index(name)
+        return F.when(width > index, F.col(f"f._{index}"))
+
+    # Five fields, or six with the review; a record of another width is kept whole as rejected.
+    wrong = width.isNull() | ~width.isin(len(names) - 1, len(names))
+    return parsed.select(
+        field(USER_COL).alias(USER_COL),
+        field(ITEM_COL).alias(ITEM_COL),
+        field(RATING_COL).alias("rating_raw"),
+        field(RATING_COL).try_cast("double").alias(RATING_COL),
+        field(EVENT_COL).alias(EVENT_COL),
+        field(TS_COL).alias(TS_COL),
+        F.lit(None).cast("string").alias("summary"),
+        field(TEXT_COL).alias(TEXT_COL),
+        "raw",
+        F.lit(source).alias("source"),
+        F.when(wrong, F.lit(generic.WRONG_FIELDS)).alias("parse_error"),
+    )
 
 
 def validate(
