@@ -36,48 +36,82 @@ _END = "\u0002hybridrec-end"
 
 
 def read_landed(spark: SparkSession, paths: Sequence[str], cfg: Config) -> DataFrame:
-    """Raw rows of the landed files (``EVENT_SCHEMA`` + raw, source, parse_error). Each file is
-    read on its own: a CSV file's header names its own columns. A file the reader cannot open
-    becomes one row with ``parse_error`` ``unreadable file``, so it is rejected, not retried."""
-    frames = [_read_one(spark, path, cfg) for path in paths]
+    """Raw rows of the landed files (``EVENT_SCHEMA`` + raw, source, parse_error).
+
+    CSV files are read together where their first lines (header and line ending) are the same,
+    one read per kind, as the batch's generic reader reads a table: a file's header names its
+    own columns. A file the reader cannot open becomes one row with ``parse_error``
+    ``unreadable file``: rejected, not retried.
+    """
+    if cfg.stream.format == "amazon":
+        groups = {(): list(paths)}
+    else:
+        groups = {}
+        for path in paths:
+            groups.setdefault(_first_line(spark, path), []).append(path)
+    frames = []
+    for first, group in groups.items():
+        try:
+            frames.append(_read_group(spark, group, cfg, first))
+        except Exception as exc:  # noqa: BLE001 - any reader failure is these files' verdict
+            log.warning("stream: %s cannot be read (%s): rejected whole", group, exc)
+            frames += [_unreadable(spark, path, cfg) for path in group]
     return reduce(DataFrame.unionByName, frames)
 
 
-def _read_one(spark: SparkSession, path: str, cfg: Config) -> DataFrame:
-    source = f"stream:{cfg.stream.format}:{path}"
+def _first_line(spark: SparkSession, path: str) -> tuple[bytes, bool] | None:
+    """The file's first line (without its ending) and whether it ends in CRLF; None for a file
+    that cannot be opened. Read on the driver through Hadoop's file system: a few bytes."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
     try:
-        if cfg.stream.format == "amazon":
-            df = amazon.read_reviews(spark, path)
-            return df.select(
-                *[
-                    F.lit(AMAZON_EVENT).alias(f.name) if f.name == EVENT_COL else F.col(f.name)
-                    for f in EVENT_SCHEMA.fields
-                ],
-                "rating_raw",
-                "raw",
-                F.lit(source).alias("source"),
-                "parse_error",
-            )
-        table = generic.read_csv(spark, path, {})
-        return generic.to_raw(table, EVENT_SCHEMA, {}, source)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is this file's verdict
-        log.warning("stream: %s cannot be read (%s): rejected whole", path, type(exc).__name__)
-        row = {f.name: None for f in EVENT_SCHEMA.fields}
-        schema = T.StructType(
-            [*EVENT_SCHEMA.fields]
-            + [
-                T.StructField(c, T.StringType())
-                for c in ("rating_raw", "raw", "source", "parse_error")
-            ]
+        fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        stream = fs.open(hpath)
+        try:
+            line = bytearray()
+            while len(line) < 65536:
+                byte = stream.read()
+                if byte < 0 or byte == 10:
+                    break
+                line.append(byte)
+        finally:
+            stream.close()
+    except Exception:  # noqa: BLE001 - read (and rejected) as its own group
+        return None
+    crlf = line.endswith(b"\r")
+    return bytes(line.rstrip(b"\r")), crlf
+
+
+def _read_group(spark: SparkSession, paths: list[str], cfg: Config, first) -> DataFrame:
+    if cfg.stream.format == "amazon":
+        df = amazon.read_reviews(spark, paths)
+        df = df.select(
+            *[
+                F.lit(AMAZON_EVENT).alias(f.name) if f.name == EVENT_COL else F.col(f.name)
+                for f in EVENT_SCHEMA.fields
+            ],
+            "rating_raw",
+            "raw",
+            "parse_error",
         )
-        values = {
-            **row,
-            "rating_raw": None,
-            "raw": path,
-            "source": source,
-            "parse_error": UNREADABLE,
-        }
-        return spark.createDataFrame([values], schema)
+    else:
+        if first is None:
+            raise OSError("cannot be opened")
+        options = {"lineSep": "\r\n" if first[1] else "\n"}
+        df = generic.to_raw(generic.read_csv(spark, paths, options), EVENT_SCHEMA, {}, "")
+    # The file each row came from: the name of the landed file, as ingest's sources name theirs.
+    source = F.concat(F.lit(f"stream:{cfg.stream.format}:"), F.col("_metadata.file_path"))
+    return df.withColumn("source", source)
+
+
+def _unreadable(spark: SparkSession, path: str, cfg: Config) -> DataFrame:
+    schema = T.StructType(
+        [*EVENT_SCHEMA.fields]
+        + [T.StructField(c, T.StringType()) for c in ("rating_raw", "raw", "source", "parse_error")]
+    )
+    row = {f.name: None for f in schema.fields}
+    row.update(raw=path, source=f"stream:{cfg.stream.format}:{path}", parse_error=UNREADABLE)
+    return spark.createDataFrame([row], schema)
 
 
 def parse_lines(lines: DataFrame, source: str) -> DataFrame:
