@@ -48,31 +48,43 @@ WORDS = [
 ]
 
 
+# Event times and new users' names are unique to each run of the benchmark: an event folded by
+# an earlier run would be dropped as a repeat, and a user's newer event would count as seen.
+STARTED = datetime.now(timezone.utc).replace(microsecond=0)
+
+
 def landed_events(rate: int, second: int, users: list[str], items: list[str], share: float):
     """``rate`` events of one second; event times are unique per user so each is traceable."""
-    base = datetime(2026, 11, 30, tzinfo=timezone.utc) + timedelta(seconds=second)
+    base = STARTED + timedelta(seconds=second) - timedelta(hours=1)
     rows, stamps = [], []
     for n in range(rate):
-        user = random.choice(users) if random.random() > 0.1 else f"fresh{second}_{n}"
-        stamp = base + timedelta(milliseconds=n)
+        fresh = f"fresh{STARTED:%H%M%S}_{rate}_{second}_{n}"
+        user = random.choice(users) if random.random() > 0.1 else fresh
+        stamp = base  # whole seconds: what ingest keeps of a time
         text = ""
         if random.random() < share:
-            text = f'"{random.choice(WORDS)} and {random.choice(WORDS)}, as I hoped"'
+            # Each review its own text: the encoder's work is part of what is measured.
+            text = f'"{random.choice(WORDS)} and {random.choice(WORDS)}, as I hoped ({user} {n})"'
         item = random.choice(items)
         rows.append(f"{user},{item},purchase,{stamp.isoformat()},,{text}")
         stamps.append((user, stamp))
     return HEADER + "\n".join(rows) + "\n", stamps
 
 
-def visible(db_root: Path, database: str) -> dict[str, datetime]:
+def visible(db_root: Path, database: str) -> set[tuple[str, datetime]]:
+    """(user, event time) of every event of this benchmark in a committed micro-batch: once its
+    ``stream_progress`` row is published, ``recommendations_current`` serves the user a list
+    with the event folded in (its micro-batch's or a later one's)."""
+    since = STARTED - timedelta(hours=2)
     _, rows = sql_duckdb.query(
         db_root,
         database,
-        f"SELECT user_id, max(newest_event_ts) AS ts FROM {database}.recommendations_current "
-        "WHERE list_source = 'live' GROUP BY user_id",
+        f"SELECT e.user_id, e.event_ts FROM {database}.events_live e "
+        f"JOIN {database}.stream_progress p ON p.run_id = e.run_id "
+        f"WHERE e.event_ts >= TIMESTAMP '{since:%Y-%m-%d %H:%M:%S}'",
         10_000_000,
     )
-    return {r["user_id"]: r["ts"].replace(tzinfo=timezone.utc) for r in rows}
+    return {(r["user_id"], r["event_ts"].replace(tzinfo=timezone.utc)) for r in rows}
 
 
 def one_rate(args, settings: list[str], rate: int, users, items) -> dict:
@@ -99,7 +111,8 @@ def one_rate(args, settings: list[str], rate: int, users, items) -> dict:
     def write() -> None:
         time.sleep(args.warmup)
         for second in range(args.seconds):
-            text, stamps = landed_events(rate, second, users, items, args.text_share)
+            offset = second + 1_000 * args.rate_index  # each rate's events after the others'
+            text, stamps = landed_events(rate, offset, users, items, args.text_share)
             part = landing / f".{second}.part"
             part.write_text(text)
             part.rename(landing / f"{second:06d}.csv")
@@ -115,14 +128,10 @@ def one_rate(args, settings: list[str], rate: int, users, items) -> dict:
         try:
             folded = visible(db_root, cfg.run.database)
         except Exception:  # noqa: BLE001 - no live table yet
-            folded = {}
+            folded = set()
         now = time.time()
-        for key in list(written):
-            if (
-                key not in seen
-                and folded.get(key[0], datetime.min.replace(tzinfo=timezone.utc)) >= key[1]
-            ):
-                seen[key] = now
+        for key in folded & written.keys():
+            seen.setdefault(key, now)
         if stop.is_set():
             deadline = deadline or now + args.drain
             if len(seen) == len(written) or now > deadline:
@@ -191,7 +200,9 @@ def main() -> None:
         f"{'rate/s':>6} {'landed':>7} {'seen':>6} {'p50 s':>7} {'p95 s':>7} {'max s':>7} "
         f"{'batches':>8} {'batch s':>8} {'texts':>6}"
     )
-    for rate in (int(r) for r in args.rates.split(",")):
+    rates = [int(r) for r in args.rates.split(",")]
+    for index, rate in enumerate(rates):
+        args.rate_index = index
         r = one_rate(args, settings, rate, users, items)
         print(
             f"{r['rate']:>6} {r['landed']:>7} {r['seen']:>6} {r['p50']:>7.1f} {r['p95']:>7.1f} "

@@ -146,8 +146,12 @@ class MicroBatches:
             history = live.user_history(serving, live_rows, touched).cache()
             docs = live.embedding.review_documents(history, self.cfg, live.SERVED_FOLD)
             new_vectors = live.new_text_vectors(serving, docs, self.cfg)
-            texts = write(new_vectors, TEXT_EMBEDDINGS)
-            vectors = self.warehouse.read(TEXT_EMBEDDINGS, run_id=snapshot).drop("run_id")
+            if new_vectors is None:
+                vectors = self.spark.createDataFrame([], live.VECTOR_SCHEMA)
+                self.warehouse.drop_runs(TEXT_EMBEDDINGS, [snapshot])  # a replay's, if any
+            else:
+                texts = write(new_vectors, TEXT_EMBEDDINGS)
+                vectors = self.warehouse.read(TEXT_EMBEDDINGS, run_id=snapshot).drop("run_id")
             lists = live.live_lists(serving, history, vectors, self.cfg).select(
                 "*",
                 F.lit(batch_id).cast("long").alias("batch_id"),

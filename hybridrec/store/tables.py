@@ -245,7 +245,7 @@ class Warehouse:
 
     def drop_runs(self, name: str, run_ids: Iterable[str]) -> None:
         """Remove snapshots (retention): the catalog partition first, then the files."""
-        registered = self.spark.catalog.tableExists(self.qualified(name))
+        registered = self.catalog_writes and self.spark.catalog.tableExists(self.qualified(name))
         for run_id in run_ids:
             if registered:
                 self.spark.sql(

@@ -51,6 +51,7 @@ from udfs.rerank import DEBIAS, debiased
 
 log = logging.getLogger(__name__)
 
+VECTOR_SCHEMA = f"text_hash string, model_id string, {EMBEDDING_COL} array<float>"
 # Served lists come from the test fold: the models refitted on train and validation.
 SERVED_FOLD = TEST
 
@@ -162,13 +163,17 @@ def folded_factors(serving: Serving, history: DataFrame, cfg: Config) -> DataFra
     )
 
 
-def new_text_vectors(serving: Serving, docs: DataFrame, cfg: Config) -> DataFrame:
+def new_text_vectors(serving: Serving, docs: DataFrame, cfg: Config) -> DataFrame | None:
     """text_hash, model_id, embedding of the review texts no snapshot of ``text_embeddings``
-    has a vector for (encoded by the batch's UDF)."""
+    has a vector for (encoded by the batch's UDF); None when there is none, so that no encoder
+    starts for nothing."""
     cache = serving.warehouse.read_all(TEXT_EMBEDDINGS)
     if cache is not None:
         cache = cache.where(F.col("model_id") == serving.model_id)
-    todo = embedding.texts_to_encode(docs, cache, serving.model_id)
+    todo = embedding.texts_to_encode(docs, cache, serving.model_id).cache()
+    if todo.isEmpty():
+        todo.unpersist()
+        return None
     encode = encode_texts_udf(
         model_path=cfg.embed.model_path,
         device=cfg.embed.device,
@@ -189,6 +194,7 @@ def user_vectors(
     vectors = new_vectors.select("text_hash", "model_id", EMBEDDING_COL)
     if cache is not None:
         vectors = vectors.unionByName(cache.select("text_hash", "model_id", EMBEDDING_COL))
+    # (the new vectors are in the cache's newest snapshot too: the duplicates go below)
     vectors = (
         vectors.where(F.col("model_id") == serving.model_id)
         .join(docs.select("text_hash").distinct(), "text_hash", "left_semi")
