@@ -1,7 +1,7 @@
 """What freshness is worth: the stale batch list against the live list, on real data replayed.
 
     python benchmarks/stream_replay.py --data movielens:/path/to/ml-latest-small \
-        [--cut 0.9] [--chunks 12] [--work /tmp/replay] [--conf conf/x.yaml] [--set key=value]
+        [--cut 0.9] [--chunks 12] [--work /tmp/replay] [--conf FILE] [--set key=value]
     python benchmarks/stream_replay.py --data amazon:/path/to/Magazine_Subscriptions_5.json.gz
 
 The batch pipeline is run on the events up to a time cut (the ``--cut`` quantile of event
