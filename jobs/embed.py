@@ -36,7 +36,6 @@ from hybridrec.ops import progress
 from hybridrec.ops.runner import job_main
 from hybridrec.ranking import scoring
 from hybridrec.store.tables import Warehouse
-from udfs.embedding_udf import encode_texts_udf
 from udfs.encoder import resolve_model
 
 NAME = "embed"
@@ -72,15 +71,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         spark.sparkContext.defaultParallelism,
         cfg.embed.partitions,
     )
-    encode = encode_texts_udf(
-        # None (the bundled model) is looked up by each executor: the driver's folder is its own.
-        model_path=cfg.embed.model_path,
-        device=cfg.embed.device,
-        max_length=cfg.embed.max_length,
-        batch_size=cfg.embed.batch_size,
-        backend=cfg.embed.backend,
-        onnx_cache_dir=cfg.embed.onnx_cache_dir,
-    )
+    encode = embedding.encoder_udf(cfg)
     log.info("encoding %d new texts with %s in %d tasks", n_todo, model_id, partitions)
     started = time.perf_counter()
     encoded = embedding.encode_in_tasks(todo, encode, partitions, model_id)

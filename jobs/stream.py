@@ -145,14 +145,15 @@ class MicroBatches:
             live_rows = batch_events if earlier is None else batch_events.unionByName(earlier)
             history = live.user_history(serving, live_rows, touched).cache()
             docs = live.embedding.review_documents(history, self.cfg, live.SERVED_FOLD)
-            new_vectors = live.new_text_vectors(serving, docs, self.cfg)
+            cache = live.text_cache(serving, snapshot)
+            new_vectors = live.new_text_vectors(serving, docs, cache, self.cfg)
             if new_vectors is None:
                 vectors = self.spark.createDataFrame([], live.VECTOR_SCHEMA)
                 self.warehouse.drop_runs(TEXT_EMBEDDINGS, [snapshot])  # a replay's, if any
             else:
                 texts = write(new_vectors, TEXT_EMBEDDINGS)
                 vectors = self.warehouse.read(TEXT_EMBEDDINGS, run_id=snapshot).drop("run_id")
-            lists = live.live_lists(serving, history, vectors, self.cfg).select(
+            lists = live.live_lists(serving, history, vectors, cache, self.cfg).select(
                 "*",
                 F.lit(batch_id).cast("long").alias("batch_id"),
                 F.lit(serving.run_id).alias("serving_run_id"),

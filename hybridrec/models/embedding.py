@@ -90,6 +90,21 @@ def encode_task_count(
     return slots * max(1, -(-n_texts // (texts_per_task * slots)))
 
 
+def encoder_udf(cfg: Config):
+    """The text-encoding pandas UDF as ``embed.*`` configures it (the embed job and the stream)."""
+    from udfs.embedding_udf import encode_texts_udf
+
+    return encode_texts_udf(
+        # None (the bundled model) is looked up by each executor: the driver's folder is its own.
+        model_path=cfg.embed.model_path,
+        device=cfg.embed.device,
+        max_length=cfg.embed.max_length,
+        batch_size=cfg.embed.batch_size,
+        backend=cfg.embed.backend,
+        onnx_cache_dir=cfg.embed.onnx_cache_dir,
+    )
+
+
 def encode_in_tasks(
     texts: DataFrame, encode: Callable, partitions: int, model_id: str
 ) -> DataFrame:

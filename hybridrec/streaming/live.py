@@ -45,7 +45,6 @@ from hybridrec.ranking import rank, scoring
 from hybridrec.store.tables import MissingTableError, Warehouse
 from hybridrec.streaming.events import EVENT_COLUMNS
 from udfs import ranking_kernel
-from udfs.embedding_udf import encode_texts_udf
 from udfs.encoder import resolve_model
 from udfs.rerank import DEBIAS, debiased
 
@@ -163,38 +162,42 @@ def folded_factors(serving: Serving, history: DataFrame, cfg: Config) -> DataFra
     )
 
 
-def new_text_vectors(serving: Serving, docs: DataFrame, cfg: Config) -> DataFrame | None:
-    """text_hash, model_id, embedding of the review texts no snapshot of ``text_embeddings``
-    has a vector for (encoded by the batch's UDF); None when there is none, so that no encoder
-    starts for nothing."""
+def text_cache(serving: Serving, snapshot: str) -> DataFrame | None:
+    """text_hash, model_id, embedding of every snapshot of ``text_embeddings`` for the serving
+    encoder, less micro-batch ``snapshot``'s own: a replay encodes its texts again rather than
+    find them in the snapshot it is about to replace."""
     cache = serving.warehouse.read_all(TEXT_EMBEDDINGS)
-    if cache is not None:
-        cache = cache.where(F.col("model_id") == serving.model_id)
+    if cache is None:
+        return None
+    return cache.where(
+        (F.col("model_id") == serving.model_id) & (F.col("run_id") != F.lit(snapshot))
+    ).select("text_hash", "model_id", EMBEDDING_COL)
+
+
+def new_text_vectors(
+    serving: Serving, docs: DataFrame, cache: DataFrame | None, cfg: Config
+) -> DataFrame | None:
+    """text_hash, model_id, embedding of the review texts ``cache`` has no vector for (encoded
+    by the batch's UDF); None when there is none, so that no encoder starts for nothing."""
     todo = embedding.texts_to_encode(docs, cache, serving.model_id).cache()
     if todo.isEmpty():
         todo.unpersist()
         return None
-    encode = encode_texts_udf(
-        model_path=cfg.embed.model_path,
-        device=cfg.embed.device,
-        max_length=cfg.embed.max_length,
-        batch_size=cfg.embed.batch_size,
-        backend=cfg.embed.backend,
-        onnx_cache_dir=cfg.embed.onnx_cache_dir,
-    )
     partitions = docs.sparkSession.sparkContext.defaultParallelism
-    return embedding.encode_in_tasks(todo, encode, partitions, serving.model_id)
+    return embedding.encode_in_tasks(todo, embedding.encoder_udf(cfg), partitions, serving.model_id)
 
 
 def user_vectors(
-    serving: Serving, history: DataFrame, docs: DataFrame, new_vectors: DataFrame
+    serving: Serving,
+    history: DataFrame,
+    docs: DataFrame,
+    new_vectors: DataFrame,
+    cache: DataFrame | None,
 ) -> DataFrame:
     """user_id, embedding: each user's text vector, as the embed job makes it."""
-    cache = serving.warehouse.read_all(TEXT_EMBEDDINGS)
     vectors = new_vectors.select("text_hash", "model_id", EMBEDDING_COL)
     if cache is not None:
-        vectors = vectors.unionByName(cache.select("text_hash", "model_id", EMBEDDING_COL))
-    # (the new vectors are in the cache's newest snapshot too: the duplicates go below)
+        vectors = vectors.unionByName(cache)
     vectors = (
         vectors.where(F.col("model_id") == serving.model_id)
         .join(docs.select("text_hash").distinct(), "text_hash", "left_semi")
@@ -208,15 +211,19 @@ def user_vectors(
 
 
 def live_lists(
-    serving: Serving, history: DataFrame, new_vectors: DataFrame, cfg: Config
+    serving: Serving,
+    history: DataFrame,
+    new_vectors: DataFrame,
+    cache: DataFrame | None,
+    cfg: Config,
 ) -> DataFrame:
     """The recommendations table's rows for every user of ``history``, with the newest event
-    time folded into each list."""
+    time folded into each list (``cache``: ``text_cache``; ``new_vectors``: what it lacked)."""
     docs = embedding.review_documents(history, cfg, SERVED_FOLD)
     users = rank.UserState(
         interactions=history,
         factors=folded_factors(serving, history, cfg),
-        vectors=user_vectors(serving, history, docs, new_vectors),
+        vectors=user_vectors(serving, history, docs, new_vectors, cache),
     )
     recs = rank.rank_users(
         serving.warehouse,

@@ -221,7 +221,11 @@ def test_a_live_list_for_a_history_equals_the_batch_list(spark, analyst_run, tin
         [], "text_hash string, model_id string, embedding array<float>"
     )
     lists = live.live_lists(
-        serving, fitted_on.withColumn(SPLIT_COL, F.lit("train")), no_new_texts, cfg
+        serving,
+        fitted_on.withColumn(SPLIT_COL, F.lit("train")),
+        no_new_texts,
+        live.text_cache(serving, snapshot="none"),
+        cfg,
     ).toPandas()
     batch = warehouse.read(RECOMMENDATIONS).toPandas()
 
