@@ -17,6 +17,7 @@ batch holds another, so the two never block each other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -37,8 +38,9 @@ from hybridrec.constants import (
     TEXT_EMBEDDINGS,
     USER_COL,
 )
+from hybridrec.ops import progress
 from hybridrec.ops.cli_base import argument_parser, protect_secrets, setup_logging
-from hybridrec.ops.runner import exit_on_known_errors
+from hybridrec.ops.runner import exit_on_known_errors, name_the_stop, stopping
 from hybridrec.ops.session import get_spark
 from hybridrec.safety import privacy
 from hybridrec.store.locking import RunLock
@@ -96,6 +98,11 @@ class MicroBatches:
         return self.serving
 
     def __call__(self, arrivals: DataFrame, batch_id: int) -> None:
+        with progress.in_stage(f"micro-batch {batch_id}"):
+            self.fold(arrivals, batch_id)
+
+    def fold(self, arrivals: DataFrame, batch_id: int) -> None:
+        """One micro-batch: validate, drop repeats, fold in, rank, publish (progress last)."""
         started = time.perf_counter()
         if self.cfg.stream.source == "kafka":
             topic = self.cfg.stream.kafka.topic
@@ -242,6 +249,7 @@ def run(spark: SparkSession, cfg: Config, *, available_now: bool = False) -> dic
     if "://" not in landing:
         Path(landing).mkdir(parents=True, exist_ok=True)
     stream_id = stream_identity(checkpoint)
+    name_the_stop(f"stream {stream_id}", step_word="", idle="between micro-batches")
     lock = RunLock(
         warehouse.db_root,
         f"stream-{stream_id}",
@@ -270,7 +278,16 @@ def run(spark: SparkSession, cfg: Config, *, available_now: bool = False) -> dic
             ", what has landed, then stop" if available_now else "",
         )
         query = writer.start()
-        query.awaitTermination()
+        try:
+            query.awaitTermination()
+        except BaseException:
+            if stopping():
+                # The micro-batch runs in py4j's callback thread and fails as the process
+                # ends: Spark's log of that failure (a page of stack) is no news after the
+                # stop line. The checkpoint replays the micro-batch at the next start.
+                with contextlib.suppress(Exception):
+                    spark.sparkContext.setLogLevel("OFF")
+            raise
     log.info("stream %s stopped: %s", stream_id, batches.totals)
     return batches.totals
 

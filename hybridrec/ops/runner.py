@@ -249,6 +249,11 @@ class _Stop:
     signum: int | None = None
     stage: str | None = None
     run_id: str | None = None
+    # What the stop line calls the process and its steps: "run R" in "stage S" by default; the
+    # stream says "stream I" in "micro-batch N" (``name_the_stop``).
+    subject: str | None = None
+    step_word: str = "stage "
+    idle: str = "while no stage was running"
     console: TextIO | None = None  # stderr as it was before the stop muted it
     muted: TextIO | None = None  # the null device that stands in for it
     armed: bool = False  # an entry point (exit_on_known_errors) catches the stop signals
@@ -304,7 +309,15 @@ def forget_stop() -> None:
         _STOP.muted.close()
         logging.disable(logging.NOTSET)
     _STOP.signum = _STOP.stage = _STOP.run_id = _STOP.console = _STOP.muted = None
+    _STOP.subject = None
+    _STOP.step_word, _STOP.idle = _Stop.step_word, _Stop.idle
     _STOP.armed = _STOP.said = False
+
+
+def name_the_stop(subject: str, *, step_word: str, idle: str) -> None:
+    """Let the stop line name a process that is no batch run, e.g. ``stream I stopped by signal
+    15 in micro-batch 7`` (``progress.in_stage`` names the step)."""
+    _STOP.subject, _STOP.step_word, _STOP.idle = subject, step_word, idle
 
 
 def stopping() -> bool:
@@ -314,12 +327,12 @@ def stopping() -> bool:
 
 def stop_description() -> str:
     """``stopped by signal 15 in stage embed``: the ``runs`` table's message for a stopped run."""
-    where = f"in stage {_STOP.stage}" if _STOP.stage else "while no stage was running"
+    where = f"in {_STOP.step_word}{_STOP.stage}" if _STOP.stage else _STOP.idle
     return f"stopped by signal {_STOP.signum} {where}"
 
 
 def _stop_line() -> str:
-    subject = f"run {_STOP.run_id}" if _STOP.run_id else "the run"
+    subject = _STOP.subject or (f"run {_STOP.run_id}" if _STOP.run_id else "the run")
     return f"hybridrec: {subject} {stop_description()}"
 
 

@@ -165,13 +165,9 @@ class Warehouse:
             )
         if not self._has_data(snapshot):
             return self._empty(name, run_id)
-        # basePath keeps run_id (and fold) as columns; mergeSchema reads snapshots written
-        # before a column was added.
-        return (
-            self.spark.read.option("basePath", self.path(name))
-            .option("mergeSchema", "true")
-            .parquet(snapshot)
-        )
+        # basePath keeps run_id (and fold) as columns. One snapshot is one write, whose files
+        # share a schema: no schema merging (a Spark job of its own on every read).
+        return self.spark.read.option("basePath", self.path(name)).parquet(snapshot)
 
     def read_all(self, name: str) -> DataFrame | None:
         """Every published snapshot of ``name`` (a cache shared across runs), or None."""
@@ -298,14 +294,20 @@ class Warehouse:
             self.spark.catalog.refreshTable(table)
             _CHECKED[key] = checked
             return
-        if not any(self._has_data(self.snapshot_path(name, r)) for r in self.runs(name)):
+        runs = self.runs(name)
+        if not any(self._has_data(self.snapshot_path(name, r)) for r in runs):
             return  # no file to take a schema from yet
         if self.spark.catalog.tableExists(table) and not self._registered_here(name, columns):
             self.spark.sql("DROP TABLE IF EXISTS IDENTIFIER(:t)", args={"t": table})
         created = not self.spark.catalog.tableExists(table)
         if created:
-            self._create_table(name)
-        self.spark.catalog.recoverPartitions(table)
+            self._create_table(name, merge_schemas=len(runs) > 1)
+        # A table created for its first snapshot (a new warehouse: every table of the first run)
+        # adds that one partition; otherwise every run's folder is found by a full recovery.
+        first = created and run_id is not None and runs == [run_id]
+        partitions = (RUN_COL, *self._inner_partitions(name)) if first else ()
+        if not (first and self._add_partitions(name, run_id, partitions)):
+            self.spark.catalog.recoverPartitions(table)
         self.spark.catalog.refreshTable(table)
         if created:
             self._create_views(name)
@@ -350,10 +352,12 @@ class Warehouse:
             )
         return True
 
-    def _create_table(self, name: str) -> None:
+    def _create_table(self, name: str, *, merge_schemas: bool = True) -> None:
+        """``merge_schemas``: the table's snapshots may differ (a column added since); merging
+        reads every file's footer in a Spark job, pointless for one snapshot (one write)."""
         schema = (
             self.spark.read.option("basePath", self.path(name))
-            .option("mergeSchema", "true")
+            .option("mergeSchema", str(merge_schemas).lower())
             .parquet(self.path(name))
             .schema
         )

@@ -159,3 +159,27 @@ def test_no_stop_no_change_a_failing_record_is_still_logged(caplog) -> None:
     runner._record_failure(history, "R7", ValueError("bad"))
 
     assert "could not mark run R7 failed" in caplog.text
+
+
+def test_a_stopped_stream_names_itself_and_its_micro_batch(capsys) -> None:
+    runner.name_the_stop("stream S1", step_word="", idle="between micro-batches")
+    with (
+        pytest.raises(SystemExit) as stopped,
+        runner.exit_on_known_errors(),
+        progress.in_stage("micro-batch 7"),
+    ):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    assert stopped.value.code == 143
+    assert _stop_line(capsys) == ["hybridrec: stream S1 stopped by signal 15 in micro-batch 7"]
+
+
+def test_a_stream_stopped_while_waiting_says_so(capsys) -> None:
+    runner.name_the_stop("stream S2", step_word="", idle="between micro-batches")
+    with pytest.raises(SystemExit) as stopped, runner.exit_on_known_errors():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    assert stopped.value.code == 143
+    assert _stop_line(capsys) == ["hybridrec: stream S2 stopped by signal 15 between micro-batches"]
