@@ -5,7 +5,8 @@ being visible to a new query of ``recommendations_current``.
         [--rates 2,5,20] [--seconds 60] [--text-share 0.33]
 
 Run it after a batch run on that config. For each rate, a fresh stream (its own checkpoint,
-``stream.trigger_seconds`` 1) runs as a service while a writer lands one file a second holding
+``stream.trigger_seconds`` 1) runs as a service. Once it has served a first warm-up event (its
+start, paid once per service, is not timed), a writer lands one file a second holding
 ``rate`` events (existing users and a few new ones, a ``--text-share`` of them with a review);
 a poller asks DuckDB over the published snapshots (what ``hybridrec sql`` answers with, in a new
 connection each time) which users' live lists have folded in which event times. Prints, per
@@ -109,7 +110,22 @@ def one_rate(args, settings: list[str], rate: int, users, items) -> dict:
     stop = threading.Event()
 
     def write() -> None:
-        time.sleep(args.warmup)
+        # A service pays its start once (JVM, Python workers, the encoder's load, the serving
+        # run's state): one event of its own goes first and the clock starts once it is served.
+        warm_user = f"warmup{STARTED:%H%M%S}_{rate}"
+        stamp = STARTED - timedelta(hours=1, seconds=1 + args.rate_index)
+        (landing / ".warmup.part").write_text(
+            f"{HEADER}{warm_user},{items[0]},purchase,{stamp.isoformat()},,a first review to encode\n"
+        )
+        (landing / ".warmup.part").rename(landing / "warmup.csv")
+        deadline = time.time() + args.warmup
+        while time.time() < deadline:
+            try:
+                if any(user == warm_user for user, _ in visible(db_root, cfg.run.database)):
+                    break
+            except Exception:  # noqa: BLE001 - no live table yet
+                pass
+            time.sleep(0.5)
         for second in range(args.seconds):
             offset = second + 1_000 * args.rate_index  # each rate's events after the others'
             text, stamps = landed_events(rate, offset, users, items, args.text_share)
@@ -176,7 +192,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--text-share", type=float, default=0.33)
     parser.add_argument(
-        "--warmup", type=float, default=40.0, help="seconds for the stream to start"
+        "--warmup",
+        type=float,
+        default=240.0,
+        help="seconds at most for the stream to start and serve a first event (not timed)",
     )
     parser.add_argument(
         "--drain", type=float, default=120.0, help="seconds to wait after the last file"
