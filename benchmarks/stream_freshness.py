@@ -114,8 +114,9 @@ def one_rate(args, settings: list[str], rate: int, users, items) -> dict:
         # run's state): one event of its own goes first and the clock starts once it is served.
         warm_user = f"warmup{STARTED:%H%M%S}_{rate}"
         stamp = STARTED - timedelta(hours=1, seconds=1 + args.rate_index)
+        review = "a first review to encode"
         (landing / ".warmup.part").write_text(
-            f"{HEADER}{warm_user},{items[0]},purchase,{stamp.isoformat()},,a first review to encode\n"
+            f"{HEADER}{warm_user},{items[0]},purchase,{stamp.isoformat()},,{review}\n"
         )
         (landing / ".warmup.part").rename(landing / "warmup.csv")
         deadline = time.time() + args.warmup
