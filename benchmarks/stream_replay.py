@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-HEADER = ["user_id", "item_id", "event_type", "event_ts", "rating", "review_text"]
 
 
 def load(kind: str, path: Path) -> pd.DataFrame:
@@ -166,15 +165,14 @@ def main() -> None:
     source = write_batch_source(kind, path, before, cut, work / "source")
     started = time.time()
     db = work / "work" / "warehouse" / "hybridrec.db"
-    if args.reuse_batch and (db / "recommendations").is_dir():
-        # Same data, same cut: only the stream's state goes, so that it replays from the start.
-        for folder in [work / "landing", work / "work" / "stream_checkpoint"] + [
-            db / t for t in ("events_live", "recommendations_live", "stream_progress")
-        ]:
-            shutil.rmtree(folder, ignore_errors=True)
-        for snapshot in db.glob("*/run_id=stream-*"):
-            shutil.rmtree(snapshot)
-    else:
+    # An earlier replay's stream state goes whatever happens: the stream replays from the start.
+    for folder in [work / "landing", work / "work" / "stream_checkpoint"] + [
+        db / t for t in ("events_live", "recommendations_live", "stream_progress")
+    ]:
+        shutil.rmtree(folder, ignore_errors=True)
+    for snapshot in db.glob("*/run_id=stream-*"):
+        shutil.rmtree(snapshot)
+    if not (args.reuse_batch and (db / "recommendations").is_dir()):
         hybridrec("run", *settings, *source, log=log)
     batch_seconds = time.time() - started
     replayed = land(kind, after, args.chunks, work / "landing")
@@ -191,13 +189,16 @@ def main() -> None:
     stream_seconds = time.time() - started
 
     con = duckdb.connect()
-    batch = con.execute(
-        f"SELECT user_id, item_id, rank FROM read_parquet('{db}/recommendations/*/*.parquet') "
-        "ORDER BY user_id, rank"
-    ).df()
     live = con.execute(
-        f"SELECT user_id, item_id, rank, batch_id FROM read_parquet("
+        f"SELECT user_id, item_id, rank, batch_id, serving_run_id FROM read_parquet("
         f"'{db}/recommendations_live/*/*.parquet') ORDER BY batch_id, user_id, rank"
+    ).df()
+    # The stale lists are the serving run's (a work dir may keep earlier batch runs too).
+    (serving,) = live.serving_run_id.unique()
+    batch = con.execute(
+        f"SELECT user_id, item_id, rank FROM read_parquet('{db}/recommendations/*/*.parquet', "
+        "hive_partitioning = true) WHERE run_id = ? ORDER BY user_id, rank",
+        [serving],
     ).df()
     files = con.execute(
         f"SELECT batch_id, files FROM read_parquet('{db}/stream_progress/*/*.parquet')"

@@ -131,12 +131,12 @@ class MicroBatches:
             n_valid = valid.count()
         finally:
             raw.unpersist()
-        earlier = live.live_events_of(self.warehouse, serving.run_id, snapshot)
+        every_earlier = live.earlier_events(self.warehouse, snapshot)
         seen = serving.warehouse.read(INTERACTIONS).select(*events.EVENT_COLUMNS)
-        every_earlier = self.warehouse.read_all(EVENTS_LIVE)
+        earlier = None
         if every_earlier is not None:
-            earlier_rows = every_earlier.where(F.col("run_id") < F.lit(snapshot))
-            seen = seen.unionByName(earlier_rows.select(*events.EVENT_COLUMNS))
+            seen = seen.unionByName(every_earlier.select(*events.EVENT_COLUMNS))
+            earlier = every_earlier.where(F.col("serving_run_id") == F.lit(serving.run_id))
         fresh = events.drop_seen(valid, seen).select(
             *events.EVENT_COLUMNS,
             F.lit(batch_id).cast("long").alias("batch_id"),

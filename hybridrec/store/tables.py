@@ -166,7 +166,7 @@ class Warehouse:
         if not self._has_data(snapshot):
             return self._empty(name, run_id)
         # basePath keeps run_id (and fold) as columns. One snapshot is one write, whose files
-        # share a schema: no schema merging (a Spark job of its own on every read).
+        # share a schema: nothing to merge (schema inference reads one footer, not all).
         return self.spark.read.option("basePath", self.path(name)).parquet(snapshot)
 
     def read_all(self, name: str) -> DataFrame | None:
@@ -300,13 +300,10 @@ class Warehouse:
         if self.spark.catalog.tableExists(table) and not self._registered_here(name, columns):
             self.spark.sql("DROP TABLE IF EXISTS IDENTIFIER(:t)", args={"t": table})
         created = not self.spark.catalog.tableExists(table)
-        if created:
-            self._create_table(name, merge_schemas=len(runs) > 1)
+        partitions = self._create_table(name, merge_schemas=len(runs) > 1) if created else None
         # A table created for its first snapshot (a new warehouse: every table of the first run)
         # adds that one partition; otherwise every run's folder is found by a full recovery.
-        first = created and run_id is not None and runs == [run_id]
-        partitions = (RUN_COL, *self._inner_partitions(name)) if first else ()
-        if not (first and self._add_partitions(name, run_id, partitions)):
+        if not (partitions and runs == [run_id] and self._add_partitions(name, run_id, partitions)):
             self.spark.catalog.recoverPartitions(table)
         self.spark.catalog.refreshTable(table)
         if created:
@@ -352,9 +349,10 @@ class Warehouse:
             )
         return True
 
-    def _create_table(self, name: str, *, merge_schemas: bool = True) -> None:
-        """``merge_schemas``: the table's snapshots may differ (a column added since); merging
-        reads every file's footer in a Spark job, pointless for one snapshot (one write)."""
+    def _create_table(self, name: str, *, merge_schemas: bool = True) -> tuple[str, ...]:
+        """Create ``name``'s catalog entry and return its partition columns. ``merge_schemas``:
+        the table's snapshots may differ (a column added since); merging reads every file's
+        footer, pointless for one snapshot (one write)."""
         schema = (
             self.spark.read.option("basePath", self.path(name))
             .option("mergeSchema", str(merge_schemas).lower())
@@ -376,6 +374,7 @@ class Warehouse:
                 "comment": catalog.table_comment(name) or "",
             },
         )
+        return tuple(partitions)
 
     def _inner_partitions(self, name: str) -> list[str]:
         """Partition columns below run_id (``fold``), from the folder names of a snapshot."""

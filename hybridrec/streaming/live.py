@@ -239,12 +239,10 @@ def live_lists(
     return recs.join(newest, USER_COL, "left")
 
 
-def live_events_of(warehouse: Warehouse, serving_run: str, before: str) -> DataFrame | None:
-    """Events folded in by earlier micro-batches (snapshots sorting before ``before``) against
-    ``serving_run``."""
+def earlier_events(warehouse: Warehouse, before: str) -> DataFrame | None:
+    """Events folded in by earlier micro-batches (snapshots sorting before ``before``), against
+    any serving run: the repeats to drop; those against the serving run are users' history."""
     table = warehouse.read_all(EVENTS_LIVE)
     if table is None:
         return None
-    return table.where(
-        (F.col("run_id") < F.lit(before)) & (F.col("serving_run_id") == F.lit(serving_run))
-    )
+    return table.where(F.col("run_id") < F.lit(before))
