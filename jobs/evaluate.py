@@ -54,6 +54,7 @@ FIGURE = "metrics_by_model.png"
 CURVE_FIGURE = "debias_curve.png"
 # The gaps that reach the log and MLflow metrics; comparisons.csv and the table hold every one.
 HEADLINE_METRICS = ("ndcg", "hr")
+SEGMENT = "segment"
 log = logging.getLogger(__name__)
 
 
@@ -180,36 +181,33 @@ def metrics_tables(
     truth = interactions.where(F.col(SPLIT_COL) == TEST)
     seen = history(interactions, TEST)
     segments = evaluation.segment_truth(truth, seen, cfg.evaluate.segment_fraction)
-    metrics, comparisons = [], []
-    for name, rows in segments.items():
-        # Both summaries read the per-user metrics (a join and a shuffle over every top-K row):
-        # computed once, and both summaries (a few rows each) are collected before it is released.
-        per_user = evaluation.per_user_metrics(recs, rows, k).persist()
-        try:
-            means = evaluation.mean_metrics(per_user, k)
-            metrics.append(
-                recs.sparkSession.createDataFrame(means.collect(), means.schema).withColumn(
-                    "segment", F.lit(name)
-                )
-            )
-            # The re-rank curve's lists have metrics but no comparison: they are the hybrid.
-            baselines = per_user.where(~F.col("model").startswith(CURVE_PREFIX))
-            comparisons.append(
-                evaluation.paired_comparison(
-                    baselines, HYBRID, k, cfg.evaluate.confidence
-                ).withColumn("segment", F.lit(name))
-            )
-        finally:
-            per_user.unpersist()
+    tagged = reduce(
+        DataFrame.unionByName,
+        [rows.withColumn(SEGMENT, F.lit(name)) for name, rows in segments.items()],
+    )
+    # Every segment in one pass: the per-user metrics (a join and a shuffle over every top-K
+    # row) are computed once, and both summaries (a few rows each) are collected before they
+    # are released.
+    per_user = evaluation.per_user_metrics(recs, tagged, k, by=(SEGMENT,)).persist()
+    try:
+        means = evaluation.mean_metrics(per_user, k, by=(SEGMENT,))
+        metrics = [recs.sparkSession.createDataFrame(means.collect(), means.schema)]
+        # The re-rank curve's lists have metrics but no comparison: they are the hybrid.
+        baselines = per_user.where(~F.col("model").startswith(CURVE_PREFIX))
+        comparisons = evaluation.paired_comparison(
+            baselines, HYBRID, k, cfg.evaluate.confidence, by=(SEGMENT,)
+        )
+    finally:
+        per_user.unpersist()
     metrics += [
-        part.withColumn("segment", F.lit("all"))
+        part.withColumn(SEGMENT, F.lit("all"))
         for part in (
             evaluation.catalog_coverage(recs, n_items, k),
             evaluation.intra_list_diversity(recs, item_vectors, k),
             evaluation.novelty(recs, seen, k),
         )
     ]
-    return reduce(DataFrame.unionByName, metrics), reduce(DataFrame.unionByName, comparisons)
+    return reduce(DataFrame.unionByName, metrics), comparisons
 
 
 def log_comparisons(table: pd.DataFrame, confidence: float) -> None:
@@ -283,7 +281,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse.write(
         metrics.where(~is_curve).unionByName(
             evaluation.reason_shares(recs.where(F.col("model") == HYBRID), k).withColumn(
-                "segment", F.lit("all")
+                SEGMENT, F.lit("all")
             )
         ),
         METRICS,

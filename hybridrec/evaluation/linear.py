@@ -281,6 +281,21 @@ def _grid_search(
     return best, scores[best]
 
 
+def _untuned(model: str, key: str, grid: Sequence[float]) -> bool:
+    """Whether ``grid`` has a single value: nothing to pick, so no validation fit or scoring."""
+    if len(grid) > 1:
+        return False
+    log.info("%s: %s=%s, the grid's only value (not scored on validation)", model, key, grid[0])
+    return True
+
+
+def _picked(model: str, key: str, value: float, scores: tuple | None) -> dict[str, float]:
+    params = {f"{model}.{key}": value}
+    if scores is not None:
+        params |= {f"{model}.validation_ndcg": scores[0], f"{model}.validation_hr": scores[1]}
+    return params
+
+
 def _ease_validation(
     interactions: DataFrame,
     targets: DataFrame,
@@ -324,7 +339,9 @@ def tune_ease(
     fold for every user with catalog history there."""
     grid = [float(v) for v in cfg.evaluate.ease.l2_grid]
     ids, index = item_index(catalog)
-    best, scores = _ease_validation(interactions, targets, ids, index, grid, cfg)
+    best, scores = 0, None
+    if not _untuned(EASE, "l2", grid):
+        best, scores = _ease_validation(interactions, targets, ids, index, grid, cfg)
     started = time.perf_counter()
     fit = history(interactions, TEST)
     weights = ease_weights(gram(fit, index, len(ids)), grid[best])
@@ -336,11 +353,7 @@ def tune_ease(
         recommendations.count(),
         time.perf_counter() - started,
     )
-    return recommendations, {
-        "ease.l2": grid[best],
-        "ease.validation_ndcg": scores[0],
-        "ease.validation_hr": scores[1],
-    }
+    return recommendations, _picked(EASE, "l2", grid[best], scores)
 
 
 def tune_item_knn(
@@ -350,21 +363,9 @@ def tune_item_knn(
     as ``tune_ease``, the best refitted on the test fold."""
     k = cfg.evaluate.k
     grid = [int(v) for v in cfg.evaluate.item_knn.neighbours_grid]
-    fit = history(interactions, VALIDATION)
-    # Every grid value reads the widest neighbour lists (bounded by items x max(grid)).
-    neighbours = cosine_neighbours(fit, catalog, max(grid)).persist()
-    seen = interacted(fit, catalog).join(targets, USER_COL, "left_semi").persist()
-    best, scores = _grid_search(
-        ITEM_KNN,
-        "neighbours",
-        grid,
-        lambda combo, n: knn_target_ranks(seen, targets, neighbours, n).withColumn(
-            "combo", F.lit(combo)
-        ),
-        k,
-    )
-    neighbours.unpersist()
-    seen.unpersist()
+    best, scores = 0, None
+    if not _untuned(ITEM_KNN, "neighbours", grid):
+        best, scores = _knn_validation(interactions, catalog, targets, grid, k)
     started = time.perf_counter()
     fit = history(interactions, TEST)
     recommendations = recommend_knn(
@@ -379,11 +380,30 @@ def tune_item_knn(
         recommendations.count(),
         time.perf_counter() - started,
     )
-    return recommendations, {
-        "item_knn.neighbours": grid[best],
-        "item_knn.validation_ndcg": scores[0],
-        "item_knn.validation_hr": scores[1],
-    }
+    return recommendations, _picked(ITEM_KNN, "neighbours", grid[best], scores)
+
+
+def _knn_validation(
+    interactions: DataFrame, catalog: DataFrame, targets: DataFrame, grid: Sequence[int], k: int
+) -> tuple[int, tuple[float, float, int]]:
+    """``_grid_search`` over the neighbour counts on the validation fold."""
+    fit = history(interactions, VALIDATION)
+    # Every grid value reads the widest neighbour lists (bounded by items x max(grid)).
+    neighbours = cosine_neighbours(fit, catalog, max(grid)).persist()
+    seen = interacted(fit, catalog).join(targets, USER_COL, "left_semi").persist()
+    try:
+        return _grid_search(
+            ITEM_KNN,
+            "neighbours",
+            grid,
+            lambda combo, n: knn_target_ranks(seen, targets, neighbours, n).withColumn(
+                "combo", F.lit(combo)
+            ),
+            k,
+        )
+    finally:
+        neighbours.unpersist()
+        seen.unpersist()
 
 
 def tune_and_recommend(
@@ -402,7 +422,8 @@ def tune_and_recommend(
 
     Returns:
         model, user_id, rank, item_id: the top ``evaluate.k`` of every user with test-fold
-        history, per model; and the picked values with their validation NDCG and HR.
+        history, per model; and the picked values with their validation NDCG and HR (a grid
+        of one value is not scored on validation: nothing to pick).
     """
     catalog = catalog_items.select(ITEM_COL).distinct()
     targets = scoring.tuning_sample(

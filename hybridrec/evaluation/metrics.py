@@ -22,16 +22,21 @@ from udfs import reasons
 RANKING_METRICS = ("ndcg", "hr", "precision", "recall", "map")
 
 
-def per_user_metrics(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
-    """Per (model, user with truth): the five ranking metrics at k."""
-    relevant = truth.select(USER_COL, ITEM_COL).distinct()
-    n_rel = relevant.groupBy(USER_COL).agg(F.count(F.lit(1)).alias("n_rel"))
+def per_user_metrics(
+    recs: DataFrame, truth: DataFrame, k: int, *, by: tuple[str, ...] = ()
+) -> DataFrame:
+    """Per (model, user with truth): the five ranking metrics at k. ``by``: columns of ``truth``
+    that split it into groups (segments) measured apart in the same pass, one row per
+    (model, user, group); they come last."""
+    keys = [*by, USER_COL]
+    relevant = truth.select(*keys, ITEM_COL).distinct()
+    n_rel = relevant.groupBy(*keys).agg(F.count(F.lit(1)).alias("n_rel"))
     top = recs.where(F.col("rank") <= k).select("model", USER_COL, "rank", ITEM_COL)
-    hit_order = Window.partitionBy("model", USER_COL).orderBy("rank")
+    hit_order = Window.partitionBy("model", *keys).orderBy("rank")
     hits = (
         top.join(relevant, [USER_COL, ITEM_COL])
         .withColumn("hit_pos", F.row_number().over(hit_order))
-        .groupBy("model", USER_COL)
+        .groupBy("model", *keys)
         .agg(
             F.sum(1.0 / F.log2(F.col("rank") + 1)).alias("dcg"),
             F.count(F.lit(1)).alias("n_hits"),
@@ -42,7 +47,7 @@ def per_user_metrics(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
     # users x models (a handful of models), never users x items
     base = (
         n_rel.crossJoin(models)
-        .join(hits, ["model", USER_COL], "left")
+        .join(hits, ["model", *keys], "left")
         .fillna(0, subset=["dcg", "n_hits", "ap_sum"])
     )
     cutoff = F.least(F.lit(k), F.col("n_rel"))
@@ -57,6 +62,7 @@ def per_user_metrics(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
         (F.col("n_hits") / F.lit(float(k))).alias("precision"),
         (F.col("n_hits") / F.col("n_rel")).alias("recall"),
         (F.col("ap_sum") / cutoff).alias("map"),
+        *by,
     )
 
 
@@ -66,10 +72,10 @@ def ranking_metrics(recs: DataFrame, truth: DataFrame, k: int) -> DataFrame:
     return mean_metrics(per_user_metrics(recs, truth, k), k)
 
 
-def mean_metrics(per_user: DataFrame, k: int) -> DataFrame:
-    """The long-format means of ``per_user_metrics``."""
-    means = per_user.groupBy("model").agg(*[F.avg(m).alias(m) for m in RANKING_METRICS])
-    return _long(means, RANKING_METRICS, k)
+def mean_metrics(per_user: DataFrame, k: int, *, by: tuple[str, ...] = ()) -> DataFrame:
+    """The long-format means of ``per_user_metrics``, per model (and ``by`` group, last)."""
+    means = per_user.groupBy("model", *by).agg(*[F.avg(m).alias(m) for m in RANKING_METRICS])
+    return _long(means, RANKING_METRICS, k, by=by)
 
 
 COMPARISON_SCHEMA = (
@@ -78,25 +84,35 @@ COMPARISON_SCHEMA = (
 )
 
 
-def paired_comparison(per_user: DataFrame, reference: str, k: int, confidence: float) -> DataFrame:
+def paired_comparison(
+    per_user: DataFrame,
+    reference: str,
+    k: int,
+    confidence: float,
+    *,
+    by: tuple[str, ...] = (),
+) -> DataFrame:
     """``reference`` against every other model, paired by user: the mean per-user difference
     (reference minus model) of each ranking metric, its ``confidence`` interval and two-sided
     p-value (normal approximation of the paired mean, sound at the hundreds of users a segment
     holds). Pairing matters: both models rank the same users, so the spread of the per-user
-    differences, not of each model's scores, says whether a gap is more than noise.
+    differences, not of each model's scores, says whether a gap is more than noise. ``by``:
+    groups (string columns of ``per_user``) compared apart, last in the result.
 
-    Aggregated in Spark; only one row per (model, metric) reaches the driver, for the p-value.
+    Aggregated in Spark; only one row per (model, metric, group) reaches the driver, for the
+    p-value.
     """
+    keys = [*by, USER_COL]
     ref = per_user.where(F.col("model") == reference).select(
-        USER_COL, *[F.col(m).alias(f"_ref_{m}") for m in RANKING_METRICS]
+        *keys, *[F.col(m).alias(f"_ref_{m}") for m in RANKING_METRICS]
     )
     stack = ", ".join(f"'{m}', _ref_{m} - {m}" for m in RANKING_METRICS)
     diffs = (
         per_user.where(F.col("model") != reference)
-        .join(ref, USER_COL)
-        .selectExpr("model", f"stack({len(RANKING_METRICS)}, {stack}) as (metric, diff)")
+        .join(ref, keys)
+        .selectExpr("model", *by, f"stack({len(RANKING_METRICS)}, {stack}) as (metric, diff)")
     )
-    summary = diffs.groupBy("model", "metric").agg(
+    summary = diffs.groupBy("model", "metric", *by).agg(
         F.count(F.lit(1)).alias("users"),
         F.avg("diff").alias("difference"),
         F.stddev_samp("diff").alias("sd"),
@@ -110,8 +126,9 @@ def paired_comparison(per_user: DataFrame, reference: str, k: int, confidence: f
             lo, hi = diff - z * se, diff + z * se
             # se 0: every user moved by the same amount, a certain gap (or none)
             p = math.erfc(abs(diff) / se / math.sqrt(2)) if se > 0 else float(diff == 0)
-        rows.append((r["model"], r["metric"], k, r["users"], diff, lo, hi, p))
-    return per_user.sparkSession.createDataFrame(rows, COMPARISON_SCHEMA)
+        rows.append((r["model"], r["metric"], k, r["users"], diff, lo, hi, p, *[r[c] for c in by]))
+    schema = ", ".join([COMPARISON_SCHEMA, *(f"{c} string" for c in by)])
+    return per_user.sparkSession.createDataFrame(rows, schema)
 
 
 def catalog_coverage(recs: DataFrame, n_items: int, k: int) -> DataFrame:
@@ -224,11 +241,11 @@ def reason_shares(recs: DataFrame, k: int) -> DataFrame:
     return _long(wide, tuple(f"reason_{kind}" for kind in REASON_KINDS), k)
 
 
-def _long(wide: DataFrame, metrics, k: int) -> DataFrame:
+def _long(wide: DataFrame, metrics, k: int, *, by: tuple[str, ...] = ()) -> DataFrame:
     stack = ", ".join(f"'{m}', cast({m} as double)" for m in metrics)
-    return wide.selectExpr("model", f"stack({len(metrics)}, {stack}) as (metric, value)").select(
-        "model", "metric", F.lit(k).alias("k"), "value"
-    )
+    return wide.selectExpr(
+        "model", *by, f"stack({len(metrics)}, {stack}) as (metric, value)"
+    ).select("model", "metric", F.lit(k).alias("k"), "value", *by)
 
 
 def segment_truth(truth: DataFrame, history: DataFrame, fraction: float) -> dict[str, DataFrame]:

@@ -357,6 +357,55 @@ def test_paired_comparison_one_user_has_no_interval(spark):
     assert all(math.isnan(als[f]) for f in ("ci_low", "ci_high", "p_value"))
 
 
+def test_groups_measured_in_one_pass_equal_each_group_measured_alone(spark):
+    truth = _truth(spark, [("u1", "a"), ("u1", "b"), ("u2", "c"), ("u3", "d"), ("u3", "e")])
+    recs = _recs(
+        spark,
+        [
+            ("hybrid", "u1", 1, "a"),
+            ("hybrid", "u1", 2, "x"),
+            ("hybrid", "u2", 1, "y"),
+            ("hybrid", "u2", 2, "c"),
+            ("hybrid", "u3", 1, "e"),
+            ("als", "u1", 1, "b"),
+            ("als", "u2", 1, "c"),
+            ("als", "u3", 1, "z"),
+            ("als", "u3", 2, "d"),
+        ],
+    )
+    # a user in two groups, a truth row in two groups, and a group without u2
+    groups = {
+        "all": truth,
+        "some": truth.where("item_id in ('b', 'd', 'e')"),
+        "one": truth.where("user_id = 'u3'"),
+    }
+    tagged = None
+    for name, rows in groups.items():
+        rows = rows.selectExpr("*", f"'{name}' as segment")
+        tagged = rows if tagged is None else tagged.unionByName(rows)
+    per_user = evaluation.per_user_metrics(recs, tagged, 2, by=("segment",)).cache()
+
+    means = evaluation.mean_metrics(per_user, 2, by=("segment",))
+    compared = evaluation.paired_comparison(per_user, "hybrid", 2, 0.95, by=("segment",))
+
+    assert means.columns == ["model", "metric", "k", "value", "segment"]
+    assert compared.columns[-1] == "segment"
+    for name, rows in groups.items():
+        alone = evaluation.per_user_metrics(recs, rows, 2)
+        expected = _values(evaluation.mean_metrics(alone, 2))
+        got = _values(means.where(f"segment = '{name}'").drop("segment"))
+        assert got == pytest.approx(expected), name
+        expected_gap = _comparison(evaluation.paired_comparison(alone, "hybrid", 2, 0.95))
+        got_gap = _comparison(compared.where(f"segment = '{name}'").drop("segment"))
+        assert set(got_gap) == set(expected_gap), name
+        for key, row in expected_gap.items():
+            for field in ("users", "difference", "ci_low", "ci_high", "p_value"):
+                assert got_gap[key][field] == pytest.approx(row[field], nan_ok=True), (name, key)
+    # the group of u3 alone: hybrid hits e at 1 (of d, e), als hits d at 2
+    one = _values(means.where("segment = 'one'").drop("segment"))
+    assert one[("hybrid", "hr")] == 1.0 and one[("als", "recall")] == 0.5
+
+
 # --- segment_truth ---------------------------------------------------------------------------
 
 
