@@ -185,20 +185,14 @@ def metrics_tables(
         DataFrame.unionByName,
         [rows.withColumn(SEGMENT, F.lit(name)) for name, rows in segments.items()],
     )
-    # Every segment in one pass: the per-user metrics (a join and a shuffle over every top-K
-    # row) are computed once, and both summaries (a few rows each) are collected before they
-    # are released.
-    per_user = evaluation.per_user_metrics(recs, tagged, k, by=(SEGMENT,)).persist()
-    try:
-        means = evaluation.mean_metrics(per_user, k, by=(SEGMENT,))
-        metrics = [recs.sparkSession.createDataFrame(means.collect(), means.schema)]
-        # The re-rank curve's lists have metrics but no comparison: they are the hybrid.
-        baselines = per_user.where(~F.col("model").startswith(CURVE_PREFIX))
-        comparisons = evaluation.paired_comparison(
-            baselines, HYBRID, k, cfg.evaluate.confidence, by=(SEGMENT,)
-        )
-    finally:
-        per_user.unpersist()
+    # Every segment in one pass, and the means and paired comparisons from one aggregation.
+    per_user = evaluation.per_user_metrics(recs, tagged, k, by=(SEGMENT,))
+    means, comparisons = evaluation.summarise(
+        per_user, HYBRID, k, cfg.evaluate.confidence, by=(SEGMENT,)
+    )
+    metrics = [means]
+    # The re-rank curve's lists have metrics but no comparison: they are the hybrid.
+    comparisons = comparisons.where(~F.col("model").startswith(CURVE_PREFIX))
     metrics += [
         part.withColumn(SEGMENT, F.lit("all"))
         for part in (

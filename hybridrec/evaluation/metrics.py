@@ -78,6 +78,7 @@ def mean_metrics(per_user: DataFrame, k: int, *, by: tuple[str, ...] = ()) -> Da
     return _long(means, RANKING_METRICS, k, by=by)
 
 
+MEANS_SCHEMA = "model string, metric string, k int, value double"
 COMPARISON_SCHEMA = (
     "model string, metric string, k int, users long, difference double, "
     "ci_low double, ci_high double, p_value double"
@@ -97,38 +98,59 @@ def paired_comparison(
     p-value (normal approximation of the paired mean, sound at the hundreds of users a segment
     holds). Pairing matters: both models rank the same users, so the spread of the per-user
     differences, not of each model's scores, says whether a gap is more than noise. ``by``:
-    groups (string columns of ``per_user``) compared apart, last in the result.
+    groups (string columns of ``per_user``) compared apart, last in the result."""
+    return summarise(per_user, reference, k, confidence, by=by)[1]
 
-    Aggregated in Spark; only one row per (model, metric, group) reaches the driver, for the
-    p-value.
-    """
+
+def summarise(
+    per_user: DataFrame,
+    reference: str,
+    k: int,
+    confidence: float,
+    *,
+    by: tuple[str, ...] = (),
+) -> tuple[DataFrame, DataFrame]:
+    """``mean_metrics`` and ``paired_comparison`` of ``per_user`` from one Spark job: each model's
+    rows meet their user's ``reference`` row (a left join: a user the reference missed still
+    counts in the model's means), and one aggregation per (model, group) gives both. Only those
+    rows reach the driver, for the p-values; both results are small local DataFrames."""
     keys = [*by, USER_COL]
     ref = per_user.where(F.col("model") == reference).select(
         *keys, *[F.col(m).alias(f"_ref_{m}") for m in RANKING_METRICS]
     )
-    stack = ", ".join(f"'{m}', _ref_{m} - {m}" for m in RANKING_METRICS)
-    diffs = (
-        per_user.where(F.col("model") != reference)
-        .join(ref, keys)
-        .selectExpr("model", *by, f"stack({len(RANKING_METRICS)}, {stack}) as (metric, diff)")
-    )
-    summary = diffs.groupBy("model", "metric", *by).agg(
-        F.count(F.lit(1)).alias("users"),
-        F.avg("diff").alias("difference"),
-        F.stddev_samp("diff").alias("sd"),
+    diff = {m: F.col(f"_ref_{m}") - F.col(m) for m in RANKING_METRICS}
+    summary = (
+        per_user.join(ref, keys, "left")
+        .groupBy("model", *by)
+        .agg(
+            *[F.avg(m).alias(f"mean_{m}") for m in RANKING_METRICS],
+            F.count(F.col(f"_ref_{RANKING_METRICS[0]}")).alias("paired"),
+            *[F.avg(d).alias(f"diff_{m}") for m, d in diff.items()],
+            *[F.stddev_samp(d).alias(f"sd_{m}") for m, d in diff.items()],
+        )
+        .collect()
     )
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    rows = []
-    for r in summary.collect():
-        diff, lo, hi, p = r["difference"], math.nan, math.nan, math.nan
-        if r["users"] > 1:  # one user has no spread to weigh a gap against
-            se = r["sd"] / math.sqrt(r["users"])
-            lo, hi = diff - z * se, diff + z * se
-            # se 0: every user moved by the same amount, a certain gap (or none)
-            p = math.erfc(abs(diff) / se / math.sqrt(2)) if se > 0 else float(diff == 0)
-        rows.append((r["model"], r["metric"], k, r["users"], diff, lo, hi, p, *[r[c] for c in by]))
-    schema = ", ".join([COMPARISON_SCHEMA, *(f"{c} string" for c in by)])
-    return per_user.sparkSession.createDataFrame(rows, schema)
+    means, compared = [], []
+    for r in summary:
+        groups = [r[c] for c in by]
+        means += [(r["model"], m, k, r[f"mean_{m}"], *groups) for m in RANKING_METRICS]
+        if r["model"] == reference or not r["paired"]:
+            continue
+        for m in RANKING_METRICS:
+            gap, lo, hi, p = r[f"diff_{m}"], math.nan, math.nan, math.nan
+            if r["paired"] > 1:  # one user has no spread to weigh a gap against
+                se = r[f"sd_{m}"] / math.sqrt(r["paired"])
+                lo, hi = gap - z * se, gap + z * se
+                # se 0: every user moved by the same amount, a certain gap (or none)
+                p = math.erfc(abs(gap) / se / math.sqrt(2)) if se > 0 else float(gap == 0)
+            compared.append((r["model"], m, k, r["paired"], gap, lo, hi, p, *groups))
+    extra = [f"{c} string" for c in by]
+    spark = per_user.sparkSession
+    return (
+        spark.createDataFrame(means, ", ".join([MEANS_SCHEMA, *extra])),
+        spark.createDataFrame(compared, ", ".join([COMPARISON_SCHEMA, *extra])),
+    )
 
 
 def catalog_coverage(recs: DataFrame, n_items: int, k: int) -> DataFrame:

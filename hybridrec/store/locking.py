@@ -111,9 +111,12 @@ class _HadoopFiles:
     def __init__(self, spark: SparkSession):
         self._jvm = spark.sparkContext._jvm
         self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+        # Resolved once: each dotted step of a py4j name is a round trip and a class lookup
+        # over every jar on the classpath.
+        self._path_class = self._jvm.org.apache.hadoop.fs.Path
 
     def _fs(self, path: str):
-        hpath = self._jvm.org.apache.hadoop.fs.Path(path)
+        hpath = self._path_class(path)
         return hpath.getFileSystem(self._conf), hpath
 
     def create_exclusive(self, path: str, text: str) -> bool:

@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -108,10 +109,19 @@ class Warehouse:
 
     # -- file system -------------------------------------------------------------------------
 
+    @cached_property
+    def _hadoop(self):
+        """Hadoop's Path class and configuration, looked up once per warehouse: each dotted step
+        of a py4j name is a round trip and a failed class lookup over every jar on the classpath
+        (0.7 s of the driver's time in a quick-profile run, which makes hundreds of file
+        operations)."""
+        context = self.spark.sparkContext
+        return context._jvm.org.apache.hadoop.fs.Path, context._jsc.hadoopConfiguration()
+
     def _hpath(self, path: str):
-        jvm = self.spark.sparkContext._jvm
-        hpath = jvm.org.apache.hadoop.fs.Path(path)
-        return hpath.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()), hpath
+        path_class, conf = self._hadoop
+        hpath = path_class(path)
+        return hpath.getFileSystem(conf), hpath
 
     def _exists(self, path: str) -> bool:
         fs, hpath = self._hpath(path)
@@ -300,22 +310,23 @@ class Warehouse:
         if self.spark.catalog.tableExists(table) and not self._registered_here(name, columns):
             self.spark.sql("DROP TABLE IF EXISTS IDENTIFIER(:t)", args={"t": table})
         created = not self.spark.catalog.tableExists(table)
-        partitions = self._create_table(name, merge_schemas=len(runs) > 1) if created else None
+        layout = self._create_table(name, merge_schemas=len(runs) > 1) if created else None
         # A table created for its first snapshot (a new warehouse: every table of the first run)
         # adds that one partition; otherwise every run's folder is found by a full recovery.
-        if not (partitions and runs == [run_id] and self._add_partitions(name, run_id, partitions)):
+        if not (layout and runs == [run_id] and self._add_partitions(name, run_id, layout[1])):
             self.spark.catalog.recoverPartitions(table)
         self.spark.catalog.refreshTable(table)
         if created:
             self._create_views(name)
-        registered = self.spark.catalog.listColumns(table)
+        else:  # registered by another application: ask the catalog (created here: known)
+            registered = self.spark.catalog.listColumns(table)
+            layout = (
+                frozenset(c.name for c in registered),
+                tuple(c.name for c in registered if c.isPartition),
+            )
         for elsewhere in [k for k in _CHECKED if k[:2] == key[:2]]:
             del _CHECKED[elsewhere]  # the entry now points here
-        _CHECKED[key] = (
-            frozenset(c.name for c in registered),
-            tuple(c.name for c in registered if c.isPartition),
-            catalog.TABLES.get(name),
-        )
+        _CHECKED[key] = (*layout, catalog.TABLES.get(name))
 
     def _add_partitions(self, name: str, run_id: str, partitions: tuple[str, ...]) -> bool:
         """Add run ``run_id``'s snapshot to the catalog as its partitions; False where its
@@ -349,8 +360,11 @@ class Warehouse:
             )
         return True
 
-    def _create_table(self, name: str, *, merge_schemas: bool = True) -> tuple[str, ...]:
-        """Create ``name``'s catalog entry and return its partition columns. ``merge_schemas``:
+    def _create_table(
+        self, name: str, *, merge_schemas: bool = True
+    ) -> tuple[frozenset[str], tuple[str, ...]]:
+        """Create ``name``'s catalog entry and return its columns (partition columns included)
+        and its partition columns, outermost first. ``merge_schemas``:
         the table's snapshots may differ (a column added since); merging reads every file's
         footer, pointless for one snapshot (one write)."""
         schema = (
@@ -374,7 +388,7 @@ class Warehouse:
                 "comment": catalog.table_comment(name) or "",
             },
         )
-        return tuple(partitions)
+        return frozenset(schema.fieldNames()), tuple(partitions)
 
     def _inner_partitions(self, name: str) -> list[str]:
         """Partition columns below run_id (``fold``), from the folder names of a snapshot."""

@@ -357,7 +357,7 @@ def test_paired_comparison_one_user_has_no_interval(spark):
     assert all(math.isnan(als[f]) for f in ("ci_low", "ci_high", "p_value"))
 
 
-def test_groups_measured_in_one_pass_equal_each_group_measured_alone(spark):
+def test_groups_summarised_in_one_pass_equal_each_group_measured_alone(spark):
     truth = _truth(spark, [("u1", "a"), ("u1", "b"), ("u2", "c"), ("u3", "d"), ("u3", "e")])
     recs = _recs(
         spark,
@@ -385,10 +385,13 @@ def test_groups_measured_in_one_pass_equal_each_group_measured_alone(spark):
         tagged = rows if tagged is None else tagged.unionByName(rows)
     per_user = evaluation.per_user_metrics(recs, tagged, 2, by=("segment",)).cache()
 
-    means = evaluation.mean_metrics(per_user, 2, by=("segment",))
-    compared = evaluation.paired_comparison(per_user, "hybrid", 2, 0.95, by=("segment",))
+    means, compared = evaluation.summarise(per_user, "hybrid", 2, 0.95, by=("segment",))
 
     assert means.columns == ["model", "metric", "k", "value", "segment"]
+    spark_side = evaluation.mean_metrics(per_user, 2, by=("segment",)).collect()
+    assert {r[:3] + r[4:]: r["value"] for r in means.collect()} == pytest.approx(
+        {r[:3] + r[4:]: r["value"] for r in spark_side}
+    )
     assert compared.columns[-1] == "segment"
     for name, rows in groups.items():
         alone = evaluation.per_user_metrics(recs, rows, 2)
