@@ -6,13 +6,16 @@
 
 The batch pipeline is run on the events up to a time cut (the ``--cut`` quantile of event
 times); the later events are landed in time order as ``--chunks`` files and replayed through
-``hybridrec stream --available-now``, one file per micro-batch. Each replayed event of a user the
-batch knew is scored against the list that user had just before it: the stale batch list, and
-the live one (the newest micro-batch before the event's own that touched the user, else the
-batch list). An event on an item the user already had is left out: no list offers it.
+``hybridrec stream --available-now``, one file per micro-batch. Each replayed event is scored
+against the list its user had just before it: the stale batch list, and the live one (the newest
+micro-batch before the event's own that touched the user, else the batch list). A user the batch
+did not know has no batch list: their stale list is the batch's most popular items (by users),
+what a site shows anyone it does not know, until the stream gives them their own. An event on an
+item the user already had is left out: no list offers it.
 Prints HR@K and NDCG@K of both, their difference with a 95% interval (per-user means, normal
-approximation over users) and the counts. Granularity is a chunk: events of the same chunk are
-folded together, so an event does not see the ones just before it in its own chunk.
+approximation over users) and the counts, for the users the batch knew and for all users.
+Granularity is a chunk: events of the same chunk are folded together, so an event does not see
+the ones just before it in its own chunk.
 """
 
 from __future__ import annotations
@@ -158,7 +161,6 @@ def main() -> None:
     cut = int(events.ts.quantile(args.cut))
     before, after = events[events.ts <= cut], events[events.ts > cut]
     known = set(before.user_id)
-    after = after[after.user_id.isin(known)]
     settings = [a for c in ["conf/local.yaml", *args.conf] for a in ("--conf", c)]
     settings += [a for s in args.set for a in ("--set", s)]
     settings += ["--set", f"run.work_dir={work / 'work'}", "--set", f"score.k={args.k}"]
@@ -206,6 +208,17 @@ def main() -> None:
     assert (files.files == 1).all() and sorted(files.batch_id) == list(range(args.chunks)), files
 
     stale_lists = batch.groupby("user_id")["item_id"].apply(list).to_dict()
+    by_users = before.drop_duplicates(["user_id", "item_id"]).item_id.value_counts(sort=False)
+    # ties by item id, so the list does not depend on the order the data came in
+    popular = (
+        (
+            by_users.rename("users")
+            .reset_index()
+            .sort_values(["users", "item_id"], ascending=[False, True])
+        )
+        .item_id.head(args.k)
+        .tolist()
+    )
     live_by_batch = live.groupby(["user_id", "batch_id"])["item_id"].apply(list).to_dict()
     # The list a user had before chunk c: their newest live list of a batch < c, else the batch's.
     newest: dict[str, list] = {}
@@ -214,7 +227,7 @@ def main() -> None:
     users = set(replayed.user_id)
     for c in range(args.chunks):
         for user in users:
-            current[(user, c)] = newest.get(user, stale_lists.get(user, []))
+            current[(user, c)] = newest.get(user, stale_lists.get(user, popular))
         for user in touched.get(c, []):
             newest[user] = live_by_batch[(user, c)]
     # Items the user had before each event (the batch's history, then earlier replayed events).
@@ -226,37 +239,43 @@ def main() -> None:
         seen.add(item)
     scored = replayed[np.array(new_item)].copy()
     scored["key"] = list(zip(scored.user_id, scored.chunk, strict=True))
-    stale = metrics({(u, c): stale_lists.get(u, []) for u, c in scored.key}, scored, args.k)
+    stale = metrics({(u, c): stale_lists.get(u, popular) for u, c in scored.key}, scored, args.k)
     fresh = metrics(current, scored, args.k)
-    per_user = (
-        pd.DataFrame(
-            {
-                "user_id": scored.user_id.to_numpy(),
-                "stale_hr": stale[:, 0],
-                "live_hr": fresh[:, 0],
-                "stale_ndcg": stale[:, 1],
-                "live_ndcg": fresh[:, 1],
-            }
-        )
-        .groupby("user_id")
-        .mean()
+    per_event = pd.DataFrame(
+        {
+            "user_id": scored.user_id.to_numpy(),
+            "stale_hr": stale[:, 0],
+            "live_hr": fresh[:, 0],
+            "stale_ndcg": stale[:, 1],
+            "live_ndcg": fresh[:, 1],
+        }
     )
+    per_user = per_event.groupby("user_id").mean()
+    per_user["known"] = per_user.index.isin(known)
     print(
         f"{kind} {path.name}: cut at the {args.cut:.0%} quantile, {len(before)} events in the "
         f"batch ({batch_seconds:.0f} s), {len(after)} replayed in {args.chunks} micro-batches "
-        f"({stream_seconds:.0f} s), {len(scored)} on items new to their user, "
-        f"{per_user.shape[0]} users (means over users)"
+        f"({stream_seconds:.0f} s), {len(scored)} on items new to their user "
+        f"(means over users; a new user's stale list: the batch's {args.k} most popular items)"
     )
-    print(f"{'metric':<8} {'stale':>8} {'live':>8} {'live-stale':>11} {'95% interval':>22}")
-    for name in ("hr", "ndcg"):
-        diff = per_user[f"live_{name}"] - per_user[f"stale_{name}"]
-        se = diff.std(ddof=1) / math.sqrt(len(diff))
-        low, high = diff.mean() - 1.96 * se, diff.mean() + 1.96 * se
-        print(
-            f"{name}@{args.k:<5} {per_user[f'stale_{name}'].mean():>8.4f} "
-            f"{per_user[f'live_{name}'].mean():>8.4f} {diff.mean():>+11.4f} "
-            f"[{low:+.4f}, {high:+.4f}]"
-        )
+    print(
+        f"{'users':<26} {'n':>5} {'metric':<8} {'stale':>8} {'live':>8} {'live-stale':>11} "
+        f"{'95% interval':>22}"
+    )
+    for label, group in (
+        ("known to the batch", per_user[per_user.known]),
+        ("new since the batch", per_user[~per_user.known]),
+        ("all", per_user),
+    ):
+        for name in ("hr", "ndcg"):
+            diff = group[f"live_{name}"] - group[f"stale_{name}"]
+            se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+            low, high = diff.mean() - 1.96 * se, diff.mean() + 1.96 * se
+            print(
+                f"{label:<26} {len(group):>5} {name}@{args.k:<5} "
+                f"{group[f'stale_{name}'].mean():>8.4f} {group[f'live_{name}'].mean():>8.4f} "
+                f"{diff.mean():>+11.4f} [{low:+.4f}, {high:+.4f}]"
+            )
 
 
 if __name__ == "__main__":
