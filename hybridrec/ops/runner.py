@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TextIO
@@ -102,15 +101,10 @@ def _run_stages(
         spark=spark,
     )
     with progress.heartbeat(spark.sparkContext, f"run {run_id}"), _held(lock):
-        # MLflow's store (a new one creates its database) is opened while the JVM opens the
-        # catalog (a new Derby metastore creates its schema): both take seconds at a first run,
-        # one in Python and one in the JVM, so on two cores they overlap.
-        with ThreadPoolExecutor(1, thread_name_prefix="mlflow-start") as pool:
-            abandoned = pool.submit(tracking.fail_abandoned_runs, cfg)
-            warehouse = Warehouse.from_config(spark, cfg, run_id)
-            history = RunLog(warehouse)
-            history.fail_abandoned()
-            abandoned.result()
+        warehouse = Warehouse.from_config(spark, cfg, run_id)
+        history = RunLog(warehouse)
+        history.fail_abandoned()
+        tracking.fail_abandoned_runs(cfg)
         history.begin(run_id, cfg)
         # The stream publishes its snapshots as files (it leaves the catalog to the batch, see
         # Warehouse.catalog_writes): they join the catalog here.
