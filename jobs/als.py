@@ -111,9 +111,17 @@ def validation_scores(
 def search(
     spark: SparkSession, data: FoldData, interactions: DataFrame, items: DataFrame, cfg: Config
 ) -> tuple[dict[str, float], ALSModel, dict[str, float]]:
-    """Fit every grid point on train, keep the best by validation NDCG (ties: the earlier)."""
+    """Fit every grid point on train, keep the best by validation NDCG (ties: the earlier).
+
+    A one-point grid has nothing to pick: it is fitted, not ranked on validation (the score
+    job's tuning and evaluate's test metrics still measure it), and no scores come back.
+    """
+    grid = list(cf.param_grid(cfg))
+    if len(grid) == 1:
+        log.info("ALS grid: %s, the grid's only point (not scored on validation)", grid[0])
+        return grid[0], cf.fit(data.preferences, cfg, grid[0]), {}
     best: tuple[float, dict, ALSModel, dict] | None = None
-    for params in cf.param_grid(cfg):
+    for params in grid:
         name = "als " + " ".join(f"{k}={v}" for k, v in params.items())
         with mlflow.start_run(run_name=name, nested=True):
             started = time.perf_counter()

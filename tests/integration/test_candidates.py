@@ -38,7 +38,8 @@ def settings(work, *extra: str) -> list[str]:
         "source.sample.events_per_user=8",
         "als.max_iter=5",
         "als.grid.rank=[8]",
-        "als.grid.reg_param=[0.1]",
+        # Two points: the als job ranks each on validation (a one-point grid is not scored).
+        "als.grid.reg_param=[0.1, 0.3]",
         "als.grid.alpha=[1.0]",
         "score.weight_grid_step=0.5",
         "score.recent_sharpness_grid=[40.0]",
