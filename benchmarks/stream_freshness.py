@@ -9,7 +9,8 @@ Run it after a batch run on that config. For each rate, a fresh stream (its own 
 start, paid once per service, is not timed), a writer lands one file a second holding
 ``rate`` events (existing users and a few new ones, a ``--text-share`` of them with a review);
 a poller asks DuckDB over the published snapshots (what ``hybridrec sql`` answers with, in a new
-connection each time) which users' live lists have folded in which event times. Prints, per
+connection each time, every 0.2 s; an event counts as visible from the start of the first query
+that saw it) which users' live lists have folded in which event times. Prints, per
 rate: events landed and seen, freshness p50, p95 and max, the micro-batches' mean seconds and
 how many texts they encoded. The stream's snapshots stay in the warehouse (``stream-*``).
 """
@@ -65,7 +66,7 @@ def landed_events(rate: int, second: int, users: list[str], items: list[str], sh
         text = ""
         if random.random() < share:
             # Each review its own text: the encoder's work is part of what is measured.
-            text = f'"{random.choice(WORDS)} and {random.choice(WORDS)}, as I hoped ({user} {n})"'
+            text = f'"{random.choice(WORDS)} and {random.choice(WORDS)}, as I hoped ({fresh})"'
         item = random.choice(items)
         rows.append(f"{user},{item},purchase,{stamp.isoformat()},,{text}")
         stamps.append((user, stamp))
@@ -114,7 +115,7 @@ def one_rate(args, settings: list[str], rate: int, users, items) -> dict:
         # run's state): one event of its own goes first and the clock starts once it is served.
         warm_user = f"warmup{STARTED:%H%M%S}_{rate}"
         stamp = STARTED - timedelta(hours=1, seconds=1 + args.rate_index)
-        review = "a first review to encode"
+        review = f"a first review to encode ({warm_user})"  # new to the text cache
         (landing / ".warmup.part").write_text(
             f"{HEADER}{warm_user},{items[0]},purchase,{stamp.isoformat()},,{review}\n"
         )
@@ -142,11 +143,13 @@ def one_rate(args, settings: list[str], rate: int, users, items) -> dict:
     writer.start()
     deadline = None
     while True:
+        # What a query sees, it saw from its start: the query's own seconds are not the
+        # stream's (a poll over every snapshot takes about 0.4 s here).
+        now = time.time()
         try:
             folded = visible(db_root, cfg.run.database)
         except Exception:  # noqa: BLE001 - no live table yet
             folded = set()
-        now = time.time()
         for key in folded & written.keys():
             seen.setdefault(key, now)
         if stop.is_set():

@@ -227,7 +227,7 @@ def _event_checks(
 
 def _split_rejects(
     df: DataFrame,
-    checks: list,
+    reason: Column,
     repeats: Window,
     repeat_reason: str,
     run_id: str,
@@ -236,7 +236,7 @@ def _split_rejects(
 ) -> Validated:
     """Reject a row with its first failing check's reason; of the valid rows that fall in one
     ``repeats`` window, keep the first and reject the others with ``repeat_reason``."""
-    flagged = df.withColumn("_reason", _reason(checks))
+    flagged = df.withColumn("_reason", reason)
     flagged = flagged.withColumn(
         "_reason",
         F.when(
@@ -260,6 +260,21 @@ def _exact_repeats(keys: list[str]) -> Window:
     return Window.partitionBy(*keys, "raw").orderBy(F.lit(1))
 
 
+# Built Columns by (config, key): the stream validates every micro-batch with the same checks, and
+# building them is a few thousand py4j calls (0.4 s); a Column names its inputs, so it applies
+# to any frame with the same columns.
+_BUILT: dict[tuple, tuple[Config, Column]] = {}
+
+
+def _memoised(cfg: Config, key: tuple, build) -> Column:
+    entry = _BUILT.get((id(cfg), *key))
+    if entry is None or entry[0] is not cfg:
+        if len(_BUILT) >= 16:
+            _BUILT.clear()
+        entry = _BUILT[(id(cfg), *key)] = (cfg, build())
+    return entry[1]
+
+
 def validate_behaviour(
     df: DataFrame, cfg: Config, run_id: str, *, latest_event_ts: datetime
 ) -> Validated:
@@ -270,16 +285,24 @@ def validate_behaviour(
     """
     df = _normalise_ids(df, cfg, [USER_COL, ITEM_COL])
     df = df.withColumn("_ts", parse_event_ts(F.col(TS_COL)))
-    checks = _event_checks(df, cfg, latest_event_ts)
-    checks += [
-        (
-            ~F.col(EVENT_COL).isin(list(cfg.ingest.event_types)) | F.col(EVENT_COL).isNull(),
-            f"{EVENT_COL} not in {list(cfg.ingest.event_types)}",
-        ),
-        ((F.col(EVENT_COL) == "rating") & F.col(RATING_COL).isNull(), RATING_EVENT_WITHOUT_RATING),
-    ]
+
+    def reason() -> Column:
+        checks = _event_checks(df, cfg, latest_event_ts)
+        checks += [
+            (
+                ~F.col(EVENT_COL).isin(list(cfg.ingest.event_types)) | F.col(EVENT_COL).isNull(),
+                f"{EVENT_COL} not in {list(cfg.ingest.event_types)}",
+            ),
+            (
+                (F.col(EVENT_COL) == "rating") & F.col(RATING_COL).isNull(),
+                RATING_EVENT_WITHOUT_RATING,
+            ),
+        ]
+        return _reason(checks)
+
+    key = ("behaviour", tuple(df.columns), latest_event_ts)
     repeats = _exact_repeats([USER_COL, ITEM_COL, "_ts", EVENT_COL])
-    return _split_rejects(df, checks, repeats, "duplicate row", run_id)
+    return _split_rejects(df, _memoised(cfg, key, reason), repeats, "duplicate row", run_id)
 
 
 def validate_reviews(
@@ -303,7 +326,7 @@ def validate_reviews(
     if rating_required:
         checks.append((F.col(RATING_COL).isNull(), RATING_EVENT_WITHOUT_RATING))
     repeats = _exact_repeats([USER_COL, ITEM_COL, "_ts"])
-    return _split_rejects(df, checks, repeats, "duplicate row", run_id)
+    return _split_rejects(df, _reason(checks), repeats, "duplicate row", run_id)
 
 
 def validate_items(df: DataFrame, cfg: Config, run_id: str) -> Validated:
@@ -315,7 +338,8 @@ def validate_items(df: DataFrame, cfg: Config, run_id: str) -> Validated:
     richest = Window.partitionBy(ITEM_COL).orderBy(
         F.length(F.coalesce("description", F.lit(""))).desc(), F.col("raw")
     )
-    return _split_rejects(df, checks, richest, f"duplicate {ITEM_COL}", run_id, keep_user=False)
+    reason = _reason(checks)
+    return _split_rejects(df, reason, richest, f"duplicate {ITEM_COL}", run_id, keep_user=False)
 
 
 def review_text(df: DataFrame) -> Column:

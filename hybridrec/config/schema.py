@@ -117,6 +117,7 @@ RANGES: dict[str, Bounds] = {
     "stream.trigger_seconds": POSITIVE,
     "stream.max_files_per_trigger": SPARK_INT,
     "stream.fold_block_users": COUNT,
+    "stream.local_max_events": NON_NEGATIVE,
     "stream.kafka.max_offsets_per_trigger": SPARK_INT,
     "spark.shuffle_partitions": SPARK_INT,
     "spark.arrow_batch_rows": SPARK_INT,

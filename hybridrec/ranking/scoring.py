@@ -376,21 +376,31 @@ def recommend(
     """Top-K rows per user for each named weight set (``model``); ``recent_sharpness`` overrides
     the configured one."""
     models = {name: dict(weights) for name, weights in models.items()}
-    settings = kernel_settings(cfg, recent_sharpness)
-    popular_share = cfg.score.popular_reason_share
     return _map_user_blocks(
         users,
         catalog,
         cfg,
         RECOMMENDATION_SCHEMA,
-        lambda block, items: full_ranking.recommend_block(
-            block,
-            items,
-            models,
-            popular_share=popular_share,
-            **_rerank_settings(cfg),
-            **settings,
-        ),
+        lambda block, items: recommend_block(block, items, models, cfg, recent_sharpness),
+    )
+
+
+def recommend_block(
+    block: pd.DataFrame,
+    catalog: ranking_kernel.ItemCatalog,
+    models: Mapping[str, Mapping[str, float]],
+    cfg: Config,
+    recent_sharpness: float | None = None,
+) -> pd.DataFrame:
+    """``recommend`` of one block of users (``build_user_frame``'s columns) in this process:
+    the body of its UDF, also what the stream calls on a small micro-batch's users."""
+    return full_ranking.recommend_block(
+        block,
+        catalog,
+        models,
+        popular_share=cfg.score.popular_reason_share,
+        **_rerank_settings(cfg),
+        **kernel_settings(cfg, recent_sharpness),
     )
 
 

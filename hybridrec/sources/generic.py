@@ -37,7 +37,7 @@ unless ``allowUnquotedControlChars`` is set) keeps its whole text as ``raw`` wit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -135,8 +135,16 @@ def csv_options(options: Mapping[str, str]) -> dict[str, str]:
     return merged
 
 
-def read_csv(spark: SparkSession, path: str, options: Mapping[str, str]) -> DataFrame:
-    """A CSV table, every column as text, with ``RAW_COL`` and ``ERROR_COL`` (see module doc)."""
+def read_csv(
+    spark: SparkSession,
+    path: str,
+    options: Mapping[str, str],
+    header: Sequence[str] | None = None,
+) -> DataFrame:
+    """A CSV table, every column as text, with ``RAW_COL`` and ``ERROR_COL`` (see module doc).
+
+    ``header``: the column names, when the caller has read the first line (the stream has):
+    Spark then reads the files once, not twice."""
     opts = _without(csv_options(options), "inferSchema", "columnNameOfCorruptRecord")
     # The text reader that finds the line ending reads UTF-8: another encoding keeps detection.
     sniffed = all(_get(opts, key) is None for key in ("lineSep", "encoding", "charset"))
@@ -144,7 +152,7 @@ def read_csv(spark: SparkSession, path: str, options: Mapping[str, str]) -> Data
         opts["lineSep"] = _line_separator(spark, path)
     # The header (or the first record's width) gives the columns; the file is then read again
     # with that schema plus a corrupt-record column, which catches records of another width.
-    names = spark.read.options(**opts).csv(path).columns
+    names = list(header) if header else spark.read.options(**opts).csv(path).columns
     if not names:
         return spark.createDataFrame([], T.StructType([]))  # an empty file
     schema = T.StructType(

@@ -340,8 +340,11 @@ TABLES.update(
                 "texts_encoded": "new review texts encoded (added to text_embeddings)",
                 "newest_event_ts": "newest event time folded in",
                 "lag_seconds": "commit time minus the newest landed file's modification time",
-                "seconds": "the micro-batch's wall time",
-                "committed_at": "when the micro-batch's tables were all published (UTC)",
+                "seconds": "the micro-batch's wall time until its tables were ready to write",
+                "committed_at": (
+                    "when the micro-batch's tables were ready to write (UTC); they are written "
+                    "side by side and published with this row last"
+                ),
                 "run_id": "stream-<stream start>-<batch>: the micro-batch's snapshot",
             },
         ),

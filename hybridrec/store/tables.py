@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -30,6 +31,7 @@ from hybridrec import views
 from hybridrec.config.loader import Config, work_path
 from hybridrec.constants import ITEMS, RECOMMENDATIONS
 from hybridrec.store import catalog
+from hybridrec.store.small_files import SmallFrame
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +113,8 @@ class Warehouse:
 
     @cached_property
     def _hadoop(self):
-        """Hadoop's Path class and configuration, looked up once per warehouse: each dotted step
-        of a py4j name is a round trip and a failed class lookup over every jar on the classpath
-        (0.7 s of the driver's time in a quick-profile run, which makes hundreds of file
-        operations)."""
+        """Hadoop's Path class and configuration, looked up once: each dotted step of a py4j name
+        is a failed class lookup over every jar (0.7 s of a quick-profile run's driver)."""
         context = self.spark.sparkContext
         return context._jvm.org.apache.hadoop.fs.Path, context._jsc.hadoopConfiguration()
 
@@ -161,6 +161,11 @@ class Warehouse:
             n[len(prefix) :] for n in self._children(self.path(name)) if n.startswith(prefix)
         )
 
+    def files_stamp(self, name: str) -> tuple:
+        """``name``'s snapshot folders and their files' names (new ones at every publish)."""
+        folders = sorted(self._children(self.path(name)))
+        return tuple((f, tuple(sorted(self._children(f"{self.path(name)}/{f}")))) for f in folders)
+
     def exists(self, name: str, *, run_id: str | None = None) -> bool:
         return self._exists(self.snapshot_path(name, self._run(run_id)))
 
@@ -186,8 +191,8 @@ class Warehouse:
         return self.spark.read.option("mergeSchema", "true").parquet(self.path(name))
 
     def _empty(self, name: str, run_id: str) -> DataFrame:
-        """A snapshot written with 0 rows and partition columns holds no file to take a schema
-        from: take it from the catalog."""
+        """A 0-row snapshot with partition columns has no file to take a schema from: ask the
+        catalog."""
         if not self.spark.catalog.tableExists(self.qualified(name)):
             raise MissingTableError(
                 f"table {self.qualified(name)} has an empty snapshot of run {run_id!r} and no "
@@ -214,9 +219,46 @@ class Warehouse:
         """Write ``df`` as run ``run_id``'s snapshot of ``name``, replacing an earlier attempt's
         whole, and return the rows written: counted by the write itself (an observed metric of
         its successful tasks), not by reading the files back, one Spark job less per table."""
-        run_id = self._run(run_id)
+        rows = self.write_together({name: df}, run_id=self._run(run_id), partition_by=partition_by)
+        return rows[name]
+
+    def write_together(
+        self,
+        frames: Mapping[str, DataFrame | SmallFrame],
+        *,
+        run_id: str,
+        partition_by: list[str] | None = None,
+    ) -> dict[str, int]:
+        """``write`` several snapshots of run ``run_id`` side by side (a ``SmallFrame``: by the
+        driver), each published once all are staged, in ``frames``' order (a snapshot that marks
+        the others complete goes last). Returns the rows of each."""
         started = time.perf_counter()
+        items = list(frames.items())
+        stage = lambda item: self._stage(item[1], item[0], run_id, partition_by)  # noqa: E731
+        if len(items) == 1:
+            staged = [stage(items[0])]
+        else:
+            with ThreadPoolExecutor(len(items), thread_name_prefix="write") as pool:
+                staged = list(pool.map(stage, items))
+        for (name, _), (staging, rows, columns) in zip(items, staged, strict=True):
+            self.publish(name, run_id, staging, columns=columns)
+            log.info(
+                "wrote %s run %s: %d rows in %.1fs -> %s",
+                self.qualified(name),
+                run_id,
+                rows,
+                time.perf_counter() - started,
+                self.snapshot_path(name, run_id),
+            )
+        return {name: rows for (name, _), (_, rows, _) in zip(items, staged, strict=True)}
+
+    def _stage(
+        self, df: DataFrame, name: str, run_id: str, partition_by: list[str] | None
+    ) -> tuple[str, int, set[str]]:
         staging = f"{self.db_root}/{STAGING}/{name}/{run_id}.{secrets.token_hex(4)}"
+        if isinstance(df, SmallFrame):  # rows in the driver: one file, no Spark job
+            rows = df.write_to(*self._hpath(f"{staging}/part-00000-{secrets.token_hex(8)}.parquet"))
+            return staging, rows, {*df.schema.fieldNames(), RUN_COL}
         if RUN_COL in df.columns:
             df = df.drop(RUN_COL)  # the folder carries it
         written = Observation()
@@ -224,17 +266,7 @@ class Warehouse:
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(staging)
-        rows = int(written.get["rows"])
-        self.publish(name, run_id, staging, columns={*df.columns, *(partition_by or []), RUN_COL})
-        log.info(
-            "wrote %s run %s: %d rows in %.1fs -> %s",
-            self.qualified(name),
-            run_id,
-            rows,
-            time.perf_counter() - started,
-            self.snapshot_path(name, run_id),
-        )
-        return rows
+        return staging, int(written.get["rows"]), {*df.columns, *(partition_by or []), RUN_COL}
 
     def publish(
         self, name: str, run_id: str, staging: str, *, columns: set[str] | None = None
@@ -423,8 +455,11 @@ class Warehouse:
         names = [name]
         if name == views.RUNS:
             names = [t for t in self.tables() if self.spark.catalog.tableExists(self.qualified(t))]
+        quoted_db = _quoted(self.database)
         for table in filter(views.has_latest_view, names):
-            self._create_latest_view(table)
+            comment = f"{catalog.table_comment(table) or table}: the newest complete run"
+            body = views.latest_view_body(quoted_db, table, _quoted)
+            self._create_view(table + views.LATEST_SUFFIX, body, comment)
         registered = {
             t: self.spark.catalog.tableExists(self.qualified(t))
             for t in (RECOMMENDATIONS, ITEMS, views.RECOMMENDATIONS_LIVE, views.STREAM_PROGRESS)
@@ -434,33 +469,17 @@ class Warehouse:
             and registered[RECOMMENDATIONS]
             and registered[ITEMS]
         ):
-            self._create_explained_view()
+            body = views.explained_view_body(quoted_db, _quoted)
+            self._create_view(views.EXPLAINED, body, catalog.EXPLAINED_DESCRIPTION)
         if {RECOMMENDATIONS, *views.STREAM_TABLES} & set(names) and registered[RECOMMENDATIONS]:
             live = registered[views.RECOMMENDATIONS_LIVE] and registered[views.STREAM_PROGRESS]
-            self.spark.sql(
-                "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
-                + views.current_view_body(_quoted(self.database), _quoted, live=live),
-                args={"v": self.qualified(views.CURRENT), "comment": catalog.CURRENT_DESCRIPTION},
-            )
+            body = views.current_view_body(quoted_db, _quoted, live=live)
+            self._create_view(views.CURRENT, body, catalog.CURRENT_DESCRIPTION)
 
-    def _create_latest_view(self, name: str) -> None:
+    def _create_view(self, view: str, body: str, comment: str) -> None:
         self.spark.sql(
-            "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
-            + views.latest_view_body(_quoted(self.database), name, _quoted),
-            args={
-                "v": self.qualified(name + views.LATEST_SUFFIX),
-                "comment": f"{catalog.table_comment(name) or name}: the newest complete run",
-            },
-        )
-
-    def _create_explained_view(self) -> None:
-        self.spark.sql(
-            "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS "
-            + views.explained_view_body(_quoted(self.database), _quoted),
-            args={
-                "v": self.qualified(views.EXPLAINED),
-                "comment": catalog.EXPLAINED_DESCRIPTION,
-            },
+            "CREATE OR REPLACE VIEW IDENTIFIER(:v) COMMENT :comment AS " + body,
+            args={"v": self.qualified(view), "comment": comment},
         )
 
     def register_all(self, names: Iterable[str]) -> list[str]:

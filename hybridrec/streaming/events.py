@@ -98,10 +98,20 @@ def _read_group(spark: SparkSession, paths: list[str], cfg: Config, first) -> Da
         if first is None:
             raise OSError("cannot be opened")
         options = {"lineSep": "\r\n" if first[1] else "\n"}
-        df = generic.to_raw(generic.read_csv(spark, paths, options), EVENT_SCHEMA, {}, "")
+        table = generic.read_csv(spark, paths, options, _plain_header(first[0]))
+        df = generic.to_raw(table, EVENT_SCHEMA, {}, "")
     # The file each row came from: the name of the landed file, as ingest's sources name theirs.
     source = F.concat(F.lit(f"stream:{cfg.stream.format}:"), F.col("_metadata.file_path"))
     return df.withColumn("source", source)
+
+
+def _plain_header(line: bytes) -> list[str] | None:
+    """The column names of a first line Spark would read the same way (ASCII, no quote or
+    escape, distinct non-empty names); None leaves the header to Spark."""
+    names = line.decode("ascii", "replace").split(",")
+    plain = line.isascii() and not {ord('"'), ord("\\")} & set(line)
+    distinct = len({n.lower() for n in names}) == len(names) and all(names)
+    return names if plain and distinct else None
 
 
 def _unreadable(spark: SparkSession, path: str, cfg: Config) -> DataFrame:

@@ -195,9 +195,11 @@ def test_a_kill_9_mid_batch_and_a_restart_count_every_event_once(stream_home):
     assert all(r["n"] == r["ranks"] == k for r in lists)
 
 
-def test_a_live_list_for_a_history_equals_the_batch_list(spark, analyst_run, tiny_settings):
+@pytest.mark.parametrize("path", ["spark", "driver"])
+def test_a_live_list_for_a_history_equals_the_batch_list(spark, analyst_run, tiny_settings, path):
     """Folded in from exactly the history the batch ranked from, the live path (fold-in, text
-    vectors, the one ranking function) gives the batch's lists."""
+    vectors, the one ranking function) gives the batch's lists: as Spark jobs (a large
+    micro-batch) and in the driver (a small one)."""
     from pyspark.sql import functions as F
 
     from hybridrec.config.loader import load_config
@@ -217,6 +219,19 @@ def test_a_live_list_for_a_history_equals_the_batch_list(spark, analyst_run, tin
     )
     serving = live.load_serving(spark, cfg, analyst_run.run_id, warehouse)
     fitted_on = history(warehouse.read(INTERACTIONS), TEST).select(*EVENT_COLUMNS)
+    if path == "driver":
+        from hybridrec.streaming import local
+
+        state = local.load(serving)
+        try:
+            lists, encoded = local.live_lists(
+                serving, state, fitted_on.toPandas(), cfg, exclude_run="none"
+            )
+        finally:
+            state.release()
+        assert encoded.empty  # every review's vector came from the run's own
+        _assert_same_lists(lists, warehouse.read(RECOMMENDATIONS).toPandas())
+        return
     no_new_texts = spark.createDataFrame(
         [], "text_hash string, model_id string, embedding array<float>"
     )
@@ -227,8 +242,10 @@ def test_a_live_list_for_a_history_equals_the_batch_list(spark, analyst_run, tin
         live.text_cache(serving, snapshot="none"),
         cfg,
     ).toPandas()
-    batch = warehouse.read(RECOMMENDATIONS).toPandas()
+    _assert_same_lists(lists, warehouse.read(RECOMMENDATIONS).toPandas())
 
+
+def _assert_same_lists(lists, batch):
     def ranked(frame):
         frame = frame.sort_values(["user_id", "rank"])
         return frame.groupby("user_id")["item_id"].apply(list).to_dict()
