@@ -1,3 +1,4 @@
-"""The warehouse: run snapshots written to staging and published atomically, the persistent
+"""The warehouse: run snapshots written to staging (by Spark, or by the driver for rows it
+holds) and published atomically, the persistent
 catalog with its views and comments, the ``runs`` table, and the run lock. May import ``config``,
 ``constants``, ``views`` and ``safety``."""
