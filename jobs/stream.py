@@ -181,6 +181,9 @@ class MicroBatches:
             folded, users, texts, newest, outputs = self.fold_in_spark(
                 valid, n_valid, snapshot, batch_id, serving
             )
+            self._live_events = (
+                None  # its events are in events_live only: read back when next needed
+            )
         committed = datetime.now(timezone.utc)
         if newest_arrival.tzinfo is None:  # Spark hands local-time datetimes to Python
             newest_arrival = newest_arrival.astimezone(timezone.utc)
@@ -312,7 +315,7 @@ class MicroBatches:
             self.clear(TEXT_EMBEDDINGS, snapshot)
         else:
             new_texts.insert(1, "model_id", serving.model_id)
-            outputs[TEXT_EMBEDDINGS] = SmallFrame(new_texts, local.VECTOR_SCHEMA)
+            outputs[TEXT_EMBEDDINGS] = SmallFrame(new_texts, live.VECTOR_SCHEMA)
         folded, texts = len(fresh), len(new_texts)
         self._live_events = pd.concat([earlier, fresh.assign(run_id=snapshot)], ignore_index=True)
         newest = fresh["event_ts"].max().tz_localize("UTC").to_pydatetime()  # session time: UTC

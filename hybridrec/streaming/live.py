@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from hybridrec.config.loader import Config
 from hybridrec.constants import (
@@ -50,7 +51,14 @@ from udfs.rerank import DEBIAS, debiased
 
 log = logging.getLogger(__name__)
 
-VECTOR_SCHEMA = f"text_hash string, model_id string, {EMBEDDING_COL} array<float>"
+# text_embeddings: a review text's vector from one encoder.
+VECTOR_SCHEMA = T.StructType(
+    [
+        T.StructField("text_hash", T.StringType()),
+        T.StructField("model_id", T.StringType()),
+        T.StructField(EMBEDDING_COL, T.ArrayType(T.FloatType())),
+    ]
+)
 # Served lists come from the test fold: the models refitted on train and validation.
 SERVED_FOLD = TEST
 

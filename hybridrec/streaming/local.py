@@ -64,14 +64,6 @@ LIST_SCHEMA = T.StructType(
         T.StructField("serving_run_id", T.StringType()),
     ]
 )
-# text_embeddings: a review text's vector from one encoder.
-VECTOR_SCHEMA = T.StructType(
-    [
-        T.StructField("text_hash", T.StringType()),
-        T.StructField("model_id", T.StringType()),
-        T.StructField(EMBEDDING_COL, T.ArrayType(T.FloatType())),
-    ]
-)
 # An exact repeat: the same user, item, type, time, rating and text (nulls equal).
 REPEAT_KEYS = [USER_COL, ITEM_COL, EVENT_COL, TS_COL, RATING_COL, TEXT_COL]
 
