@@ -161,24 +161,10 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         factors(validation_model, validation_data, VALIDATION),
         factors(test_model, test_data, TEST),
     ]
-    results["user_factors"] = warehouse.write(
-        reduce(DataFrame.unionByName, [u for u, _ in fold_factors]),
-        ALS_USER_FACTORS,
-        partition_by=[FOLD_COL],
-    )
-    results["item_factors"] = warehouse.write(
-        reduce(DataFrame.unionByName, [i for _, i in fold_factors]),
-        ALS_ITEM_FACTORS,
-        partition_by=[FOLD_COL],
-    )
     fitted = {"rank": int(params["rank"]), "reg_param": float(params["reg_param"])}
     fitted |= {"alpha": float(params["alpha"]), "implicit": bool(cfg.als.implicit)}
     fitted |= {"nonnegative": bool(cfg.als.nonnegative)}
-    warehouse.write(
-        spark.createDataFrame([{**fitted, FOLD_COL: fold} for fold in (VALIDATION, TEST)]),
-        ALS_PARAMS,
-        partition_by=[FOLD_COL],
-    )
+    folds = (VALIDATION, TEST)
     item_lists = {
         ITEM_NEIGHBOURS: lambda fold: cooc.item_neighbours(
             interactions,
@@ -194,12 +180,24 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
             neighbours=cfg.transitions.neighbours,
         ),
     }
-    for table, build in item_lists.items():
-        results[table] = warehouse.write(
-            reduce(DataFrame.unionByName, [build(fold) for fold in (VALIDATION, TEST)]),
-            table,
-            partition_by=[FOLD_COL],
-        )
+    # Five independent outputs written side by side: on a small run each write is mostly
+    # waiting (job start, commit, catalog), not work.
+    written = warehouse.write_together(
+        {
+            ALS_USER_FACTORS: reduce(DataFrame.unionByName, [u for u, _ in fold_factors]),
+            ALS_ITEM_FACTORS: reduce(DataFrame.unionByName, [i for _, i in fold_factors]),
+            ALS_PARAMS: spark.createDataFrame([{**fitted, FOLD_COL: fold} for fold in folds]),
+            **{
+                table: reduce(DataFrame.unionByName, [build(fold) for fold in folds])
+                for table, build in item_lists.items()
+            },
+        },
+        run_id=run_id,
+        partition_by=[FOLD_COL],
+    )
+    results["user_factors"] = written[ALS_USER_FACTORS]
+    results["item_factors"] = written[ALS_ITEM_FACTORS]
+    results.update({table: written[table] for table in item_lists})
     if cfg.mlflow.log_model:
         tracking.log_spark_model(
             cf.scoring_pipeline(test_model, test_data.users, test_data.items),

@@ -123,13 +123,6 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
             for fold in FOLDS
         ],
     )
-    n_pairs = warehouse.write(closest, ITEM_TEXT_NEIGHBOURS, partition_by=[FOLD_COL])
-    log.info(
-        "%d text neighbour pairs (up to %d per item, both folds) in %.1fs",
-        n_pairs,
-        cfg.embed.text_neighbours,
-        time.perf_counter() - started,
-    )
     user_vectors = reduce(
         DataFrame.unionByName,
         [
@@ -144,7 +137,20 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
             for fold in FOLDS
         ],
     )
-    n_users = warehouse.write(user_vectors, USER_EMBEDDINGS, partition_by=[FOLD_COL])
+    # Side by side: each of the two is a few small jobs, on a small run mostly waiting.
+    written = warehouse.write_together(
+        {ITEM_TEXT_NEIGHBOURS: closest, USER_EMBEDDINGS: user_vectors},
+        run_id=run_id,
+        partition_by=[FOLD_COL],
+    )
+    n_pairs, n_users = written[ITEM_TEXT_NEIGHBOURS], written[USER_EMBEDDINGS]
+    log.info(
+        "%d text neighbour pairs (up to %d per item, both folds) and %d user vectors in %.1fs",
+        n_pairs,
+        cfg.embed.text_neighbours,
+        n_users,
+        time.perf_counter() - started,
+    )
     return {
         "texts_encoded": n_todo,
         "texts_per_second": n_todo / encode_seconds if encode_seconds else 0.0,

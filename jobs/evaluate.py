@@ -271,19 +271,22 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         mode.n_items,
         cfg,
     )
+    # A few rows per model and metric, two tables read them: computed once (the coverage,
+    # diversity and novelty jobs), then the three tables written side by side.
+    metrics = metrics.localCheckpoint()
     is_curve = F.col("model").startswith(CURVE_PREFIX)
-    warehouse.write(
-        metrics.where(~is_curve).unionByName(
-            evaluation.reason_shares(recs.where(F.col("model") == HYBRID), k).withColumn(
-                SEGMENT, F.lit("all")
-            )
-        ),
-        METRICS,
+    warehouse.write_together(
+        {
+            METRICS: metrics.where(~is_curve).unionByName(
+                evaluation.reason_shares(recs.where(F.col("model") == HYBRID), k).withColumn(
+                    SEGMENT, F.lit("all")
+                )
+            ),
+            COMPARISONS: comparisons,
+            DEBIAS_CURVE: debias_curve(metrics.where(is_curve), picked["hybrid"][DEBIAS]),
+        },
         run_id=run_id,
     )
-    warehouse.write(comparisons, COMPARISONS, run_id=run_id)
-    curve = debias_curve(metrics.where(is_curve), picked["hybrid"][DEBIAS])
-    warehouse.write(curve, DEBIAS_CURVE, run_id=run_id)
     log_curve(warehouse.read(DEBIAS_CURVE).drop("run_id").toPandas(), k)
     if linear_picks:
         mlflow.log_params(linear_picks)

@@ -100,13 +100,14 @@ def _write(
     interactions = ingest.leave_last_out_split(joined)
     counts["interactions"] = warehouse.write(interactions, INTERACTIONS, run_id=run_id)
     interactions = warehouse.read(INTERACTIONS, run_id=run_id)
-    items = ingest.build_items(valid["items"], interactions)
-    counts["items"] = warehouse.write(items, ITEMS, run_id=run_id)
     rejects = reduce(
         DataFrame.unionByName,
         [checked[kind].rejects.select(*ingest.REJECT_COLUMNS) for kind in checked],
     )
-    counts["rejects"] = warehouse.write(rejects, REJECTS, run_id=run_id)
+    written = warehouse.write_together(
+        {ITEMS: ingest.build_items(valid["items"], interactions), REJECTS: rejects}, run_id=run_id
+    )
+    counts["items"], counts["rejects"] = written[ITEMS], written[REJECTS]
     counts.update(
         _check_accounting(
             warehouse.read(REJECTS, run_id=run_id),

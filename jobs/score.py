@@ -44,7 +44,6 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     picks = chosen.weights
     hybrid = picks[picks["model"] == "hybrid"].iloc[0]
     picks = picks.drop(columns=["candidate_recall"], errors="ignore")
-    warehouse.write(spark.createDataFrame(picks), FUSION_WEIGHTS, run_id=run_id)
     debias = float(hybrid[DEBIAS])
     weights = {part: float(hybrid[part]) for part in PARTS}
     sharpness = float(hybrid["recent_sharpness"])
@@ -59,7 +58,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         recent_sharpness=sharpness,
         mode=mode,
     )
-    n = warehouse.write(recs.drop("model"), RECOMMENDATIONS, run_id=run_id)
+    written = warehouse.write_together(
+        {RECOMMENDATIONS: recs.drop("model"), FUSION_WEIGHTS: spark.createDataFrame(picks)},
+        run_id=run_id,
+    )
+    n = written[RECOMMENDATIONS]
     results = {
         "recommendations": n,
         "catalog_items": mode.n_items,

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TextIO
@@ -101,10 +102,14 @@ def _run_stages(
         spark=spark,
     )
     with progress.heartbeat(spark.sparkContext, f"run {run_id}"), _held(lock):
-        warehouse = Warehouse.from_config(spark, cfg, run_id)
-        history = RunLog(warehouse)
-        history.fail_abandoned()
-        tracking.fail_abandoned_runs(cfg)
+        # The catalog's first call boots the metastore (seconds on a new warehouse) while the
+        # MLflow store opens (its schema checked or created): the two side by side.
+        with ThreadPoolExecutor(1, thread_name_prefix="mlflow-open") as aside:
+            abandoned = aside.submit(tracking.fail_abandoned_runs, cfg)
+            warehouse = Warehouse.from_config(spark, cfg, run_id)
+            history = RunLog(warehouse)
+            history.fail_abandoned()
+            abandoned.result()
         history.begin(run_id, cfg)
         # The stream publishes its snapshots as files (it leaves the catalog to the batch, see
         # Warehouse.catalog_writes): they join the catalog here.

@@ -15,6 +15,11 @@ if TYPE_CHECKING:  # pyspark loads in seconds: paths and settings are needed wit
     from pyspark.sql import SparkSession
 
 GPU_TASK_AMOUNT = "spark.task.resource.gpu.amount"
+# Java options for a driver JVM that lives for small jobs only (the quick profile, tests): the
+# client compiler alone (no C2) spends a fraction of the CPU on compiling that both tiers do, the
+# cost that dominates such a JVM on 2 cores; alone it gets a small code cache, which then fills
+# and is swept, hence its size. conf/quick.yaml spells the same value.
+SHORT_JOB_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
 GPU_RESOURCE = re.compile(r"^spark\.(task|executor|driver|worker)\.resource\.gpu\.")
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import hybridrec
 from hybridrec.config.loader import Config, ConfigError
 from hybridrec.safety.redaction import redact_mapping
+from hybridrec.store.small_files import SmallFrame
 from hybridrec.store.tables import Warehouse
 
 log = logging.getLogger(__name__)
@@ -126,8 +128,8 @@ class RunLog:
 
     def _put(self, run_id: str, record: Mapping[str, Any]) -> None:
         row = {field.name: record.get(field.name) for field in SCHEMA.fields}
-        df = self.warehouse.spark.createDataFrame([row], schema=SCHEMA)
-        self.warehouse.write(df, RUNS, run_id=run_id)
+        # One row, seven times a run: written by the driver, no Spark job.
+        self.warehouse.write(SmallFrame(pd.DataFrame([row]), SCHEMA), RUNS, run_id=run_id)
         self._written[run_id] = {**row, "run_id": run_id}
 
     def begin(self, run_id: str, cfg: Config) -> dict[str, Any]:

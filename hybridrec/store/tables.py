@@ -210,7 +210,7 @@ class Warehouse:
 
     def write(
         self,
-        df: DataFrame,
+        df: DataFrame | SmallFrame,
         name: str,
         *,
         run_id: str | None = None,

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Small enough for CI, large enough that every table, segment and reason kind has rows.
@@ -39,7 +41,11 @@ TINY_SETTINGS = {
     # One point per baseline grid: these runs test the platform, not the picks.
     "evaluate": {"k": 5, "ease": {"l2_grid": [10.0]}, "item_knn": {"neighbours_grid": [10]}},
     "embed": {"text_neighbours": 10},
-    "spark": {"master": "local[2]", "shuffle_partitions": 2},
+    "spark": {
+        "master": "local[2]",
+        "shuffle_partitions": 2,
+        "conf": {"spark.driver.extraJavaOptions": SHORT_JOB_JAVA_OPTIONS},
+    },
 }
 
 

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from hybridrec.config.loader import load_config
+from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS
 from hybridrec.sources import sample
 
 pytestmark = pytest.mark.slow
@@ -214,6 +215,8 @@ def test_daily_dag_runs_the_logical_dates_partition_and_a_rerun_resumes_it(tmp_p
         "HYBRIDREC_SET": f"source.kind=generic,source.generic.format=csv,{table_paths}",
         # A failing job should fail this test now, not after retries minutes apart.
         "HYBRIDREC_RETRIES": "0",
+        # spark-submit starts each job's driver JVM before the job's settings are read.
+        "JDK_JAVA_OPTIONS": SHORT_JOB_JAVA_OPTIONS,
     }
     airflow = venv / "bin/airflow"
     conf_args = ["--conf", REPO / "conf/local.yaml", "--conf", overlay]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS
 from hybridrec.ops.tracking import ROLE_TAG, RUN_ID_TAG
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,7 @@ TINY = [
     "embed.text_neighbours=10",
     "spark.master=local[2]",
     "spark.shuffle_partitions=2",
+    f"spark.conf.spark.driver.extraJavaOptions={SHORT_JOB_JAVA_OPTIONS}",
 ]
 RUNS = ("P1", "P2", "P3", "P4")
 TABLES = (

@@ -19,8 +19,11 @@ from hybridrec.config.loader import (
 )
 from hybridrec.config.schema import LIST_RANGES, MAP_RANGES, OPEN_MAPS, OPTIONAL_TYPES, RANGES
 from hybridrec.ops.runner import new_run_id
+from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS
 from pipelines.end_to_end import STAGES
 from udfs.ranking_kernel import PARTS
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _overlay(folder: Path, name: str, text: str) -> Path:
@@ -1030,3 +1033,12 @@ def test_every_shipped_conf_file_loads(name):
     remote = ["source.amazon.reviews_path=hdfs://nn/r.json", "source.movielens.path=hdfs://nn/ml"]
 
     load_config([conf_dir() / name], remote)
+
+
+def test_the_quick_profile_and_the_suites_jvms_take_the_short_job_java_options(spark):
+    quick = yaml.safe_load((REPO / "conf" / "quick.yaml").read_text(encoding="utf-8"))
+    assert quick["spark"]["conf"]["spark.driver.extraJavaOptions"] == SHORT_JOB_JAVA_OPTIONS
+    # What the JVM was started with: the options reached it, split into two arguments.
+    runtime = spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    arguments = list(runtime.getInputArguments())
+    assert set(SHORT_JOB_JAVA_OPTIONS.split()) <= set(arguments), arguments
