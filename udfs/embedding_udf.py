@@ -9,7 +9,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from udfs.encoder import choose_device, get_encoder
+from udfs.encoder import CPU_BACKENDS, choose_device, get_encoder
 
 
 def encode_texts_udf(
@@ -24,12 +24,13 @@ def encode_texts_udf(
     """A pandas UDF mapping a string column to ``array<float>`` L2-normalised text vectors.
 
     ``model_path`` None: the bundled model, resolved by each worker in its own environment.
-    ``backend`` ``onnx`` encodes on the task's CPUs whatever the device setting.
+    ``backend`` ``torch-bf16``, ``onnx`` or ``onnx-fp32`` encodes on the task's CPUs whatever the
+    device setting.
     """
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def encode_texts(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        where = "cpu" if backend == "onnx" else choose_device(device)
+        where = "cpu" if backend in CPU_BACKENDS else choose_device(device)
         encoder = get_encoder(model_path, where, max_length, batch_size, backend, onnx_cache_dir)
         for texts in batches:
             vectors = encoder.encode(texts.fillna("").tolist())

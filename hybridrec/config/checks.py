@@ -231,11 +231,11 @@ class _Checker:
                 self.fail(key, f"is needed: {self.shown('stream.source')} reads a Kafka topic")
 
     def check_embed_backend(self) -> None:
-        if self.get("embed.backend") == "onnx" and self.get("embed.device") == "cuda":
+        if self.get("embed.backend") != "torch" and self.get("embed.device") == "cuda":
             self.fail(
                 "embed.backend",
-                f"encodes on the CPU only (ONNX Runtime's CPU provider), but "
-                f"{self.shown('embed.device')} asks for a GPU: use embed.backend torch on GPUs",
+                f"encodes on the CPU only, but {self.shown('embed.device')} asks for a GPU: use "
+                "embed.backend torch on GPUs (it encodes in float16 there)",
             )
 
     def check_event_types(self) -> None:

@@ -28,7 +28,7 @@ CHOICES = {
     "ingest.split": {"leave_last_out"},
     "ingest.id_whitespace": {"reject", "trim"},
     "embed.device": {"auto", "cpu", "cuda"},
-    "embed.backend": {"torch", "onnx"},
+    "embed.backend": {"torch", "torch-bf16", "onnx", "onnx-fp32"},
     "als.cold_start_strategy": {"drop", "nan"},
     "score.normalisation": {"zscore", "minmax", "rank"},
     "score.catalog": {"interacted", "all"},
