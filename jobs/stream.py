@@ -181,9 +181,8 @@ class MicroBatches:
             folded, users, texts, newest, outputs = self.fold_in_spark(
                 valid, n_valid, snapshot, batch_id, serving
             )
-            self._live_events = (
-                None  # its events are in events_live only: read back when next needed
-            )
+            # Its events are in events_live only: read back when next needed.
+            self._live_events = None
         committed = datetime.now(timezone.utc)
         if newest_arrival.tzinfo is None:  # Spark hands local-time datetimes to Python
             newest_arrival = newest_arrival.astimezone(timezone.utc)

@@ -40,6 +40,17 @@ class CpuInfo:
         return f"{self.model} ({sets})"
 
 
+def refuse_without(cpu: CpuInfo, vector_sets: tuple[str, ...], refusal: str) -> None:
+    """Raise ``RuntimeError(refusal)`` where ``cpu`` has none of ``vector_sets``; a CPU whose
+    flags are unknown passes."""
+    if cpu.flags is not None and not any(cpu.has(name) for name in vector_sets):
+        raise RuntimeError(refusal)
+
+
+def _platform_model() -> str:
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def parse_cpuinfo(text: str) -> CpuInfo:
     """The first processor's model name and flags in a Linux ``/proc/cpuinfo``."""
     fields: dict[str, str] = {}
@@ -52,7 +63,7 @@ def parse_cpuinfo(text: str) -> CpuInfo:
         fields.setdefault(key.strip(), value.strip())
     flags = fields.get("flags")
     return CpuInfo(
-        fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU",
+        fields.get("model name") or _platform_model(),
         frozenset(flags.split()) if flags is not None else None,
     )
 
@@ -63,4 +74,4 @@ def this_cpu() -> CpuInfo:
     try:
         return parse_cpuinfo(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
     except OSError:
-        return CpuInfo(platform.processor() or platform.machine() or "unknown CPU", None)
+        return CpuInfo(_platform_model(), None)

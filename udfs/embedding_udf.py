@@ -9,7 +9,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from udfs.encoder import CPU_BACKENDS, choose_device, get_encoder
+from udfs.encoder import choose_device, get_encoder
 
 
 def encode_texts_udf(
@@ -30,7 +30,7 @@ def encode_texts_udf(
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def encode_texts(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        where = "cpu" if backend in CPU_BACKENDS else choose_device(device)
+        where = choose_device(device) if backend == "torch" else "cpu"
         encoder = get_encoder(model_path, where, max_length, batch_size, backend, onnx_cache_dir)
         for texts in batches:
             vectors = encoder.encode(texts.fillna("").tolist())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from udfs.batching import encode_by_length
-from udfs.cpu import CpuInfo, this_cpu
+from udfs.cpu import CpuInfo, refuse_without, this_cpu
 
 log = logging.getLogger(__name__)
 # Weights only ever come from a local folder; never let a missing file turn into a download.
@@ -23,12 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-# ONNX backends and their precision. Their vectors are close to the torch ones, not equal: each
-# gets its own suffix on the vectors' cache key, as torch-bf16's do.
+# ONNX backends and their precision. Every backend but torch encodes on the CPU whatever
+# embed.device says, and its vectors are close to the torch ones, not equal: each gets its own
+# suffix on the vectors' cache key.
 ONNX_PRECISION = {"onnx": "int8", "onnx-fp32": "fp32"}
 BACKEND_SUFFIX = {"torch-bf16": "+bf16", **{b: f"+onnx-{p}" for b, p in ONNX_PRECISION.items()}}
-# Backends that encode on the CPU whatever embed.device says.
-CPU_BACKENDS = {"torch-bf16", *ONNX_PRECISION}
 
 
 def bundled_model_path() -> str:
@@ -117,11 +116,12 @@ def _task_label() -> str:
 def refuse_bf16_without_support(cpu: CpuInfo) -> None:
     """bf16 on the CPU only where it multiplies bf16 natively (AMX, AVX512-BF16): elsewhere it is
     emulated, slower than float. Unknown flags pass."""
-    if cpu.flags is not None and not cpu.has("BF16"):
-        raise RuntimeError(
-            f"embed.backend torch-bf16 on {cpu.describe()}: without AMX or AVX512-BF16 bf16 is "
-            "slower than float; use embed.backend torch on this host"
-        )
+    refuse_without(
+        cpu,
+        ("BF16",),
+        f"embed.backend torch-bf16 on {cpu.describe()}: without AMX or AVX512-BF16 bf16 is "
+        "slower than float; use embed.backend torch on this host",
+    )
 
 
 class TextEncoder:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from udfs.batching import encode_by_length
-from udfs.cpu import CpuInfo, this_cpu
+from udfs.cpu import CpuInfo, refuse_without, this_cpu
 
 log = logging.getLogger(__name__)
 # Bump a recipe when its export, quantisation or fusion changes: cached files of an older one are
@@ -162,11 +162,12 @@ def _fuse(source: Path, out: Path, path: str) -> None:
 
 def refuse_int8_without_vnni(cpu: CpuInfo) -> None:
     """int8 only where the CPU multiplies int8 in its vector units; unknown flags pass."""
-    if cpu.flags is not None and not (cpu.has("VNNI") or cpu.has("AMX")):
-        raise RuntimeError(
-            f"embed.backend onnx (int8) on {cpu.describe()}: without VNNI or AMX int8 is no "
-            "faster than float; use embed.backend onnx-fp32 or torch on this host"
-        )
+    refuse_without(
+        cpu,
+        ("VNNI", "AMX"),
+        f"embed.backend onnx (int8) on {cpu.describe()}: without VNNI or AMX int8 is no "
+        "faster than float; use embed.backend onnx-fp32 or torch on this host",
+    )
 
 
 class OnnxTextEncoder:
