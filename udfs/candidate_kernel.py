@@ -10,7 +10,8 @@ replaced by "every candidate".
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -20,6 +21,8 @@ from udfs.ranking_kernel import PARTS, normalise, stack_vectors
 from udfs.reasons import NAMED_REASONS, REASONS, UNEXPLAINED, dominant_parts, part_contributions
 from udfs.rerank import model_scores, rerank_top_k, reranked_target_ranks, tie_break
 
+# A target that is not among a user's candidates ranks below any top-K.
+MISS_RANK = 2**31 - 1
 # The recommendations table's columns in order
 # (``hybridrec.ranking.scoring.RECOMMENDATION_SCHEMA``).
 RECOMMENDATION_COLUMNS = (
@@ -105,10 +108,56 @@ def layout(
     return parts, candidates, pair_at, row
 
 
-def _normalised(parts, candidates: np.ndarray, method: str):
-    normalised = {p: normalise(s, v & candidates, method) for p, (s, v) in parts.items()}
-    defined = {p: v for p, (_, v) in parts.items()}
-    return normalised, defined
+@dataclass
+class Slots:
+    """A group of users and their candidates as (users, slots) arrays: what the kernel ranks,
+    from Spark's candidate rows (``slots_of_pairs``) or chosen in memory
+    (``udfs.block_candidates``)."""
+
+    user_ids: np.ndarray  # (users,)
+    item_ids: np.ndarray  # (users, slots) object, "" at padding
+    candidates: np.ndarray  # (users, slots) bool, False at padding
+    parts: dict[str, tuple[np.ndarray, np.ndarray]]  # raw (users, slots) scores, where defined
+    # (part, rows, slots) -> the history item id whose vote was largest, None where none cast
+    named: Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+    target_slot: np.ndarray | None = None  # (users,) the held-out item's slot, -1: no candidate
+
+    def normalised(self, method: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        normalised = {
+            p: normalise(s, v & self.candidates, method) for p, (s, v) in self.parts.items()
+        }
+        defined = {p: v for p, (_, v) in self.parts.items()}
+        return normalised, defined
+
+    def ties(self) -> np.ndarray:
+        """``udfs.rerank.tie_break`` over the slots: each slot's own item."""
+        return tie_break(self.user_ids, self.item_ids)
+
+
+def slots_of_pairs(pairs: pd.DataFrame, users: pd.DataFrame) -> Slots:
+    """``Slots`` of Spark's candidate rows (``layout``'s inputs); the vote sources come from
+    the rows' ``*_from`` columns."""
+    parts, candidates, pair_at, _ = layout(pairs, users)
+    at = np.maximum(pair_at, 0)
+    sources = {"cooc": "cooc_from", "recent": "recent_from", "next": "next_from"}
+
+    def named(part: str, rows: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        values = pairs[sources[part]].to_numpy(object)[pair_at[rows, slots]]
+        return np.where(pd.notna(values), values, None)
+
+    target_slot = None
+    if "target" in users:
+        item_ids = np.where(candidates, pairs["item_id"].to_numpy(object)[at], None)
+        is_target = candidates & (item_ids == users["target"].to_numpy(object)[:, None])
+        target_slot = np.where(is_target.any(axis=1), is_target.argmax(axis=1), -1)
+    return Slots(
+        user_ids=users["user_id"].to_numpy(object),
+        item_ids=np.where(candidates, pairs["item_id"].to_numpy(object)[at], ""),
+        candidates=candidates,
+        parts=parts,
+        named=named,
+        target_slot=target_slot,
+    )
 
 
 def recommend_group(
@@ -123,64 +172,75 @@ def recommend_group(
 ) -> pd.DataFrame:
     """Top-K rows (the recommendations schema) per user of the group for each weight set (the
     last ``rerank_slots`` places re-ranked for a weight set with a ``debias`` strength)."""
-    columns = list(RECOMMENDATION_COLUMNS)
     if pairs.empty or users.empty:
-        return pd.DataFrame({c: [] for c in columns})
-    parts, candidates, pair_at, _ = layout(pairs, users)
-    normalised, defined = _normalised(parts, candidates, method)
-    ties = cache(lambda: _ties(pairs, users, candidates, pair_at))
+        return pd.DataFrame({c: [] for c in RECOMMENDATION_COLUMNS})
+    return recommend_slots(
+        slots_of_pairs(pairs, users),
+        models,
+        k=k,
+        method=method,
+        popular_share=popular_share,
+        rerank_slots=rerank_slots,
+    )
+
+
+def recommend_slots(
+    slots: Slots,
+    models: Mapping[str, Mapping[str, float]],
+    *,
+    k: int,
+    method: str,
+    popular_share: float = 0.5,
+    rerank_slots: int = 0,
+) -> pd.DataFrame:
+    """``recommend_group`` of users already laid out as ``Slots``."""
+    normalised, defined = slots.normalised(method)
+    ties = cache(slots.ties)
     frames = []
     for model, weights in models.items():
         fused, debiased = model_scores(normalised, weights, ties)
-        best, best_scores = rerank_top_k(fused, debiased, candidates, k, rerank_slots)
+        best, best_scores = rerank_top_k(fused, debiased, slots.candidates, k, rerank_slots)
         rows, ranks = np.nonzero(best >= 0)
-        slots = best[rows, ranks]
-        picked = pairs.iloc[pair_at[rows, slots]]
-        contributions = part_contributions(normalised, defined, weights, rows, slots)
-        reasons, reason_items = _reasons(picked, contributions, popular_share)
+        picked = best[rows, ranks]
+        contributions = part_contributions(normalised, defined, weights, rows, picked)
+        reasons, reason_items = _reasons(slots, rows, picked, contributions, popular_share)
         frame = {
             "model": model,
-            "user_id": users["user_id"].to_numpy()[rows],
+            "user_id": slots.user_ids[rows],
             "rank": (ranks + 1).astype(np.int32),
-            "item_id": picked["item_id"].to_numpy(),
+            "item_id": slots.item_ids[rows, picked],
             "score": best_scores[rows, ranks].astype(np.float64),
         }
         for p in PARTS:
-            frame[f"{p}_score"] = normalised[p][rows, slots].astype(np.float64)
+            frame[f"{p}_score"] = normalised[p][rows, picked].astype(np.float64)
         frame.update(reason=reasons, reason_item_id=reason_items)
         frames.append(pd.DataFrame(frame))
-    return pd.concat(frames, ignore_index=True)[columns]
-
-
-def _ties(
-    pairs: pd.DataFrame, users: pd.DataFrame, candidates: np.ndarray, pair_at: np.ndarray
-) -> np.ndarray:
-    """``udfs.rerank.tie_break`` over the (users, slots) layout: each slot's own item."""
-    slot_items = np.where(candidates, pairs["item_id"].to_numpy(object)[np.maximum(pair_at, 0)], "")
-    return tie_break(users["user_id"].to_numpy(), slot_items)
+    if not frames:
+        return pd.DataFrame({c: [] for c in RECOMMENDATION_COLUMNS})
+    return pd.concat(frames, ignore_index=True)[list(RECOMMENDATION_COLUMNS)]
 
 
 def _reasons(
-    picked: pd.DataFrame, contributions: np.ndarray, popular_share: float
+    slots: Slots,
+    rows: np.ndarray,
+    picked: np.ndarray,
+    contributions: np.ndarray,
+    popular_share: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The part that explains each pick (``udfs.reasons.dominant_parts``); for a neighbour part, the
     history item whose vote was largest (Spark's ``max_by`` while summing the votes) is named,
     as full ranking names the closest history item."""
     dominant = dominant_parts(contributions, popular_share)
     reasons = np.array([REASONS[p] for p in PARTS], dtype=object)[dominant]
-    reason_items = np.full(len(picked), None, dtype=object)
-    sources = {
-        "cooc": "cooc_from",
-        "text": "recent_from",
-        "recent": "recent_from",
-        "next": "next_from",
-    }
+    reason_items = np.full(len(rows), None, dtype=object)
+    # The text part names the history item behind the recent votes, as full ranking names the
+    # closest recent item for both text parts.
+    sources = {"cooc": "cooc", "text": "recent", "recent": "recent", "next": "next"}
     for part, (prefix, fallback) in NAMED_REASONS.items():
-        source = sources[part]
         chosen = dominant == PARTS.index(part)
         if not chosen.any():
             continue
-        named = picked[source].to_numpy(object)[chosen]
+        named = slots.named(sources[part], rows[chosen], picked[chosen])
         has = pd.notna(named)
         reasons[chosen] = np.where(has, [f"{prefix}{i}" for i in named], fallback)
         reason_items[chosen] = np.where(has, named, None)
@@ -212,24 +272,41 @@ def tune_group(
                 "target_rank": miss_rank,
             }
         )
-    parts, candidates, pair_at, _ = layout(pairs, users)
-    normalised, _ = _normalised(parts, candidates, method)
-    slot_items = np.where(
-        candidates, pairs["item_id"].to_numpy(object)[np.maximum(pair_at, 0)], None
+    return tune_slots(
+        slots_of_pairs(pairs, users),
+        grid,
+        method=method,
+        miss_rank=miss_rank,
+        k=k,
+        rerank_slots=rerank_slots,
     )
-    is_target = candidates & (slot_items == users["target"].to_numpy(object)[:, None])
-    found = is_target.any(axis=1)
-    target_slot = is_target.argmax(axis=1)
-    ties = cache(lambda: _ties(pairs, users, candidates, pair_at))
+
+
+def tune_slots(
+    slots: Slots,
+    grid: Sequence[Mapping[str, float]],
+    *,
+    method: str,
+    miss_rank: int,
+    k: int = 10,
+    rerank_slots: int = 0,
+) -> pd.DataFrame:
+    """``tune_group`` of users already laid out as ``Slots`` (``target_slot`` set)."""
+    normalised, _ = slots.normalised(method)
+    found = slots.target_slot >= 0
+    target_slot = np.maximum(slots.target_slot, 0)
+    ties = cache(slots.ties)
     frames = []
     for combo, weights in enumerate(grid):
         fused, debiased = model_scores(normalised, weights, ties)
-        ranks = reranked_target_ranks(fused, debiased, candidates, target_slot, k, rerank_slots)
+        ranks = reranked_target_ranks(
+            fused, debiased, slots.candidates, target_slot, k, rerank_slots
+        )
         frames.append(
             pd.DataFrame(
                 {
                     "combo": combo,
-                    "user_id": users["user_id"].to_numpy(),
+                    "user_id": slots.user_ids,
                     "target_rank": np.where(found, ranks, miss_rank),
                 }
             )

@@ -164,6 +164,7 @@ RANGES: dict[str, Bounds] = {
     "score.tune_max_users": COUNT,
     "score.history_items": COUNT,
     "score.candidates.max_full_items": COUNT,
+    "score.candidates.max_memory_items": NON_NEGATIVE,  # 0: candidates are always Spark rows
     "score.candidates.als": NON_NEGATIVE,
     "score.candidates.cooc": NON_NEGATIVE,
     "score.candidates.text": NON_NEGATIVE,

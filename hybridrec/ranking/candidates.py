@@ -60,8 +60,7 @@ from udfs import candidate_kernel
 log = logging.getLogger(__name__)
 
 GROUP_COL = "_group"
-# A target that is not among a user's candidates ranks below any top-K.
-MISS_RANK = 2**31 - 1
+MISS_RANK = candidate_kernel.MISS_RANK
 
 
 def use_candidates(cfg: Config, n_items: int) -> bool:

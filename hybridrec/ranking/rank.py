@@ -1,10 +1,18 @@
 """One way to rank a fold, whatever the catalog's size.
 
-``ranking_mode`` decides once per job whether the catalog is ranked in full (broadcast to every
-task, ``scoring``) or over per-user candidates (``candidates``, above
-``score.candidates.max_full_items``). ``rank_fold`` gives each user's top K for named weight
-sets, and ``validation_tuner`` scores weight sets on the validation targets, both in that mode:
-weights are tuned the way they are used. The jobs call these and never choose a path.
+``ranking_mode`` decides once per job how the catalog is ranked:
+
+- ``full``: every unseen item of a catalog broadcast to every task (``scoring``), up to
+  ``score.candidates.max_full_items``;
+- ``memory``: per-user candidates chosen in each block of users against the same broadcast
+  catalog (``udfs.block_candidates``), up to ``score.candidates.max_memory_items``;
+- ``spark``: per-user candidates as Spark rows, nothing item-sized broadcast (``candidates``),
+  above it.
+
+``score.candidates.mode: candidates`` skips ``full``; ``full`` forces it. ``rank_fold`` gives each
+user's top K for named weight sets, and ``validation_tuner`` scores weight sets on the
+validation targets, both in that mode: weights are tuned the way they are used. The jobs call
+these and never choose a path.
 """
 
 from __future__ import annotations
@@ -41,23 +49,42 @@ class UserState:
     vectors: DataFrame
 
 
+FULL, MEMORY, SPARK = "full", "memory", "spark"
+_DESCRIBED = {
+    FULL: "full ranking (catalog broadcast)",
+    MEMORY: "per-user candidates chosen in each block (catalog broadcast)",
+    SPARK: "per-user candidates as Spark rows (nothing item-sized broadcast)",
+}
+
+
 @dataclass(frozen=True)
 class RankingMode:
     n_items: int
-    over_candidates: bool
+    how: str  # FULL, MEMORY or SPARK
+
+    @property
+    def over_candidates(self) -> bool:
+        return self.how != FULL
+
+    @property
+    def catalog_broadcast(self) -> bool:
+        return self.how != SPARK
 
     def describe(self) -> str:
-        how = (
-            "ranking per-user candidates"
-            if self.over_candidates
-            else "full ranking (catalog broadcast)"
-        )
-        return f"catalog of {self.n_items} items: {how}"
+        return f"catalog of {self.n_items} items: {_DESCRIBED[self.how]}"
+
+
+def choose_mode(cfg: Config, n_items: int) -> str:
+    """FULL, MEMORY or SPARK for a catalog of ``n_items`` (the module doc)."""
+    c = cfg.score.candidates
+    if not candidates.use_candidates(cfg, n_items):
+        return FULL
+    return MEMORY if n_items <= c.max_memory_items else SPARK
 
 
 def ranking_mode(warehouse: Warehouse, cfg: Config) -> RankingMode:
     n_items = scoring.catalog_size(warehouse, cfg)
-    return RankingMode(n_items, candidates.use_candidates(cfg, n_items))
+    return RankingMode(n_items, choose_mode(cfg, n_items))
 
 
 def rank_fold(
@@ -88,8 +115,8 @@ def rank_users(
     """``rank_fold`` for the users of ``users`` (their own history and vectors; the stream's
     live users) against ``fold``'s items, neighbour lists and popularity; without ``users``,
     the fold's own users. ``catalog``: ``scoring.load_catalog`` of the fold, when the caller
-    keeps it (full ranking only)."""
-    if mode.over_candidates:
+    keeps it (a broadcast mode only)."""
+    if mode.how == SPARK:
         tables = candidates.load_fold(warehouse, cfg, fold)
         if users is not None:
             tables = replace(
@@ -113,7 +140,14 @@ def rank_users(
         frame = scoring.build_user_frame(
             warehouse.spark, users.interactions, catalog, fold, users.factors, users.vectors
         )
-    return scoring.recommend(frame, catalog, models, cfg, recent_sharpness=recent_sharpness)
+    return scoring.recommend(
+        frame,
+        catalog,
+        models,
+        cfg,
+        recent_sharpness=recent_sharpness,
+        over_candidates=mode.over_candidates,
+    )
 
 
 @contextmanager
@@ -123,7 +157,7 @@ def validation_tuner(
     """A ``Tune`` over the validation fold's users with a held-out target (a hash sample above
     ``score.tune_max_users``), its points defaulting to ``grid``; what it holds is released on
     exit."""
-    if mode.over_candidates:
+    if mode.how == SPARK:
         tables = candidates.load_fold(warehouse, cfg, VALIDATION)
 
         def tune(
@@ -132,15 +166,7 @@ def validation_tuner(
             ranks = candidates.tune_ranks(
                 tables, VALIDATION, points, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
             )
-            tuned = candidates.summarise(ranks, cfg.score.k, paired=paired).toPandas()
-            if len(tuned):
-                log.info(
-                    "candidate recall on validation (recent sharpness %g): %.4f of %d users",
-                    sharpness,
-                    tuned["candidate_recall"].iloc[0],
-                    tuned["users"].iloc[0],
-                )
-            return tuned
+            return _summarised(ranks, cfg, sharpness, paired=paired)
 
         yield tune
         return
@@ -153,6 +179,11 @@ def validation_tuner(
     def tune(
         sharpness: float, points: Sequence[Mapping[str, float]] = grid, *, paired=False
     ) -> pd.DataFrame:
+        if mode.over_candidates:
+            ranks = scoring.tune_ranks(
+                users, catalog, points, cfg, recent_sharpness=sharpness, over_candidates=True
+            )
+            return _summarised(ranks, cfg, sharpness, paired=paired)
         return scoring.tune(
             users, catalog, points, cfg, recent_sharpness=sharpness, paired=paired
         ).toPandas()
@@ -161,3 +192,16 @@ def validation_tuner(
         yield tune
     finally:
         users.unpersist()
+
+
+def _summarised(ranks: DataFrame, cfg: Config, sharpness: float, *, paired: bool) -> pd.DataFrame:
+    """``candidates.summarise`` of ranks over candidates, the candidate recall logged."""
+    tuned = candidates.summarise(ranks, cfg.score.k, paired=paired).toPandas()
+    if len(tuned):
+        log.info(
+            "candidate recall on validation (recent sharpness %g): %.4f of %d users",
+            sharpness,
+            tuned["candidate_recall"].iloc[0],
+            tuned["users"].iloc[0],
+        )
+    return tuned

@@ -37,7 +37,8 @@ from hybridrec.constants import (
 from hybridrec.models.cooc import NEIGHBOUR_COL
 from hybridrec.models.folds import history
 from hybridrec.store.tables import Warehouse
-from udfs import full_ranking, ranking_kernel, rerank
+from udfs import block_candidates, full_ranking, ranking_kernel, rerank
+from udfs.candidate_kernel import MISS_RANK
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +366,13 @@ def _rerank_settings(cfg: Config) -> dict:
     return {"k": cfg.score.k, "rerank_slots": cfg.score.rerank_slots}
 
 
+def candidate_counts(cfg: Config) -> block_candidates.CandidateCounts:
+    c = cfg.score.candidates
+    return block_candidates.CandidateCounts(
+        als=c.als, cooc=c.cooc, text=c.text, next=c.next, popular=c.popular
+    )
+
+
 def recommend(
     users: DataFrame,
     catalog: ranking_kernel.ItemCatalog,
@@ -372,16 +380,20 @@ def recommend(
     cfg: Config,
     *,
     recent_sharpness: float | None = None,
+    over_candidates: bool = False,
 ) -> DataFrame:
     """Top-K rows per user for each named weight set (``model``); ``recent_sharpness`` overrides
-    the configured one."""
+    the configured one. ``over_candidates``: each user's candidates are chosen in the block
+    (``udfs.block_candidates``) and ranked instead of every unseen item."""
     models = {name: dict(weights) for name, weights in models.items()}
     return _map_user_blocks(
         users,
         catalog,
         cfg,
         RECOMMENDATION_SCHEMA,
-        lambda block, items: recommend_block(block, items, models, cfg, recent_sharpness),
+        lambda block, items: recommend_block(
+            block, items, models, cfg, recent_sharpness, over_candidates=over_candidates
+        ),
     )
 
 
@@ -391,17 +403,59 @@ def recommend_block(
     models: Mapping[str, Mapping[str, float]],
     cfg: Config,
     recent_sharpness: float | None = None,
+    *,
+    over_candidates: bool = False,
 ) -> pd.DataFrame:
     """``recommend`` of one block of users (``build_user_frame``'s columns) in this process:
     the body of its UDF, also what the stream calls on a small micro-batch's users."""
+    settings = kernel_settings(cfg, recent_sharpness)
+    if over_candidates:
+        return block_candidates.recommend_block(
+            block,
+            catalog,
+            models,
+            candidate_counts(cfg),
+            popular_share=cfg.score.popular_reason_share,
+            **_rerank_settings(cfg),
+            **settings,
+        )
     return full_ranking.recommend_block(
         block,
         catalog,
         models,
         popular_share=cfg.score.popular_reason_share,
         **_rerank_settings(cfg),
-        **kernel_settings(cfg, recent_sharpness),
+        **settings,
     )
+
+
+def tune_ranks(
+    users: DataFrame,
+    catalog: ranking_kernel.ItemCatalog,
+    grid: Sequence[Mapping[str, float]],
+    cfg: Config,
+    *,
+    recent_sharpness: float | None = None,
+    over_candidates: bool = False,
+) -> DataFrame:
+    """combo, user_id, target_rank: the held-out target's rank under each weight set of
+    ``grid`` (its place in the re-ranked list where the set has a de-biasing strength);
+    ``over_candidates``, among the user's candidates, ``MISS_RANK`` where it is not one."""
+    grid = [dict(w) for w in grid]
+    settings = kernel_settings(cfg, recent_sharpness)
+    if over_candidates:
+        counts = candidate_counts(cfg)
+
+        def score_block(block: pd.DataFrame, items: ranking_kernel.ItemCatalog) -> pd.DataFrame:
+            return block_candidates.tune_block(
+                block, items, grid, counts, miss_rank=MISS_RANK, **_rerank_settings(cfg), **settings
+            )
+    else:
+
+        def score_block(block: pd.DataFrame, items: ranking_kernel.ItemCatalog) -> pd.DataFrame:
+            return full_ranking.tune_block(block, items, grid, **_rerank_settings(cfg), **settings)
+
+    return _map_user_blocks(users, catalog, cfg, TUNE_SCHEMA, score_block)
 
 
 def tune(
@@ -413,20 +467,10 @@ def tune(
     recent_sharpness: float | None = None,
     paired: bool = False,
 ) -> DataFrame:
-    """Per weight set of ``grid``: NDCG@K and HR@K of the held-out target, one row per set (the
-    target ranked in the re-ranked list where the set has a de-biasing strength); ``paired``
-    adds each set's NDCG gain over the first (``summarise_ranks``)."""
-    grid = [dict(w) for w in grid]
-    settings = kernel_settings(cfg, recent_sharpness)
-    ranks = _map_user_blocks(
-        users,
-        catalog,
-        cfg,
-        TUNE_SCHEMA,
-        lambda block, items: full_ranking.tune_block(
-            block, items, grid, **_rerank_settings(cfg), **settings
-        ),
-    )
+    """Per weight set of ``grid``: NDCG@K and HR@K of the held-out target, one row per set
+    (``tune_ranks`` over every unseen item); ``paired`` adds each set's NDCG gain over the
+    first (``summarise_ranks``)."""
+    ranks = tune_ranks(users, catalog, grid, cfg, recent_sharpness=recent_sharpness)
     return summarise_ranks(ranks, cfg.score.k, paired=paired)
 
 

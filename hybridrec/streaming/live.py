@@ -105,7 +105,7 @@ def load_serving(spark: SparkSession, cfg: Config, run_id: str, warehouse: Wareh
         run_id=run_id,
         warehouse=served,
         mode=mode,
-        catalog=None if mode.over_candidates else scoring.load_catalog(served, cfg, SERVED_FOLD),
+        catalog=scoring.load_catalog(served, cfg, SERVED_FOLD) if mode.catalog_broadcast else None,
         weights=debiased(weights, float(picked[DEBIAS] or 0.0)),
         recent_sharpness=float(picked["recent_sharpness"]),
         als=AlsSettings(

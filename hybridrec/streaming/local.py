@@ -350,7 +350,14 @@ def live_lists(
         user_vectors(state, history, docs, vectors),
     )
     models = {"hybrid": serving.weights}
-    lists = scoring.recommend_block(block, serving.catalog, models, cfg, serving.recent_sharpness)
+    lists = scoring.recommend_block(
+        block,
+        serving.catalog,
+        models,
+        cfg,
+        serving.recent_sharpness,
+        over_candidates=serving.mode.over_candidates,
+    )
     newest = history.groupby(USER_COL)[TS_COL].max().rename("newest_event_ts")
     lists = lists.drop(columns="model").join(newest, on=USER_COL)
     return lists, new_texts

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from hybridrec.config.loader import load_config
 from hybridrec.constants import METRICS, MODELS, RECOMMENDATIONS, SPLIT_COL, TEST, VALIDATION
 from hybridrec.models.folds import history
-from hybridrec.ranking import candidates, scoring
+from hybridrec.ranking import candidates, rank, scoring
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
 from udfs.ranking_kernel import PARTS
@@ -119,6 +119,9 @@ def small(work):
         "score.candidates.next=3",
         "score.candidates.popular=2",
         "score.history_items=3",
+        # Candidates as Spark rows; ``test_candidates_chosen_in_memory_...`` compares the
+        # in-memory path with them.
+        "score.candidates.max_memory_items=0",
     )
 
 
@@ -146,6 +149,40 @@ def test_recommendations_come_from_each_users_candidates(spark, built):
     )
     named = recs["reason_item_id"].dropna()
     assert set(named) <= set(seen["item_id"])
+
+
+def test_candidates_chosen_in_memory_rank_as_the_spark_rows(spark, built):
+    work, warehouse = built
+    cfg = load_config(["conf/local.yaml"], small(work))
+    in_memory = rank.RankingMode(N_ITEMS, rank.MEMORY)
+    as_rows = rank.RankingMode(N_ITEMS, rank.SPARK)
+    models = {"m": WEIGHTS, "d": {**WEIGHTS, "debias": 1.0}}
+    lists = {
+        mode.how: rank.rank_fold(warehouse, cfg, TEST, models, recent_sharpness=2.5, mode=mode)
+        .toPandas()
+        .sort_values(["model", "user_id", "rank"])
+        .reset_index(drop=True)
+        for mode in (in_memory, as_rows)
+    }
+    memory, rows = lists[rank.MEMORY], lists[rank.SPARK]
+    key = ["model", "user_id", "rank"]
+    assert len(memory) == len(rows) > 0
+    assert (memory[key] == rows[key]).all().all()
+    same = memory["item_id"] == rows["item_id"]
+    # Float32 sums in a different order may swap two items with almost equal scores.
+    assert same.mean() >= 0.97, same.mean()
+    assert (memory["score"] - rows["score"]).abs().max() < 1e-3
+    # A vote tie between two history items may name either (Spark's max_by).
+    assert (memory.loc[same, "reason"] == rows.loc[same, "reason"]).mean() >= 0.97
+    grid = [WEIGHTS, {"cf": 1.0}, {"recent": 1.0}]
+    tuned = {}
+    for mode in (in_memory, as_rows):
+        with rank.validation_tuner(warehouse, cfg, mode, grid) as tune:
+            tuned[mode.how] = tune(SHARPNESS).sort_values("combo").reset_index(drop=True)
+    memory, rows = tuned[rank.MEMORY], tuned[rank.SPARK]
+    assert (memory["users"] == rows["users"]).all() and rows["users"].iloc[0] > 0
+    assert memory["candidate_recall"].tolist() == pytest.approx(rows["candidate_recall"].tolist())
+    assert memory["ndcg"].tolist() == pytest.approx(rows["ndcg"].tolist(), abs=0.02)
 
 
 def test_candidate_recall_is_the_share_of_targets_among_candidates(spark, built):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from udfs import candidate_kernel, full_ranking, ranking_kernel
+from udfs import block_candidates, candidate_kernel, full_ranking, ranking_kernel
 
 N_ITEMS, RANK, DIM, NEIGHBOURS = 40, 4, 8, 6
 SETTINGS = {
@@ -205,3 +205,131 @@ def test_re_ranked_lists_and_target_ranks_match_full_ranking(world):
     assert len(merged) == len(unseen) and listed.any()
     assert (merged["target_rank_full"][listed] == merged["target_rank_over"][listed]).all()
     assert (merged["target_rank_over"][~listed] > 5).all()
+
+
+# --- candidates chosen in memory, block by block (udfs.block_candidates) ---------------------
+
+EVERY = block_candidates.CandidateCounts(
+    als=N_ITEMS, cooc=N_ITEMS, text=N_ITEMS, next=N_ITEMS, popular=N_ITEMS
+)
+FEW = block_candidates.CandidateCounts(als=3, cooc=2, text=2, next=2, popular=1)
+
+
+def test_in_memory_candidates_holding_every_item_rank_as_full_ranking(world):
+    catalog, block = world
+    models = {"m": WEIGHTS, "d": {**WEIGHTS, "debias": 2.0}}
+    settings = {"k": 5, "method": "zscore", "history_cap": 50, "rerank_slots": 2, **SETTINGS}
+    full = full_ranking.recommend_block(block, catalog, models, **settings)
+    over = block_candidates.recommend_block(block, catalog, models, EVERY, **settings)
+    key = ["model", "user_id", "rank"]
+    full, over = full.sort_values(key), over.sort_values(key)
+    assert list(over.columns) == list(candidate_kernel.RECOMMENDATION_COLUMNS)
+    assert full["item_id"].tolist() == over["item_id"].tolist()
+    np.testing.assert_allclose(full["score"], over["score"], rtol=1e-5, atol=1e-5)
+    for part in ranking_kernel.PARTS:
+        np.testing.assert_allclose(full[f"{part}_score"], over[f"{part}_score"], atol=1e-5)
+    unseen = block[[t not in set(s) for t, s in zip(block["target"], block["seen"], strict=True)]]
+    grid = [WEIGHTS, {"cf": 1.0}, {**WEIGHTS, "debias": 2.0}]
+    tuned_full = full_ranking.tune_block(unseen, catalog, grid, **settings)
+    tuned_over = block_candidates.tune_block(
+        unseen, catalog, grid, EVERY, miss_rank=10**6, **settings
+    )
+    merged = tuned_full.merge(tuned_over, on=["combo", "user_id"], suffixes=("_full", "_over"))
+    assert len(merged) == len(tuned_full) == len(tuned_over) > 0
+    assert (merged["target_rank_full"] == merged["target_rank_over"]).all()
+
+
+def brute_force_candidates(catalog, block, counts, cap=50):
+    """Each user's candidates by their definition, one user and source at a time."""
+    chosen = {}
+    for _, user in block.iterrows():
+        seen = [int(i) for i in user["seen"]][:cap]
+        picked = set()
+        if user["factors"] is not None:
+            cf = np.where(catalog.has_cf, catalog.cf @ user["factors"], -np.inf)
+            picked |= set(np.lexsort((np.arange(N_ITEMS), -cf))[: counts.als]) - set(
+                np.flatnonzero(~catalog.has_cf)
+            )
+        for lists, sims, half_life, power, width, n in (
+            (
+                catalog.neighbours,
+                catalog.neighbour_sims,
+                SETTINGS["cooc_half_life"],
+                1,
+                cap,
+                counts.cooc,
+            ),
+            (
+                catalog.text_neighbours,
+                catalog.text_neighbour_sims,
+                SETTINGS["recent_half_life"],
+                SETTINGS["recent_sharpness"],
+                cap,
+                counts.text,
+            ),
+            (
+                catalog.next_items,
+                catalog.next_sims,
+                SETTINGS["next_half_life"],
+                1,
+                SETTINGS["next_items"],
+                counts.next,
+            ),
+        ):
+            votes = {}
+            for pos, item in enumerate(seen[:width]):
+                for j, s in zip(lists[item], sims[item], strict=True):
+                    if j >= 0:
+                        votes[j] = (
+                            votes.get(j, 0.0)
+                            + 0.5 ** (pos / half_life) * np.sign(s) * abs(s) ** power
+                        )
+            picked |= {j for j, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:n]}
+        picked |= set(np.lexsort((np.arange(N_ITEMS), -catalog.pop))[: counts.popular])
+        chosen[user["user_id"]] = {catalog.ids[i] for i in picked - set(user["seen"])}
+    return chosen
+
+
+def test_in_memory_candidates_are_each_sources_best_unseen_items(world):
+    catalog, block = world
+    slots = block_candidates.block_slots(
+        block,
+        catalog,
+        FEW,
+        history_cap=50,
+        cooc_half_life=SETTINGS["cooc_half_life"],
+        **{k: v for k, v in SETTINGS.items() if k != "cooc_half_life"},
+    )
+    expected = brute_force_candidates(catalog, block, FEW)
+    for row, user in enumerate(slots.user_ids):
+        got = slots.item_ids[row][slots.candidates[row]]
+        assert list(got) == sorted(got)  # slots in item-id order, as the Spark rows are laid out
+        assert set(got) == expected[user], user
+
+
+def test_in_memory_reasons_name_the_history_item_whose_vote_was_largest(world):
+    catalog, block = world
+    recs = block_candidates.recommend_block(
+        block,
+        catalog,
+        {"cooc": {"cooc": 1.0}},
+        FEW,
+        k=3,
+        method="zscore",
+        history_cap=50,
+        **SETTINGS,
+    )
+    named = recs[recs["reason_item_id"].notna()]
+    assert len(named) > 0
+    index = {item_id: i for i, item_id in enumerate(catalog.ids)}
+    for rec in named.itertuples():
+        seen = [int(i) for i in block.set_index("user_id").loc[rec.user_id, "seen"]]
+        item = index[rec.item_id]
+        votes = {
+            catalog.ids[h]: 0.5 ** (pos / SETTINGS["cooc_half_life"])
+            * catalog.neighbour_sims[h][catalog.neighbours[h] == item].max()
+            for pos, h in enumerate(seen)
+            if (catalog.neighbours[h] == item).any()
+        }
+        assert rec.reason_item_id == max(votes, key=votes.get)
+        assert rec.reason == f"often had with {rec.reason_item_id}"
