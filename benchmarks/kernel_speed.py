@@ -9,7 +9,9 @@ Synthetic inputs of production shape: 384-d unit text vectors, rank-64 ALS facto
 co-occurrence and 100 text neighbours per item, 50 history items per user. Prints one row per
 catalog size: seconds per block for the raw parts (split by part), for recommend (top-K of one
 model) and for each weight-grid point of tuning past the first (the parts are scored once per
-block), and users per second for each.
+block), and users per second for each; then the same over per-user candidates chosen in the
+block (``udfs.block_candidates``, the default candidate counts): what sets
+``score.candidates.max_full_items``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from udfs import full_ranking, ranking_kernel
+from udfs import block_candidates, full_ranking, ranking_kernel
 
 DIM, RANK, NEIGHBOURS, HISTORY, K = 384, 64, 100, 50, 10
 
@@ -102,6 +104,33 @@ def time_steps(
         for n in (1, 11)
     )
     timings["tune, each grid point past the first"] = (eleven - one) / 10
+    # The same work over per-user candidates chosen in the block (score.candidates.mode:
+    # candidates with the catalog in memory), at the default candidate counts.
+    counts = block_candidates.CandidateCounts(als=200, cooc=100, text=100, next=100, popular=20)
+    vote_settings = {"history_cap": HISTORY, "recent_sharpness": 40.0}
+    timings["candidates: recommend (1 model)"] = seconds(
+        lambda: block_candidates.recommend_block(
+            block, catalog, {"hybrid": weights}, counts, k=K, method="zscore", **vote_settings
+        ),
+        repeats,
+    )
+    one, eleven = (
+        seconds(
+            lambda n=n: block_candidates.tune_block(
+                block,
+                catalog,
+                [weights] * n,
+                counts,
+                method="zscore",
+                miss_rank=-1,
+                **vote_settings,
+            ),
+            repeats,
+        )
+        for n in (1, 11)
+    )
+    timings["candidates: tune, first grid point"] = one
+    timings["candidates: tune, each grid point past the first"] = (eleven - one) / 10
     return timings
 
 

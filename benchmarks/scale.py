@@ -20,7 +20,9 @@ mode the executors run inside that JVM. ``workers`` is the summed RSS of the Pyt
 (pyspark.daemon and its forks; a page shared after fork counts in every process that maps it, so
 this is an upper bound), with the most worker processes seen at once.
 
-Prints per size: users, items, interactions, seconds per stage, peak driver and worker MB; then
+Prints per size: users, items, interactions, seconds per stage, peak driver and worker MB;
+score's and evaluate's seconds next to the ranking kernel's own (its tasks' seconds in the numpy
+kernel, summed, over the task slots) and their ratio, the share of Spark's plumbing; then
 each stage's growth exponent between consecutive sizes (log(t2/t1) / log(rows2/rows1), rows =
 interactions), flagging any above 1.1 between the two largest; then the slowest Spark stages of
 the largest size, from Spark's event log.
@@ -271,7 +273,11 @@ def measure(spec_file: Path) -> int:
     sampler.start()
     started = time.perf_counter()
     spark = get_spark(cfg)
-    out = {"session_seconds": time.perf_counter() - started, "stages": {}}
+    out = {
+        "session_seconds": time.perf_counter() - started,
+        "task_slots": spark.sparkContext.defaultParallelism,
+        "stages": {},
+    }
     out["session_driver_mb"], out["session_workers_mb"], _ = sampler.take()
     run_id = new_run_id()
     for stage in STAGES:
@@ -457,6 +463,24 @@ def stage_memory(label: str, measured: dict) -> dict:
     return row
 
 
+RANKING_STAGES = ("score", "evaluate")
+
+
+def overhead_row(label: str, measured: dict) -> dict:
+    """Score's and evaluate's seconds next to the ranking kernel's own (the seconds its tasks
+    spent in the numpy kernel, summed, over the task slots: what the stage would take if it
+    were nothing but the kernel on the same cores), and their ratio."""
+    slots = measured.get("task_slots", os.cpu_count())
+    row = {"size": label, "slots": slots}
+    for name in RANKING_STAGES:
+        stage = measured["stages"][name]
+        kernel = stage["results"].get("kernel_seconds", math.nan) / slots
+        row[f"{name} s"] = stage["seconds"]
+        row[f"{name} kernel s"] = kernel
+        row[f"{name} ratio"] = stage["seconds"] / kernel if kernel > 0 else math.nan
+    return row
+
+
 def code_state() -> str:
     """The commit measured and the tracked files that differed from it when the run started:
     a timing belongs to the code that ran, committed or not."""
@@ -471,7 +495,14 @@ def code_state() -> str:
     )
 
 
-def report(table: pd.DataFrame, memory: pd.DataFrame, largest: dict, args, sets) -> None:
+def report(
+    table: pd.DataFrame,
+    memory: pd.DataFrame,
+    overhead: pd.DataFrame,
+    largest: dict,
+    args,
+    sets,
+) -> None:
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
     pd.set_option("display.max_colwidth", 90)
@@ -489,6 +520,8 @@ def report(table: pd.DataFrame, memory: pd.DataFrame, largest: dict, args, sets)
     print(table.round(1).to_string(index=False))
     print("\npeak MB per stage, driver / workers (most Python worker processes at once)\n")
     print(memory.to_string(index=False))
+    print("\nranking overhead: stage seconds / kernel seconds (summed over tasks, / task slots)\n")
+    print(overhead.round(2).to_string(index=False))
     growth = exponents(table)
     print("\ngrowth exponent per stage, log(t2/t1) / log(rows2/rows1), rows = interactions\n")
     print(growth.round(2).to_string(index=False))
@@ -524,14 +557,15 @@ def main(argv: list[str] | None = None) -> int:
         args.encoder_label = f"tiny random BERT {TINY_BERT} at {encoder}"
     log.info("encoder: %s", args.encoder_label)
     sets = [*BENCH_SETS, *args.set]
-    rows, memory, codes, measured = [], [], [], {}
+    rows, memory, overhead, codes, measured = [], [], [], [], {}
     for users, items in args.sizes:
         measured = run_size(work, scale_data.Spec(users, items), encoder, sets, args.reuse)
         rows.append(size_row(users, items, measured))
         memory.append(stage_memory(rows[-1]["size"], measured))
+        overhead.append(overhead_row(rows[-1]["size"], measured))
         codes.append(measured["code"])
     args.codes = codes
-    report(pd.DataFrame(rows), pd.DataFrame(memory), measured, args, sets)
+    report(pd.DataFrame(rows), pd.DataFrame(memory), pd.DataFrame(overhead), measured, args, sets)
     return 0
 
 

@@ -43,7 +43,7 @@ from hybridrec.constants import (
 from hybridrec.models import cf, cooc
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
-from hybridrec.ranking import candidates, scoring
+from hybridrec.ranking import candidates, rank, scoring
 from hybridrec.store.tables import Warehouse
 
 NAME = "als"
@@ -86,7 +86,8 @@ def validation_scores(
     catalog_items = scoring.catalog_items(interactions, items, cfg)
     popularity = scoring.popularity(interactions, VALIDATION)
     # Ranked the way the score job will rank: over candidates when the catalog is that large.
-    if candidates.use_candidates(cfg, catalog_items.count()):
+    how = rank.choose_mode(cfg, catalog_items.count())
+    if how == rank.SPARK:
         tables = candidates.factors_only(
             interactions, catalog_items, user_factors, item_factors, popularity
         )
@@ -104,7 +105,10 @@ def validation_scores(
     users = scoring.build_user_frame(
         spark, interactions, catalog, VALIDATION, user_factors, None, with_target=True
     )
-    row = scoring.tune(users, catalog, [BASELINE_WEIGHTS["als"]], cfg).first()
+    ranks = scoring.tune_ranks(
+        users, catalog, [BASELINE_WEIGHTS["als"]], cfg, over_candidates=how == rank.MEMORY
+    )
+    row = scoring.summarise_ranks(ranks, cfg.score.k).first()
     return {"validation_ndcg": row["ndcg"], "validation_hr": row["hr"]}
 
 

@@ -246,6 +246,7 @@ def headline(every_metric: dict[str, float], gaps: dict[str, float], k: int) -> 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
+    kernel_started = scoring.kernel_clock(spark).value
     k = cfg.evaluate.k
     hybrid = hybrid_recommendations(warehouse, run_id)
     picked = picked_weights(warehouse, cfg)
@@ -254,7 +255,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     kernel_recs = kernel_recommendations(warehouse, cfg, picked, mode)
     items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
     linear_recs, linear_picks = linear.tune_and_recommend(
-        interactions, items, cfg, dense=not mode.over_candidates
+        interactions,
+        items,
+        cfg,
+        dense=not mode.over_candidates,
+        in_memory=mode.catalog_broadcast,
     )
     warehouse.write(
         kernel_recs.unionByName(linear_recs, allowMissingColumns=True),
@@ -321,7 +326,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         plots.close(figure)  # pyplot keeps every open figure alive
     mlflow.log_text(table.to_csv(index=False), "metrics.csv")
     mlflow.log_text(compared.drop(columns="run_id").to_csv(index=False), "comparisons.csv")
-    return headline(every_metric, gaps, k)
+    kernel = {"kernel_seconds": scoring.kernel_clock(spark).value - kernel_started}
+    return headline(every_metric, gaps, k) | kernel
 
 
 if __name__ == "__main__":

@@ -6,10 +6,18 @@ X is binary, ``X[u, i] = 1`` if the user had catalog item i in the fold's histor
 history items that list it (``knn_scores``); from those scores come the top K
 (``recommend_knn``) and a held-out target's rank (``knn_target_ranks``). Tuned on validation by
 ``hybridrec.evaluation.linear``, which imports this module, never the other way.
+
+Where the catalog is held in memory (full ranking, or candidates chosen in memory), the votes
+are summed in numpy instead, one block of users at a time against the neighbour lists as
+(items, n) arrays (``neighbour_lists``, ``block_scores``): the same scores, ranks and ties, and
+every neighbour count of the grid from one pass over the users, where Spark makes a row of every
+(user, history item, neighbour) once per count.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -17,6 +25,7 @@ from hybridrec.constants import ITEM_COL, USER_COL
 from hybridrec.models import cooc
 from hybridrec.models.cooc import NEIGHBOUR_COL, RANK_COL
 from hybridrec.ranking.candidates import MISS_RANK
+from udfs.ranking_kernel import padded_history, top_k
 
 # Spark sums a user's votes in no fixed order, and the same votes summed in another order can
 # differ in the last bits; rounded, equal vote sets tie and go to the lower item_id on every run.
@@ -104,4 +113,95 @@ def knn_target_ranks(
             .cast("long")
             .alias("target_rank"),
         )
+    )
+
+
+# --- in memory, block by block --------------------------------------------------------------
+
+
+def neighbour_lists(neighbours: DataFrame, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``cosine_neighbours`` as (items, n) catalog positions in rank order (-1 pads) and their
+    similarities: one row per catalog item of ``ids`` (sorted), collected (item-sized)."""
+    rows = neighbours.select(ITEM_COL, NEIGHBOUR_COL, "similarity", RANK_COL).toPandas()
+    position = pd.Index(ids)
+    item = position.get_indexer(rows[ITEM_COL])
+    neighbour = position.get_indexer(rows[NEIGHBOUR_COL])
+    width = max(1, int(rows[RANK_COL].max()) if len(rows) else 1)
+    lists = np.full((len(ids), width), -1, np.int64)
+    sims = np.zeros((len(ids), width), np.float64)
+    slot = rows[RANK_COL].to_numpy(np.int64) - 1
+    lists[item, slot] = neighbour
+    sims[item, slot] = rows["similarity"].to_numpy(np.float64)
+    return lists, sims
+
+
+def block_scores(
+    seen: pd.Series, lists: np.ndarray, sims: np.ndarray, n_neighbours: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) ``knn_scores`` of one block (``seen``: each user's catalog positions) and
+    where an unseen item got a vote, the scores rounded as Spark's are."""
+    n_items = len(lists)
+    history = padded_history(seen, n_items)
+    items = np.maximum(history, 0)
+    listed = lists[items][:, :, :n_neighbours]
+    listed = np.where((history >= 0)[:, :, None], listed, -1)
+    present = listed >= 0
+    users = len(history)
+    flat = (np.arange(users)[:, None, None] * n_items + listed)[present]
+    votes = sims[items][:, :, :n_neighbours][present]
+    size = users * n_items
+    scores = np.bincount(flat, weights=votes, minlength=size).reshape(users, n_items)
+    voted = np.bincount(flat, minlength=size).reshape(users, n_items) > 0
+    had = np.zeros((users, n_items), bool)
+    rows = np.repeat(np.arange(users), (history >= 0).sum(axis=1))
+    had[rows, history[history >= 0]] = True
+    return np.round(scores, SCORE_DECIMALS), voted & ~had
+
+
+def block_target_ranks(
+    block: pd.DataFrame, lists: np.ndarray, sims: np.ndarray, grid: list[int]
+) -> pd.DataFrame:
+    """combo, user_id, target_rank per neighbour count of ``grid`` (its combo) for the users of
+    ``block`` (user_id, seen, target: a catalog position), as ``knn_target_ranks``."""
+    target = block["target"].to_numpy(np.int64)
+    rows = np.arange(len(block))
+    frames = []
+    for combo, n in enumerate(grid):
+        scores, ranked = block_scores(block["seen"], lists, sims, n)
+        target_score = scores[rows, target]
+        ahead = (ranked & (scores >= target_score[:, None])).sum(axis=1) - ranked[rows, target]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "combo": np.full(len(block), combo, np.int32),
+                    USER_COL: block[USER_COL].to_numpy(),
+                    "target_rank": np.where(ranked[rows, target], 1 + ahead, MISS_RANK).astype(
+                        np.int64
+                    ),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def block_top_k(
+    block: pd.DataFrame,
+    ids: np.ndarray,
+    lists: np.ndarray,
+    sims: np.ndarray,
+    n_neighbours: int,
+    k: int,
+    model: str,
+) -> pd.DataFrame:
+    """model, user_id, rank, item_id: ``recommend_knn`` of one block (ties to the lower id)."""
+    scores, ranked = block_scores(block["seen"], lists, sims, n_neighbours)
+    best, _ = top_k(scores, ranked, k)
+    rows, ranks = np.nonzero(best >= 0)
+    return pd.DataFrame(
+        {
+            "model": np.full(len(rows), model, dtype=object),
+            USER_COL: block[USER_COL].to_numpy()[rows],
+            RANK_COL: (ranks + 1).astype(np.int32),
+            ITEM_COL: ids[best[rows, ranks]],
+        }
     )

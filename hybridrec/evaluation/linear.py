@@ -28,9 +28,12 @@ from pyspark.sql import types as T
 from hybridrec.config.loader import Config
 from hybridrec.constants import ITEM_COL, TEST, USER_COL, VALIDATION
 from hybridrec.evaluation.item_knn import (
+    block_target_ranks,
+    block_top_k,
     cosine_neighbours,
     interacted,
     knn_target_ranks,
+    neighbour_lists,
     recommend_knn,
 )
 from hybridrec.models.cooc import RANK_COL
@@ -357,24 +360,40 @@ def tune_ease(
 
 
 def tune_item_knn(
-    interactions: DataFrame, catalog: DataFrame, targets: DataFrame, cfg: Config
+    interactions: DataFrame,
+    catalog: DataFrame,
+    targets: DataFrame,
+    cfg: Config,
+    *,
+    in_memory: bool = False,
 ) -> tuple[DataFrame, dict[str, float]]:
     """item-kNN: each ``evaluate.item_knn.neighbours_grid`` value judged on the validation fold
-    as ``tune_ease``, the best refitted on the test fold."""
+    as ``tune_ease``, the best refitted on the test fold. ``in_memory``: the neighbour lists are
+    held by every task and the votes summed in numpy (``item_knn.block_scores``), every grid
+    value in one pass over the users; else all in Spark."""
     k = cfg.evaluate.k
     grid = [int(v) for v in cfg.evaluate.item_knn.neighbours_grid]
     best, scores = 0, None
     if not _untuned(ITEM_KNN, "neighbours", grid):
-        best, scores = _knn_validation(interactions, catalog, targets, grid, k)
+        validate = _knn_validation_in_memory if in_memory else _knn_validation
+        best, scores = validate(interactions, catalog, targets, grid, cfg)
     started = time.perf_counter()
     fit = history(interactions, TEST)
-    recommendations = recommend_knn(
-        interacted(fit, catalog),
-        cosine_neighbours(fit, catalog, grid[best]),
-        grid[best],
-        k,
-        ITEM_KNN,
-    ).localCheckpoint(eager=True)
+    neighbours = cosine_neighbours(fit, catalog, grid[best])
+    if in_memory:
+        ids, index = item_index(catalog)
+        lists, sims = neighbour_lists(neighbours, ids)
+        recommendations = _map_with_broadcast(
+            _seen_lists(fit, index, None),
+            (ids, lists, sims),
+            cfg.score.user_block_rows,
+            RECOMMENDATION_SCHEMA,
+            lambda block, shared: block_top_k(block, *shared, grid[best], k, ITEM_KNN),
+        )
+    else:
+        recommendations = recommend_knn(
+            interacted(fit, catalog), neighbours, grid[best], k, ITEM_KNN
+        ).localCheckpoint(eager=True)
     log.info(
         "item_knn: refitted on the test fold, %d recommendation rows in %.1fs",
         recommendations.count(),
@@ -383,10 +402,66 @@ def tune_item_knn(
     return recommendations, _picked(ITEM_KNN, "neighbours", grid[best], scores)
 
 
-def _knn_validation(
-    interactions: DataFrame, catalog: DataFrame, targets: DataFrame, grid: Sequence[int], k: int
+def _knn_validation_in_memory(
+    interactions: DataFrame,
+    catalog: DataFrame,
+    targets: DataFrame,
+    grid: Sequence[int],
+    cfg: Config,
 ) -> tuple[int, tuple[float, float, int]]:
-    """``_grid_search`` over the neighbour counts on the validation fold."""
+    """``_knn_validation`` with the votes summed in numpy: one pass over the users ranks each
+    target under every neighbour count."""
+    started = time.perf_counter()
+    fit = history(interactions, VALIDATION)
+    ids, index = item_index(catalog)
+    lists, sims = neighbour_lists(cosine_neighbours(fit, catalog, max(grid)), ids)
+    target_idx = targets.join(
+        index.select(F.col(ITEM_COL).alias("target"), F.col(IDX_COL).alias("_idx")), "target"
+    ).select(USER_COL, F.col("_idx").alias("target"))
+    ranks = _map_with_broadcast(
+        _seen_lists(fit, index, target_idx).join(target_idx, USER_COL),
+        (lists, sims),
+        cfg.score.user_block_rows,
+        scoring.TUNE_SCHEMA,
+        lambda block, shared: block_target_ranks(block, *shared, list(grid)),
+    )
+    summary = scoring.summarise_ranks(ranks, cfg.evaluate.k).toPandas().set_index("combo")
+    scores = [
+        (float(summary.at[c, "ndcg"]), float(summary.at[c, "hr"]), int(summary.at[c, "users"]))
+        if c in summary.index
+        else (0.0, 0.0, 0)
+        for c in range(len(grid))
+    ]
+    for value, (ndcg, hr, users) in zip(grid, scores, strict=True):
+        log.info(
+            "%s neighbours=%s: validation NDCG@%d %.4f, HR@%d %.4f over %d users",
+            ITEM_KNN,
+            value,
+            cfg.evaluate.k,
+            ndcg,
+            cfg.evaluate.k,
+            hr,
+            users,
+        )
+    best = max(range(len(grid)), key=lambda c: scores[c][0])
+    log.info(
+        "%s: picked neighbours=%s (every count in one pass, %.1fs)",
+        ITEM_KNN,
+        grid[best],
+        time.perf_counter() - started,
+    )
+    return best, scores[best]
+
+
+def _knn_validation(
+    interactions: DataFrame,
+    catalog: DataFrame,
+    targets: DataFrame,
+    grid: Sequence[int],
+    cfg: Config,
+) -> tuple[int, tuple[float, float, int]]:
+    """``_grid_search`` over the neighbour counts on the validation fold, in Spark."""
+    k = cfg.evaluate.k
     fit = history(interactions, VALIDATION)
     # Every grid value reads the widest neighbour lists (bounded by items x max(grid)).
     neighbours = cosine_neighbours(fit, catalog, max(grid)).persist()
@@ -407,7 +482,12 @@ def _knn_validation(
 
 
 def tune_and_recommend(
-    interactions: DataFrame, catalog_items: DataFrame, cfg: Config, *, dense: bool = True
+    interactions: DataFrame,
+    catalog_items: DataFrame,
+    cfg: Config,
+    *,
+    dense: bool = True,
+    in_memory: bool = True,
 ) -> tuple[DataFrame, dict[str, float]]:
     """EASE^R (when the catalog is at most ``evaluate.ease.max_items``) and item-kNN, each tuned
     on validation and refitted on the test fold.
@@ -419,6 +499,8 @@ def tune_and_recommend(
             ``score.tune_max_users`` and ``score.user_block_rows``.
         dense: whether an items x items matrix may be broadcast at all; not where the catalog
             is ranked over candidates, whose promise is that nothing item-sized is.
+        in_memory: whether item-kNN's neighbour lists (items x the largest count) may be held
+            by every task; else its votes are summed in Spark.
 
     Returns:
         model, user_id, rank, item_id: the top ``evaluate.k`` of every user with test-fold
@@ -441,7 +523,9 @@ def tune_and_recommend(
         picked.update(params)
     else:
         log.info("EASE skipped: %d catalog items above evaluate.ease.max_items=%d", n, max_items)
-    recommendations, params = tune_item_knn(interactions, catalog, targets, cfg)
+    recommendations, params = tune_item_knn(
+        interactions, catalog, targets, cfg, in_memory=in_memory
+    )
     results.append(recommendations)
     picked.update(params)
     targets.unpersist()

@@ -5,11 +5,12 @@ exists: each task holds one block of users against the broadcast catalog."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark import Broadcast
+from pyspark import Accumulator, Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -314,6 +315,20 @@ def load_user_frame(
     )
 
 
+_KERNEL_CLOCKS: dict[int, Accumulator] = {}
+
+
+def kernel_clock(spark: SparkSession) -> Accumulator:
+    """Seconds the tasks of this SparkContext have spent in the ranking kernel
+    (``map_user_blocks``' ``score_block``), summed over tasks: the score and evaluate jobs report
+    theirs next to their wall time, so the share of Spark's plumbing is a measured figure."""
+    context = spark.sparkContext
+    key = id(context)
+    if key not in _KERNEL_CLOCKS:
+        _KERNEL_CLOCKS[key] = context.accumulator(0.0)
+    return _KERNEL_CLOCKS[key]
+
+
 def map_user_blocks(
     users: DataFrame, shared: Broadcast, block_rows: int, schema: T.StructType, score_block
 ) -> DataFrame:
@@ -322,14 +337,18 @@ def map_user_blocks(
     Users are spread over twice the default parallelism so both cores (or all executors) stay
     busy. The result is lazy: the caller keeps ``shared`` alive until it is materialised.
     """
+    clock = kernel_clock(users.sparkSession)
 
     def score_batches(batches):
         value = shared.value
         for batch in batches:
             for start in range(0, len(batch), block_rows):
-                yield score_block(
+                started = time.perf_counter()
+                scored = score_block(
                     batch.iloc[start : start + block_rows].reset_index(drop=True), value
                 )
+                clock.add(time.perf_counter() - started)
+                yield scored
 
     partitions = users.sparkSession.sparkContext.defaultParallelism * 2
     return users.repartition(partitions, USER_COL).mapInPandas(score_batches, schema)

@@ -292,7 +292,10 @@ def _validation_metrics(
     )
 
 
-def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_path):
+# item-kNN's votes summed in numpy against neighbour lists every task holds, or in Spark: the
+# same picks, scores and lists.
+@pytest.mark.parametrize("in_memory", [True, False], ids=["knn-in-memory", "knn-in-spark"])
+def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_path, in_memory):
     interactions, train, validation = _split_case(spark)
     # On this case the second value of each grid wins, so taking the first would fail.
     l2_grid, knn_grid = [0.5, 5.0], [1, 3]
@@ -303,7 +306,9 @@ def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_pat
         f"evaluate.item_knn.neighbours_grid={knn_grid}",
     )
 
-    recs, params = tune_and_recommend(interactions, _catalog(spark, N_ITEMS), cfg)
+    recs, params = tune_and_recommend(
+        interactions, _catalog(spark, N_ITEMS), cfg, in_memory=in_memory
+    )
 
     targets = validation.argmax(axis=1)  # the lowest validation id per user
     seen = train > 0
