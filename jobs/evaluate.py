@@ -38,6 +38,7 @@ from hybridrec.constants import (
     RECOMMENDATIONS,
     SPLIT_COL,
     TEST,
+    USER_COL,
 )
 from hybridrec.evaluation import linear, plots
 from hybridrec.evaluation import metrics as evaluation
@@ -90,30 +91,56 @@ def curve_name(strength: float) -> str:
 
 
 def kernel_recommendations(
-    warehouse: Warehouse, cfg: Config, picked: dict[str, dict], mode: rank.RankingMode
+    warehouse: Warehouse,
+    cfg: Config,
+    picked: dict[str, dict],
+    mode: rank.RankingMode,
+    served: DataFrame,
 ) -> DataFrame:
     """Top-K of the weight sets ranked by the hybrid's own kernel: the single-signal baselines
     (the text one with the mix and sharpness the score job picked for it) and, with
     ``evaluate.debias_curve``, the hybrid at every strength of ``score.debias_grid`` (its re-rank
-    curve on test). One ranking pass when both sharpnesses agree, else one per sharpness. They
-    rank the way the hybrid did: over candidates above the configured size."""
+    curve on test). They rank the way the hybrid did: over candidates above the configured size.
+
+    The curve is a trade-off between strengths, measured on at most ``evaluate.curve_max_users``
+    test users (a hash sample: the same users at every strength), so that its cost stops
+    growing with users; its point at the served strength is ``served`` (the score job's lists:
+    the same fold, weights and kernel) on those users, not ranked again. One ranking pass where
+    both sharpnesses agree and the curve needs no sample, else one per sharpness or user set."""
     baselines = {model: dict(w) for model, w in BASELINE_WEIGHTS.items()}
     baselines["text"] = picked["text"]["weights"]
-    curve = {}
+    passes = [(picked["text"]["sharpness"], 1.0, baselines)]
+    reused = []
     if cfg.evaluate.debias_curve:
-        hybrid = picked["hybrid"]["weights"]
+        n_users = served.select(USER_COL).distinct().count()
+        sample = min(1.0, cfg.evaluate.curve_max_users / max(n_users, 1))
+        if sample < 1:
+            log.info(
+                "re-rank curve on a hash sample of about %d of %d test users",
+                cfg.evaluate.curve_max_users,
+                n_users,
+            )
+        hybrid, curve = picked["hybrid"], {}
         for strength in sorted({0.0, *(float(b) for b in cfg.score.debias_grid)}):
-            curve[curve_name(strength)] = debiased(hybrid, strength)
-    passes = {picked["text"]["sharpness"]: baselines}
-    if curve:
-        passes.setdefault(picked["hybrid"]["sharpness"], {}).update(curve)
-    return reduce(
-        DataFrame.unionByName,
-        [
-            rank.rank_fold(warehouse, cfg, TEST, models, recent_sharpness=sharpness, mode=mode)
-            for sharpness, models in passes.items()
-        ],
-    )
+            if strength == hybrid[DEBIAS]:
+                reused.append(
+                    scoring.hash_sample(served, sample)
+                    .withColumn("model", F.lit(curve_name(strength)))
+                    .select(*scoring.RECOMMENDATION_SCHEMA.fieldNames())
+                )
+            else:
+                curve[curve_name(strength)] = debiased(hybrid["weights"], strength)
+        if curve and sample == 1 and hybrid["sharpness"] == picked["text"]["sharpness"]:
+            baselines.update(curve)
+        elif curve:
+            passes.append((hybrid["sharpness"], sample, curve))
+    ranked = [
+        rank.rank_fold(
+            warehouse, cfg, TEST, models, recent_sharpness=sharpness, mode=mode, sample=sample
+        )
+        for sharpness, sample, models in passes
+    ]
+    return reduce(DataFrame.unionByName, ranked + reused)
 
 
 CURVE_METRICS = {
@@ -252,7 +279,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     picked = picked_weights(warehouse, cfg)
     mode = rank.ranking_mode(warehouse, cfg)
     interactions = warehouse.read(INTERACTIONS)
-    kernel_recs = kernel_recommendations(warehouse, cfg, picked, mode)
+    kernel_recs = kernel_recommendations(warehouse, cfg, picked, mode, hybrid)
     items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
     linear_recs, linear_picks = linear.tune_and_recommend(
         interactions,

@@ -172,6 +172,7 @@ RANGES: dict[str, Bounds] = {
     "score.candidates.popular": NON_NEGATIVE,
     "score.candidates.item_block_rows": COUNT,
     "evaluate.k": COUNT,  # and at most score.k
+    "evaluate.curve_max_users": COUNT,
     "evaluate.segment_fraction": Bounds(0, 1, low_open=True),
     "evaluate.confidence": Bounds(0, 1, low_open=True, high_open=True),
     "evaluate.ease.max_items": NON_NEGATIVE,  # 0: EASE never runs

@@ -336,10 +336,12 @@ def recommend(
     schema: T.StructType,
     *,
     recent_sharpness: float,
+    sample: float = 1.0,
 ) -> DataFrame:
     """Top-K rows per user (``schema``: the recommendations table with ``model``) for each
-    named weight set, over candidates."""
-    users = users_to_rank(tables, fold)
+    named weight set, over candidates; ``sample`` < 1: that share of the users
+    (``scoring.hash_sample``)."""
+    users = scoring.hash_sample(users_to_rank(tables, fold), sample)
     groups = _groups(users, cfg)
     pairs = candidate_pairs(tables, cfg, fold, users, recent_sharpness)
     models = {name: dict(w) for name, w in models.items()}

@@ -95,10 +95,13 @@ def rank_fold(
     *,
     recent_sharpness: float,
     mode: RankingMode,
+    sample: float = 1.0,
 ) -> DataFrame:
     """Top-K rows (the recommendations table's columns with ``model``) of ``fold`` for each
-    named weight set."""
-    return rank_users(warehouse, cfg, fold, models, recent_sharpness=recent_sharpness, mode=mode)
+    named weight set; ``sample`` < 1: only for that share of the users (``scoring.hash_sample``)."""
+    return rank_users(
+        warehouse, cfg, fold, models, recent_sharpness=recent_sharpness, mode=mode, sample=sample
+    )
 
 
 def rank_users(
@@ -111,6 +114,7 @@ def rank_users(
     mode: RankingMode,
     users: UserState | None = None,
     catalog: ranking_kernel.ItemCatalog | None = None,
+    sample: float = 1.0,
 ) -> DataFrame:
     """``rank_fold`` for the users of ``users`` (their own history and vectors; the stream's
     live users) against ``fold``'s items, neighbour lists and popularity; without ``users``,
@@ -132,6 +136,7 @@ def rank_users(
             cfg,
             scoring.RECOMMENDATION_SCHEMA,
             recent_sharpness=recent_sharpness,
+            sample=sample,
         )
     catalog = catalog or scoring.load_catalog(warehouse, cfg, fold)
     if users is None:
@@ -140,6 +145,7 @@ def rank_users(
         frame = scoring.build_user_frame(
             warehouse.spark, users.interactions, catalog, fold, users.factors, users.vectors
         )
+    frame = scoring.hash_sample(frame, sample)
     return scoring.recommend(
         frame,
         catalog,

@@ -289,10 +289,20 @@ def tuning_sample(users: DataFrame, max_users: int) -> DataFrame:
     n = users.count()
     if n <= max_users:
         return users
-    buckets = 1_000_000
     log.info("tuning on a hash sample of about %d of %d validation users", max_users, n)
-    return users.where(
-        F.pmod(F.xxhash64(USER_COL), F.lit(buckets)) < F.lit(max_users * buckets // n)
+    return hash_sample(users, max_users / n)
+
+
+SAMPLE_BUCKETS = 1_000_000
+
+
+def hash_sample(df: DataFrame, fraction: float) -> DataFrame:
+    """The rows of ``df`` whose user falls in the first ``fraction`` of a hash of user ids: the
+    same users on every run and in every table sampled with the same fraction."""
+    if fraction >= 1:
+        return df
+    return df.where(
+        F.pmod(F.xxhash64(USER_COL), F.lit(SAMPLE_BUCKETS)) < F.lit(int(fraction * SAMPLE_BUCKETS))
     )
 
 

@@ -333,3 +333,17 @@ def test_in_memory_reasons_name_the_history_item_whose_vote_was_largest(world):
         }
         assert rec.reason_item_id == max(votes, key=votes.get)
         assert rec.reason == f"often had with {rec.reason_item_id}"
+
+
+def test_each_sources_best_breaks_ties_at_the_cut_by_the_lower_item():
+    scores = np.array([[3.0, 1.0, 2.0, 2.0, 2.0, 0.5], [1.0, 1.0, 1.0, 1.0, 9.0, 1.0]])
+    present = np.ones_like(scores, bool)
+    present[1, 0] = False  # not voted for: never chosen, whatever its score
+    chosen = block_candidates._best(scores, present, 3)
+    assert chosen.tolist() == [
+        [True, False, True, True, False, False],
+        [False, True, True, False, True, False],
+    ]
+    # Fewer present items than asked for: every present one.
+    few = block_candidates._best(scores, scores > 2.5, 3)
+    assert few.tolist() == [[True, False, False, False, False, False], [False] * 4 + [True, False]]
