@@ -107,7 +107,14 @@ def time_steps(
     # The same work over per-user candidates chosen in the block (score.candidates.mode:
     # candidates with the catalog in memory), at the default candidate counts.
     counts = block_candidates.CandidateCounts(als=200, cooc=100, text=100, next=100, popular=20)
-    vote_settings = {"history_cap": HISTORY, "recent_sharpness": 40.0}
+    vote_settings = {
+        "history_cap": HISTORY,
+        "recent_sharpness": 40.0,
+        "recent_half_life": 1.0,
+        "cooc_half_life": 3.0,
+        "next_items": 3,
+        "next_half_life": 1.0,
+    }
     timings["candidates: recommend (1 model)"] = seconds(
         lambda: block_candidates.recommend_block(
             block, catalog, {"hybrid": weights}, counts, k=K, method="zscore", **vote_settings
