@@ -288,9 +288,14 @@ def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarra
     # k-th place settled by item index rather than left to the partition: exactly k picks per
     # row, those above the k-th score plus the lowest-indexed ones equal to it.
     kth = -np.partition(-masked, k - 1, axis=1)[:, k - 1 : k]
-    above = masked > kth
-    at = masked == kth
-    picked = above | (at & (np.cumsum(at, axis=1) <= k - above.sum(axis=1, keepdims=True)))
+    picked = masked >= kth
+    # Only a row with a tie across the k-th place needs a running count to keep the lowest ids.
+    tied = np.flatnonzero(np.count_nonzero(picked, axis=1) > k)
+    if len(tied):
+        above = masked[tied] > kth[tied]
+        at = picked[tied] & ~above
+        room = k - above.sum(axis=1, keepdims=True)
+        picked[tied] = above | (at & (np.cumsum(at, axis=1) <= room))
     chosen = np.nonzero(picked)[1].reshape(len(masked), k)  # ascending item index per row
     order = np.argsort(-np.take_along_axis(masked, chosen, axis=1), axis=1, kind="stable")
     best = np.take_along_axis(chosen, order, axis=1)
