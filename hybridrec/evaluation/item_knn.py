@@ -140,22 +140,37 @@ def block_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(users, items) ``knn_scores`` of one block (``seen``: each user's catalog positions) and
     where an unseen item got a vote, the scores rounded as Spark's are."""
-    n_items = len(lists)
-    history = padded_history(seen, n_items)
-    items = np.maximum(history, 0)
-    listed = lists[items][:, :, :n_neighbours]
-    listed = np.where((history >= 0)[:, :, None], listed, -1)
-    present = listed >= 0
-    users = len(history)
-    flat = (np.arange(users)[:, None, None] * n_items + listed)[present]
-    votes = sims[items][:, :, :n_neighbours][present]
-    size = users * n_items
-    scores = np.bincount(flat, weights=votes, minlength=size).reshape(users, n_items)
-    voted = np.bincount(flat, minlength=size).reshape(users, n_items) > 0
-    had = np.zeros((users, n_items), bool)
-    rows = np.repeat(np.arange(users), (history >= 0).sum(axis=1))
-    had[rows, history[history >= 0]] = True
-    return np.round(scores, SCORE_DECIMALS), voted & ~had
+    return _BlockVotes(seen, lists, sims, n_neighbours).scores(n_neighbours)
+
+
+class _BlockVotes:
+    """A block's history items and their neighbour lists up to ``width``, gathered once; the
+    scores for any count up to it are then one ``bincount`` of a slice."""
+
+    def __init__(self, seen: pd.Series, lists: np.ndarray, sims: np.ndarray, width: int):
+        self.n_items = len(lists)
+        self.history = padded_history(seen, self.n_items)
+        items = np.maximum(self.history, 0)
+        known = (self.history >= 0)[:, :, None]
+        self.listed = np.where(known, lists[items][:, :, :width], -1)
+        self.sims = sims[items][:, :, :width]
+        users = len(self.history)
+        self.had = np.zeros((users, self.n_items), bool)
+        rows = np.repeat(np.arange(users), (self.history >= 0).sum(axis=1))
+        self.had[rows, self.history[self.history >= 0]] = True
+
+    def scores(self, n_neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+        listed = self.listed[:, :, :n_neighbours]
+        present = listed >= 0
+        users = len(listed)
+        flat = (np.arange(users)[:, None, None] * self.n_items + listed)[present]
+        size = users * self.n_items
+        scores = np.bincount(
+            flat, weights=self.sims[:, :, :n_neighbours][present], minlength=size
+        ).reshape(users, self.n_items)
+        voted = np.zeros(size, bool)
+        voted[flat] = True
+        return np.round(scores, SCORE_DECIMALS), voted.reshape(users, self.n_items) & ~self.had
 
 
 def block_target_ranks(
@@ -166,8 +181,9 @@ def block_target_ranks(
     target = block["target"].to_numpy(np.int64)
     rows = np.arange(len(block))
     frames = []
+    votes = _BlockVotes(block["seen"], lists, sims, max(grid))
     for combo, n in enumerate(grid):
-        scores, ranked = block_scores(block["seen"], lists, sims, n)
+        scores, ranked = votes.scores(n)
         target_score = scores[rows, target]
         ahead = (ranked & (scores >= target_score[:, None])).sum(axis=1) - ranked[rows, target]
         frames.append(
