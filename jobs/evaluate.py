@@ -45,7 +45,7 @@ from hybridrec.evaluation import metrics as evaluation
 from hybridrec.models.folds import history
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
-from hybridrec.ranking import rank, scoring
+from hybridrec.ranking import blocks, rank, scoring
 from hybridrec.store.tables import Warehouse
 from udfs.ranking_kernel import PARTS
 from udfs.rerank import DEBIAS, debiased
@@ -273,7 +273,7 @@ def headline(every_metric: dict[str, float], gaps: dict[str, float], k: int) -> 
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
-    kernel_started = scoring.kernel_clock(spark).value
+    kernel_started = blocks.kernel_clock(spark).value
     k = cfg.evaluate.k
     hybrid = hybrid_recommendations(warehouse, run_id)
     picked = picked_weights(warehouse, cfg)
@@ -353,7 +353,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         plots.close(figure)  # pyplot keeps every open figure alive
     mlflow.log_text(table.to_csv(index=False), "metrics.csv")
     mlflow.log_text(compared.drop(columns="run_id").to_csv(index=False), "comparisons.csv")
-    kernel = {"kernel_seconds": scoring.kernel_clock(spark).value - kernel_started}
+    kernel = {"kernel_seconds": blocks.kernel_clock(spark).value - kernel_started}
     return headline(every_metric, gaps, k) | kernel
 
 

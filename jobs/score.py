@@ -25,7 +25,7 @@ from hybridrec.constants import (
     TEST,
 )
 from hybridrec.ops.runner import job_main
-from hybridrec.ranking import rank, scoring, tuning
+from hybridrec.ranking import blocks, rank, tuning
 from hybridrec.store.tables import Warehouse
 from udfs.ranking_kernel import PARTS
 from udfs.rerank import DEBIAS, debiased
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
-    kernel_started = scoring.kernel_clock(spark).value
+    kernel_started = blocks.kernel_clock(spark).value
     mode = rank.ranking_mode(warehouse, cfg)
     log.info("%s", mode.describe())
     chosen = tuning.pick(warehouse, cfg, mode)
@@ -80,7 +80,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     if "candidate_recall" in hybrid:
         results["validation_candidate_recall"] = float(hybrid["candidate_recall"])
     # Summed over tasks; next to the stage's seconds, what Spark's plumbing costs.
-    results["kernel_seconds"] = scoring.kernel_clock(spark).value - kernel_started
+    results["kernel_seconds"] = blocks.kernel_clock(spark).value - kernel_started
     return results
 
 

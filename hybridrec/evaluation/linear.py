@@ -20,10 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from hybridrec.config.loader import Config
 from hybridrec.constants import ITEM_COL, TEST, USER_COL, VALIDATION
@@ -36,50 +34,22 @@ from hybridrec.evaluation.item_knn import (
     neighbour_lists,
     recommend_knn,
 )
-from hybridrec.models.cooc import RANK_COL
+from hybridrec.evaluation.matrix import (
+    IDX_COL,
+    RECOMMENDATION_SCHEMA,
+    dense_tuning_ranks,
+    item_index,
+    recommend_dense,
+    seen_lists,
+    user_items,
+)
 from hybridrec.models.folds import history
-from hybridrec.ranking import scoring
-from hybridrec.ranking.candidates import MISS_RANK, held_out_targets
-from udfs.ranking_kernel import ragged_mask, target_ranks, top_k
+from hybridrec.ranking import blocks, scoring
+from hybridrec.ranking.candidates import held_out_targets
 
 log = logging.getLogger(__name__)
 
 EASE, ITEM_KNN = "ease", "item_knn"
-IDX_COL = "idx"
-RECOMMENDATION_SCHEMA = T.StructType(
-    [
-        T.StructField("model", T.StringType()),
-        T.StructField(USER_COL, T.StringType()),
-        T.StructField(RANK_COL, T.IntegerType()),
-        T.StructField(ITEM_COL, T.StringType()),
-    ]
-)
-
-
-# --- shared: the binary interaction matrix -------------------------------------------------
-
-
-def catalog_ids(catalog_items: DataFrame) -> np.ndarray:
-    """The catalog's item ids, sorted: index order is id order, so index ties go to the lower id
-    as they do in Spark. The catalog is bounded, never the users."""
-    frame = catalog_items.select(ITEM_COL).distinct().orderBy(ITEM_COL).toPandas()
-    return frame[ITEM_COL].to_numpy(dtype=object)
-
-
-def item_index(catalog_items: DataFrame) -> tuple[np.ndarray, DataFrame]:
-    """The sorted catalog ids and the frame item_id, idx mapping each to its position."""
-    ids = catalog_ids(catalog_items)
-    return ids, scoring.catalog_index(catalog_items.sparkSession, ids)
-
-
-def user_items(history: DataFrame, index: DataFrame) -> DataFrame:
-    """user_id, idx: X's nonzeros as catalog positions."""
-    return (
-        history.select(USER_COL, ITEM_COL)
-        .join(index, ITEM_COL)
-        .select(USER_COL, IDX_COL)
-        .distinct()
-    )
 
 
 # --- EASE^R ---------------------------------------------------------------------------------
@@ -120,127 +90,6 @@ def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     weights /= -weights.diagonal().copy()
     np.fill_diagonal(weights, 0.0)
     return weights.astype(np.float32)
-
-
-def dense_top_k(
-    block: pd.DataFrame, ids: np.ndarray, weights: np.ndarray, k: int, model: str
-) -> pd.DataFrame:
-    """Rows model, user_id, rank, item_id: the best k unseen items of each user of ``block``
-    (user_id, seen: catalog positions) by ``x_u @ weights``."""
-    seen = ragged_mask(block["seen"], len(ids))
-    best, _ = top_k(seen.astype(np.float32) @ weights, ~seen, k)
-    rows, ranks = np.nonzero(best >= 0)
-    return pd.DataFrame(
-        {
-            "model": np.full(len(rows), model, dtype=object),
-            USER_COL: block[USER_COL].to_numpy()[rows],
-            RANK_COL: (ranks + 1).astype(np.int32),
-            ITEM_COL: ids[best[rows, ranks]],
-        }
-    )
-
-
-def dense_target_ranks(block: pd.DataFrame, weights: np.ndarray, combo: int) -> pd.DataFrame:
-    """Rows combo, user_id, target_rank: each target's rank among the user's unseen items by
-    ``x_u @ weights`` (ties count against it); ``MISS_RANK`` for a target the user already had,
-    since seen items are never recommended."""
-    seen = ragged_mask(block["seen"], weights.shape[0])
-    target = block["target"].to_numpy().astype(np.int64)
-    ranks = target_ranks(seen.astype(np.float32) @ weights, ~seen, target)
-    ranks = np.where(seen[np.arange(len(target)), target], MISS_RANK, ranks)
-    return pd.DataFrame(
-        {
-            "combo": np.full(len(target), combo, dtype=np.int32),
-            USER_COL: block[USER_COL].to_numpy(),
-            "target_rank": ranks.astype(np.int64),
-        }
-    )
-
-
-def _seen_lists(history: DataFrame, index: DataFrame, users: DataFrame | None) -> DataFrame:
-    """user_id, seen: the catalog positions each user (of ``users``, if given) had."""
-    pairs = user_items(history, index)
-    if users is not None:
-        pairs = pairs.join(users.select(USER_COL), USER_COL, "left_semi")
-    return pairs.groupBy(USER_COL).agg(F.sort_array(F.collect_list(IDX_COL)).alias("seen"))
-
-
-def _map_with_broadcast(
-    users: DataFrame,
-    shared_value: Any,
-    block_rows: int,
-    schema: T.StructType,
-    score_block: Callable[[pd.DataFrame, Any], pd.DataFrame],
-) -> DataFrame:
-    """``score_block(block, shared_value)`` over blocks of ``block_rows`` users, materialised
-    (local checkpoint) so that the broadcast can be destroyed before returning: a 10k-item
-    weight matrix is 400 MB on every executor."""
-    shared = users.sparkSession.sparkContext.broadcast(shared_value)
-    try:
-        return scoring.map_user_blocks(
-            users, shared, block_rows, schema, score_block
-        ).localCheckpoint(eager=True)
-    finally:
-        shared.destroy()
-
-
-def recommend_dense(
-    history: DataFrame,
-    users: DataFrame | None,
-    ids: np.ndarray,
-    weights: np.ndarray,
-    k: int,
-    model: str,
-    *,
-    block_rows: int = 256,
-) -> DataFrame:
-    """Top-k unseen items by ``x_u @ weights`` for each user of ``users`` (every user when None)
-    with catalog history in ``history``; users without any get no rows.
-
-    Args:
-        history: the fold's interactions (user_id, item_id).
-        users: user_id of the users to recommend for, or None for all.
-        ids: the sorted catalog ids (``catalog_ids``); row/column i of ``weights`` is ``ids[i]``.
-        weights: (n, n) item-item weights, broadcast once as float32.
-        k: recommendations per user.
-        model: the model column's value.
-        block_rows: users one numpy product holds (``score.user_block_rows``).
-
-    Returns:
-        model, user_id, rank, item_id, already computed (the weights are no longer held).
-    """
-    index = scoring.catalog_index(history.sparkSession, ids)
-    return _map_with_broadcast(
-        _seen_lists(history, index, users),
-        (ids, weights.astype(np.float32, copy=False)),
-        block_rows,
-        RECOMMENDATION_SCHEMA,
-        lambda block, shared: dense_top_k(block, *shared, k, model),
-    )
-
-
-def dense_tuning_ranks(
-    history: DataFrame,
-    targets: DataFrame,
-    ids: np.ndarray,
-    weights: np.ndarray,
-    *,
-    combo: int = 0,
-    block_rows: int = 256,
-) -> DataFrame:
-    """combo, user_id, target_rank for each user of ``targets`` (user_id, target: an item_id)
-    with catalog history and a catalog target; see ``dense_target_ranks``."""
-    index = scoring.catalog_index(history.sparkSession, ids)
-    target_idx = targets.join(
-        index.select(F.col(ITEM_COL).alias("target"), F.col(IDX_COL).alias("_idx")), "target"
-    ).select(USER_COL, F.col("_idx").alias("target"))
-    return _map_with_broadcast(
-        _seen_lists(history, index, target_idx).join(target_idx, USER_COL),
-        weights.astype(np.float32, copy=False),
-        block_rows,
-        scoring.TUNE_SCHEMA,
-        lambda block, shared: dense_target_ranks(block, shared, combo),
-    )
 
 
 # --- tuning on validation, refit on test ----------------------------------------------------
@@ -383,8 +232,8 @@ def tune_item_knn(
     if in_memory:
         ids, index = item_index(catalog)
         lists, sims = neighbour_lists(neighbours, ids)
-        recommendations = _map_with_broadcast(
-            _seen_lists(fit, index, None),
+        recommendations = blocks.map_with_broadcast(
+            seen_lists(fit, index, None),
             (ids, lists, sims),
             cfg.score.user_block_rows,
             RECOMMENDATION_SCHEMA,
@@ -418,8 +267,8 @@ def _knn_validation_in_memory(
     target_idx = targets.join(
         index.select(F.col(ITEM_COL).alias("target"), F.col(IDX_COL).alias("_idx")), "target"
     ).select(USER_COL, F.col("_idx").alias("target"))
-    ranks = _map_with_broadcast(
-        _seen_lists(fit, index, target_idx).join(target_idx, USER_COL),
+    ranks = blocks.map_with_broadcast(
+        seen_lists(fit, index, target_idx).join(target_idx, USER_COL),
         (lists, sims),
         cfg.score.user_block_rows,
         scoring.TUNE_SCHEMA,

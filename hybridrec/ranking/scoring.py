@@ -5,12 +5,10 @@ exists: each task holds one block of users against the broadcast catalog."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark import Accumulator, Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -37,6 +35,7 @@ from hybridrec.constants import (
 )
 from hybridrec.models.cooc import NEIGHBOUR_COL
 from hybridrec.models.folds import history
+from hybridrec.ranking import blocks
 from hybridrec.store.tables import Warehouse
 from udfs import block_candidates, full_ranking, ranking_kernel, rerank
 from udfs.candidate_kernel import MISS_RANK
@@ -325,45 +324,6 @@ def load_user_frame(
     )
 
 
-_KERNEL_CLOCKS: dict[int, Accumulator] = {}
-
-
-def kernel_clock(spark: SparkSession) -> Accumulator:
-    """Seconds the tasks of this SparkContext have spent in the ranking kernel
-    (``map_user_blocks``' ``score_block``), summed over tasks: the score and evaluate jobs report
-    theirs next to their wall time, so the share of Spark's plumbing is a measured figure."""
-    context = spark.sparkContext
-    key = id(context)
-    if key not in _KERNEL_CLOCKS:
-        _KERNEL_CLOCKS[key] = context.accumulator(0.0)
-    return _KERNEL_CLOCKS[key]
-
-
-def map_user_blocks(
-    users: DataFrame, shared: Broadcast, block_rows: int, schema: T.StructType, score_block
-) -> DataFrame:
-    """Run ``score_block(block, shared.value)`` over blocks of ``block_rows`` users.
-
-    Users are spread over twice the default parallelism so both cores (or all executors) stay
-    busy. The result is lazy: the caller keeps ``shared`` alive until it is materialised.
-    """
-    clock = kernel_clock(users.sparkSession)
-
-    def score_batches(batches):
-        value = shared.value
-        for batch in batches:
-            for start in range(0, len(batch), block_rows):
-                started = time.perf_counter()
-                scored = score_block(
-                    batch.iloc[start : start + block_rows].reset_index(drop=True), value
-                )
-                clock.add(time.perf_counter() - started)
-                yield scored
-
-    partitions = users.sparkSession.sparkContext.defaultParallelism * 2
-    return users.repartition(partitions, USER_COL).mapInPandas(score_batches, schema)
-
-
 def _map_user_blocks(
     users: DataFrame,
     catalog: ranking_kernel.ItemCatalog,
@@ -374,7 +334,7 @@ def _map_user_blocks(
     """``map_user_blocks`` with the catalog broadcast once, in blocks of
     ``score.user_block_rows`` users."""
     shared = users.sparkSession.sparkContext.broadcast(catalog)
-    return map_user_blocks(users, shared, cfg.score.user_block_rows, schema, score_block)
+    return blocks.map_user_blocks(users, shared, cfg.score.user_block_rows, schema, score_block)
 
 
 def kernel_settings(cfg: Config, recent_sharpness: float | None) -> dict:

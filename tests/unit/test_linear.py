@@ -17,14 +17,8 @@ from hybridrec.evaluation.item_knn import (
     knn_target_ranks,
     recommend_knn,
 )
-from hybridrec.evaluation.linear import (
-    dense_tuning_ranks,
-    ease_weights,
-    gram,
-    item_index,
-    recommend_dense,
-    tune_and_recommend,
-)
+from hybridrec.evaluation.linear import ease_weights, gram, tune_and_recommend
+from hybridrec.evaluation.matrix import dense_tuning_ranks, item_index, recommend_dense
 from hybridrec.models.folds import history
 from hybridrec.ranking.candidates import MISS_RANK
 
