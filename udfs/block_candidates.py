@@ -33,6 +33,7 @@ from udfs.ranking_kernel import (
     ragged_mask,
     signed_power,
     stack_vectors,
+    top_set,
 )
 
 
@@ -95,30 +96,11 @@ def _votes(
 
 def _best(scores: np.ndarray, present: np.ndarray, n: int) -> np.ndarray:
     """(users, items) bool: each row's ``n`` highest ``scores`` among ``present`` (ties: the
-    lower index, as ``nearest.keep_best`` breaks them by item id).
-
-    A set, not an order: one partition finds each row's n-th score, and only rows with a tie
-    across it pay for a running count; sorting the picks (``top_k``) would cost more than
-    choosing them."""
+    lower index, as ``nearest.keep_best`` breaks them by item id); a set, not an order."""
     if n <= 0 or not present.any():
         return np.zeros(np.broadcast_shapes(scores.shape, present.shape), bool)
     masked = np.where(present, scores, -np.inf)
-    width = masked.shape[1]
-    if n >= width:
-        return np.broadcast_to(present, masked.shape).copy()
-    kth = -np.partition(-masked, n - 1, axis=1)[:, n - 1 : n]
-    chosen = masked >= kth
-    # A row with fewer than n items present: its n-th score is -inf, and every item present.
-    short = np.flatnonzero(np.isneginf(kth[:, 0]))
-    if len(short):
-        chosen[short] = np.broadcast_to(present, masked.shape)[short]
-    tied = np.flatnonzero(np.count_nonzero(chosen, axis=1) > n)
-    if len(tied):
-        above = masked[tied] > kth[tied]
-        at = chosen[tied] & ~above
-        room = n - above.sum(axis=1, keepdims=True)
-        chosen[tied] = above | (at & (np.cumsum(at, axis=1) <= room))
-    return chosen
+    return top_set(masked, min(n, masked.shape[1])) & present
 
 
 def block_slots(

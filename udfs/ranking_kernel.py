@@ -277,6 +277,23 @@ def fuse(parts: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.nd
     return total
 
 
+def top_set(masked: np.ndarray, n: int) -> np.ndarray:
+    """(rows, items) bool: exactly ``n`` (1 to items) picks per row, its highest values and, at a
+    tie across the n-th place, the lowest indices (-inf entries fill a row short of n).
+
+    A partition instead of a sort (n is tiny next to the catalog); only a row with a tie across
+    the n-th place pays for a running count."""
+    kth = -np.partition(-masked, n - 1, axis=1)[:, n - 1 : n]
+    picked = masked >= kth
+    tied = np.flatnonzero(np.count_nonzero(picked, axis=1) > n)
+    if len(tied):
+        above = masked[tied] > kth[tied]
+        at = picked[tied] & ~above
+        room = n - above.sum(axis=1, keepdims=True)
+        picked[tied] = above | (at & (np.cumsum(at, axis=1) <= room))
+    return picked
+
+
 def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (rows, k) of the best candidates by score, best first; -1 where a row has fewer
     than k candidates. Ties go to the lower item index, so results are deterministic."""
@@ -284,18 +301,7 @@ def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarra
     k = min(k, masked.shape[1])
     if k == 0:
         return np.empty((len(masked), 0), np.int64), np.empty((len(masked), 0), masked.dtype)
-    # A partition instead of a full sort (k is tiny next to the catalog), with the tie at the
-    # k-th place settled by item index rather than left to the partition: exactly k picks per
-    # row, those above the k-th score plus the lowest-indexed ones equal to it.
-    kth = -np.partition(-masked, k - 1, axis=1)[:, k - 1 : k]
-    picked = masked >= kth
-    # Only a row with a tie across the k-th place needs a running count to keep the lowest ids.
-    tied = np.flatnonzero(np.count_nonzero(picked, axis=1) > k)
-    if len(tied):
-        above = masked[tied] > kth[tied]
-        at = picked[tied] & ~above
-        room = k - above.sum(axis=1, keepdims=True)
-        picked[tied] = above | (at & (np.cumsum(at, axis=1) <= room))
+    picked = top_set(masked, k)
     chosen = np.nonzero(picked)[1].reshape(len(masked), k)  # ascending item index per row
     order = np.argsort(-np.take_along_axis(masked, chosen, axis=1), axis=1, kind="stable")
     best = np.take_along_axis(chosen, order, axis=1)

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from hybridrec.constants import ITEM_COL, USER_COL
+from hybridrec.evaluation.matrix import list_rows
 from hybridrec.models import cooc
 from hybridrec.models.cooc import NEIGHBOUR_COL, RANK_COL
 from hybridrec.ranking.candidates import MISS_RANK
@@ -212,12 +213,4 @@ def block_top_k(
     """model, user_id, rank, item_id: ``recommend_knn`` of one block (ties to the lower id)."""
     scores, ranked = block_scores(block["seen"], lists, sims, n_neighbours)
     best, _ = top_k(scores, ranked, k)
-    rows, ranks = np.nonzero(best >= 0)
-    return pd.DataFrame(
-        {
-            "model": np.full(len(rows), model, dtype=object),
-            USER_COL: block[USER_COL].to_numpy()[rows],
-            RANK_COL: (ranks + 1).astype(np.int32),
-            ITEM_COL: ids[best[rows, ranks]],
-        }
-    )
+    return list_rows(block[USER_COL].to_numpy(), ids, best, model)

@@ -62,11 +62,16 @@ def dense_top_k(
     (user_id, seen: catalog positions) by ``x_u @ weights``."""
     seen = ragged_mask(block["seen"], len(ids))
     best, _ = top_k(seen.astype(np.float32) @ weights, ~seen, k)
+    return list_rows(block[USER_COL].to_numpy(), ids, best, model)
+
+
+def list_rows(user_ids: np.ndarray, ids: np.ndarray, best: np.ndarray, model: str) -> pd.DataFrame:
+    """model, user_id, rank, item_id of ``top_k``'s (users, k) catalog positions (-1 pads)."""
     rows, ranks = np.nonzero(best >= 0)
     return pd.DataFrame(
         {
             "model": np.full(len(rows), model, dtype=object),
-            USER_COL: block[USER_COL].to_numpy()[rows],
+            USER_COL: user_ids[rows],
             RANK_COL: (ranks + 1).astype(np.int32),
             ITEM_COL: ids[best[rows, ranks]],
         }
