@@ -57,6 +57,7 @@ log = logging.getLogger("hybridrec.ops.packaging")
 # imports their module), and what these import. tests/unit/test_packaging.py keeps this list in
 # step with the sources.
 EXECUTOR_MODULES = (
+    "udfs.block_candidates",
     "udfs.candidate_kernel",
     "udfs.embedding_udf",
     "udfs.encoder",
@@ -70,9 +71,12 @@ EXECUTOR_MODULES = (
     "hybridrec.models.embedding",
     "hybridrec.evaluation.metrics",
     "hybridrec.evaluation.linear",
+    "hybridrec.evaluation.item_knn",
+    "hybridrec.evaluation.matrix",
     "hybridrec.models.nearest",
     "hybridrec.safety.privacy",
     "hybridrec.ranking.scoring",
+    "hybridrec.ranking.blocks",
     "hybridrec.streaming.live",
     "hybridrec.models.foldin",
 )
