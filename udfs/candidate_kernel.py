@@ -145,14 +145,14 @@ def slots_of_pairs(pairs: pd.DataFrame, users: pd.DataFrame) -> Slots:
         values = pairs[sources[part]].to_numpy(object)[pair_at[rows, slots]]
         return np.where(pd.notna(values), values, None)
 
+    item_ids = np.where(candidates, pairs["item_id"].to_numpy(object)[at], "")
     target_slot = None
     if "target" in users:
-        item_ids = np.where(candidates, pairs["item_id"].to_numpy(object)[at], None)
         is_target = candidates & (item_ids == users["target"].to_numpy(object)[:, None])
         target_slot = np.where(is_target.any(axis=1), is_target.argmax(axis=1), -1)
     return Slots(
         user_ids=users["user_id"].to_numpy(object),
-        item_ids=np.where(candidates, pairs["item_id"].to_numpy(object)[at], ""),
+        item_ids=item_ids,
         candidates=candidates,
         parts=parts,
         named=named,

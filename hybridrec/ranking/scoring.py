@@ -432,17 +432,15 @@ def tune_ranks(
     ``over_candidates``, among the user's candidates, ``MISS_RANK`` where it is not one."""
     grid = [dict(w) for w in grid]
     settings = kernel_settings(cfg, recent_sharpness)
-    if over_candidates:
-        counts = candidate_counts(cfg)
+    rerank = _rerank_settings(cfg)
+    counts = candidate_counts(cfg)
 
-        def score_block(block: pd.DataFrame, items: ranking_kernel.ItemCatalog) -> pd.DataFrame:
+    def score_block(block: pd.DataFrame, items: ranking_kernel.ItemCatalog) -> pd.DataFrame:
+        if over_candidates:
             return block_candidates.tune_block(
-                block, items, grid, counts, miss_rank=MISS_RANK, **_rerank_settings(cfg), **settings
+                block, items, grid, counts, miss_rank=MISS_RANK, **rerank, **settings
             )
-    else:
-
-        def score_block(block: pd.DataFrame, items: ranking_kernel.ItemCatalog) -> pd.DataFrame:
-            return full_ranking.tune_block(block, items, grid, **_rerank_settings(cfg), **settings)
+        return full_ranking.tune_block(block, items, grid, **rerank, **settings)
 
     return _map_user_blocks(users, catalog, cfg, TUNE_SCHEMA, score_block)
 
