@@ -17,6 +17,7 @@ import sys
 from functools import reduce
 
 import mlflow
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -40,8 +41,9 @@ from hybridrec.constants import (
     TEST,
     USER_COL,
 )
-from hybridrec.evaluation import linear, plots
+from hybridrec.evaluation import blocked, linear, plots
 from hybridrec.evaluation import metrics as evaluation
+from hybridrec.evaluation.matrix import catalog_ids
 from hybridrec.models.folds import history
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
@@ -201,9 +203,12 @@ def metrics_tables(
     item_vectors: DataFrame,
     n_items: int,
     cfg: Config,
+    item_ids: np.ndarray | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """Every metric of every model, overall and per segment (ranking metrics only); and per
-    segment, the hybrid against each baseline, paired by user."""
+    segment, the hybrid against each baseline, paired by user. With the catalog's ``item_ids``
+    (a catalog held in memory), summed in numpy blocks in one pass over the users
+    (``hybridrec.evaluation.blocked``); without, in Spark SQL (``metrics``): the same figures."""
     k = cfg.evaluate.k
     truth = interactions.where(F.col(SPLIT_COL) == TEST)
     seen = history(interactions, TEST)
@@ -212,23 +217,30 @@ def metrics_tables(
         DataFrame.unionByName,
         [rows.withColumn(SEGMENT, F.lit(name)) for name, rows in segments.items()],
     )
-    # Every segment in one pass, and the means and paired comparisons from one aggregation.
-    per_user = evaluation.per_user_metrics(recs, tagged, k, by=(SEGMENT,))
-    means, comparisons = evaluation.summarise(
-        per_user, HYBRID, k, cfg.evaluate.confidence, by=(SEGMENT,)
-    )
-    metrics = [means]
-    # The re-rank curve's lists have metrics but no comparison: they are the hybrid.
-    comparisons = comparisons.where(~F.col("model").startswith(CURVE_PREFIX))
-    metrics += [
-        part.withColumn(SEGMENT, F.lit("all"))
-        for part in (
+    if item_ids is not None:
+        context = blocked.list_context(
+            recs, list(segments), HYBRID, k, item_ids, item_vectors, seen
+        )
+        sums = blocked.list_sums(recs, tagged, context, cfg.score.user_block_rows)
+        metrics, comparisons = blocked.metrics_from_sums(
+            recs.sparkSession, sums, context, n_items, cfg.evaluate.confidence
+        )
+    else:
+        # Every segment in one pass, and the means and paired comparisons from one aggregation.
+        per_user = evaluation.per_user_metrics(recs, tagged, k, by=(SEGMENT,))
+        means, comparisons = evaluation.summarise(
+            per_user, HYBRID, k, cfg.evaluate.confidence, by=(SEGMENT,)
+        )
+        lists = (
             evaluation.catalog_coverage(recs, n_items, k),
             evaluation.intra_list_diversity(recs, item_vectors, k),
             evaluation.novelty(recs, seen, k),
         )
-    ]
-    return reduce(DataFrame.unionByName, metrics), comparisons
+        metrics = reduce(
+            DataFrame.unionByName, [means, *[m.withColumn(SEGMENT, F.lit("all")) for m in lists]]
+        )
+    # The re-rank curve's lists have metrics but no comparison: they are the hybrid.
+    return metrics, comparisons.where(~F.col("model").startswith(CURVE_PREFIX))
 
 
 def log_comparisons(table: pd.DataFrame, confidence: float) -> None:
@@ -302,6 +314,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         scoring.of_fold(warehouse.read(ITEM_EMBEDDINGS), TEST),
         mode.n_items,
         cfg,
+        item_ids=catalog_ids(items) if mode.catalog_broadcast else None,
     )
     # A few rows per model and metric, two tables read them: computed once (the coverage,
     # diversity and novelty jobs), then the three tables written side by side.

@@ -128,11 +128,28 @@ def summarise(
             *[F.avg(d).alias(f"diff_{m}") for m, d in diff.items()],
             *[F.stddev_samp(d).alias(f"sd_{m}") for m, d in diff.items()],
         )
-        .collect()
+        .collect()  # one row per (model, group)
     )
+    rows = [row.asDict() for row in summary]
+    return summary_frames(per_user.sparkSession, rows, reference, k, confidence, by=by)
+
+
+def summary_frames(
+    spark,
+    rows: list[dict],
+    reference: str,
+    k: int,
+    confidence: float,
+    *,
+    by: tuple[str, ...] = (),
+) -> tuple[DataFrame, DataFrame]:
+    """The means and paired comparisons (small local DataFrames) from one row per (model,
+    ``by`` group): ``mean_<metric>``, ``paired`` (users with a reference value),
+    ``diff_<metric>`` (mean of reference minus model) and ``sd_<metric>`` (their sample
+    standard deviation)."""
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     means, compared = [], []
-    for r in summary:
+    for r in rows:
         groups = [r[c] for c in by]
         means += [(r["model"], m, k, r[f"mean_{m}"], *groups) for m in RANKING_METRICS]
         if r["model"] == reference or not r["paired"]:
@@ -146,7 +163,6 @@ def summarise(
                 p = math.erfc(abs(gap) / se / math.sqrt(2)) if se > 0 else float(gap == 0)
             compared.append((r["model"], m, k, r["paired"], gap, lo, hi, p, *groups))
     extra = [f"{c} string" for c in by]
-    spark = per_user.sparkSession
     return (
         spark.createDataFrame(means, ", ".join([MEANS_SCHEMA, *extra])),
         spark.createDataFrame(compared, ", ".join([COMPARISON_SCHEMA, *extra])),

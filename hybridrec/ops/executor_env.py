@@ -58,6 +58,7 @@ log = logging.getLogger("hybridrec.ops.packaging")
 # step with the sources.
 EXECUTOR_MODULES = (
     "udfs.block_candidates",
+    "udfs.metric_kernel",
     "udfs.candidate_kernel",
     "udfs.embedding_udf",
     "udfs.encoder",
@@ -73,6 +74,7 @@ EXECUTOR_MODULES = (
     "hybridrec.evaluation.linear",
     "hybridrec.evaluation.item_knn",
     "hybridrec.evaluation.matrix",
+    "hybridrec.evaluation.blocked",
     "hybridrec.models.nearest",
     "hybridrec.safety.privacy",
     "hybridrec.ranking.scoring",
