@@ -108,7 +108,8 @@ def kernel_recommendations(
     test users (a hash sample: the same users at every strength), so that its cost stops
     growing with users; its point at the served strength is ``served`` (the score job's lists:
     the same fold, weights and kernel) on those users, not ranked again. One ranking pass where
-    both sharpnesses agree and the curve needs no sample, else one per sharpness or user set."""
+    both sharpnesses agree and the curve needs no sample, else one per sharpness or user set
+    (one pass over the users all the same where the catalog is broadcast)."""
     baselines = {model: dict(w) for model, w in BASELINE_WEIGHTS.items()}
     baselines["text"] = picked["text"]["weights"]
     passes = [(picked["text"]["sharpness"], 1.0, baselines)]
@@ -136,13 +137,8 @@ def kernel_recommendations(
             baselines.update(curve)
         elif curve:
             passes.append((hybrid["sharpness"], sample, curve))
-    ranked = [
-        rank.rank_fold(
-            warehouse, cfg, TEST, models, recent_sharpness=sharpness, mode=mode, sample=sample
-        )
-        for sharpness, sample, models in passes
-    ]
-    return reduce(DataFrame.unionByName, ranked + reused)
+    ranked = rank.rank_fold_passes(warehouse, cfg, TEST, passes, mode=mode)
+    return reduce(DataFrame.unionByName, [ranked, *reused])
 
 
 CURVE_METRICS = {

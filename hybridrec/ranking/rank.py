@@ -21,13 +21,14 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import reduce
 
 import pandas as pd
 from pyspark.sql import DataFrame
 
 from hybridrec.config.loader import Config
 from hybridrec.constants import VALIDATION
-from hybridrec.ranking import candidates, scoring
+from hybridrec.ranking import blocks, candidates, scoring
 from hybridrec.store.tables import Warehouse
 from udfs import ranking_kernel
 
@@ -153,6 +154,51 @@ def rank_users(
         cfg,
         recent_sharpness=recent_sharpness,
         over_candidates=mode.over_candidates,
+    )
+
+
+Pass = tuple[float, float, Mapping[str, Mapping[str, float]]]
+
+
+def rank_fold_passes(
+    warehouse: Warehouse, cfg: Config, fold: str, passes: Sequence[Pass], *, mode: RankingMode
+) -> DataFrame:
+    """``rank_fold`` of each (recent sharpness, sample, weight sets) in ``passes``, unioned.
+    Where the catalog is broadcast, in one pass over the users: each block of users is ranked
+    once per entry (only its sampled users for a sample below 1), so the users are moved and
+    the catalog shipped once, not once per entry. The first entry must rank every user."""
+    if passes[0][1] < 1:
+        raise ValueError("the first pass must rank every user")
+    if mode.how == SPARK:
+        ranked = [
+            rank_fold(warehouse, cfg, fold, models, recent_sharpness=s, mode=mode, sample=sample)
+            for s, sample, models in passes
+        ]
+        return reduce(DataFrame.unionByName, ranked)
+    catalog = scoring.load_catalog(warehouse, cfg, fold)
+    frame = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold)
+    entries = []
+    for i, (sharpness, sample, models) in enumerate(passes):
+        only = None if sample >= 1 else f"_in_pass_{i}"
+        if only:
+            frame = frame.withColumn(only, scoring.in_sample(sample))
+        entries.append((sharpness, only, {name: dict(w) for name, w in models.items()}))
+
+    def score_block(block: pd.DataFrame, items: ranking_kernel.ItemCatalog) -> pd.DataFrame:
+        ranked = []
+        for sharpness, only, models in entries:
+            rows = block if only is None else block[block[only].to_numpy()].reset_index(drop=True)
+            if len(rows):
+                ranked.append(
+                    scoring.recommend_block(
+                        rows, items, models, cfg, sharpness, over_candidates=mode.over_candidates
+                    )
+                )
+        return pd.concat(ranked, ignore_index=True)
+
+    shared = warehouse.spark.sparkContext.broadcast(catalog)
+    return blocks.map_user_blocks(
+        frame, shared, cfg.score.user_block_rows, scoring.RECOMMENDATION_SCHEMA, score_block
     )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -298,10 +298,13 @@ SAMPLE_BUCKETS = 1_000_000
 def hash_sample(df: DataFrame, fraction: float) -> DataFrame:
     """The rows of ``df`` whose user falls in the first ``fraction`` of a hash of user ids: the
     same users on every run and in every table sampled with the same fraction."""
-    if fraction >= 1:
-        return df
-    return df.where(
-        F.pmod(F.xxhash64(USER_COL), F.lit(SAMPLE_BUCKETS)) < F.lit(int(fraction * SAMPLE_BUCKETS))
+    return df if fraction >= 1 else df.where(in_sample(fraction))
+
+
+def in_sample(fraction: float) -> Column:
+    """Whether the row's user is in ``hash_sample``'s share ``fraction``."""
+    return F.pmod(F.xxhash64(USER_COL), F.lit(SAMPLE_BUCKETS)) < F.lit(
+        int(fraction * SAMPLE_BUCKETS)
     )
 
 

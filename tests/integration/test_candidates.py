@@ -7,6 +7,8 @@ evaluate stages run end to end in that mode without broadcasting or collecting t
 
 from __future__ import annotations
 
+from functools import reduce
+
 import pandas as pd
 import pytest
 from pyspark import SparkContext
@@ -183,6 +185,39 @@ def test_candidates_chosen_in_memory_rank_as_the_spark_rows(spark, built):
     assert (memory["users"] == rows["users"]).all() and rows["users"].iloc[0] > 0
     assert memory["candidate_recall"].tolist() == pytest.approx(rows["candidate_recall"].tolist())
     assert memory["ndcg"].tolist() == pytest.approx(rows["ndcg"].tolist(), abs=0.02)
+
+
+@pytest.mark.parametrize("how", [rank.FULL, rank.MEMORY])
+def test_passes_in_one_go_rank_as_a_pass_each(spark, built, how):
+    """Evaluate's single pass over users (sharpness and user sample per entry) gives what
+    separate passes give: the same users, lists and scores for every entry."""
+    work, warehouse = built
+    cfg = load_config(["conf/local.yaml"], small(work))
+    mode = rank.RankingMode(N_ITEMS, how)
+    passes = [
+        (2.5, 1.0, {"m": WEIGHTS}),
+        (SHARPNESS, 0.5, {"d": {**WEIGHTS, "debias": 1.0}, "c": {"cf": 1.0}}),
+    ]
+    key = ["model", "user_id", "rank"]
+
+    def listed(df: DataFrame) -> pd.DataFrame:
+        return df.toPandas().sort_values(key).reset_index(drop=True)
+
+    together = listed(rank.rank_fold_passes(warehouse, cfg, TEST, passes, mode=mode))
+    apart = listed(
+        reduce(
+            DataFrame.unionByName,
+            [
+                rank.rank_fold(warehouse, cfg, TEST, m, recent_sharpness=s, mode=mode, sample=f)
+                for s, f, m in passes
+            ],
+        )
+    )
+    sampled = together[together["model"] == "d"]["user_id"].nunique()
+    assert 0 < sampled < together[together["model"] == "m"]["user_id"].nunique()
+    pd.testing.assert_frame_equal(together, apart)
+    with pytest.raises(ValueError, match="every user"):
+        rank.rank_fold_passes(warehouse, cfg, TEST, passes[::-1], mode=mode)
 
 
 def test_candidate_recall_is_the_share_of_targets_among_candidates(spark, built):
