@@ -209,23 +209,35 @@ def validation_tuner(
     """A ``Tune`` over the validation fold's users with a held-out target (a hash sample above
     ``score.tune_max_users``), its points defaulting to ``grid``; what it holds is released on
     exit."""
+    with fold_tuner(warehouse, cfg, mode, grid, VALIDATION) as tune:
+        yield tune
+
+
+@contextmanager
+def fold_tuner(
+    warehouse: Warehouse,
+    cfg: Config,
+    mode: RankingMode,
+    grid: Sequence[Mapping[str, float]],
+    fold: str,
+) -> Iterator[Tune]:
+    """``validation_tuner`` on ``fold``'s models and held-out targets. Nothing is picked on
+    another fold: test's is for diagnostics (``benchmarks/grid_agreement.py``)."""
     if mode.how == SPARK:
-        tables = candidates.load_fold(warehouse, cfg, VALIDATION)
+        tables = candidates.load_fold(warehouse, cfg, fold)
 
         def tune(
             sharpness: float, points: Sequence[Mapping[str, float]] = grid, *, paired=False
         ) -> pd.DataFrame:
             ranks = candidates.tune_ranks(
-                tables, VALIDATION, points, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
+                tables, fold, points, cfg, scoring.TUNE_SCHEMA, recent_sharpness=sharpness
             )
-            return _summarised(ranks, cfg, sharpness, paired=paired)
+            return _summarised(ranks, cfg, sharpness, fold, paired=paired)
 
         yield tune
         return
-    catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
-    users = scoring.load_user_frame(
-        warehouse.spark, warehouse, catalog, VALIDATION, with_target=True
-    )
+    catalog = scoring.load_catalog(warehouse, cfg, fold)
+    users = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold, with_target=True)
     users = scoring.tuning_sample(users, cfg.score.tune_max_users).cache()
 
     def tune(
@@ -235,7 +247,7 @@ def validation_tuner(
             ranks = scoring.tune_ranks(
                 users, catalog, points, cfg, recent_sharpness=sharpness, over_candidates=True
             )
-            return _summarised(ranks, cfg, sharpness, paired=paired)
+            return _summarised(ranks, cfg, sharpness, fold, paired=paired)
         return scoring.tune(
             users, catalog, points, cfg, recent_sharpness=sharpness, paired=paired
         ).toPandas()
@@ -246,12 +258,15 @@ def validation_tuner(
         users.unpersist()
 
 
-def _summarised(ranks: DataFrame, cfg: Config, sharpness: float, *, paired: bool) -> pd.DataFrame:
+def _summarised(
+    ranks: DataFrame, cfg: Config, sharpness: float, fold: str, *, paired: bool
+) -> pd.DataFrame:
     """``candidates.summarise`` of ranks over candidates, the candidate recall logged."""
     tuned = candidates.summarise(ranks, cfg.score.k, paired=paired).toPandas()
     if len(tuned):
         log.info(
-            "candidate recall on validation (recent sharpness %g): %.4f of %d users",
+            "candidate recall on %s (recent sharpness %g): %.4f of %d users",
+            fold,
             sharpness,
             tuned["candidate_recall"].iloc[0],
             tuned["users"].iloc[0],
