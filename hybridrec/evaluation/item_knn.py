@@ -136,6 +136,34 @@ def neighbour_lists(neighbours: DataFrame, ids: np.ndarray) -> tuple[np.ndarray,
     return lists, sims
 
 
+def neighbours_from_gram(
+    gram: np.ndarray, n: int, block_rows: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """``neighbour_lists`` of ``cosine_neighbours`` taken from the fold's Gram matrix XᵀX (rows
+    and columns in catalog order; the diagonal holds each item's users) instead of a self-join
+    of histories: users of both / sqrt(users of each), in double as Spark computes it, pairs
+    without a common user left out, ties to the lower neighbour. Rows in blocks, so the
+    similarities are never a second items x items matrix."""
+    n_items = len(gram)
+    width = max(1, min(n, n_items - 1))
+    lists = np.full((n_items, width), -1, np.int64)
+    sims = np.zeros((n_items, width), np.float64)
+    users = np.diag(gram).astype(np.int64)
+    for start in range(0, n_items, block_rows):
+        stop = min(start + block_rows, n_items)
+        together = gram[start:stop]
+        with np.errstate(divide="ignore", invalid="ignore"):  # items without users: unlisted
+            similar = together / np.sqrt(
+                (users[start:stop, None] * users[None, :]).astype(np.float64)
+            )
+        listed = together > 0
+        listed[np.arange(stop - start), np.arange(start, stop)] = False
+        best, best_sims = top_k(np.where(listed, similar, 0.0), listed, width)
+        lists[start:stop] = best
+        sims[start:stop] = np.where(best >= 0, best_sims, 0.0)
+    return lists, sims
+
+
 def block_scores(
     seen: pd.Series, lists: np.ndarray, sims: np.ndarray, n_neighbours: int
 ) -> tuple[np.ndarray, np.ndarray]:

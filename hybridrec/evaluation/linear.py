@@ -32,11 +32,13 @@ from hybridrec.evaluation.item_knn import (
     interacted,
     knn_target_ranks,
     neighbour_lists,
+    neighbours_from_gram,
     recommend_knn,
 )
 from hybridrec.evaluation.matrix import (
     IDX_COL,
     RECOMMENDATION_SCHEMA,
+    catalog_ids,
     dense_tuning_ranks,
     item_index,
     recommend_dense,
@@ -77,6 +79,43 @@ def gram(history: DataFrame, index: DataFrame, n: int) -> np.ndarray:
     matrix[i, j] = c
     matrix[j, i] = c
     return matrix
+
+
+class FoldGrams:
+    """Each fold's Gram matrix, for EASE and item-kNN both: counted once per fold and held one
+    fold at a time (an items x items float64 array each); while a fold's is held, item-kNN's
+    neighbour lists (items x ``knn_width``) are taken from it and kept, so item-kNN needs no
+    self-join of histories of its own (on MovieLens' long histories the one in
+    ``cosine_neighbours`` ran out of memory)."""
+
+    def __init__(self, interactions: DataFrame, index: DataFrame, n_items: int, knn_width: int):
+        self.interactions, self.index, self.n_items = interactions, index, n_items
+        self.knn_width = knn_width
+        self._held: tuple[str | None, np.ndarray | None] = (None, None)
+        self._lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def of(self, fold: str) -> np.ndarray:
+        if self._held[0] != fold:
+            self._held = (None, None)  # freed before the next one is counted
+            started = time.perf_counter()
+            matrix = gram(history(self.interactions, fold), self.index, self.n_items)
+            self._lists[fold] = neighbours_from_gram(matrix, self.knn_width)
+            log.info(
+                "Gram matrix of the %s fold (%d items) and item_knn's neighbour lists in %.1fs",
+                fold,
+                self.n_items,
+                time.perf_counter() - started,
+            )
+            self._held = (fold, matrix)
+        return self._held[1]
+
+    def knn_lists(self, fold: str) -> tuple[np.ndarray, np.ndarray]:
+        if fold not in self._lists:
+            self.of(fold)
+        return self._lists[fold]
+
+    def release(self) -> None:
+        self._held = (None, None)
 
 
 def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
@@ -152,17 +191,12 @@ def _ease_validation(
     interactions: DataFrame,
     targets: DataFrame,
     ids: np.ndarray,
-    index: DataFrame,
+    grams: FoldGrams,
     grid: Sequence[float],
     cfg: Config,
 ) -> tuple[int, tuple[float, float, int]]:
-    """``_grid_search`` over the l2 values on the validation fold. A function of its own so that
-    the validation Gram matrix is freed before the test fold's is built."""
-    started = time.perf_counter()
-    matrix = gram(history(interactions, VALIDATION), index, len(ids))
-    log.info(
-        "ease: validation Gram matrix of %d items in %.1fs", len(ids), time.perf_counter() - started
-    )
+    """``_grid_search`` over the l2 values on the validation fold."""
+    matrix = grams.of(VALIDATION)
     fit = history(interactions, VALIDATION).join(targets, USER_COL, "left_semi").persist()
     try:
         return _grid_search(
@@ -184,19 +218,23 @@ def _ease_validation(
 
 
 def tune_ease(
-    interactions: DataFrame, catalog: DataFrame, targets: DataFrame, cfg: Config
+    interactions: DataFrame,
+    catalog: DataFrame,
+    targets: DataFrame,
+    cfg: Config,
+    grams: FoldGrams,
 ) -> tuple[DataFrame, dict[str, float]]:
     """EASE^R: each ``evaluate.ease.l2_grid`` value fitted on the validation fold and judged by
     the rank of each user's target (``targets``: user_id, target); the best refitted on the test
     fold for every user with catalog history there."""
     grid = [float(v) for v in cfg.evaluate.ease.l2_grid]
-    ids, index = item_index(catalog)
+    ids = catalog_ids(catalog)
     best, scores = 0, None
     if not _untuned(EASE, "l2", grid):
-        best, scores = _ease_validation(interactions, targets, ids, index, grid, cfg)
+        best, scores = _ease_validation(interactions, targets, ids, grams, grid, cfg)
     started = time.perf_counter()
     fit = history(interactions, TEST)
-    weights = ease_weights(gram(fit, index, len(ids)), grid[best])
+    weights = ease_weights(grams.of(TEST), grid[best])
     recommendations = recommend_dense(
         fit, None, ids, weights, cfg.evaluate.k, EASE, block_rows=cfg.score.user_block_rows
     )
@@ -215,23 +253,32 @@ def tune_item_knn(
     cfg: Config,
     *,
     in_memory: bool = False,
+    grams: FoldGrams | None = None,
 ) -> tuple[DataFrame, dict[str, float]]:
     """item-kNN: each ``evaluate.item_knn.neighbours_grid`` value judged on the validation fold
     as ``tune_ease``, the best refitted on the test fold. ``in_memory``: the neighbour lists are
     held by every task and the votes summed in numpy (``item_knn.block_scores``), every grid
-    value in one pass over the users; else all in Spark."""
+    value in one pass over the users; else all in Spark. ``grams``: the lists come from each
+    fold's Gram matrix (``FoldGrams``), in memory, not from a self-join."""
     k = cfg.evaluate.k
     grid = [int(v) for v in cfg.evaluate.item_knn.neighbours_grid]
+    in_memory = in_memory or grams is not None
     best, scores = 0, None
     if not _untuned(ITEM_KNN, "neighbours", grid):
-        validate = _knn_validation_in_memory if in_memory else _knn_validation
-        best, scores = validate(interactions, catalog, targets, grid, cfg)
+        if in_memory:
+            best, scores = _knn_validation_in_memory(
+                interactions, catalog, targets, grid, cfg, grams
+            )
+        else:
+            best, scores = _knn_validation(interactions, catalog, targets, grid, cfg)
     started = time.perf_counter()
     fit = history(interactions, TEST)
-    neighbours = cosine_neighbours(fit, catalog, grid[best])
     if in_memory:
         ids, index = item_index(catalog)
-        lists, sims = neighbour_lists(neighbours, ids)
+        if grams is None:
+            lists, sims = neighbour_lists(cosine_neighbours(fit, catalog, grid[best]), ids)
+        else:
+            lists, sims = grams.knn_lists(TEST)
         recommendations = blocks.map_with_broadcast(
             seen_lists(fit, index, None),
             (ids, lists, sims),
@@ -240,6 +287,7 @@ def tune_item_knn(
             lambda block, shared: block_top_k(block, *shared, grid[best], k, ITEM_KNN),
         )
     else:
+        neighbours = cosine_neighbours(fit, catalog, grid[best])
         recommendations = recommend_knn(
             interacted(fit, catalog), neighbours, grid[best], k, ITEM_KNN
         ).localCheckpoint(eager=True)
@@ -257,13 +305,17 @@ def _knn_validation_in_memory(
     targets: DataFrame,
     grid: Sequence[int],
     cfg: Config,
+    grams: FoldGrams | None = None,
 ) -> tuple[int, tuple[float, float, int]]:
     """``_knn_validation`` with the votes summed in numpy: one pass over the users ranks each
-    target under every neighbour count."""
+    target under every neighbour count (the lists from ``grams`` where given)."""
     started = time.perf_counter()
     fit = history(interactions, VALIDATION)
     ids, index = item_index(catalog)
-    lists, sims = neighbour_lists(cosine_neighbours(fit, catalog, max(grid)), ids)
+    if grams is None:
+        lists, sims = neighbour_lists(cosine_neighbours(fit, catalog, max(grid)), ids)
+    else:
+        lists, sims = grams.knn_lists(VALIDATION)
     target_idx = targets.join(
         index.select(F.col(ITEM_COL).alias("target"), F.col(IDX_COL).alias("_idx")), "target"
     ).select(USER_COL, F.col("_idx").alias("target"))
@@ -362,19 +414,24 @@ def tune_and_recommend(
     ).persist()
     results, picked = [], {}
     n, max_items = catalog.count(), cfg.evaluate.ease.max_items
+    grams = None
     if not dense:
         log.info(
             "EASE skipped: the catalog is ranked over candidates (nothing item-sized is broadcast)"
         )
     elif max_items and n <= max_items:
-        recommendations, params = tune_ease(interactions, catalog, targets, cfg)
+        knn_width = max(int(v) for v in cfg.evaluate.item_knn.neighbours_grid)
+        grams = FoldGrams(interactions, item_index(catalog)[1], n, knn_width)
+        recommendations, params = tune_ease(interactions, catalog, targets, cfg, grams)
         results.append(recommendations)
         picked.update(params)
     else:
         log.info("EASE skipped: %d catalog items above evaluate.ease.max_items=%d", n, max_items)
     recommendations, params = tune_item_knn(
-        interactions, catalog, targets, cfg, in_memory=in_memory
+        interactions, catalog, targets, cfg, in_memory=in_memory, grams=grams
     )
+    if grams is not None:
+        grams.release()
     results.append(recommendations)
     picked.update(params)
     targets.unpersist()

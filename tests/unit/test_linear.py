@@ -15,6 +15,7 @@ from hybridrec.evaluation.item_knn import (
     cosine_neighbours,
     interacted,
     knn_target_ranks,
+    neighbours_from_gram,
     recommend_knn,
 )
 from hybridrec.evaluation.linear import ease_weights, gram, tune_and_recommend
@@ -286,22 +287,23 @@ def _validation_metrics(
     )
 
 
-# item-kNN's votes summed in numpy against neighbour lists every task holds, or in Spark: the
-# same picks, scores and lists.
-@pytest.mark.parametrize("in_memory", [True, False], ids=["knn-in-memory", "knn-in-spark"])
-def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_path, in_memory):
+# item-kNN's neighbour lists from the Gram matrix EASE counts (catalogs up to
+# evaluate.ease.max_items), from a self-join with the votes summed in numpy, or all in Spark:
+# the same picks, scores and lists.
+@pytest.mark.parametrize("path", ["gram", "in-memory", "spark"])
+def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_path, path):
     interactions, train, validation = _split_case(spark)
     # On this case the second value of each grid wins, so taking the first would fail.
     l2_grid, knn_grid = [0.5, 5.0], [1, 3]
     cfg = _cfg(
         tmp_path,
-        "evaluate.ease.max_items=100",
+        f"evaluate.ease.max_items={100 if path == 'gram' else 0}",
         f"evaluate.ease.l2_grid={l2_grid}",
         f"evaluate.item_knn.neighbours_grid={knn_grid}",
     )
 
     recs, params = tune_and_recommend(
-        interactions, _catalog(spark, N_ITEMS), cfg, in_memory=in_memory
+        interactions, _catalog(spark, N_ITEMS), cfg, in_memory=path != "spark"
     )
 
     targets = validation.argmax(axis=1)  # the lowest validation id per user
@@ -315,25 +317,51 @@ def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_pat
     knn = [_validation_metrics(_knn_scores(train, n), seen, targets, True) for n in knn_grid]
     assert ease[1][0] > ease[0][0] and knn[1][0] > knn[0][0]
     best_l2, best_n = l2_grid[1], knn_grid[1]
-    assert params == pytest.approx(
-        {
+    expected = {
+        "item_knn.neighbours": best_n,
+        "item_knn.validation_ndcg": knn[1][0],
+        "item_knn.validation_hr": knn[1][1],
+    }
+    if path == "gram":
+        expected |= {
             "ease.l2": best_l2,
             "ease.validation_ndcg": ease[1][0],
             "ease.validation_hr": ease[1][1],
-            "item_knn.neighbours": best_n,
-            "item_knn.validation_ndcg": knn[1][0],
-            "item_knn.validation_hr": knn[1][1],
         }
-    )
+    assert params == pytest.approx(expected)
 
     test_fit = np.maximum(train, validation)
     by_model = {m: recs.where(recs.model == m) for m in ("ease", "item_knn")}
-    ease_scores = test_fit.astype(np.float32) @ ease_weights(test_fit.T @ test_fit, best_l2)
-    assert _by_user(by_model["ease"]) == _numpy_top_k(ease_scores, test_fit > 0, 3)
     assert _by_user(by_model["item_knn"]) == _numpy_top_k(
         _knn_scores(test_fit, best_n), test_fit > 0, 3, voted_only=True
     )
-    assert {r["model"] for r in recs.select("model").distinct().collect()} == {"ease", "item_knn"}
+    models = {r["model"] for r in recs.select("model").distinct().collect()}
+    if path == "gram":
+        ease_scores = test_fit.astype(np.float32) @ ease_weights(test_fit.T @ test_fit, best_l2)
+        assert _by_user(by_model["ease"]) == _numpy_top_k(ease_scores, test_fit > 0, 3)
+        assert models == {"ease", "item_knn"}
+    else:
+        assert models == {"item_knn"}
+
+
+def test_neighbour_lists_from_the_gram_matrix_are_the_brute_force_top_n():
+    rng = np.random.default_rng(3)
+    x = _binary(rng, 30, 14, 0.3)
+    x[:, 13] = 0  # an item nobody had: no neighbours, nobody's neighbour
+    sim = _cosine(x)
+
+    lists, sims = neighbours_from_gram(x.T @ x, 4, block_rows=5)
+
+    assert lists.shape == (14, 4)
+    for i in range(14):
+        expected = sorted(
+            (j for j in np.nonzero(sim[i] > 0)[0] if j != i), key=lambda j, i=i: (-sim[i, j], j)
+        )[:4]
+        got = [j for j in lists[i] if j >= 0]
+        assert got == expected, i
+        assert list(sims[i, : len(got)]) == pytest.approx(list(sim[i, expected]))
+        assert (sims[i, len(got) :] == 0).all()
+    assert (lists[13] == -1).all() and not (lists == 13).any()
 
 
 def test_ease_is_skipped_above_max_items(spark, tmp_path, caplog):
