@@ -5,8 +5,11 @@
   driver, so it runs only up to ``evaluate.ease.max_items`` catalog items; the Gram matrix is
   counted in Spark and only its (at most n²) entries are collected.
 - item-kNN: cosine similarity of item columns, each item's best neighbours, and a user's score
-  for an item the sum of the similarities of her history items that list it. All in Spark, at
-  any catalog size (``hybridrec.evaluation.item_knn``; tuned here).
+  for an item the sum of the similarities of her history items that list it
+  (``hybridrec.evaluation.item_knn``; tuned here). Up to ``evaluate.ease.max_items`` the
+  neighbour lists come from EASE's Gram matrix (``FoldGrams``); above it from a self-join of
+  histories in Spark. The votes are summed in numpy where the catalog is held in memory, else in
+  Spark, at any catalog size.
 
 X is binary: ``X[u, i] = 1`` if the user had catalog item i in the fold's history (any event).
 Both write the baselines' long format: model, user_id, rank (1 = best), item_id.
