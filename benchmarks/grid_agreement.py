@@ -26,12 +26,11 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import REPO, source_settings  # noqa: E402
+from quality import measured_runs  # noqa: E402
 
-from hybridrec.config.loader import Config, load_config  # noqa: E402
-from hybridrec.constants import FUSION_WEIGHTS, TEST, VALIDATION  # noqa: E402
+from hybridrec.config.loader import Config  # noqa: E402
+from hybridrec.constants import TEST, VALIDATION  # noqa: E402
 from hybridrec.ops.runner import setup_logging  # noqa: E402
-from hybridrec.ops.session import get_spark  # noqa: E402
 from hybridrec.ranking import rank  # noqa: E402
 from hybridrec.store.tables import Warehouse  # noqa: E402
 from udfs.ranking_kernel import weight_grid  # noqa: E402
@@ -92,18 +91,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     setup_logging()
-    spark, rows = None, []
-    for folder in args.folders:
-        conf, overrides = source_settings(folder.resolve())
-        cfg = load_config(
-            [REPO / "conf/local.yaml", REPO / conf],
-            [f"run.work_dir={args.work / folder.name}", *overrides, *args.set],
-        )
-        spark = spark or get_spark(cfg)
-        runs = Warehouse.from_config(spark, cfg).runs(FUSION_WEIGHTS)
-        if not runs:
-            raise SystemExit(f"{folder.name}: no fusion weights under {args.work}: run quality.py")
-        scores = grid_scores(Warehouse.from_config(spark, cfg, max(runs)), cfg)
+    rows = []
+    for folder, cfg, _, warehouse in measured_runs(args.folders, args.work, args.set):
+        scores = grid_scores(warehouse, cfg)
         scores.to_csv(args.work / f"{folder.name}-grid.csv", index=False)
         rows.append({"data set": folder.name, **agreement(scores, cfg.score.tune_metric)})
     table = pd.DataFrame(rows).set_index("data set").T

@@ -44,6 +44,23 @@ def source_settings(folder: Path) -> tuple[str, list[str]]:
     return "conf/amazon.yaml", overrides
 
 
+def measured_runs(folders: list[Path], work: Path, sets: list[str]):
+    """For the diagnostics run after this benchmark: per data set folder, its config (as this
+    benchmark loaded it), the session and the warehouse of its newest run with fusion weights."""
+    spark = None
+    for folder in folders:
+        conf, overrides = source_settings(folder.resolve())
+        cfg = load_config(
+            [REPO / "conf/local.yaml", REPO / conf],
+            [f"run.work_dir={work / folder.name}", *overrides, *sets],
+        )
+        spark = spark or get_spark(cfg)
+        runs = Warehouse.from_config(spark, cfg).runs(FUSION_WEIGHTS)
+        if not runs:
+            raise SystemExit(f"{folder.name}: no fusion weights under {work}: run quality.py")
+        yield folder, cfg, spark, Warehouse.from_config(spark, cfg, max(runs))
+
+
 def summary(table: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     """Per data set: the hybrid against the best single-signal baseline (ALS, text, popularity),
     against the best of the strongest simple recommenders (EASE, item-kNN), against every

@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import REPO, source_settings  # noqa: E402
+from quality import measured_runs  # noqa: E402
 
-from hybridrec.config.loader import Config, load_config  # noqa: E402
+from hybridrec.config.loader import Config  # noqa: E402
 from hybridrec.constants import (  # noqa: E402
     FUSION_WEIGHTS,
     INTERACTIONS,
@@ -50,7 +50,6 @@ from hybridrec.constants import (  # noqa: E402
 from hybridrec.evaluation import linear  # noqa: E402
 from hybridrec.models.folds import history  # noqa: E402
 from hybridrec.ops.runner import setup_logging  # noqa: E402
-from hybridrec.ops.session import get_spark  # noqa: E402
 from hybridrec.ranking import scoring  # noqa: E402
 from hybridrec.store.tables import Warehouse  # noqa: E402
 from udfs import ranking_kernel, rerank  # noqa: E402
@@ -222,18 +221,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     setup_logging()
-    spark = None
-    for folder in args.folders:
-        conf, overrides = source_settings(folder.resolve())
-        cfg = load_config(
-            [REPO / "conf/local.yaml", REPO / conf],
-            [f"run.work_dir={args.work / folder.name}", *overrides, *args.set],
-        )
-        spark = spark or get_spark(cfg)
-        runs = Warehouse.from_config(spark, cfg).runs(FUSION_WEIGHTS)
-        if not runs:
-            raise SystemExit(f"{folder.name}: no fusion weights under {args.work}: run quality.py")
-        warehouse = Warehouse.from_config(spark, cfg, max(runs))
+    for folder, cfg, spark, warehouse in measured_runs(args.folders, args.work, args.set):
         table = measure(cfg, warehouse, spark)
         print(f"\n{folder.name}: validation, {table['users'][0]} users, {table['items'][0]} items")
         print(table.drop(columns=["users", "items"]).to_string(index=False, float_format="%.4f"))

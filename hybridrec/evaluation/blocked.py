@@ -137,8 +137,19 @@ def metrics_from_sums(
     """The evaluate stage's two tables from the tasks' sums: every ranking metric's mean per
     (model, segment) with the paired comparisons against the reference; coverage, diversity and
     novelty per model (segment ``all``), as ``metrics.summarise`` and its siblings give them."""
-    k, added = context.k, sums.groupby(["kind", "model", SEGMENT, "metric"], dropna=False)["value"]
-    totals = added.sum()
+    k = context.k
+    # every (kind, model, segment, metric) summed over tasks, once
+    totals = sums.groupby(["kind", "model", SEGMENT, "metric"], dropna=False)["value"].sum()
+
+    def total(kind, model, segment, metric) -> float:
+        return float(totals.get((kind, model, segment, metric), 0.0))
+
+    # the per-model sums (no segment or metric: keys pandas would hold as NaN above)
+    per_model_totals = sums.groupby(["kind", "model"])["value"].sum()
+
+    def model_total(kind, model) -> float:
+        return float(per_model_totals.get((kind, model), 0.0))
+
     users = sums[sums["kind"] == "users"].groupby(SEGMENT)["value"].sum()
     paired = context.reference in context.models
     rows = []
@@ -149,15 +160,12 @@ def metrics_from_sums(
         for model in context.models:
             row = {"model": model, SEGMENT: segment, "paired": int(n) if paired else 0}
             for metric in RANKING_METRICS:
-
-                def total(kind, metric=metric, model=model, segment=segment):
-                    return float(totals.get((kind, model, segment, metric), 0.0))
-
-                row[f"mean_{metric}"] = total("sum") / n
-                gap = total("diff_sum") / n
-                spread = (total("diff_sumsq") - n * gap * gap) / (n - 1) if n > 1 else math.nan
+                squares = total("diff_sumsq", model, segment, metric)
+                gap = total("diff_sum", model, segment, metric) / n
+                spread = (squares - n * gap * gap) / (n - 1) if n > 1 else math.nan
                 # a spread below rounding is none: every user moved by the same amount
-                floor = 1e-12 * max(1.0, total("diff_sumsq") / n)
+                floor = 1e-12 * max(1.0, squares / n)
+                row[f"mean_{metric}"] = total("sum", model, segment, metric) / n
                 row[f"diff_{metric}"] = gap
                 row[f"sd_{metric}"] = math.sqrt(spread) if spread > floor else 0.0
             rows.append(row)
@@ -166,23 +174,17 @@ def metrics_from_sums(
     )
     per_model = []
     for model in context.models:
-
-        def total(kind, model=model):
-            return float(sums.loc[(sums["kind"] == kind) & (sums["model"] == model), "value"].sum())
-
-        if total("diversity_lists") > 0:
-            per_model.append(
-                (model, "diversity", total("diversity_sum") / total("diversity_lists"))
-            )
-        if total("novelty_rows") > 0:
-            per_model.append((model, "novelty", total("novelty_sum") / total("novelty_rows")))
-        bits = sums.loc[(sums["kind"] == "covered") & (sums["model"] == model), "bits"]
+        for metric, (summed, count) in LIST_MEANS.items():
+            if model_total(count, model) > 0:
+                per_model.append(
+                    (model, metric, model_total(summed, model) / model_total(count, model))
+                )
+        of_model = sums[sums["model"] == model]
         covered = np.zeros(len(context.items), dtype=bool)
-        for packed in bits:
+        for packed in of_model.loc[of_model["kind"] == "covered", "bits"]:
             covered |= np.unpackbits(np.frombuffer(packed, dtype=np.uint8))[: len(covered)] > 0
-        elsewhere = sums.loc[(sums["kind"] == "covered_elsewhere") & (sums["model"] == model)]
-        distinct = int(covered.sum()) + elsewhere["metric"].nunique()
-        per_model.append((model, "coverage", distinct / float(n_items)))
+        elsewhere = of_model.loc[of_model["kind"] == "covered_elsewhere", "metric"].nunique()
+        per_model.append((model, "coverage", (int(covered.sum()) + elsewhere) / float(n_items)))
     lists = spark.createDataFrame(
         [(model, metric, k, value, "all") for model, metric, value in per_model],
         f"{MEANS_SCHEMA}, {SEGMENT} string",

@@ -11,7 +11,9 @@ Where the catalog is held in memory (full ranking, or candidates chosen in memor
 are summed in numpy instead, one block of users at a time against the neighbour lists as
 (items, n) arrays (``neighbour_lists``, ``block_scores``): the same scores, ranks and ties, and
 every neighbour count of the grid from one pass over the users, where Spark makes a row of every
-(user, history item, neighbour) once per count.
+(user, history item, neighbour) once per count. Where EASE's Gram matrix XᵀX is counted anyway
+(catalogs up to ``evaluate.ease.max_items``), the lists are taken from it
+(``neighbours_from_gram``) instead of from ``cosine_neighbours``' self-join of histories.
 """
 
 from __future__ import annotations
