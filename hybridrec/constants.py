@@ -14,12 +14,19 @@ EMBEDDING_COL = "embedding"
 FACTORS_COL = "factors"
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
+# Not a split in the interactions table: each user's newest train item, held out by
+# ``folds.history`` and ``folds.held_out`` for the ``early`` fold only.
+EARLY = "early"
 
-# Every model is fitted twice. The ``validation`` fold is fitted on train and judged on
-# validation (hyper-parameters, fusion weights); the ``test`` fold is refitted on train and
-# validation with those choices, ranks for test, and is what gets served. Test never feeds a fit.
+# Every model is fitted twice, or three times. The ``validation`` fold is fitted on train and
+# judged on validation (hyper-parameters, fusion weights); the ``test`` fold is refitted on train
+# and validation with those choices, ranks for test, and is what gets served. Test never feeds a
+# fit. Where validation has few users (``score.early_target``), the ``early`` fold, fitted on
+# train less each user's newest train item and judged on that item, doubles the users the fusion
+# weights are picked on (``folds.model_folds``).
 FOLD_COL = "fold"
-FOLDS = {VALIDATION: (TRAIN,), TEST: (TRAIN, VALIDATION)}
+FOLDS = {EARLY: (TRAIN,), VALIDATION: (TRAIN,), TEST: (TRAIN, VALIDATION)}
+TUNING_FOLDS = (EARLY, VALIDATION)
 
 HYBRID = "hybrid"
 MODELS = (HYBRID, "als", "cooc", "text", "popularity", "ease", "item_knn")

@@ -6,7 +6,8 @@
 
 With ``als.tune_on_validation`` every point of ``als.grid`` is fitted on train and ranked on
 validation (each a nested MLflow run); the best is refitted on train and validation for the
-test fold. Without it, the configured rank, reg_param and alpha are used for both folds.
+test fold (and, where ``folds.model_folds`` adds it, on train less each user's newest train item
+for the early fold). Without it, the configured rank, reg_param and alpha are used for each.
 Item co-occurrence neighbours (``cooc``) and what came next after each item (``transitions``)
 are built from each fold's history alongside.
 """
@@ -30,6 +31,7 @@ from hybridrec.constants import (
     ALS_PARAMS,
     ALS_USER_FACTORS,
     BASELINE_WEIGHTS,
+    EARLY,
     FOLD_COL,
     INTERACTIONS,
     ITEM_COL,
@@ -41,6 +43,7 @@ from hybridrec.constants import (
     VALIDATION,
 )
 from hybridrec.models import cf, cooc
+from hybridrec.models.folds import model_folds
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
 from hybridrec.ranking import candidates, rank, scoring
@@ -165,10 +168,14 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         factors(validation_model, validation_data, VALIDATION),
         factors(test_model, test_data, TEST),
     ]
+    folds = model_folds(interactions, cfg)
+    if EARLY in folds:
+        # Fitted with the validation fold's pick: the early fold is for the fusion weights.
+        early_data = prepare(spark, interactions, cfg, EARLY)
+        fold_factors.append(factors(cf.fit(early_data.preferences, cfg, params), early_data, EARLY))
     fitted = {"rank": int(params["rank"]), "reg_param": float(params["reg_param"])}
     fitted |= {"alpha": float(params["alpha"]), "implicit": bool(cfg.als.implicit)}
     fitted |= {"nonnegative": bool(cfg.als.nonnegative)}
-    folds = (VALIDATION, TEST)
     item_lists = {
         ITEM_NEIGHBOURS: lambda fold: cooc.item_neighbours(
             interactions,

@@ -21,7 +21,6 @@ from hybridrec.config.loader import Config
 from hybridrec.constants import (
     EMBEDDING_COL,
     FOLD_COL,
-    FOLDS,
     INTERACTIONS,
     ITEM_COL,
     ITEM_EMBEDDINGS,
@@ -32,6 +31,7 @@ from hybridrec.constants import (
     USER_EMBEDDINGS,
 )
 from hybridrec.models import embedding
+from hybridrec.models.folds import model_folds
 from hybridrec.ops import progress
 from hybridrec.ops.runner import job_main
 from hybridrec.ranking import scoring
@@ -50,9 +50,10 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     )
     interactions = warehouse.read(INTERACTIONS)
     items = warehouse.read(ITEMS)
-    reviews = {fold: embedding.review_documents(interactions, cfg, fold).cache() for fold in FOLDS}
+    fitted = model_folds(interactions, cfg)
+    reviews = {fold: embedding.review_documents(interactions, cfg, fold).cache() for fold in fitted}
     item_docs = embedding.item_documents(items).cache()
-    # The test fold's history holds every review either fold uses: encode each text once.
+    # The test fold's history holds every review any fold uses: encode each text once.
     documents = (
         reviews[TEST].select("text_hash", "text").unionByName(item_docs.select("text_hash", "text"))
     )
@@ -95,7 +96,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         warehouse.read(TEXT_EMBEDDINGS)
         .where(F.col("model_id") == model_id)
         .select("text_hash", EMBEDDING_COL)
-        .cache()  # joined four times: two folds, items and users
+        .cache()  # joined per fold, for items and users
     )
     item_vectors = reduce(
         DataFrame.unionByName,
@@ -103,7 +104,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
             embedding.item_embeddings(reviews[fold], item_docs, vectors, cfg, model_id).withColumn(
                 FOLD_COL, F.lit(fold)
             )
-            for fold in FOLDS
+            for fold in fitted
         ],
     )
     n_items = warehouse.write(item_vectors, ITEM_EMBEDDINGS, partition_by=[FOLD_COL])
@@ -120,7 +121,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
                 cfg.embed.text_neighbours,
                 cfg.score.candidates.item_block_rows,
             ).withColumn(FOLD_COL, F.lit(fold))
-            for fold in FOLDS
+            for fold in fitted
         ],
     )
     user_vectors = reduce(
@@ -134,7 +135,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
                 model_id,
                 fold,
             ).withColumn(FOLD_COL, F.lit(fold))
-            for fold in FOLDS
+            for fold in fitted
         ],
     )
     # Side by side: each of the two is a few small jobs, on a small run mostly waiting.
@@ -145,7 +146,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     )
     n_pairs, n_users = written[ITEM_TEXT_NEIGHBOURS], written[USER_EMBEDDINGS]
     log.info(
-        "%d text neighbour pairs (up to %d per item, both folds) and %d user vectors in %.1fs",
+        "%d text neighbour pairs (up to %d per item, every fold) and %d user vectors in %.1fs",
         n_pairs,
         cfg.embed.text_neighbours,
         n_users,

@@ -45,14 +45,13 @@ from hybridrec.constants import (
     ITEM_TEXT_NEIGHBOURS,
     ITEM_TRANSITIONS,
     ITEMS,
-    SPLIT_COL,
     TS_COL,
     USER_COL,
     USER_EMBEDDINGS,
 )
 from hybridrec.models import nearest
 from hybridrec.models.cooc import NEIGHBOUR_COL
-from hybridrec.models.folds import history
+from hybridrec.models.folds import held_out, history
 from hybridrec.ranking import scoring
 from hybridrec.store.tables import Warehouse
 from udfs import candidate_kernel
@@ -373,7 +372,7 @@ def held_out_targets(interactions: DataFrame, items: DataFrame, fold: str) -> Da
     """user_id, target: each user's held-out item of ``fold`` that is in the catalog (``items``:
     item_id), the lowest id if several, as full ranking's tuning takes one."""
     return (
-        interactions.where(F.col(SPLIT_COL) == fold)
+        held_out(interactions, fold)
         .select(USER_COL, ITEM_COL)
         .join(items.select(ITEM_COL), ITEM_COL, "left_semi")
         .groupBy(USER_COL)

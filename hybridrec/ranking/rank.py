@@ -11,15 +11,15 @@
 
 ``score.candidates.mode: candidates`` skips ``full``; ``full`` forces it. ``rank_fold`` gives each
 user's top K for named weight sets, and ``validation_tuner`` scores weight sets on the
-validation targets, both in that mode: weights are tuned the way they are used. The jobs call
-these and never choose a path.
+validation (and early) targets, both in that mode: weights are tuned the way they are used. The
+jobs call these and never choose a path.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import reduce
 
@@ -204,13 +204,49 @@ def rank_fold_passes(
 
 @contextmanager
 def validation_tuner(
-    warehouse: Warehouse, cfg: Config, mode: RankingMode, grid: Sequence[Mapping[str, float]]
+    warehouse: Warehouse,
+    cfg: Config,
+    mode: RankingMode,
+    grid: Sequence[Mapping[str, float]],
+    folds: Sequence[str] = (VALIDATION,),
 ) -> Iterator[Tune]:
-    """A ``Tune`` over the validation fold's users with a held-out target (a hash sample above
-    ``score.tune_max_users``), its points defaulting to ``grid``; what it holds is released on
-    exit."""
-    with fold_tuner(warehouse, cfg, mode, grid, VALIDATION) as tune:
+    """A ``Tune`` over the users with a held-out target of each of ``folds`` (the validation
+    fold, and the early fold where it was fitted), each fold a hash sample above
+    ``score.tune_max_users``, its points defaulting to ``grid``; the folds' summaries are pooled
+    (``pooled_summaries``). What it holds is released on exit."""
+    with ExitStack() as held:
+        tunes = [held.enter_context(fold_tuner(warehouse, cfg, mode, grid, f)) for f in folds]
+        if len(tunes) == 1:
+            yield tunes[0]
+            return
+
+        def tune(
+            sharpness: float, points: Sequence[Mapping[str, float]] = grid, *, paired=False
+        ) -> pd.DataFrame:
+            return pooled_summaries([t(sharpness, points, paired=paired) for t in tunes])
+
         yield tune
+
+
+def pooled_summaries(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One ``Tune`` row per combo from each fold's: every mean weighted by the fold's users,
+    the users summed. ``ndcg_gain_se`` adds the folds' variances as if independent; a user's
+    early and validation gains are somewhat alike, so it is a little narrower than the truth."""
+    filled = [f for f in frames if len(f)]
+    if not filled:
+        return frames[0]
+    rows = pd.concat(filled, ignore_index=True)
+    means = [c for c in ("ndcg", "hr", "ndcg_gain", "candidate_recall") if c in rows]
+    weighted = (
+        rows[means].mul(rows["users"], axis=0).assign(combo=rows["combo"], users=rows["users"])
+    )
+    if "ndcg_gain_se" in rows:
+        weighted["ndcg_gain_se"] = (rows["ndcg_gain_se"] * rows["users"]) ** 2
+    pooled = weighted.groupby("combo", as_index=False).sum()
+    pooled[means] = pooled[means].div(pooled["users"], axis=0)
+    if "ndcg_gain_se" in pooled:
+        pooled["ndcg_gain_se"] = pooled["ndcg_gain_se"] ** 0.5 / pooled["users"]
+    return pooled[[c for c in frames[0].columns if c in pooled]]
 
 
 @contextmanager

@@ -28,13 +28,12 @@ from hybridrec.constants import (
     ITEM_TEXT_NEIGHBOURS,
     ITEM_TRANSITIONS,
     ITEMS,
-    SPLIT_COL,
     TS_COL,
     USER_COL,
     USER_EMBEDDINGS,
 )
 from hybridrec.models.cooc import NEIGHBOUR_COL
-from hybridrec.models.folds import history
+from hybridrec.models.folds import held_out, history
 from hybridrec.ranking import blocks
 from hybridrec.store.tables import Warehouse
 from udfs import block_candidates, full_ranking, ranking_kernel, rerank
@@ -271,7 +270,7 @@ def build_user_frame(
     if not with_target:
         return users.withColumn("target", F.lit(None).cast("int"))
     targets = (
-        interactions.where(F.col(SPLIT_COL) == fold)
+        held_out(interactions, fold)
         .select(USER_COL, ITEM_COL)
         .distinct()
         .join(index, ITEM_COL)

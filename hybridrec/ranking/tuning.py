@@ -1,5 +1,6 @@
 """Choosing on validation, never on test: the fusion weights and recent sharpness from the
-simplex grid, then the share of the what-came-next part, then the popularity re-rank strength.
+simplex grid (among the points within noise of the best, the one nearest the configured
+weights), then the share of the what-came-next part, then the popularity re-rank strength.
 
 ``pick`` is the one entry: it tunes in the job's ranking mode (``rank.validation_tuner``) and
 returns the picks with the curves it tried, which the job logs; nothing here writes.
@@ -14,7 +15,7 @@ from statistics import NormalDist
 import pandas as pd
 
 from hybridrec.config.loader import Config
-from hybridrec.constants import TEXT_PARTS
+from hybridrec.constants import ALS_PARAMS, EARLY, FOLD_COL, TEXT_PARTS, TUNING_FOLDS
 from hybridrec.ops import progress
 from hybridrec.ranking import scoring
 from hybridrec.ranking.rank import RankingMode, Tune, validation_tuner
@@ -38,8 +39,11 @@ class Pick:
 def pick(warehouse: Warehouse, cfg: Config, mode: RankingMode) -> Pick:
     """Fusion weights of the hybrid and of the text-only baseline, one row per model.
 
-    Picked on validation with the validation fold's models (which never saw that split): the
-    hybrid from the whole simplex grid times ``score.recent_sharpness_grid``, then mixed with
+    Picked on validation with the validation fold's models (which never saw that split), pooled
+    with the early fold's users where it was fitted (``tuning_folds``): the
+    hybrid from the whole simplex grid times ``score.recent_sharpness_grid`` (the point nearest
+    the configured weights among those within noise of the best, ``choose_near_prior``), then
+    mixed with
     the what-came-next part (``choose_next``) and re-ranked (``choose_debias``); the text
     baseline from the points that use text parts only. Ties go to the earlier sharpness and
     grid point, so the pick is reproducible. Without ``score.tune_on_validation``, or without
@@ -49,8 +53,19 @@ def pick(warehouse: Warehouse, cfg: Config, mode: RankingMode) -> Pick:
     if not cfg.score.tune_on_validation:
         return Pick(configured, {})
     grid = weight_grid(cfg.score.weight_grid_step)
-    with validation_tuner(warehouse, cfg, mode, grid) as tune:
+    folds = tuning_folds(warehouse, cfg)
+    log.info("weights picked on the held-out items of the %s fold(s), pooled", " and ".join(folds))
+    with validation_tuner(warehouse, cfg, mode, grid, folds) as tune:
         return _pick(tune, grid, configured, cfg)
+
+
+def tuning_folds(warehouse: Warehouse, cfg: Config) -> tuple[str, ...]:
+    """The folds of ``TUNING_FOLDS`` the als job fitted models for (``folds.model_folds``),
+    less the early fold where ``score.early_target`` is ``never``."""
+    fitted = {row[0] for row in warehouse.read(ALS_PARAMS).select(FOLD_COL).distinct().collect()}
+    if cfg.score.early_target == "never":
+        fitted.discard(EARLY)
+    return tuple(fold for fold in TUNING_FOLDS if fold in fitted)
 
 
 def _pick(tune: Tune, grid: list[dict[str, float]], configured: pd.DataFrame, cfg: Config) -> Pick:
@@ -73,10 +88,11 @@ def _pick(tune: Tune, grid: list[dict[str, float]], configured: pd.DataFrame, cf
         .drop(columns="_order")
     )
     curves = {"weight_grid_validation.csv": results}
+    hybrid_pick, near_curve = choose_near_prior(results, grid, tune, cfg)
+    if len(near_curve):
+        curves["near_best_validation.csv"] = near_curve
     text_only = results[(results[[p for p in PARTS if p not in TEXT_PARTS]] == 0).all(axis=1)]
-    picks = pd.concat(
-        [results.head(1).assign(model="hybrid"), text_only.head(1).assign(model="text")]
-    )
+    picks = pd.concat([hybrid_pick.assign(model="hybrid"), text_only.head(1).assign(model="text")])
     for chosen in picks.itertuples():
         log.info(
             "%s weights %s, recent sharpness %g, picked on validation (%d grid points): "
@@ -106,6 +122,57 @@ def _pick(tune: Tune, grid: list[dict[str, float]], configured: pd.DataFrame, cf
     for column, value in debias.items():
         picks.loc[hybrid, column] = value
     return Pick(picks, curves)
+
+
+def choose_near_prior(
+    results: pd.DataFrame, grid: list[dict[str, float]], tune: Tune, cfg: Config
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Of the grid's best ``score.near_best_points`` at the best's sharpness, those whose NDCG
+    is within ``score.near_best_se`` standard errors of the best's (paired by user), the one
+    nearest the configured weights (``score.weights``, L1; ties to the higher NDCG).
+
+    On a few hundred users the grid's first place is mostly noise: dozens of points lie within
+    one standard error of it, and which of them wins moves with any small change of the data
+    or the vectors. The point nearest a fixed prior among them moves far less, and costs no
+    accuracy the users can tell apart (the one-standard-error rule). ``results``: the grid's
+    rows best first. Returns the chosen row of ``results`` and the curve tried (empty where
+    ``score.near_best_se`` is 0 or a single point is compared: the best is kept).
+    """
+    best = results.iloc[0]
+    sharpness = float(best["recent_sharpness"])
+    near = results[results["recent_sharpness"] == sharpness].head(cfg.score.near_best_points)
+    if cfg.score.near_best_se == 0 or len(near) < 2:
+        return results.head(1), pd.DataFrame()
+    combos = near["combo"].tolist()  # the best first: the gains are paired against it
+    with progress.working_on(f"the {len(combos)} points nearest the best, paired"):
+        curve = tune(sharpness, [grid[c] for c in combos], paired=True)
+    prior = cfg.score.weights
+    curve = (
+        curve.assign(combo=[combos[c] for c in curve["combo"]])
+        .join(pd.DataFrame(grid)[list(PARTS)], on="combo")
+        .assign(recent_sharpness=sharpness)
+    )
+    curve["prior_distance"] = sum((curve[p] - float(prior[p])).abs() for p in PARTS)
+    curve["within_noise"] = curve["ndcg_gain"] + cfg.score.near_best_se * curve["ndcg_gain_se"] >= 0
+    curve = curve.sort_values(
+        ["within_noise", "prior_distance", "ndcg"], ascending=[False, True, False]
+    )
+    chosen = curve.iloc[0]
+    log.info(
+        "%d of the %d best points at recent sharpness %g are within %g standard errors of the "
+        "best (ndcg %.4f); the nearest to the configured weights is picked: %s, ndcg %.4f",
+        int(curve["within_noise"].sum()),
+        len(curve),
+        sharpness,
+        cfg.score.near_best_se,
+        float(best[cfg.score.tune_metric]),
+        {p: float(chosen[p]) for p in PARTS},
+        float(chosen["ndcg"]),
+    )
+    picked = results[
+        (results["recent_sharpness"] == sharpness) & (results["combo"] == chosen["combo"])
+    ]
+    return picked.head(1), curve
 
 
 def choose_next(pick: pd.Series, tune: Tune, cfg: Config) -> tuple[dict[str, float], pd.DataFrame]:

@@ -87,7 +87,12 @@ def test_embeddings_come_from_the_real_encoder(e2e):
     assert results["embed"]["texts_encoded"] > 100
     users = warehouse.read("user_embeddings").toPandas()
     items = warehouse.read("item_embeddings").toPandas()
-    assert users.groupby("fold")["id"].nunique().to_dict() == {"test": 120, "validation": 120}
+    # 120 users, far fewer than score.tune_max_users: the early fold is fitted too.
+    assert users.groupby("fold")["id"].nunique().to_dict() == {
+        "early": 120,
+        "test": 120,
+        "validation": 120,
+    }
     assert items["id"].nunique() == 60
     vectors = np.stack(items["embedding"].to_numpy())
     assert vectors.shape[1] == 384
@@ -99,7 +104,10 @@ def test_als_factors_cover_each_folds_history(e2e):
     _, warehouse, results = e2e
     interactions = warehouse.read("interactions")
     factors = warehouse.read("als_user_factors")
-    for fold, splits in {"validation": ["train"], "test": ["train", "validation"]}.items():
+    # A user keeps every train item in the early fold but the newest of two or more: the same
+    # users as in the validation fold.
+    folds = {"early": ["train"], "validation": ["train"], "test": ["train", "validation"]}
+    for fold, splits in folds.items():
         history_users = interactions.where(F.col("split").isin(splits)).select("user_id")
         in_fold = factors.where(F.col("fold") == fold)
         assert in_fold.count() == history_users.distinct().count()
@@ -117,7 +125,7 @@ def test_item_lists_are_built_per_fold(e2e, table, section):
     lists = warehouse.read(table)
     assert lists.count() == results["als"][table] > 0
     per_item = lists.groupBy("fold", "item_id").count().toPandas()
-    assert set(per_item["fold"]) == {"validation", "test"}
+    assert set(per_item["fold"]) == {"early", "validation", "test"}
     assert per_item["count"].max() <= cfg[section].neighbours
     assert lists.where("item_id = neighbour_id or similarity <= 0").count() == 0
 
@@ -142,7 +150,7 @@ def test_text_neighbours_are_every_text_item_s_closest_per_fold(e2e):
         .toPandas()
         .merge(vectors, on="fold")
     )
-    assert set(per_fold["fold"]) == {"validation", "test"}
+    assert set(per_fold["fold"]) == {"early", "validation", "test"}
     # Every candidate item with text (score.catalog: interacted), each with exactly
     # min(cap, other such items) neighbours.
     assert (per_fold["items"] == per_fold["count"]).all()

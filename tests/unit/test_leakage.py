@@ -3,10 +3,11 @@
 Each fold's fitted inputs (review documents and their weights, item and user text vectors, the
 items closest by text, ALS preferences, popularity, co-occurrence neighbours) are computed on a
 small interactions table, then again with rows added that exist only in a held-out split. Rows
-only in ``test`` must change nothing in either fold; rows only in ``validation`` must change
-nothing in the validation fold but must change the test fold, which is fitted on train and
-validation. The same rows labelled ``train`` change every output of both folds, so each
-comparison below is able to fail.
+only in ``test`` must change nothing in any fold; rows only in ``validation`` must change
+nothing in the early and validation folds but must change the test fold, which is fitted on
+train and validation. The same rows labelled ``train`` change every output of both folds, so each
+comparison below is able to fail. The early fold must be exactly the validation fold of the
+table one item earlier (each user's newest train item held out).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from hybridrec.config.loader import Config, load_config
-from hybridrec.constants import FOLDS, TEST, TRAIN, VALIDATION
+from hybridrec.constants import EARLY, FOLDS, TEST, TRAIN, VALIDATION
 from hybridrec.models import cf, cooc, embedding
 from hybridrec.ranking import scoring
 
@@ -148,7 +149,7 @@ def base(fit) -> dict[str, dict[str, list[str]]]:
 
 
 def test_the_base_data_feeds_every_output(base):
-    assert set(FOLDS) == {VALIDATION, TEST}
+    assert set(FOLDS) == {EARLY, VALIDATION, TEST}
     for fold, outputs in base.items():
         assert set(outputs) == set(OUTPUTS)
         for name, rows in outputs.items():
@@ -159,13 +160,38 @@ def test_the_base_data_feeds_every_output(base):
     assert users["u3"]["n_texts"] == 0
 
 
-@pytest.mark.parametrize("fold", [VALIDATION, TEST])
+@pytest.mark.parametrize("fold", [EARLY, VALIDATION, TEST])
 def test_rows_only_in_test_change_no_fold(fit, base, fold):
     assert fit(BASE + _extra("test review", TEST), fold) == base[fold]
 
 
-def test_rows_only_in_validation_change_nothing_in_the_validation_fold(fit, base):
-    assert fit(BASE + _extra("validation review", VALIDATION), VALIDATION) == base[VALIDATION]
+@pytest.mark.parametrize("fold", [EARLY, VALIDATION])
+def test_rows_only_in_validation_change_nothing_in_the_validation_fold(fit, base, fold):
+    assert fit(BASE + _extra("validation review", VALIDATION), fold) == base[fold]
+
+
+def _newest_train_as_validation(rows: list[tuple]) -> list[tuple]:
+    """``rows`` (train only) with each user's newest train item, of two or more, relabelled
+    validation: the table one item earlier, written out by hand."""
+    newest = {}
+    for user, item, *_, ts, _, _, _ in rows:
+        newest[user] = max(newest.get(user, (ts, item)), (ts, item))
+    items = {user: {r[1] for r in rows if r[0] == user} for user in newest}
+    held = {(user, item) for user, (_, item) in newest.items() if len(items[user]) >= 2}
+    return [(*r[:7], VALIDATION) if (r[0], r[1]) in held else r for r in rows]
+
+
+def test_the_early_fold_is_the_validation_fold_one_item_earlier(fit, base):
+    rows = BASE + _extra("test review", TRAIN)
+    earlier = _newest_train_as_validation(rows)
+    assert sum(r[7] == VALIDATION for r in earlier) == 3  # u1's i3, u2's i3, u3's i2
+    as_validation = {
+        name: [row.replace('"fold":"early"', '"fold":"validation"') for row in out]
+        for name, out in fit(rows, EARLY).items()
+    }
+    assert as_validation == fit(earlier, VALIDATION)
+    # The held-out items are what differs from the validation fold of the same rows.
+    assert fit(rows, EARLY) != fit(rows, VALIDATION)
 
 
 def test_rows_only_in_validation_change_every_output_of_the_test_fold(fit, base):
