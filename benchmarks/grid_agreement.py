@@ -6,17 +6,18 @@
 For each data set folder (the arguments quality.py took; its newest run with fusion weights),
 every point of the score job's weight grid (``score.weight_grid_step``) at each sharpness of
 ``score.recent_sharpness_grid`` is scored with the tuner the score job picks with, by each
-judge: ``validation`` (the validation fold's models and targets alone), ``pooled`` (those and the
-early fold's, as the score job picks where the run fitted the early fold) and ``test`` (the test
-fold's models and targets). Test is only read here, for this diagnostic; nothing is picked on it.
-It prints per data set and judge: the users it scored, the Spearman rank correlation of the
-points' NDCG by that judge and by test (per sharpness and over all points), the test NDCG of the
-judge's first point against the test-best point and the grid's mean, and that point's place on
-test.
+judge: ``validation`` (the validation fold's models and targets alone), where the run fitted
+the early fold ``early`` (its own) and ``pooled`` (both, as the score job picks), and ``test``
+(the test fold's models and targets). Test is only read here, for this diagnostic; nothing is
+picked on it. It prints per data set and judge: the users it scored, the Spearman rank
+correlation of the points' NDCG by that judge and by test (per sharpness and over all points),
+the test NDCG of the judge's first point against the test-best point and the grid's mean, and
+that point's place on test.
 
-More users judging should raise the correlation; the score job's pick (with the ``next`` share,
-the re-rank and the noise-aware choice after the grid) is not re-made here, only the grid is
-compared.
+More users judging should raise the correlation. A second table backtests the noise-aware
+choice (``tuning.choose_near_prior``) at each ``--margins`` value: the point one judge picks,
+scored by a later one; early's pick scored on validation judges the rule without test. The
+``next`` share and re-rank after the grid are not re-made here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import measured_runs  # noqa: E402
 
 from hybridrec.config.loader import Config  # noqa: E402
-from hybridrec.constants import TEST, VALIDATION  # noqa: E402
+from hybridrec.constants import EARLY, TEST, VALIDATION  # noqa: E402
 from hybridrec.ops.runner import setup_logging  # noqa: E402
 from hybridrec.ranking import rank, tuning  # noqa: E402
 from hybridrec.store.tables import Warehouse  # noqa: E402
@@ -50,13 +51,8 @@ def grid_scores(warehouse: Warehouse, cfg: Config) -> pd.DataFrame:
     suffixed ``_validation``, ``_pooled`` (where the run fitted the early fold) and ``_test``."""
     grid = weight_grid(cfg.score.weight_grid_step)
     mode = rank.ranking_mode(warehouse, cfg)
-    judges = {VALIDATION: (VALIDATION,)}
-    pooled = tuning.tuning_folds(warehouse, cfg)
-    if len(pooled) > 1:
-        judges[POOLED] = pooled
-    judges[TEST] = (TEST,)
     merged = None
-    for judge, folds in judges.items():
+    for judge, folds in judges(warehouse, cfg).items():
         frames = []
         with rank.validation_tuner(warehouse, cfg, mode, grid, folds) as tune:
             for sharpness in cfg.score.recent_sharpness_grid:
@@ -70,9 +66,51 @@ def grid_scores(warehouse: Warehouse, cfg: Config) -> pd.DataFrame:
     return merged
 
 
+def judges(warehouse: Warehouse, cfg: Config) -> dict[str, tuple[str, ...]]:
+    """Each judge's folds: validation alone, and where the run fitted the early fold, early
+    alone and pooled with validation (as the score job picks); test last."""
+    fitted = tuning.tuning_folds(warehouse, cfg)
+    found = {VALIDATION: (VALIDATION,)}
+    if EARLY in fitted:
+        found |= {EARLY: (EARLY,), POOLED: fitted}
+    return found | {TEST: (TEST,)}
+
+
+def rule_backtest(
+    warehouse: Warehouse, cfg: Config, scores: pd.DataFrame, margins: list[float]
+) -> list[dict[str, float]]:
+    """The pick of ``tuning.choose_near_prior`` at each margin (standard errors; 0 is the
+    grid's best), made by one judge and scored by a later one: early picks and validation
+    scores (the rule judged without reading test), validation or pooled picks and test scores
+    (what the score job serves, test read for this diagnostic only)."""
+    grid = weight_grid(cfg.score.weight_grid_step)
+    mode = rank.ranking_mode(warehouse, cfg)
+    metric = cfg.score.tune_metric
+    found = judges(warehouse, cfg)
+    rows = []
+    for judge, target in ((EARLY, VALIDATION), (VALIDATION, TEST), (POOLED, TEST)):
+        if judge not in found:
+            continue
+        results = tuning.ordered_grid(
+            scores[["recent_sharpness", "combo", f"{metric}_{judge}"]].rename(
+                columns={f"{metric}_{judge}": metric}
+            ),
+            grid,
+            cfg,
+        )
+        row = {"picked by, scored on": f"{judge}, {target}"}
+        with rank.validation_tuner(warehouse, cfg, mode, grid, found[judge]) as tune:
+            for margin in margins:
+                picked, _ = tuning.choose_near_prior(results, grid, tune, cfg, se=margin)
+                point = picked[["recent_sharpness", "combo"]].merge(scores)
+                row[f"margin {margin:g}"] = float(point[f"{metric}_{target}"].iloc[0])
+        rows.append(row)
+    return rows
+
+
 def judges_of(scores: pd.DataFrame) -> list[str]:
     """The judges other than test that ``scores`` holds, in the order printed."""
-    return [j for j in (VALIDATION, POOLED) if f"users_{j}" in scores]
+    return [j for j in (VALIDATION, EARLY, POOLED) if f"users_{j}" in scores]
 
 
 def agreement(scores: pd.DataFrame, metric: str, judge: str = VALIDATION) -> dict[str, float]:
@@ -106,18 +144,28 @@ def main(argv: list[str]) -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/hybridrec-quality"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--margins", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0], metavar="SE"
+    )
     args = parser.parse_args(argv)
     setup_logging()
-    rows = []
+    rows, picks = [], []
     for folder, cfg, _, warehouse in measured_runs(args.folders, args.work, args.set):
         scores = grid_scores(warehouse, cfg)
         scores.to_csv(args.work / f"{folder.name}-grid.csv", index=False)
         for judge in judges_of(scores):
             row = agreement(scores, cfg.score.tune_metric, judge)
             rows.append({"data set": f"{folder.name} ({judge})", **row})
+        for row in rule_backtest(warehouse, cfg, scores, args.margins):
+            picks.append({"data set": folder.name, **row})
     table = pd.DataFrame(rows).set_index("data set").T
     print(f"\nthe weight grid on validation and test ({cfg.score.tune_metric}@{cfg.score.k})")
     print(table.to_string(float_format="%.4f"))
+    print(
+        f"\n{cfg.score.tune_metric}@{cfg.score.k} of the grid point picked nearest the configured "
+        "weights within each margin (standard errors) of the best"
+    )
+    print(pd.DataFrame(picks).to_string(index=False, float_format="%.4f"))
 
 
 if __name__ == "__main__":

@@ -76,17 +76,12 @@ def _pick(tune: Tune, grid: list[dict[str, float]], configured: pd.DataFrame, cf
         log.info("%s: %d weight sets on validation", point, len(grid))
         with progress.working_on(point):
             tuned = tune(p)
-        frames.append(tuned.assign(recent_sharpness=p, _order=i))
+        frames.append(tuned.assign(recent_sharpness=p))
     results = pd.concat(frames, ignore_index=True)
     if results.empty:
         log.warning("no validation interactions: keeping the configured weights")
         return Pick(configured, {})
-    weights = pd.DataFrame(grid)
-    results = (
-        results.join(weights, on="combo")
-        .sort_values([cfg.score.tune_metric, "_order", "combo"], ascending=[False, True, True])
-        .drop(columns="_order")
-    )
+    results = ordered_grid(results, grid, cfg)
     curves = {"weight_grid_validation.csv": results}
     hybrid_pick, near_curve = choose_near_prior(results, grid, tune, cfg)
     if len(near_curve):
@@ -124,8 +119,25 @@ def _pick(tune: Tune, grid: list[dict[str, float]], configured: pd.DataFrame, cf
     return Pick(picks, curves)
 
 
+def ordered_grid(results: pd.DataFrame, grid: list[dict[str, float]], cfg: Config) -> pd.DataFrame:
+    """``results`` (a row per recent sharpness and combo) with each point's weights, best first:
+    ties to the earlier sharpness of ``score.recent_sharpness_grid``, then the earlier point."""
+    order = {float(p): i for i, p in enumerate(cfg.score.recent_sharpness_grid)}
+    return (
+        results.join(pd.DataFrame(grid), on="combo")
+        .assign(_order=results["recent_sharpness"].map(order))
+        .sort_values([cfg.score.tune_metric, "_order", "combo"], ascending=[False, True, True])
+        .drop(columns="_order")
+    )
+
+
 def choose_near_prior(
-    results: pd.DataFrame, grid: list[dict[str, float]], tune: Tune, cfg: Config
+    results: pd.DataFrame,
+    grid: list[dict[str, float]],
+    tune: Tune,
+    cfg: Config,
+    *,
+    se: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Of the grid's best ``score.near_best_points`` at the best's sharpness, those whose NDCG
     is within ``score.near_best_se`` standard errors of the best's (paired by user), the one
@@ -135,13 +147,15 @@ def choose_near_prior(
     one standard error of it, and which of them wins moves with any small change of the data
     or the vectors. The point nearest a fixed prior among them moves far less, and costs no
     accuracy the users can tell apart (the one-standard-error rule). ``results``: the grid's
-    rows best first. Returns the chosen row of ``results`` and the curve tried (empty where
-    ``score.near_best_se`` is 0 or a single point is compared: the best is kept).
+    rows best first; ``se``: instead of ``score.near_best_se`` (the grid agreement benchmark
+    compares margins). Returns the chosen row of ``results`` and the curve tried (empty where
+    the margin is 0 or a single point is compared: the best is kept).
     """
+    margin = cfg.score.near_best_se if se is None else se
     best = results.iloc[0]
     sharpness = float(best["recent_sharpness"])
     near = results[results["recent_sharpness"] == sharpness].head(cfg.score.near_best_points)
-    if cfg.score.near_best_se == 0 or len(near) < 2:
+    if margin == 0 or len(near) < 2:
         return results.head(1), pd.DataFrame()
     combos = near["combo"].tolist()  # the best first: the gains are paired against it
     with progress.working_on(f"the {len(combos)} points nearest the best, paired"):
@@ -153,7 +167,7 @@ def choose_near_prior(
         .assign(recent_sharpness=sharpness)
     )
     curve["prior_distance"] = sum((curve[p] - float(prior[p])).abs() for p in PARTS)
-    curve["within_noise"] = curve["ndcg_gain"] + cfg.score.near_best_se * curve["ndcg_gain_se"] >= 0
+    curve["within_noise"] = curve["ndcg_gain"] + margin * curve["ndcg_gain_se"] >= 0
     curve = curve.sort_values(
         ["within_noise", "prior_distance", "ndcg"], ascending=[False, True, False]
     )
@@ -164,7 +178,7 @@ def choose_near_prior(
         int(curve["within_noise"].sum()),
         len(curve),
         sharpness,
-        cfg.score.near_best_se,
+        margin,
         float(best[cfg.score.tune_metric]),
         {p: float(chosen[p]) for p in PARTS},
         float(chosen["ndcg"]),
