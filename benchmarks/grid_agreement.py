@@ -39,6 +39,7 @@ from hybridrec.store.tables import Warehouse  # noqa: E402
 from udfs.ranking_kernel import weight_grid  # noqa: E402
 
 POOLED = "pooled"
+PRIORS = ("centre", "configured")
 
 
 def spearman(a: pd.Series, b: pd.Series) -> float:
@@ -80,7 +81,7 @@ def rule_backtest(
     warehouse: Warehouse, cfg: Config, scores: pd.DataFrame, margins: list[float]
 ) -> list[dict[str, float]]:
     """The pick of ``tuning.choose_near_prior`` at each margin (standard errors; 0 is the
-    grid's best), made by one judge and scored by a later one: early picks and validation
+    grid's best) and prior, made by one judge and scored by a later one: early picks and validation
     scores (the rule judged without reading test), validation or pooled picks and test scores
     (what the score job serves, test read for this diagnostic only)."""
     grid = weight_grid(cfg.score.weight_grid_step)
@@ -99,11 +100,15 @@ def rule_backtest(
             cfg,
         )
         row = {"picked by, scored on": f"{judge}, {target}"}
+        rules = [(0.0, None)] + [(m, p) for p in PRIORS for m in margins if m > 0]
         with rank.validation_tuner(warehouse, cfg, mode, grid, found[judge]) as tune:
-            for margin in margins:
-                picked, _ = tuning.choose_near_prior(results, grid, tune, cfg, se=margin)
+            for margin, prior in rules:
+                picked, _ = tuning.choose_near_prior(
+                    results, grid, tune, cfg, se=margin, prior=prior
+                )
                 point = picked[["recent_sharpness", "combo"]].merge(scores)
-                row[f"margin {margin:g}"] = float(point[f"{metric}_{target}"].iloc[0])
+                name = "best" if margin == 0 else f"{prior} {margin:g}"
+                row[name] = float(point[f"{metric}_{target}"].iloc[0])
         rows.append(row)
     return rows
 
@@ -145,14 +150,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/hybridrec-quality"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
+        "--reuse", action="store_true", help="read the grid's scores saved by an earlier run"
+    )
+    parser.add_argument(
         "--margins", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0], metavar="SE"
     )
     args = parser.parse_args(argv)
     setup_logging()
     rows, picks = [], []
     for folder, cfg, _, warehouse in measured_runs(args.folders, args.work, args.set):
-        scores = grid_scores(warehouse, cfg)
-        scores.to_csv(args.work / f"{folder.name}-grid.csv", index=False)
+        saved = args.work / f"{folder.name}-grid.csv"
+        if args.reuse and saved.exists():
+            scores = pd.read_csv(saved)
+        else:
+            scores = grid_scores(warehouse, cfg)
+            scores.to_csv(saved, index=False)
         for judge in judges_of(scores):
             row = agreement(scores, cfg.score.tune_metric, judge)
             rows.append({"data set": f"{folder.name} ({judge})", **row})
@@ -162,8 +174,8 @@ def main(argv: list[str]) -> None:
     print(f"\nthe weight grid on validation and test ({cfg.score.tune_metric}@{cfg.score.k})")
     print(table.to_string(float_format="%.4f"))
     print(
-        f"\n{cfg.score.tune_metric}@{cfg.score.k} of the grid point picked nearest the configured "
-        "weights within each margin (standard errors) of the best"
+        f"\n{cfg.score.tune_metric}@{cfg.score.k} of the grid point picked nearest each prior "
+        "within each margin (standard errors) of the best"
     )
     print(pd.DataFrame(picks).to_string(index=False, float_format="%.4f"))
 

@@ -34,6 +34,7 @@ CHOICES = {
     "score.catalog": {"interacted", "all"},
     "score.tune_metric": {"ndcg", "hr"},
     "score.early_target": {"auto", "always", "never"},
+    "score.near_best_prior": {"centre", "configured"},
     "score.candidates.mode": {"auto", "full", "candidates"},
     "stream.format": {"csv", "amazon"},
     "stream.source": {"folder", "kafka"},

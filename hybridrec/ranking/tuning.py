@@ -138,17 +138,19 @@ def choose_near_prior(
     cfg: Config,
     *,
     se: float | None = None,
+    prior: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Of the grid's best ``score.near_best_points`` at the best's sharpness, those whose NDCG
     is within ``score.near_best_se`` standard errors of the best's (paired by user), the one
-    nearest the configured weights (``score.weights``, L1; ties to the higher NDCG).
+    nearest the prior (L1; ties to the higher NDCG): ``score.near_best_prior`` ``centre``, the
+    mean weights of those points, or ``configured``, ``score.weights``.
 
     On a few hundred users the grid's first place is mostly noise: dozens of points lie within
     one standard error of it, and which of them wins moves with any small change of the data
-    or the vectors. The point nearest a fixed prior among them moves far less, and costs no
+    or the vectors. The point nearest a stable prior among them moves far less, and costs no
     accuracy the users can tell apart (the one-standard-error rule). ``results``: the grid's
-    rows best first; ``se``: instead of ``score.near_best_se`` (the grid agreement benchmark
-    compares margins). Returns the chosen row of ``results`` and the curve tried (empty where
+    rows best first; ``se`` and ``prior``: instead of the settings (the grid agreement
+    benchmark compares them). Returns the chosen row of ``results`` and the curve tried (empty where
     the margin is 0 or a single point is compared: the best is kept).
     """
     margin = cfg.score.near_best_se if se is None else se
@@ -160,26 +162,30 @@ def choose_near_prior(
     combos = near["combo"].tolist()  # the best first: the gains are paired against it
     with progress.working_on(f"the {len(combos)} points nearest the best, paired"):
         curve = tune(sharpness, [grid[c] for c in combos], paired=True)
-    prior = cfg.score.weights
     curve = (
         curve.assign(combo=[combos[c] for c in curve["combo"]])
         .join(pd.DataFrame(grid)[list(PARTS)], on="combo")
         .assign(recent_sharpness=sharpness)
     )
-    curve["prior_distance"] = sum((curve[p] - float(prior[p])).abs() for p in PARTS)
     curve["within_noise"] = curve["ndcg_gain"] + margin * curve["ndcg_gain_se"] >= 0
+    if (prior or cfg.score.near_best_prior) == "configured":
+        centre = {p: float(cfg.score.weights[p]) for p in PARTS}
+    else:
+        centre = curve.loc[curve["within_noise"], list(PARTS)].mean().to_dict()
+    curve["prior_distance"] = sum((curve[p] - centre[p]).abs() for p in PARTS)
     curve = curve.sort_values(
         ["within_noise", "prior_distance", "ndcg"], ascending=[False, True, False]
     )
     chosen = curve.iloc[0]
     log.info(
         "%d of the %d best points at recent sharpness %g are within %g standard errors of the "
-        "best (ndcg %.4f); the nearest to the configured weights is picked: %s, ndcg %.4f",
+        "best (ndcg %.4f); the nearest to the %s weights is picked: %s, ndcg %.4f",
         int(curve["within_noise"].sum()),
         len(curve),
         sharpness,
         margin,
         float(best[cfg.score.tune_metric]),
+        prior or cfg.score.near_best_prior,
         {p: float(chosen[p]) for p in PARTS},
         float(chosen["ndcg"]),
     )

@@ -1,4 +1,5 @@
 """The grid's pick: among the points within noise of the best, the one nearest the prior."""
+# The configured prior unless a test says otherwise: its distances are easy to check by hand.
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ GRID = [
 ]
 
 
-def _config(tmp_path, *settings: str):
-    return load_config([], [f"run.work_dir={tmp_path}", *settings])
+def _config(tmp_path, *settings: str, prior: str = "configured"):
+    return load_config(
+        [], [f"run.work_dir={tmp_path}", f"score.near_best_prior={prior}", *settings]
+    )
 
 
 def _results(ndcg: dict[tuple[float, int], float]) -> pd.DataFrame:
@@ -104,3 +107,35 @@ def test_no_margin_keeps_the_best_without_tuning_again(tmp_path):
         results, GRID, _tuner(calls, {}, {}), _config(tmp_path, "score.near_best_se=0")
     )
     assert picked["combo"].tolist() == [0] and curve.empty and not calls
+
+
+def test_the_centre_prior_is_the_mean_of_the_points_within_noise(tmp_path):
+    # Within noise: 0 (pop 1), 1 (the configured weights) and 2 (cf .5, recent .5); their mean
+    # is cf .233, cooc .067, text .033, recent .333, pop .333: nearest to 1 (L1 0.73), then 2
+    # (0.87), then 0 (1.33); 3 is far behind and does not move the centre.
+    grid = [*GRID, {**dict.fromkeys(PARTS, 0.0), "cooc": 1.0}]
+    ndcg = {0: 0.30, 1: 0.299, 2: 0.298, 3: 0.20}
+
+    def tune(sharpness, points, *, paired=False):
+        combos = [grid.index(p) for p in points]
+        return pd.DataFrame(
+            {
+                "combo": range(len(points)),
+                "ndcg": [ndcg[c] for c in combos],
+                "hr": 0.5,
+                "users": 300,
+                "ndcg_gain": [ndcg[c] - ndcg[combos[0]] for c in combos],
+                "ndcg_gain_se": 0.01,
+            }
+        )
+
+    rows = [
+        {"recent_sharpness": 40.0, "combo": c, "ndcg": n, "hr": 0.5, "users": 300, **grid[c]}
+        for c, n in ndcg.items()
+    ]
+    results = pd.DataFrame(rows)
+    picked, curve = choose_near_prior(results, grid, tune, _config(tmp_path, prior="centre"))
+    assert picked["combo"].tolist() == [1]
+    distance = curve.set_index("combo")["prior_distance"]
+    assert distance.loc[[1, 2, 0]].tolist() == pytest.approx([0.7333, 0.8667, 1.3333], abs=1e-4)
+    assert not curve.set_index("combo").at[3, "within_noise"]
