@@ -166,6 +166,7 @@ RANGES: dict[str, Bounds] = {
     "score.weight_grid_step": Bounds(0, 1, low_open=True),
     "score.user_block_rows": COUNT,
     "score.tune_max_users": COUNT,
+    "score.early_target_below": COUNT,
     "score.history_items": COUNT,
     "score.candidates.max_full_items": COUNT,
     "score.candidates.max_memory_items": NON_NEGATIVE,  # 0: candidates are always Spark rows

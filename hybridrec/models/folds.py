@@ -74,9 +74,10 @@ def model_folds(interactions: DataFrame, cfg: Config) -> tuple[str, ...]:
     """The folds the embed and als jobs fit models for and the score job reads.
 
     ``score.early_target``: ``always`` adds the early fold, ``never`` does not, ``auto`` adds it
-    where fewer users have a validation item than ``score.tune_max_users`` (the most the
-    weights are ever picked on): below that, more users is less noise in every pick; above it,
-    a third fit of every model would buy nothing.
+    where fewer users have a validation item than ``score.early_target_below``: on a few
+    hundred users the grid's order is mostly noise and twice the users halve its variance; on
+    tens of thousands a third fit of every model buys little (and above
+    ``score.tune_max_users`` nothing: the tuning sample is capped).
     """
     setting = cfg.score.early_target
     base = (VALIDATION, TEST)
@@ -84,7 +85,7 @@ def model_folds(interactions: DataFrame, cfg: Config) -> tuple[str, ...]:
         return base
     if setting == "auto":
         users = held_out(interactions, VALIDATION).select(USER_COL).distinct().count()
-        if users >= cfg.score.tune_max_users:
+        if users >= min(cfg.score.early_target_below, cfg.score.tune_max_users):
             log.info("early fold not fitted: %d validation users are enough to tune on", users)
             return base
         log.info("early fold fitted: %d validation users, the weights are picked on more", users)

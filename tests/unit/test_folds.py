@@ -59,22 +59,24 @@ def test_the_other_folds_see_the_early_item_as_train(spark):
 
 
 @pytest.mark.parametrize(
-    ("setting", "max_users", "expected"),
+    ("setting", "below", "max_users", "expected"),
     [
-        ("auto", 3, (EARLY, VALIDATION, TEST)),  # 2 validation users: fewer than the most
-        ("auto", 2, (VALIDATION, TEST)),
-        ("always", 2, (EARLY, VALIDATION, TEST)),
-        ("never", 3, (VALIDATION, TEST)),
+        ("auto", 3, 100, (EARLY, VALIDATION, TEST)),  # 2 validation users: fewer than 3
+        ("auto", 2, 100, (VALIDATION, TEST)),
+        ("auto", 100, 2, (VALIDATION, TEST)),  # the tuning sample holds them all already
+        ("always", 2, 2, (EARLY, VALIDATION, TEST)),
+        ("never", 3, 100, (VALIDATION, TEST)),
     ],
 )
 def test_the_early_fold_is_fitted_where_validation_has_few_users(
-    spark, tmp_path, setting, max_users, expected
+    spark, tmp_path, setting, below, max_users, expected
 ):
     cfg = load_config(
         [],
         [
             f"run.work_dir={tmp_path}",
             f"score.early_target={setting}",
+            f"score.early_target_below={below}",
             f"score.tune_max_users={max_users}",
         ],
     )
