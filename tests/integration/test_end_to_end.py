@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from hybridrec.config.loader import load_config
-from hybridrec.constants import MODELS
+from hybridrec.constants import EARLY, MODELS, VALIDATION
+from hybridrec.models.folds import held_out
 from hybridrec.ops.tracking import RUN_ID_TAG, tracking_uri
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
@@ -259,7 +261,7 @@ def test_comparisons_are_the_paired_gaps_behind_the_metrics(e2e):
 
 
 def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
-    cfg, _, _ = e2e
+    cfg, warehouse, _ = e2e
     mlflow.set_tracking_uri(tracking_uri(cfg))
     assert tracking_uri(cfg).startswith("sqlite:///")
     client = MlflowClient()
@@ -296,6 +298,24 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
     assert "als_model" in {a.path for a in client.list_artifacts(als_run.info.run_id)}
     loaded = mlflow.spark.load_model(f"runs:/{parent.info.run_id}/als_model")
     assert loaded.stages[-1].rank in (4, 8)
+    # The weights were picked on the validation and early folds' users pooled: every grid
+    # point scored on both (120 users, every one with a validation item and two train items),
+    # and the points within noise of the best compared paired.
+    score_run = next(c for c in children if c.data.tags["mlflow.runName"] == "score")
+    score_artifacts = {a.path for a in client.list_artifacts(score_run.info.run_id)}
+    assert {"weight_grid_validation.csv", "near_best_validation.csv"} <= score_artifacts
+    tuned = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=score_run.info.run_id, artifact_path="weight_grid_validation.csv"
+        )
+    )
+    interactions = warehouse.read("interactions")
+    held_out_users = sum(
+        held_out(interactions, fold).select("user_id").distinct().count()
+        for fold in (VALIDATION, EARLY)
+    )
+    assert held_out_users > 120
+    assert (tuned["users"] == held_out_users).all()
     # One nested run per ALS grid point below the als job run.
     grid_runs = client.search_runs(
         [experiment.experiment_id],
