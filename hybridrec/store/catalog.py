@@ -56,10 +56,9 @@ class TableDoc:
 COLUMN_MAX = 256
 RUN_ID = "the run that wrote this row's snapshot (a row of runs); partition column"
 FOLD = (
-    "validation: fitted on train, judged on validation (tuning); early (where validation has "
-    "few users): fitted on train less each user's newest train item, judged on that item "
-    "(tuning, pooled with validation); test: refitted on train + validation, judged on test "
-    "and served; partition column"
+    "validation: fitted on train, judged on validation (tuning); early (few validation users "
+    "only): train less each user's newest train item, judged on it (tuning, with validation); "
+    "test: refitted on train + validation, judged on test, served; partition column"
 )
 # score.normalisation scales each part per user over their candidate items: zscore (default;
 # standard deviations from the user's mean, 0 = no preference), minmax (0-1) or rank (0-1).
