@@ -1,6 +1,6 @@
 """Choosing on validation, never on test: the fusion weights and recent sharpness from the
-simplex grid (among the points within noise of the best, the one nearest the configured
-weights), then the share of the what-came-next part, then the popularity re-rank strength.
+simplex grid (among the points within noise of the best, the one nearest a stable prior), then
+the share of the what-came-next part, then the popularity re-rank strength.
 
 ``pick`` is the one entry: it tunes in the job's ranking mode (``rank.validation_tuner``) and
 returns the picks with the curves it tried, which the job logs; nothing here writes.
@@ -40,11 +40,10 @@ def pick(warehouse: Warehouse, cfg: Config, mode: RankingMode) -> Pick:
     """Fusion weights of the hybrid and of the text-only baseline, one row per model.
 
     Picked on validation with the validation fold's models (which never saw that split), pooled
-    with the early fold's users where it was fitted (``tuning_folds``): the
-    hybrid from the whole simplex grid times ``score.recent_sharpness_grid`` (the point nearest
-    the configured weights among those within noise of the best, ``choose_near_prior``), then
-    mixed with
-    the what-came-next part (``choose_next``) and re-ranked (``choose_debias``); the text
+    with the early fold's users where it was fitted (``tuning_folds``): the hybrid from the
+    whole simplex grid times ``score.recent_sharpness_grid`` (of the points within noise of the
+    best, the one nearest a stable prior: ``choose_near_prior``), then mixed with the
+    what-came-next part (``choose_next``) and re-ranked (``choose_debias``); the text
     baseline from the points that use text parts only. Ties go to the earlier sharpness and
     grid point, so the pick is reproducible. Without ``score.tune_on_validation``, or without
     validation users, the configured weights.
@@ -150,8 +149,8 @@ def choose_near_prior(
     or the vectors. The point nearest a stable prior among them moves far less, and costs no
     accuracy the users can tell apart (the one-standard-error rule). ``results``: the grid's
     rows best first; ``se`` and ``prior``: instead of the settings (the grid agreement
-    benchmark compares them). Returns the chosen row of ``results`` and the curve tried (empty where
-    the margin is 0 or a single point is compared: the best is kept).
+    benchmark compares them). Returns the chosen row of ``results`` and the curve tried (empty
+    where the margin is 0 or a single point is compared: the best is kept).
     """
     margin = cfg.score.near_best_se if se is None else se
     best = results.iloc[0]
