@@ -49,19 +49,31 @@ def spearman(a: pd.Series, b: pd.Series) -> float:
 
 def grid_scores(warehouse: Warehouse, cfg: Config) -> pd.DataFrame:
     """One row per (sharpness, grid point): its NDCG and users on each judge, the columns
-    suffixed ``_validation``, ``_pooled`` (where the run fitted the early fold) and ``_test``."""
+    suffixed ``_validation``, ``_early`` and ``_pooled`` (where the run fitted the early fold)
+    and ``_test``. Each fold's grid is scored once; pooled is summed from its folds' scores as
+    the score job's tuner sums them (``rank.pooled_summaries``)."""
     grid = weight_grid(cfg.score.weight_grid_step)
     mode = rank.ranking_mode(warehouse, cfg)
-    merged = None
-    for judge, folds in judges(warehouse, cfg).items():
-        frames = []
-        with rank.validation_tuner(warehouse, cfg, mode, grid, folds) as tune:
-            for sharpness in cfg.score.recent_sharpness_grid:
-                frames.append(tune(float(sharpness)).assign(recent_sharpness=float(sharpness)))
-        scored = pd.concat(frames, ignore_index=True)[
-            ["recent_sharpness", "combo", cfg.score.tune_metric, "users"]
-        ].rename(columns={cfg.score.tune_metric: f"{cfg.score.tune_metric}_{judge}"})
-        scored = scored.rename(columns={"users": f"users_{judge}"})
+    sharpness_grid = [float(s) for s in cfg.score.recent_sharpness_grid]
+    found = judges(warehouse, cfg)
+    tuned = {}
+    for judge, folds in found.items():
+        if judge != POOLED:
+            with rank.validation_tuner(warehouse, cfg, mode, grid, folds) as tune:
+                tuned[judge] = {s: tune(s) for s in sharpness_grid}
+    if POOLED in found:
+        tuned[POOLED] = {
+            s: rank.pooled_summaries([tuned[fold][s] for fold in found[POOLED]])
+            for s in sharpness_grid
+        }
+    metric, merged = cfg.score.tune_metric, None
+    for judge in found:
+        scored = pd.concat(
+            [frame.assign(recent_sharpness=s) for s, frame in tuned[judge].items()],
+            ignore_index=True,
+        )[["recent_sharpness", "combo", metric, "users"]].rename(
+            columns={metric: f"{metric}_{judge}", "users": f"users_{judge}"}
+        )
         on = ["recent_sharpness", "combo"]
         merged = scored if merged is None else merged.merge(scored, on=on)
     return merged

@@ -4,10 +4,10 @@
     python -m jobs.score --conf conf/local.yaml
 
 Read, tune once, rank once, write: with ``score.tune_on_validation`` the fusion weights, the
-next share and the re-rank strength are picked on the validation split
-(``hybridrec.ranking.tuning``; never on test), otherwise ``score.weights`` are used as given; the
-test fold is then ranked with them (``hybridrec.ranking.rank``), in full or over candidates as
-the catalog's size decides.
+next share and the re-rank strength are picked on the validation split, pooled with the early
+fold's where the als job fitted it (``hybridrec.ranking.tuning``; never on test), otherwise
+``score.weights`` are used as given; the test fold is then ranked with them
+(``hybridrec.ranking.rank``), in full or over candidates as the catalog's size decides.
 """
 
 from __future__ import annotations

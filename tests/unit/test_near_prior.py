@@ -24,21 +24,21 @@ def _config(tmp_path, *settings: str, prior: str = "configured"):
     )
 
 
-def _results(ndcg: dict[tuple[float, int], float]) -> pd.DataFrame:
+def _results(ndcg: dict[tuple[float, int], float], grid=GRID) -> pd.DataFrame:
     """The grid's rows best first, as ``_pick`` hands them over."""
     rows = [
-        {"recent_sharpness": s, "combo": c, "ndcg": n, "hr": 2 * n, "users": 300, **GRID[c]}
+        {"recent_sharpness": s, "combo": c, "ndcg": n, "hr": 2 * n, "users": 300, **grid[c]}
         for (s, c), n in ndcg.items()
     ]
     return pd.DataFrame(rows).sort_values("ndcg", ascending=False, kind="stable")
 
 
-def _tuner(calls: list, se: dict[int, float], ndcg: dict[int, float]):
+def _tuner(calls: list, se: dict[int, float], ndcg: dict[int, float], grid=GRID):
     """Paired over the first point: each grid point's NDCG and its gain's standard error."""
 
     def tune(sharpness: float, points: list[dict[str, float]], *, paired=False) -> pd.DataFrame:
         calls.append((sharpness, points, paired))
-        combos = [GRID.index(p) for p in points]
+        combos = [grid.index(p) for p in points]
         first = ndcg[combos[0]]
         return pd.DataFrame(
             {
@@ -115,25 +115,8 @@ def test_the_centre_prior_is_the_mean_of_the_points_within_noise(tmp_path):
     # (0.87), then 0 (1.33); 3 is far behind and does not move the centre.
     grid = [*GRID, {**dict.fromkeys(PARTS, 0.0), "cooc": 1.0}]
     ndcg = {0: 0.30, 1: 0.299, 2: 0.298, 3: 0.20}
-
-    def tune(sharpness, points, *, paired=False):
-        combos = [grid.index(p) for p in points]
-        return pd.DataFrame(
-            {
-                "combo": range(len(points)),
-                "ndcg": [ndcg[c] for c in combos],
-                "hr": 0.5,
-                "users": 300,
-                "ndcg_gain": [ndcg[c] - ndcg[combos[0]] for c in combos],
-                "ndcg_gain_se": 0.01,
-            }
-        )
-
-    rows = [
-        {"recent_sharpness": 40.0, "combo": c, "ndcg": n, "hr": 0.5, "users": 300, **grid[c]}
-        for c, n in ndcg.items()
-    ]
-    results = pd.DataFrame(rows)
+    tune = _tuner([], dict.fromkeys(ndcg, 0.01), ndcg, grid)
+    results = _results({(40.0, c): n for c, n in ndcg.items()}, grid)
     picked, curve = choose_near_prior(results, grid, tune, _config(tmp_path, prior="centre"))
     assert picked["combo"].tolist() == [1]
     distance = curve.set_index("combo")["prior_distance"]
