@@ -89,7 +89,7 @@ def popularity(interactions: DataFrame, fold: str) -> DataFrame:
 
 
 def catalog_size(warehouse: Warehouse, cfg: Config) -> int:
-    """How many items the scoring catalog holds (both folds rank the same items)."""
+    """How many items the scoring catalog holds (every fold ranks the same items)."""
     return catalog_items(warehouse.read(INTERACTIONS), warehouse.read(ITEMS), cfg).count()
 
 
