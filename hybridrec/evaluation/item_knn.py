@@ -13,7 +13,7 @@ are summed in numpy instead, one block of users at a time against the neighbour 
 every neighbour count of the grid from one pass over the users, where Spark makes a row of every
 (user, history item, neighbour) once per count. Where EASE's Gram matrix XᵀX is counted anyway
 (catalogs up to ``evaluate.ease.max_items``), the lists are taken from it
-(``neighbours_from_gram``) instead of from ``cosine_neighbours``' self-join of histories.
+(``neighbours_from_gram``) instead of from ``cosine_neighbours``' pair sums over histories.
 """
 
 from __future__ import annotations
@@ -48,10 +48,7 @@ def cosine_neighbours(history: DataFrame, catalog: DataFrame, n: int) -> DataFra
     """item_id, neighbour_id, similarity, rank: each catalog item's ``n`` most similar other
     items by the cosine of X's columns, users of both / sqrt(users of each); ties go to the lower
     neighbour_id. Items without a user in common are not listed."""
-    pairs = interacted(history, catalog).withColumn(
-        "_n", F.count(F.lit(1)).over(Window.partitionBy(ITEM_COL))
-    )
-    return cooc.cosine_neighbours(pairs, n)
+    return cooc.cosine_neighbours(interacted(history, catalog), n)
 
 
 def knn_scores(seen: DataFrame, neighbours: DataFrame, n_neighbours: int) -> DataFrame:

@@ -3,12 +3,12 @@
 - EASE^R (Steck 2019): ``B = I - P / diag(P)`` with ``P = (XᵀX + l2·I)⁻¹``, the closed-form
   ridge regression of each item column on all the others. The inverse is dense and taken on the
   driver, so it runs only up to ``evaluate.ease.max_items`` catalog items; the Gram matrix is
-  counted in Spark and only its (at most n²) entries are collected.
+  summed per Spark task and only its (at most n²) entries are collected.
 - item-kNN: cosine similarity of item columns, each item's best neighbours, and a user's score
   for an item the sum of the similarities of her history items that list it
   (``hybridrec.evaluation.item_knn``; tuned here). Up to ``evaluate.ease.max_items`` the
-  neighbour lists come from EASE's Gram matrix (``FoldGrams``); above it from a self-join of
-  histories in Spark. The votes are summed in numpy where the catalog is held in memory, else in
+  neighbour lists come from EASE's Gram matrix (``FoldGrams``); above it from pair sums over
+  histories (``cooc.cosine_neighbours``). The votes are summed in numpy where the catalog is held in memory, else in
   Spark, at any catalog size.
 
 X is binary: ``X[u, i] = 1`` if the user had catalog item i in the fold's history (any event).
@@ -48,9 +48,11 @@ from hybridrec.evaluation.matrix import (
     seen_lists,
     user_items,
 )
+from hybridrec.models import cooc
 from hybridrec.models.folds import history
 from hybridrec.ranking import blocks, scoring
 from hybridrec.ranking.candidates import held_out_targets
+from udfs.pair_kernel import UPPER_TRIANGLE_SCHEMA, upper_triangle
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +65,18 @@ EASE, ITEM_KNN = "ease", "item_knn"
 def gram(history: DataFrame, index: DataFrame, n: int) -> np.ndarray:
     """G = XᵀX as a dense (n, n) float64 array: G[i, i] users of i, G[i, j] users of both.
 
-    Counted in Spark by a self-join of each user's items; only the aggregated entries are
-    collected, one triangle of them since G is symmetric.
+    Summed per task over each user's items (``cooc.pair_sums``); only the summed entries of one
+    triangle are collected, since G is symmetric.
     """
-    pairs = user_items(history, index)
-    left = pairs.select(USER_COL, F.col(IDX_COL).alias("i"))
-    right = pairs.select(USER_COL, F.col(IDX_COL).alias("j"))
-    counts = (
-        left.join(right, USER_COL)
-        .where(F.col("i") <= F.col("j"))
-        .groupBy("i", "j")
-        .count()
-        .select(F.col("i").cast("int"), F.col("j").cast("int"), F.col("count").cast("int"))
-        .toPandas()
+    user_rows = (
+        user_items(history, index)
+        .groupBy(USER_COL)
+        .agg(F.collect_list(F.col(IDX_COL).cast("int")).alias("items"))
+        .select("items")
     )
+    counts = cooc.pair_sums(user_rows, n, upper_triangle, UPPER_TRIANGLE_SCHEMA).toArrow()
     matrix = np.zeros((n, n))
-    i, j, c = (counts[col].to_numpy() for col in ("i", "j", "count"))
+    i, j, c = (counts.column(col).to_numpy() for col in ("i", "j", "count"))
     matrix[i, j] = c
     matrix[j, i] = c
     return matrix
@@ -88,8 +86,7 @@ class FoldGrams:
     """Each fold's Gram matrix, for EASE and item-kNN both: counted once per fold and held one
     fold at a time (an items x items float64 array each); while a fold's is held, item-kNN's
     neighbour lists (items x ``knn_width``) are taken from it and kept, so item-kNN needs no
-    self-join of histories of its own (on MovieLens' long histories the one in
-    ``cosine_neighbours`` ran out of memory)."""
+    pair sums of its own."""
 
     def __init__(self, interactions: DataFrame, index: DataFrame, n_items: int, knn_width: int):
         self.interactions, self.index, self.n_items = interactions, index, n_items

@@ -7,49 +7,119 @@ small catalogs and short histories (measured in the README's quality table).
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from hybridrec.constants import FOLD_COL, ITEM_COL, TS_COL, USER_COL
 from hybridrec.models.folds import history
-from hybridrec.models.nearest import keep_best
+from udfs.pair_kernel import ALL_PAIRS, ORDERED, best_per_row, merged_rows, task_sums
 
 NEIGHBOUR_COL = "neighbour_id"
 SECONDS_PER_DAY = 86_400.0
 RANK_COL = "rank"
+_SUMS_SCHEMA = "a int, part int, b array<int>, w array<double>"
 
 
-def cosine_neighbours(pairs: DataFrame, n: int, together: Column | None = None) -> DataFrame:
+def cosine_neighbours(events: DataFrame, n: int, time_scale_days: float | None = None) -> DataFrame:
     """item_id, neighbour_id, similarity, rank: each item's ``n`` most similar other items.
 
-    ``pairs`` holds user_id, item_id, ``_n`` (the item's user count) and any other columns
-    ``together`` reads; each user of both items adds ``together`` (1 when None) to the pair,
-    reading a column ``c`` of the item as ``c_a`` and of the neighbour as ``c_b``; the sum is
-    divided by ``sqrt(users of a * users of b)`` (cosine), so popular items do not neighbour
-    everything. Ties go to the lower neighbour_id; items with no user in common are not listed.
+    ``events`` holds distinct (user_id, item_id) pairs, and ``_t`` (seconds) where the pairs are
+    time-weighted. Each user of both items adds 1 to the pair, or
+    ``exp(-days apart / time_scale_days)`` when ``time_scale_days`` is given; the sum is divided
+    by ``sqrt(users of a * users of b)`` (cosine), so popular items do not neighbour everything.
+    Ties go to the lower neighbour_id; items with no user in common are not listed. The pairs
+    are summed in numpy per task (``udfs.pair_kernel``), never a Spark row per pair.
     """
-    extra = [c for c in pairs.columns if c not in (USER_COL, ITEM_COL)]
-    left = pairs.select(USER_COL, ITEM_COL, *[F.col(c).alias(f"{c}_a") for c in extra])
-    right = pairs.select(
-        USER_COL,
-        F.col(ITEM_COL).alias(NEIGHBOUR_COL),
-        *[F.col(c).alias(f"{c}_b") for c in extra],
+    fields = [ITEM_COL] + (["_t"] if time_scale_days is not None else [])
+    arrays = [F.col(f"_s.{ITEM_COL}").alias("items")]
+    if time_scale_days is not None:
+        arrays.append(F.col("_s._t").cast("array<double>").alias("times"))
+    user_rows = (
+        events.groupBy(USER_COL).agg(F.collect_list(F.struct(*fields)).alias("_s")).select(*arrays)
     )
-    best_first = Window.partitionBy(ITEM_COL).orderBy(
-        F.col("similarity").desc(), F.col(NEIGHBOUR_COL)
+    norms = _collect_norms(events.groupBy(ITEM_COL).agg(F.count(F.lit(1)).alias("users")))
+    users = norms["users"].to_numpy(np.float64)
+    return _neighbour_lists(
+        user_rows,
+        norms[ITEM_COL].to_numpy(object),
+        lambda a, b: np.sqrt(users[a] * users[b]),
+        n,
+        ALL_PAIRS,
+        time_scale=None if time_scale_days is None else time_scale_days * SECONDS_PER_DAY,
     )
-    return (
-        left.join(right, USER_COL)
-        .where(F.col(ITEM_COL) != F.col(NEIGHBOUR_COL))
-        .groupBy(ITEM_COL, NEIGHBOUR_COL, "_n_a", "_n_b")
-        .agg(F.sum(F.lit(1.0) if together is None else together).alias("_w"))
-        .select(
-            ITEM_COL,
-            NEIGHBOUR_COL,
-            (F.col("_w") / F.sqrt(F.col("_n_a") * F.col("_n_b"))).alias("similarity"),
+
+
+def _collect_norms(per_item: DataFrame) -> pd.DataFrame:
+    """Per item normalisers in item id order: item-sized, held by every task of the lists."""
+    return per_item.orderBy(ITEM_COL).toPandas()
+
+
+def pair_sums(
+    user_rows: DataFrame,
+    n_items: int,
+    finish: Callable[[np.ndarray, np.ndarray, np.ndarray], pa.RecordBatch],
+    schema: str,
+    kind: str = ALL_PAIRS,
+    positions: Callable[[np.ndarray], np.ndarray] | None = None,
+    **pairing,
+) -> DataFrame:
+    """Sums over the pairs of each user's items (``udfs.pair_kernel``): ``user_rows`` holds one
+    row per user, ``items`` (ids mapped by ``positions``, or catalog positions where it is None)
+    and, for time-weighted pairs, ``times``. Each task sums its users' pairs; the sums are then
+    gathered by item and handed to ``finish(a, b, summed)`` (every distinct pair of the
+    partition's items a), whose record batch of ``schema`` is the output."""
+
+    def sums(batches):
+        from pyspark import TaskContext
+
+        part = TaskContext.get().partitionId()
+        yield task_sums(batches, positions, n_items, kind, part=part, **pairing)
+
+    def merge(batches):
+        yield finish(*merged_rows(batches))
+
+    return user_rows.mapInArrow(sums, _SUMS_SCHEMA).repartition("a").mapInArrow(merge, schema)
+
+
+def _neighbour_lists(
+    user_rows: DataFrame,
+    ids: np.ndarray,
+    denominator: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n: int,
+    kind: str,
+    **pairing,
+) -> DataFrame:
+    """``pair_sums`` of ``user_rows`` divided by ``denominator(a, b)`` of catalog positions and
+    cut to each item's best ``n``."""
+
+    def best(a: np.ndarray, b: np.ndarray, summed: np.ndarray) -> pa.RecordBatch:
+        other = a != b
+        a, b, summed = a[other], b[other], summed[other]
+        similarity = summed / denominator(a, b)
+        chosen, rank = best_per_row(a, b, similarity, n)
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(ids[a[chosen]], pa.string()),
+                pa.array(ids[b[chosen]], pa.string()),
+                pa.array(similarity[chosen], pa.float64()),
+                pa.array(rank.astype(np.int32), pa.int32()),
+            ],
+            names=[ITEM_COL, NEIGHBOUR_COL, "similarity", RANK_COL],
         )
-        .withColumn(RANK_COL, F.row_number().over(best_first))
-        .where(F.col(RANK_COL) <= n)
+
+    return pair_sums(
+        user_rows,
+        len(ids),
+        best,
+        f"{ITEM_COL} string, {NEIGHBOUR_COL} string, similarity double, {RANK_COL} int",
+        kind,
+        pd.Index(ids).get_indexer,
+        **pairing,
     )
 
 
@@ -65,11 +135,10 @@ def item_neighbours(
 
     Two items of one user's newest ``history_items`` count ``exp(-days apart / time_scale_days)``
     towards their pair, so items had together weigh more than items had years apart
-    (``cosine_neighbours``). The cap bounds the self-join at ``history_items``² rows per user.
+    (``cosine_neighbours``). The cap bounds a user's pairs at ``history_items``².
 
     Returns item_id, neighbour_id, similarity, fold.
     """
-    # Each kept (user, item) carries its item's user count, so the self-join needs no lookups.
     pairs = (
         history(interactions, fold)
         .groupBy(USER_COL, ITEM_COL)
@@ -82,11 +151,9 @@ def item_neighbours(
         )
         .where(F.col("_r") <= history_items)
         .drop("_r")
-        .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy(ITEM_COL)))
     )
-    days_apart = F.abs(F.col("_t_a") - F.col("_t_b")) / SECONDS_PER_DAY
     return (
-        cosine_neighbours(pairs, neighbours, F.exp(-days_apart / F.lit(float(time_scale_days))))
+        cosine_neighbours(pairs, neighbours, float(time_scale_days))
         .drop(RANK_COL)
         .withColumn(FOLD_COL, F.lit(fold))
     )
@@ -102,42 +169,38 @@ def item_transitions(
     is divided by sqrt(max(1, a's outgoing weight) * max(1, b's incoming weight)), so an item
     that follows everything does not lead every list, while a pair seen once between rare items
     does not outrank one many users made. Unlike co-occurrence the pairs are ordered: a season
-    is followed by the next one, not the one before. Pairs come from an equi-join on the place
-    (one row per pair kept), never a self-join of whole histories.
+    is followed by the next one, not the one before. The pairs are summed in numpy per task
+    (``udfs.pair_kernel``).
 
     Returns item_id, neighbour_id, similarity, fold.
     """
-    ordered = (
+    in_order = F.array_sort(F.collect_list(F.struct("_first", ITEM_COL)))
+    user_rows = (
         history(interactions, fold)
         .groupBy(USER_COL, ITEM_COL)
         .agg(F.min(TS_COL).alias("_first"))
-        .withColumn(
-            "_place",
-            F.row_number().over(Window.partitionBy(USER_COL).orderBy("_first", ITEM_COL)),
+        .groupBy(USER_COL)
+        .agg(in_order.alias("_s"))
+    )
+    # A's outgoing weight sums 0.5 ** (gap - 1) over the places after it, up to the window:
+    # 2 * (1 - 0.5 ** places); its incoming weight likewise over the places before it.
+    placed = user_rows.select(F.size("_s").alias("_h"), F.posexplode("_s").alias("_p", "_e"))
+    after = F.least(F.col("_h") - 1 - F.col("_p"), F.lit(int(window)))
+    before = F.least(F.col("_p"), F.lit(int(window)))
+    norms = _collect_norms(
+        placed.groupBy(F.col(f"_e.{ITEM_COL}").alias(ITEM_COL)).agg(
+            F.sum(2 * (1 - F.pow(F.lit(0.5), after))).alias("out"),
+            F.sum(2 * (1 - F.pow(F.lit(0.5), before))).alias("in"),
         )
-        .select(USER_COL, ITEM_COL, "_place")
     )
-    after = ordered.select(
-        USER_COL, F.col(ITEM_COL).alias(NEIGHBOUR_COL), F.col("_place").alias("_next_place")
+    outgoing = np.maximum(norms["out"].to_numpy(np.float64), 1.0)
+    incoming = np.maximum(norms["in"].to_numpy(np.float64), 1.0)
+    lists = _neighbour_lists(
+        user_rows.select(F.col(f"_s.{ITEM_COL}").alias("items")),
+        norms[ITEM_COL].to_numpy(object),
+        lambda a, b: np.sqrt(outgoing[a] * incoming[b]),
+        neighbours,
+        ORDERED,
+        window=int(window),
     )
-    gaps = F.explode(F.sequence(F.lit(1), F.lit(int(window)))).alias("_gap")
-    weights = (
-        ordered.select(USER_COL, ITEM_COL, "_place", gaps)
-        .withColumn("_next_place", F.col("_place") + F.col("_gap"))
-        .join(after, [USER_COL, "_next_place"])
-        .groupBy(ITEM_COL, NEIGHBOUR_COL)
-        .agg(F.sum(F.pow(F.lit(0.5), F.col("_gap") - 1)).alias("_w"))
-    )
-    out_weight = F.sum("_w").over(Window.partitionBy(ITEM_COL))
-    in_weight = F.sum("_w").over(Window.partitionBy(NEIGHBOUR_COL))
-    similarity = weights.select(
-        ITEM_COL,
-        NEIGHBOUR_COL,
-        (
-            F.col("_w")
-            / F.sqrt(F.greatest(out_weight, F.lit(1.0)) * F.greatest(in_weight, F.lit(1.0)))
-        ).alias("similarity"),
-    )
-    return keep_best(similarity, ITEM_COL, NEIGHBOUR_COL, "similarity", neighbours).withColumn(
-        FOLD_COL, F.lit(fold)
-    )
+    return lists.drop(RANK_COL).withColumn(FOLD_COL, F.lit(fold))
