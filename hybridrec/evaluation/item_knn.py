@@ -9,10 +9,10 @@ history items that list it (``knn_scores``); from those scores come the top K
 
 Where the catalog is held in memory (full ranking, or candidates chosen in memory), the votes
 are summed in numpy instead, one block of users at a time against the neighbour lists as
-(items, n) arrays (``neighbour_lists``, ``block_scores``): the same scores, ranks and ties, and
-every neighbour count of the grid from one pass over the users, where Spark makes a row of every
-(user, history item, neighbour) once per count. Where EASE's Gram matrix XᵀX is counted anyway
-(catalogs up to ``evaluate.ease.max_items``), the lists are taken from it
+(items, n) arrays (``cooc.cosine_positions``, ``block_scores``): the same scores, ranks and
+ties, and every neighbour count of the grid from one pass over the users, where Spark makes a
+row of every (user, history item, neighbour) once per count. Where EASE's Gram matrix XᵀX is
+counted anyway (catalogs up to ``evaluate.ease.max_items``), the lists are taken from it
 (``neighbours_from_gram``) instead of from ``cosine_neighbours``' pair sums over histories.
 """
 
@@ -119,26 +119,10 @@ def knn_target_ranks(
 # --- in memory, block by block --------------------------------------------------------------
 
 
-def neighbour_lists(neighbours: DataFrame, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``cosine_neighbours`` as (items, n) catalog positions in rank order (-1 pads) and their
-    similarities: one row per catalog item of ``ids`` (sorted), collected (item-sized)."""
-    rows = neighbours.select(ITEM_COL, NEIGHBOUR_COL, "similarity", RANK_COL).toPandas()
-    position = pd.Index(ids)
-    item = position.get_indexer(rows[ITEM_COL])
-    neighbour = position.get_indexer(rows[NEIGHBOUR_COL])
-    width = max(1, int(rows[RANK_COL].max()) if len(rows) else 1)
-    lists = np.full((len(ids), width), -1, np.int64)
-    sims = np.zeros((len(ids), width), np.float64)
-    slot = rows[RANK_COL].to_numpy(np.int64) - 1
-    lists[item, slot] = neighbour
-    sims[item, slot] = rows["similarity"].to_numpy(np.float64)
-    return lists, sims
-
-
 def neighbours_from_gram(
     gram: np.ndarray, n: int, block_rows: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``neighbour_lists`` of ``cosine_neighbours`` taken from the fold's Gram matrix XᵀX (rows
+    """``cooc.cosine_positions``' lists taken from the fold's Gram matrix XᵀX (rows
     and columns in catalog order; the diagonal holds each item's users) instead of a self-join
     of histories: users of both / sqrt(users of each), in double as Spark computes it, pairs
     without a common user left out, ties to the lower neighbour. Rows in blocks, so the

@@ -8,8 +8,8 @@
   for an item the sum of the similarities of her history items that list it
   (``hybridrec.evaluation.item_knn``; tuned here). Up to ``evaluate.ease.max_items`` the
   neighbour lists come from EASE's Gram matrix (``FoldGrams``); above it from pair sums over
-  histories (``cooc.cosine_neighbours``). The votes are summed in numpy where the catalog is held in memory, else in
-  Spark, at any catalog size.
+  histories (``cooc``). The votes are summed in numpy where the catalog is held in memory, else
+  in Spark, at any catalog size.
 
 X is binary: ``X[u, i] = 1`` if the user had catalog item i in the fold's history (any event).
 Both write the baselines' long format: model, user_id, rank (1 = best), item_id.
@@ -34,7 +34,6 @@ from hybridrec.evaluation.item_knn import (
     cosine_neighbours,
     interacted,
     knn_target_ranks,
-    neighbour_lists,
     neighbours_from_gram,
     recommend_knn,
 )
@@ -44,9 +43,9 @@ from hybridrec.evaluation.matrix import (
     catalog_ids,
     dense_tuning_ranks,
     item_index,
+    item_lists,
     recommend_dense,
     seen_lists,
-    user_items,
 )
 from hybridrec.models import cooc
 from hybridrec.models.folds import history
@@ -68,13 +67,9 @@ def gram(history: DataFrame, index: DataFrame, n: int) -> np.ndarray:
     Summed per task over each user's items (``cooc.pair_sums``); only the summed entries of one
     triangle are collected, since G is symmetric.
     """
-    user_rows = (
-        user_items(history, index)
-        .groupBy(USER_COL)
-        .agg(F.collect_list(F.col(IDX_COL).cast("int")).alias("items"))
-        .select("items")
-    )
-    counts = cooc.pair_sums(user_rows, n, upper_triangle, UPPER_TRIANGLE_SCHEMA).toArrow()
+    counts = cooc.pair_sums(
+        item_lists(history, index), n, upper_triangle, UPPER_TRIANGLE_SCHEMA
+    ).toArrow()
     matrix = np.zeros((n, n))
     i, j, c = (counts.column(col).to_numpy() for col in ("i", "j", "count"))
     matrix[i, j] = c
@@ -276,7 +271,7 @@ def tune_item_knn(
     if in_memory:
         ids, index = item_index(catalog)
         if grams is None:
-            lists, sims = neighbour_lists(cosine_neighbours(fit, catalog, grid[best]), ids)
+            lists, sims = cooc.cosine_positions(item_lists(fit, index), len(ids), grid[best])
         else:
             lists, sims = grams.knn_lists(TEST)
         recommendations = blocks.map_with_broadcast(
@@ -313,7 +308,7 @@ def _knn_validation_in_memory(
     fit = history(interactions, VALIDATION)
     ids, index = item_index(catalog)
     if grams is None:
-        lists, sims = neighbour_lists(cosine_neighbours(fit, catalog, max(grid)), ids)
+        lists, sims = cooc.cosine_positions(item_lists(fit, index), len(ids), max(grid))
     else:
         lists, sims = grams.knn_lists(VALIDATION)
     target_idx = targets.join(

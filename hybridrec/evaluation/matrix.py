@@ -95,6 +95,16 @@ def dense_target_ranks(block: pd.DataFrame, weights: np.ndarray, combo: int) -> 
     )
 
 
+def item_lists(history: DataFrame, index: DataFrame) -> DataFrame:
+    """items: one row per user, her distinct catalog positions (the pair kernel's input)."""
+    return (
+        user_items(history, index)
+        .groupBy(USER_COL)
+        .agg(F.collect_list(F.col(IDX_COL).cast("int")).alias("items"))
+        .select("items")
+    )
+
+
 def seen_lists(history: DataFrame, index: DataFrame, users: DataFrame | None) -> DataFrame:
     """user_id, seen: the catalog positions each user (of ``users``, if given) had."""
     pairs = user_items(history, index)

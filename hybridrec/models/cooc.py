@@ -86,6 +86,34 @@ def pair_sums(
     return user_rows.mapInArrow(sums, _SUMS_SCHEMA).repartition("a").mapInArrow(merge, schema)
 
 
+def _best(
+    denominator: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n: int,
+    label: Callable[[np.ndarray], pa.Array],
+    names: list[str],
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], pa.RecordBatch]:
+    """The ``finish`` of ``pair_sums`` for neighbour lists: each item's pairs with other items
+    divided by ``denominator(a, b)`` of catalog positions, cut to its best ``n``, the items
+    written by ``label``."""
+
+    def best(a: np.ndarray, b: np.ndarray, summed: np.ndarray) -> pa.RecordBatch:
+        other = a != b
+        a, b, summed = a[other], b[other], summed[other]
+        similarity = summed / denominator(a, b)
+        chosen, rank = best_per_row(a, b, similarity, n)
+        return pa.RecordBatch.from_arrays(
+            [
+                label(a[chosen]),
+                label(b[chosen]),
+                pa.array(similarity[chosen], pa.float64()),
+                pa.array(rank.astype(np.int32), pa.int32()),
+            ],
+            names=names,
+        )
+
+    return best
+
+
 def _neighbour_lists(
     user_rows: DataFrame,
     ids: np.ndarray,
@@ -95,32 +123,49 @@ def _neighbour_lists(
     **pairing,
 ) -> DataFrame:
     """``pair_sums`` of ``user_rows`` divided by ``denominator(a, b)`` of catalog positions and
-    cut to each item's best ``n``."""
-
-    def best(a: np.ndarray, b: np.ndarray, summed: np.ndarray) -> pa.RecordBatch:
-        other = a != b
-        a, b, summed = a[other], b[other], summed[other]
-        similarity = summed / denominator(a, b)
-        chosen, rank = best_per_row(a, b, similarity, n)
-        return pa.RecordBatch.from_arrays(
-            [
-                pa.array(ids[a[chosen]], pa.string()),
-                pa.array(ids[b[chosen]], pa.string()),
-                pa.array(similarity[chosen], pa.float64()),
-                pa.array(rank.astype(np.int32), pa.int32()),
-            ],
-            names=[ITEM_COL, NEIGHBOUR_COL, "similarity", RANK_COL],
-        )
-
+    cut to each item's best ``n``, as item ids."""
+    names = [ITEM_COL, NEIGHBOUR_COL, "similarity", RANK_COL]
     return pair_sums(
         user_rows,
         len(ids),
-        best,
+        _best(denominator, n, lambda p: pa.array(ids[p], pa.string()), names),
         f"{ITEM_COL} string, {NEIGHBOUR_COL} string, similarity double, {RANK_COL} int",
         kind,
         pd.Index(ids).get_indexer,
         **pairing,
     )
+
+
+def cosine_positions(user_rows: DataFrame, n_items: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cosine_neighbours`` (unweighted) over catalog positions, collected (item-sized):
+    ``user_rows`` holds one row per user, ``items`` her distinct catalog positions. Returns
+    (n_items, width) arrays of each item's neighbours best first (-1 pads) and their
+    similarities, width the longest list."""
+    # Read twice (the norms, then the sums): computed once.
+    user_rows = user_rows.persist()
+    try:
+        counted = user_rows.select(F.explode("items").alias("a")).groupBy("a").count().toArrow()
+        users = np.zeros(n_items)
+        users[counted.column("a").to_numpy()] = counted.column("count").to_numpy()
+        names = ["a", "b", "similarity", RANK_COL]
+        best = _best(
+            lambda a, b: np.sqrt(users[a] * users[b]),
+            n,
+            lambda p: pa.array(p.astype(np.int32), pa.int32()),
+            names,
+        )
+        table = pair_sums(
+            user_rows, n_items, best, f"a int, b int, similarity double, {RANK_COL} int"
+        ).toArrow()
+    finally:
+        user_rows.unpersist()
+    a, b, similarity, rank = (table.column(c).to_numpy() for c in names)
+    width = max(1, int(rank.max()) if len(rank) else 1)
+    lists = np.full((n_items, width), -1, np.int64)
+    sims = np.zeros((n_items, width), np.float64)
+    lists[a, rank - 1] = b
+    sims[a, rank - 1] = similarity
+    return lists, sims
 
 
 def item_neighbours(

@@ -184,8 +184,47 @@ def _neighbour_arrays(
     return neighbour_idx, neighbour_sims
 
 
+# The tables a fold's catalog is read from; a catalog is reused while their snapshots are the
+# same files (``Warehouse.snapshot_stamp``).
+CATALOG_TABLES = (
+    INTERACTIONS,
+    ITEMS,
+    ALS_ITEM_FACTORS,
+    ITEM_EMBEDDINGS,
+    ITEM_NEIGHBOURS,
+    ITEM_TEXT_NEIGHBOURS,
+    ITEM_TRANSITIONS,
+)
+# The last catalog loaded in this process, by what it was loaded from: the evaluate job ranks
+# the test fold the score job has just ranked (one process under ``hybridrec run``), and
+# collecting it again took a few seconds of Spark jobs at any size. One is kept: item-sized.
+_LAST_CATALOG: dict[tuple, ranking_kernel.ItemCatalog] = {}
+
+
 def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> ranking_kernel.ItemCatalog:
-    """The catalog of ``fold`` from the written factor and embedding tables."""
+    """The catalog of ``fold`` from the written factor and embedding tables (the one this
+    process loaded last where those tables are the same snapshots; the arrays are shared, so
+    no caller changes them)."""
+    key = (
+        warehouse.db_root,
+        warehouse.run_id,
+        fold,
+        cfg.score.catalog,
+        tuple(warehouse.snapshot_stamp(table) for table in CATALOG_TABLES),
+    )
+    if key in _LAST_CATALOG:
+        log.info("catalog (%s fold): reused, its tables unchanged since it was loaded", fold)
+        return _LAST_CATALOG[key]
+    catalog = _read_catalog(warehouse, cfg, fold)
+    for value in vars(catalog).values():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False  # shared by every later caller: a change would leak
+    _LAST_CATALOG.clear()
+    _LAST_CATALOG[key] = catalog
+    return catalog
+
+
+def _read_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> ranking_kernel.ItemCatalog:
     interactions = warehouse.read(INTERACTIONS)
     catalog = build_catalog(
         catalog_items(interactions, warehouse.read(ITEMS), cfg),

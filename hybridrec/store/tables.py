@@ -166,6 +166,16 @@ class Warehouse:
         folders = sorted(self._children(self.path(name)))
         return tuple((f, tuple(sorted(self._children(f"{self.path(name)}/{f}")))) for f in folders)
 
+    def snapshot_stamp(self, name: str, *, run_id: str | None = None) -> tuple:
+        """The file names of ``name``'s snapshot for a run, partition folders included: data
+        files are named anew by every write, so an equal stamp is the same snapshot."""
+        root = self.snapshot_path(name, self._run(run_id))
+        stamp = []
+        for child in sorted(self._children(root)):
+            inner = self._children(f"{root}/{child}") if "=" in child else []
+            stamp.append((child, tuple(sorted(inner))))
+        return tuple(stamp)
+
     def exists(self, name: str, *, run_id: str | None = None) -> bool:
         return self._exists(self.snapshot_path(name, self._run(run_id)))
 

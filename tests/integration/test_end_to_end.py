@@ -11,9 +11,10 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from hybridrec.config.loader import load_config
-from hybridrec.constants import EARLY, MODELS, VALIDATION
+from hybridrec.constants import EARLY, ITEM_NEIGHBOURS, MODELS, TEST, VALIDATION
 from hybridrec.models.folds import held_out
 from hybridrec.ops.tracking import RUN_ID_TAG, tracking_uri
+from hybridrec.ranking import scoring
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
 from udfs.ranking_kernel import PARTS
@@ -51,6 +52,33 @@ def e2e(spark, tmp_path_factory):
     )
     results = run_pipeline(spark, cfg, RUN_ID)
     return cfg, Warehouse.from_config(spark, cfg, RUN_ID), results
+
+
+def test_evaluate_reused_the_test_catalog_score_loaded(e2e, monkeypatch):
+    cfg, warehouse, _ = e2e
+    reads, real = [], scoring._read_catalog
+
+    def counted(warehouse, cfg, fold):
+        reads.append(fold)
+        return real(warehouse, cfg, fold)
+
+    monkeypatch.setattr(scoring, "_read_catalog", counted)
+
+    catalog = scoring.load_catalog(warehouse, cfg, TEST)
+
+    # The pipeline's last load (evaluate's, of the score job's test fold) is still held.
+    assert reads == [] and len(catalog) > 0
+    with pytest.raises(ValueError):
+        catalog.pop[0] = 1.0  # shared: no caller may change it under another
+    # Any of its tables written again (new files) is another snapshot: read anew.
+    stamp = warehouse.snapshot_stamp
+    monkeypatch.setattr(
+        warehouse,
+        "snapshot_stamp",
+        lambda name, **kw: ("new",) if name == ITEM_NEIGHBOURS else stamp(name, **kw),
+    )
+    scoring.load_catalog(warehouse, cfg, TEST)
+    assert reads == [TEST]
 
 
 def test_every_input_row_is_kept_or_rejected(e2e):

@@ -19,7 +19,13 @@ from hybridrec.evaluation.item_knn import (
     recommend_knn,
 )
 from hybridrec.evaluation.linear import ease_weights, gram, tune_and_recommend
-from hybridrec.evaluation.matrix import dense_tuning_ranks, item_index, recommend_dense
+from hybridrec.evaluation.matrix import (
+    dense_tuning_ranks,
+    item_index,
+    item_lists,
+    recommend_dense,
+)
+from hybridrec.models import cooc
 from hybridrec.models.folds import history
 from hybridrec.ranking.candidates import MISS_RANK
 
@@ -189,6 +195,26 @@ def test_dense_tuning_ranks_count_ties_against_the_target_and_miss_seen_targets(
     # u02 (had i05) ranks i01 behind i00 and i02 (higher) and i03 (tied), ahead of i04.
     assert scores[2, 3] == scores[2, 1]
     assert got["u02"][1] == 1 + sum(scores[2, j] >= scores[2, 1] for j in (0, 2, 3, 4))
+
+
+def test_cosine_positions_are_the_brute_force_top_n_as_arrays(spark):
+    rng = np.random.default_rng(5)
+    x = _binary(rng, 25, 12, 0.3)
+    x[:, 11] = 0  # an item nobody had: an empty list, nobody's neighbour
+    interactions = spark.createDataFrame(_matrix_rows(x) + [("u00", "zz", TRAIN)], SCHEMA)
+    sim = _cosine(x)
+    _, index = item_index(_catalog(spark, 12))
+
+    lists, sims = cooc.cosine_positions(item_lists(history(interactions, VALIDATION), index), 12, 4)
+
+    assert lists.shape == sims.shape == (12, 4)
+    for i in range(12):
+        expected = sorted(np.nonzero(sim[i] > 0)[0], key=lambda j, i=i: (-sim[i, j], j))
+        expected = [j for j in expected if j != i][:4]
+        assert lists[i].tolist() == expected + [-1] * (4 - len(expected))
+        assert sims[i, : len(expected)] == pytest.approx(list(sim[i, expected]))
+    assert lists[11].tolist() == [-1] * 4
+    assert not (lists == 11).any()
 
 
 def test_cosine_neighbours_are_the_brute_force_top_n(spark):

@@ -34,6 +34,22 @@ def test_each_run_has_its_own_snapshot(spark, warehouse):
     assert warehouse.runs("t") == ["R1", "R2"]
 
 
+@pytest.mark.parametrize("fold", [False, True])
+def test_a_snapshot_stamp_changes_with_every_write_and_only_then(spark, warehouse, fold):
+    partition_by = ["fold"] if fold else None
+    warehouse.write(_rows(spark, 3, fold), "t", partition_by=partition_by)
+    first = warehouse.snapshot_stamp("t")
+    warehouse.write(_rows(spark, 4, fold), "other", partition_by=partition_by)
+
+    assert warehouse.snapshot_stamp("t") == first
+    assert first and any(files for _, files in first) == fold  # partition folders listed
+
+    # The same rows again: new files, a new stamp; another run's snapshot is its own.
+    warehouse.write(_rows(spark, 3, fold), "t", partition_by=partition_by)
+    assert warehouse.snapshot_stamp("t") != first
+    assert warehouse.snapshot_stamp("t", run_id="R9") == ()
+
+
 def test_a_retry_replaces_the_runs_rows_even_with_none(spark, warehouse):
     assert warehouse.write(_rows(spark, 51), "rejects_like") == 51
     assert warehouse.write(_rows(spark, 0), "rejects_like") == 0
