@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-# Pairs of one chunk of users held at once (three arrays of this length): bounds a task's
-# memory whatever the histories, since one user's pairs grow with the square of her items.
+# Pairs of one chunk of users held at once (three arrays of about this length, plus one user's
+# pairs): bounds a task's memory, since one user's pairs grow with the square of her items.
 CHUNK_PAIRS = 4_000_000
 # Raw (item, item, weight) entries a task keeps before summing duplicates into its matrix.
 CONSOLIDATE_ENTRIES = 20_000_000
@@ -32,18 +32,17 @@ def _starts(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
 
-def _chunks(lengths: np.ndarray, cost: np.ndarray, budget: int) -> list[tuple[int, int]]:
-    """Consecutive user ranges [start, stop) whose summed ``cost`` stays within ``budget`` (a
-    single user above it is a chunk of her own)."""
-    spans, start, total = [], 0, 0
-    for user, c in enumerate(cost.tolist()):
-        if user > start and total + c > budget:
-            spans.append((start, user))
-            start, total = user, 0
-        total += c
-    if len(lengths):
-        spans.append((start, len(lengths)))
-    return spans
+def _chunks(cost: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive user ranges [start, stop) by where each user's pairs start: a range holds the
+    users starting within one ``budget`` of the running total, so it sums to less than
+    ``budget`` plus its last user's cost."""
+    if not len(cost):
+        return []
+    before = np.cumsum(cost) - cost
+    bucket = before // max(1, budget)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(bucket)) + 1])
+    stops = np.append(starts[1:], len(cost))
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
 def all_pairs(
@@ -156,7 +155,7 @@ def task_sums(
             total.add(*ordered_pairs(items, lengths, window))
             continue
         starts = _starts(lengths)
-        for start, stop in _chunks(lengths, lengths**2, CHUNK_PAIRS):
+        for start, stop in _chunks(lengths**2, CHUNK_PAIRS):
             begin = starts[start]
             end = begin + lengths[start:stop].sum()
             if times is None:

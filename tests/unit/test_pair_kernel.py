@@ -163,3 +163,17 @@ def test_upper_triangle_keeps_each_symmetric_pair_once():
     assert pairs == {
         (i, j): full[i, j] for i in range(N_ITEMS) for j in range(i, N_ITEMS) if full[i, j]
     }
+
+
+def test_chunks_cover_every_user_in_order_within_the_budget_plus_one_user():
+    cost = np.random.default_rng(5).integers(1, 40, size=200) ** 2
+    cost[50] = 5_000  # one user above the budget on her own
+
+    spans = pair_kernel._chunks(cost, 1_000)
+
+    assert spans[0][0] == 0 and spans[-1][1] == len(cost)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    for start, stop in spans:
+        assert stop > start
+        assert cost[start:stop].sum() < 1_000 + cost[stop - 1]
+    assert pair_kernel._chunks(cost[:0], 1_000) == []
