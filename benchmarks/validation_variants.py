@@ -50,7 +50,7 @@ from hybridrec.constants import (  # noqa: E402
 from hybridrec.evaluation import linear  # noqa: E402
 from hybridrec.models.folds import history  # noqa: E402
 from hybridrec.ops.runner import setup_logging  # noqa: E402
-from hybridrec.ranking import scoring  # noqa: E402
+from hybridrec.ranking import catalogs, scoring  # noqa: E402
 from hybridrec.store.tables import Warehouse  # noqa: E402
 from udfs import ranking_kernel, rerank  # noqa: E402
 
@@ -160,7 +160,7 @@ def measure(cfg: Config, warehouse: Warehouse, spark) -> pd.DataFrame:
     picked = warehouse.read(FUSION_WEIGHTS).toPandas()
     hybrid = picked[picked["model"] == "hybrid"].iloc[0]
     weights = {part: float(hybrid[part]) for part in ranking_kernel.PARTS}
-    catalog = scoring.load_catalog(warehouse, cfg, VALIDATION)
+    catalog = catalogs.load_catalog(warehouse, cfg, VALIDATION)
     users = scoring.load_user_frame(spark, warehouse, catalog, VALIDATION, with_target=True)
     users = scoring.tuning_sample(users.where("target is not null"), cfg.score.tune_max_users)
     users = users.toPandas()  # the bounded tuning sample

