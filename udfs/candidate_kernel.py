@@ -19,7 +19,13 @@ import pandas as pd
 
 from udfs.ranking_kernel import PARTS, normalise, stack_vectors
 from udfs.reasons import NAMED_REASONS, REASONS, UNEXPLAINED, dominant_parts, part_contributions
-from udfs.rerank import model_scores, rerank_top_k, reranked_target_ranks, tie_break
+from udfs.rerank import (
+    grid_rank_rows,
+    grid_reranked_target_ranks,
+    model_scores,
+    rerank_top_k,
+    tie_break,
+)
 
 # A target that is not among a user's candidates ranks below any top-K.
 MISS_RANK = 2**31 - 1
@@ -296,19 +302,7 @@ def tune_slots(
     found = slots.target_slot >= 0
     target_slot = np.maximum(slots.target_slot, 0)
     ties = cache(slots.ties)
-    frames = []
-    for combo, weights in enumerate(grid):
-        fused, debiased = model_scores(normalised, weights, ties)
-        ranks = reranked_target_ranks(
-            fused, debiased, slots.candidates, target_slot, k, rerank_slots
-        )
-        frames.append(
-            pd.DataFrame(
-                {
-                    "combo": combo,
-                    "user_id": slots.user_ids,
-                    "target_rank": np.where(found, ranks, miss_rank),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
+    ranks = grid_reranked_target_ranks(
+        normalised, slots.candidates, target_slot, grid, ties, k, rerank_slots
+    )
+    return grid_rank_rows(slots.user_ids, np.where(found, ranks, miss_rank))

@@ -15,7 +15,13 @@ import pandas as pd
 
 from udfs.ranking_kernel import ItemCatalog, normalised_parts, ragged_mask
 from udfs.reasons import part_contributions, pick_reasons
-from udfs.rerank import model_scores, rerank_top_k, reranked_target_ranks, tie_break
+from udfs.rerank import (
+    grid_rank_rows,
+    grid_reranked_target_ranks,
+    model_scores,
+    rerank_top_k,
+    tie_break,
+)
 
 
 def recommend_block(
@@ -102,13 +108,5 @@ def tune_block(
     parts, _ = normalised_parts(block, catalog, candidates, method, **raw_settings)
     target = block["target"].to_numpy().astype(np.int64)
     ties = cache(lambda: tie_break(block["user_id"].to_numpy(), catalog.ids))
-    frames = []
-    for combo, weights in enumerate(grid):
-        fused, debiased = model_scores(parts, weights, ties)
-        ranks = reranked_target_ranks(fused, debiased, candidates, target, k, rerank_slots)
-        frames.append(
-            pd.DataFrame(
-                {"combo": combo, "user_id": block["user_id"].to_numpy(), "target_rank": ranks}
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
+    ranks = grid_reranked_target_ranks(parts, candidates, target, grid, ties, k, rerank_slots)
+    return grid_rank_rows(block["user_id"].to_numpy(), ranks)

@@ -7,12 +7,12 @@ fused and de-biased scores), ``rerank_top_k`` and ``reranked_target_ranks``. Imp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from udfs.ranking_kernel import fuse, target_ranks, top_k
+from udfs.ranking_kernel import fuse, grid_target_ranks, target_ranks, top_k
 
 # A weight set's key for the popularity de-biasing strength of its re-rank (``model_scores``).
 DEBIAS = "debias"
@@ -119,3 +119,37 @@ def reranked_target_ranks(
     target_score = fused[rows, target]
     listed_ahead = ((scores >= target_score[:, None]) & (best >= 0) & ~is_target).sum(axis=1)
     return np.where(found, listed_ahead + 1, np.maximum(ranks, k + 1))
+
+
+def grid_reranked_target_ranks(
+    parts: Mapping[str, np.ndarray],
+    candidates: np.ndarray,
+    target: np.ndarray,
+    grid: Sequence[Mapping[str, float]],
+    ties: Callable[[], np.ndarray],
+    k: int,
+    slots: int,
+) -> np.ndarray:
+    """(weight sets, rows): ``reranked_target_ranks`` under each weight set of ``grid``; the
+    sets that re-rank nothing (no de-biasing strength, or no slots) go through
+    ``grid_target_ranks`` together."""
+    plain = [c for c, w in enumerate(grid) if slots <= 0 or not float(w.get(DEBIAS, 0.0))]
+    ranks = np.empty((len(grid), len(target)), dtype=np.int64)
+    if plain:
+        ranks[plain] = grid_target_ranks(parts, candidates, target, [grid[c] for c in plain])
+    for combo in sorted(set(range(len(grid))) - set(plain)):
+        fused, debiased = model_scores(parts, grid[combo], ties)
+        ranks[combo] = reranked_target_ranks(fused, debiased, candidates, target, k, slots)
+    return ranks
+
+
+def grid_rank_rows(user_ids: np.ndarray, ranks: np.ndarray) -> pd.DataFrame:
+    """combo, user_id, target_rank: ``ranks`` (weight sets, users) as one row per pair."""
+    n_sets, n_users = ranks.shape
+    return pd.DataFrame(
+        {
+            "combo": np.repeat(np.arange(n_sets, dtype=np.int64), n_users),
+            "user_id": np.tile(np.asarray(user_ids), n_sets),
+            "target_rank": ranks.ravel(),
+        }
+    )
