@@ -338,8 +338,9 @@ def grid_target_ranks(
     With weights >= 0 (not all 0), a candidate at or above the target in every weighted part
     fuses at or above it whatever the weights (float rounding is monotone), and one below it by
     more than the rounding in every part fuses below it; only the rest are fused per weight set.
-    On real parts most candidates are one or the other, so a 1,001-point grid costs a fraction
-    of 1,001 full fusions."""
+    It pays over per-user candidates (score at 30,000 users: 147 -> 119 s, same machine and
+    hour), not over a whole catalog (the sample: 43% of candidates settled, no gain), where a
+    block is only cut to the width of its most undecided user."""
     used = [p for p in PARTS if any(w.get(p, 0.0) for w in grid)]
     weights = np.array([[float(w.get(p, 0.0)) for p in used] for w in grid]).reshape(len(grid), -1)
     if not len(grid) or (weights < 0).any() or not (weights > 0).any(axis=1).all():
