@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS
+from hybridrec.ops.session import SHORT_RUN_SPARK_CONF
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,6 +37,8 @@ TINY_SETTINGS = {
         "k": 5,
         "debias_grid": [0.0, 1.0],
         "next_share_grid": [0.0, 0.1],
+        # No early fold: these runs test the platform; the end-to-end test fits that fold.
+        "early_target": "never",
     },
     # One point per baseline grid: these runs test the platform, not the picks.
     "evaluate": {"k": 5, "ease": {"l2_grid": [10.0]}, "item_knn": {"neighbours_grid": [10]}},
@@ -44,7 +46,7 @@ TINY_SETTINGS = {
     "spark": {
         "master": "local[2]",
         "shuffle_partitions": 2,
-        "conf": {"spark.driver.extraJavaOptions": SHORT_JOB_JAVA_OPTIONS},
+        "conf": dict(SHORT_RUN_SPARK_CONF),
     },
 }
 

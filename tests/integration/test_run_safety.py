@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS
+from hybridrec.ops.session import SHORT_RUN_SPARK_CONF
 from hybridrec.ops.tracking import ROLE_TAG, RUN_ID_TAG
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,9 @@ TINY = [
     "embed.text_neighbours=10",
     "spark.master=local[2]",
     "spark.shuffle_partitions=2",
-    f"spark.conf.spark.driver.extraJavaOptions={SHORT_JOB_JAVA_OPTIONS}",
+    # These runs test kills and locks, not the picks: no early fold (the end-to-end test has it).
+    "score.early_target=never",
+    *(f"spark.conf.{key}={value}" for key, value in SHORT_RUN_SPARK_CONF.items()),
 ]
 RUNS = ("P1", "P2", "P3", "P4")
 TABLES = (
@@ -172,8 +174,9 @@ def test_kills_and_a_busy_warehouse_leave_the_complete_run_whole(work, tmp_path)
     after_kills = _read_back(work, "P1", "duckdb")
     assert after_kills["counts"] == before["counts"]
 
-    # Resume the older run: it reads its own snapshots whatever the killed runs did.
-    resumed = _run(_cli(work, "--run-id", "P1", "--stages", "score,evaluate"))
+    # Resume the older run: it reads its own snapshots (evaluate reads score's and all before)
+    # whatever the killed runs did.
+    resumed = _run(_cli(work, "--run-id", "P1", "--stages", "evaluate"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "took over the lock of run P3" in resumed.stderr
     final = _read_back(work, "P1", "spark")

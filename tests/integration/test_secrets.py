@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hybridrec.config.loader import load_config
-from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS
+from hybridrec.ops.session import SHORT_RUN_SPARK_CONF
 from hybridrec.store.tables import Warehouse
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_secrets_are_in_no_param_log_or_table(tracking_server, tmp_path, spark):
         "source.sample.n_users=40",
         "source.sample.n_items=30",
         "spark.master=local[2]",
-        f"spark.conf.spark.driver.extraJavaOptions={SHORT_JOB_JAVA_OPTIONS}",
+        *(f"spark.conf.{key}={value}" for key, value in SHORT_RUN_SPARK_CONF.items()),
     ]
     command = [sys.executable, "-m", "pipelines.cli", "run", "--conf", "conf/local.yaml"]
     for setting in settings:

@@ -19,7 +19,7 @@ from hybridrec.config.loader import (
 )
 from hybridrec.config.schema import LIST_RANGES, MAP_RANGES, OPEN_MAPS, OPTIONAL_TYPES, RANGES
 from hybridrec.ops.runner import new_run_id
-from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS
+from hybridrec.ops.session import SHORT_JOB_JAVA_OPTIONS, SHORT_RUN_SPARK_CONF
 from pipelines.end_to_end import STAGES
 from udfs.ranking_kernel import PARTS
 
@@ -1035,10 +1035,12 @@ def test_every_shipped_conf_file_loads(name):
     load_config([conf_dir() / name], remote)
 
 
-def test_the_quick_profile_and_the_suites_jvms_take_the_short_job_java_options(spark):
+def test_the_quick_profile_and_the_suites_sessions_take_the_short_run_settings(spark):
     quick = yaml.safe_load((REPO / "conf" / "quick.yaml").read_text(encoding="utf-8"))
-    assert quick["spark"]["conf"]["spark.driver.extraJavaOptions"] == SHORT_JOB_JAVA_OPTIONS
+    assert quick["spark"]["conf"] == SHORT_RUN_SPARK_CONF
+    assert SHORT_RUN_SPARK_CONF["spark.driver.extraJavaOptions"] == SHORT_JOB_JAVA_OPTIONS
     # What the JVM was started with: the options reached it, split into two arguments.
     runtime = spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
     arguments = list(runtime.getInputArguments())
     assert set(SHORT_JOB_JAVA_OPTIONS.split()) <= set(arguments), arguments
+    assert spark.conf.get("spark.sql.codegen.wholeStage").lower() == "false"
