@@ -48,7 +48,7 @@ def spark(cfg: Config):
     session.stop()
 
 
-# The suite runs on two xdist workers (pyproject's addopts). A session or module fixture is made
+# The suite runs on three xdist workers (pyproject's addopts). A session or module fixture is made
 # once per worker that needs it, so the unit of work given to a worker is a file (its module
 # fixtures made once), and the files that share an expensive session fixture go together.
 SHARED_FIXTURE_FILES = {
@@ -80,6 +80,11 @@ def pytest_collection_modifyitems(items):
 
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
+
+    # xdist would queue the units with the most tests first, which puts the single-test Airflow
+    # and run-safety files (several minutes each) last, into the suite's tail. Collection
+    # order starts with tests/integration, the long units, and the unit tests fill in after.
+    config.option.loadscopereorder = False
 
     class ByWorkUnit(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
