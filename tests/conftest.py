@@ -48,7 +48,7 @@ def spark(cfg: Config):
     session.stop()
 
 
-# The suite runs on three xdist workers (pyproject's addopts). A session or module fixture is made
+# The suite runs on two xdist workers (pyproject's addopts). A session or module fixture is made
 # once per worker that needs it, so the unit of work given to a worker is a file (its module
 # fixtures made once), and the files that share an expensive session fixture go together.
 SHARED_FIXTURE_FILES = {
