@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hybridrec.config.loader import Config, load_config
-from hybridrec.ops.session import SHORT_RUN_SPARK_CONF, get_spark
+from hybridrec.ops.session import SHORT_RUN_SETTINGS, get_spark
 
 # An xdist worker's __main__ (execnet's bootstrap) has neither __spec__ nor __file__, which
 # pyspark.sql.connect takes for a doctest run and answers with sys.exit(0) when MLflow imports
@@ -29,14 +29,9 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
             "spark.master=local[2]",
             "spark.shuffle_partitions=2",
             # Every session of the suite runs small jobs (hybridrec.ops.session).
-            *short_run_settings(),
+            *SHORT_RUN_SETTINGS,
         ],
     )
-
-
-def short_run_settings() -> list[str]:
-    """SHORT_RUN_SPARK_CONF as ``--set`` values, for the suite's sessions and pipeline runs."""
-    return [f"spark.conf.{key}={value}" for key, value in SHORT_RUN_SPARK_CONF.items()]
 
 
 @pytest.fixture(scope="session")

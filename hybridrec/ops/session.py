@@ -31,6 +31,10 @@ SHORT_RUN_SPARK_CONF = {
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     "spark.ui.enabled": "false",
 }
+# The same as ``--set`` values, for the runs the test suite launches.
+SHORT_RUN_SETTINGS = tuple(
+    f"spark.conf.{key}={value}" for key, value in SHORT_RUN_SPARK_CONF.items()
+)
 GPU_RESOURCE = re.compile(r"^spark\.(task|executor|driver|worker)\.resource\.gpu\.")
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hybridrec.ops.session import SHORT_RUN_SPARK_CONF
+from hybridrec.ops.session import SHORT_RUN_SETTINGS
 from hybridrec.ops.tracking import ROLE_TAG, RUN_ID_TAG
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ TINY = [
     "spark.shuffle_partitions=2",
     # These runs test kills and locks, not the picks: no early fold (the end-to-end test has it).
     "score.early_target=never",
-    *(f"spark.conf.{key}={value}" for key, value in SHORT_RUN_SPARK_CONF.items()),
+    *SHORT_RUN_SETTINGS,
 ]
 RUNS = ("P1", "P2", "P3", "P4")
 TABLES = (

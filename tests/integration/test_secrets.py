@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hybridrec.config.loader import load_config
-from hybridrec.ops.session import SHORT_RUN_SPARK_CONF
+from hybridrec.ops.session import SHORT_RUN_SETTINGS
 from hybridrec.store.tables import Warehouse
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_secrets_are_in_no_param_log_or_table(tracking_server, tmp_path, spark):
         "source.sample.n_users=40",
         "source.sample.n_items=30",
         "spark.master=local[2]",
-        *(f"spark.conf.{key}={value}" for key, value in SHORT_RUN_SPARK_CONF.items()),
+        *SHORT_RUN_SETTINGS,
     ]
     command = [sys.executable, "-m", "pipelines.cli", "run", "--conf", "conf/local.yaml"]
     for setting in settings:
