@@ -126,6 +126,29 @@ def test_later_snapshots_of_a_checked_table_add_only_their_partitions(spark, war
     assert sorted(r[0] for r in listed) == [f"run_id=R{i}/fold=test" for i in (1, 2, 3)]
 
 
+def test_every_fold_of_a_snapshot_is_registered_by_its_first_and_later_writes(spark, warehouse):
+    folds = ["early", "validation", "test"]
+
+    def folded(n):
+        rows = _rows(spark, n * len(folds))
+        return rows.withColumn(
+            "fold",
+            F.element_at(F.array(*map(F.lit, folds)), (F.col("user_id").cast("int") % 3) + 1),
+        )
+
+    for run_id in ("R1", "R2"):
+        warehouse.write(folded(2), "folds", run_id=run_id, partition_by=["fold"])
+
+    table = spark.table(warehouse.qualified("folds"))
+    counts = {
+        (r["run_id"], r["fold"]): r["count"]
+        for r in table.groupBy("run_id", "fold").count().collect()
+    }
+    assert counts == {(run, fold): 2 for run in ("R1", "R2") for fold in folds}
+    listed = spark.sql(f"SHOW PARTITIONS {warehouse.qualified('folds')}").collect()
+    assert len(listed) == 6
+
+
 def test_a_table_registered_elsewhere_or_dropped_by_hand_is_registered_again(
     spark, warehouse, tmp_path
 ):
