@@ -48,6 +48,7 @@ from hybridrec.models.folds import history
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
 from hybridrec.ranking import blocks, rank, scoring
+from hybridrec.serving import recommender
 from hybridrec.store.tables import Warehouse
 from udfs.ranking_kernel import PARTS
 from udfs.rerank import DEBIAS, debiased
@@ -363,6 +364,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     mlflow.log_text(table.to_csv(index=False), "metrics.csv")
     mlflow.log_text(compared.drop(columns="run_id").to_csv(index=False), "comparisons.csv")
     kernel = {"kernel_seconds": blocks.kernel_clock(spark).value - kernel_started}
+    if cfg.mlflow.log_model and mode.catalog_broadcast:
+        # The last stage: the run's ranking is complete, and a version per run is registered.
+        recommender.log_served_model(spark, warehouse, cfg, run_id)
     return headline(every_metric, gaps, k) | kernel
 
 

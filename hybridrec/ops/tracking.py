@@ -381,7 +381,7 @@ def log_spark_model(model, name: str, *, staging_dir: str) -> None:
 
     with tempfile.TemporaryDirectory(prefix="hybridrec-model-") as tmp:
         local = Path(tmp) / name
-        package = _copy_package(Path(tmp) / "code" / "hybridrec")
+        package = copy_package(Path(tmp) / "code" / "hybridrec")
         mlflow.spark.save_model(
             model,
             str(local),
@@ -396,7 +396,7 @@ def log_spark_model(model, name: str, *, staging_dir: str) -> None:
             MlflowClient().log_artifacts(parent_id, str(local), artifact_path=name)
 
 
-def _copy_package(target: Path, source: Traversable | None = None) -> Path:
+def copy_package(target: Path, source: Traversable | None = None) -> Path:
     """The hybridrec package as plain files, from wherever it is imported: a folder, or the
     ``--py-files`` zip a cluster driver imports it from (MLflow copies only real folders)."""
     source = source or resources.files("hybridrec")
@@ -404,7 +404,7 @@ def _copy_package(target: Path, source: Traversable | None = None) -> Path:
     for child in source.iterdir():
         if child.is_dir():
             if child.name != "__pycache__":
-                _copy_package(target / child.name, child)
+                copy_package(target / child.name, child)
         elif not child.name.endswith(".pyc"):
             (target / child.name).write_bytes(child.read_bytes())
     return target

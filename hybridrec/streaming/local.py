@@ -252,9 +252,9 @@ def text_vectors(
         for text_hash, vector in zip(rows["text_hash"], rows[EMBEDDING_COL], strict=True):
             found.setdefault(text_hash, np.asarray(vector, dtype=np.float32))
     todo = docs[~docs["text_hash"].isin(list(found))].drop_duplicates("text_hash")
-    todo = todo.assign(_length=todo["text"].str.len()).sort_values("_length")
     new = pd.DataFrame({"text_hash": pd.Series([], dtype=object), EMBEDDING_COL: []})
-    if len(todo):
+    if len(todo):  # (an empty frame's text column may not be strings)
+        todo = todo.assign(_length=todo["text"].str.len()).sort_values("_length")
         vectors = np.asarray(driver_encoder(cfg).encode(todo["text"].tolist()), dtype=np.float32)
         new = pd.DataFrame(
             {"text_hash": todo["text_hash"].to_numpy(), EMBEDDING_COL: list(vectors)}

@@ -351,3 +351,113 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
     )
     assert len(grid_runs) == 2
     assert all("validation_ndcg" in r.data.metrics for r in grid_runs)
+
+
+def _served_model_uri(cfg) -> str:
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{cfg.mlflow.registered_model}'")
+    runs = [v for v in versions if v.tags.get("hybridrec_run_id") == RUN_ID]
+    assert len(runs) == 1, [(v.version, v.tags) for v in versions]
+    return f"models:/{cfg.mlflow.registered_model}/{runs[0].version}"
+
+
+def _table_lists(warehouse, users) -> pd.DataFrame:
+    recs = warehouse.read("recommendations").where(F.col("run_id") == RUN_ID)
+    return recs.where(F.col("user_id").isin(users)).toPandas().sort_values(["user_id", "rank"])
+
+
+def test_the_served_model_ranks_known_new_and_unknown_users(e2e):
+    cfg, warehouse, _ = e2e
+    model = mlflow.pyfunc.load_model(_served_model_uri(cfg))
+    known = ["u3", "u7"]
+    table = _table_lists(warehouse, known)
+
+    served = model.predict(pd.DataFrame({"user_id": known}))
+
+    # The score job's kernel on the run's own state: the table's lists, parts and reasons.
+    assert list(served["user_id"].unique()) == known
+    for column in ["user_id", "rank", "item_id", "reason", "reason_item_id"]:
+        assert served[column].tolist() == table[column].tolist(), column
+    for column in ["score", *(f"{p}_score" for p in PARTS)]:
+        np.testing.assert_allclose(served[column], table[column], rtol=1e-5, atol=1e-6)
+
+    items = warehouse.read("items").select("item_id").toPandas()["item_id"].tolist()
+    history = pd.DataFrame(
+        {
+            "user_id": "newcomer",
+            "item_id": items[:3],
+            "rating": [5.0, 4.0, None],
+            "event_ts": ["2024-03-01T10:00:00Z", "2024-03-02T10:00:00Z", None],
+            "review_text": ["Soft and warm, I wear it every day.", None, None],
+        }
+    )
+    new = model.predict(history)
+    assert len(new) == K and set(new["user_id"]) == {"newcomer"}
+    assert not set(new["item_id"]) & set(items[:3])  # nothing the user already has
+    assert (np.diff(new["score"].to_numpy()) <= 1e-9).all()
+
+    nobody = model.predict(pd.DataFrame({"user_id": ["nobody"]}))
+    assert len(nobody) == K and set(nobody["reason"]) == {"popular"}
+
+    with pytest.raises(Exception, match="known to run"):
+        model.predict(history.assign(user_id="u3"))
+
+
+def test_mlflow_models_serve_answers_with_the_table_s_lists(e2e, tmp_path):
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cfg, warehouse, _ = e2e
+    uri = _served_model_uri(cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg)}
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+        records = [
+            {"user_id": "u5"},
+            {"user_id": "fresh", "item_id": "i1", "rating": 5.0, "event_ts": "2024-03-01"},
+        ]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_records": records}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = pd.DataFrame(json.loads(response.read())["predictions"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+    table = _table_lists(warehouse, ["u5"])
+    known = answer[answer["user_id"] == "u5"]
+    assert known["item_id"].tolist() == table["item_id"].tolist()
+    np.testing.assert_allclose(known["score"], table["score"], rtol=1e-5)
+    fresh = answer[answer["user_id"] == "fresh"]
+    assert len(fresh) == K and "i1" not in set(fresh["item_id"])

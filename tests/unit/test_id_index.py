@@ -80,7 +80,7 @@ def test_the_model_carries_the_package_even_when_imported_from_the_code_zip(tmp_
         "import sys, pathlib; sys.path.insert(0, sys.argv[1]);"
         "import hybridrec, hybridrec.ops.tracking as t;"
         "assert '.zip' in hybridrec.__file__, hybridrec.__file__;"
-        "out = t._copy_package(pathlib.Path(sys.argv[2]));"
+        "out = t.copy_package(pathlib.Path(sys.argv[2]));"
         "print(sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file()))"
     )
     done = subprocess.run(

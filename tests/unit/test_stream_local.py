@@ -74,3 +74,15 @@ def test_repeats_are_exact_with_nulls_equal(history):
     kept = local.drop_repeats(batch, seen)
     assert kept["item_id"].tolist() == ["i9", "i1"]
     assert kept["review_text"].tolist()[1] == "good paper!"
+
+
+def test_a_history_without_review_text_needs_no_vector(history):
+    cfg = load_config(["conf/local.yaml"])
+    # As a JSON request or a CSV without any text reads: a column of missing floats.
+    silent = history.toPandas().assign(review_text=float("nan"))
+    docs = local.review_documents(silent, cfg)
+    state = local.LocalServing(interactions=None, texts=None, item_vectors=pd.Series(dtype=object))
+
+    vectors, encoded = local.text_vectors(state, docs, cfg, "run", {}, set())
+
+    assert docs.empty and vectors == {} and encoded.empty

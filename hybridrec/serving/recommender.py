@@ -1,0 +1,316 @@
+"""The served recommender as an MLflow model: the run's ranking of its served fold, loadable and
+servable without Spark.
+
+``export`` writes what ranking one user needs, from a complete run's snapshots:
+
+- ``catalog.npz``: the served (test) fold's item catalog (``ItemCatalog``'s arrays: ALS and text
+  vectors, popularity, co-occurrence, text and what-came-next neighbour lists) and the ALS item
+  factors a new user's factors are folded in against;
+- ``users/``: Parquet, one row per user the run ranked (their history as catalog indices, newest
+  first, ALS factors and text vector: what the score job's kernel reads);
+- ``serving.json``: the picked weights (de-biasing included), recent sharpness, ranking mode and
+  ALS settings; and the config sections the kernel reads (score, embed, ingest, als).
+
+``HybridRecommender.predict`` takes rows of ``user_id`` and, for a user the run has not seen,
+optionally that user's events (``item_id``, ``event_type``, ``event_ts``, ``rating``,
+``review_text``); it returns the recommendations table's columns for each user. A known user is
+ranked from the run's state by the score job's own kernel (``scoring.recommend_block``), so the
+list equals the ``recommendations`` table's; a new user's events are folded in as the stream
+does on a small micro-batch (ALS fold-in, review texts encoded by the run's encoder, the user's
+text vector), then ranked the same way. A known user sent with events is refused: events since
+the run are the stream job's (``recommendations_live``).
+
+Memory: one process holds the catalog (items x (ALS rank + text dim) floats and the neighbour
+lists) and every user's row (users x (rank + dim) floats): about 1.7 KB per user and 2 KB per
+item at rank 32 and 384 text dimensions, so 300,000 users and 10,000 items take about 0.5 GB.
+Only a catalog ranked in memory (``score.candidates.max_memory_items``) can be exported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from hybridrec.config.loader import Config
+from hybridrec.constants import (
+    EMBEDDING_COL,
+    EVENT_COL,
+    FACTORS_COL,
+    ITEM_COL,
+    RATING_COL,
+    TEXT_COL,
+    TS_COL,
+    USER_COL,
+)
+from hybridrec.models.foldin import AlsSettings, gram
+from udfs.ranking_kernel import PARTS, ItemCatalog
+
+log = logging.getLogger(__name__)
+
+SERVED_MODEL = "served_model"  # its artifact path in the MLflow run
+CATALOG_FILE = "catalog.npz"
+USERS_DIR = "users"
+STATE_FILE = "serving.json"
+# What the kernel, the fold-in and the encoder read of the run's config; nothing else (no
+# credentials) travels with the model.
+CONFIG_SECTIONS = ("score", "embed", "ingest", "als")
+EVENT_INPUT = [ITEM_COL, EVENT_COL, TS_COL, RATING_COL, TEXT_COL]
+POPULAR_ONLY = {part: 1.0 if part == "pop" else 0.0 for part in PARTS}
+
+
+class UnservableRequest(ValueError):
+    """A request the model refuses; the message says why and what to send instead."""
+
+
+def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: str) -> None:
+    """Write run ``run_id``'s served ranking into ``folder`` (the module doc). ``staging``:
+    storage the executors and the driver share, where Spark writes the users' rows before they
+    are copied into ``folder``."""
+    import shutil
+
+    from hybridrec.ranking import scoring
+    from hybridrec.streaming.live import SERVED_FOLD, load_serving
+
+    serving = load_serving(spark, cfg, run_id, warehouse)
+    if serving.catalog is None:
+        raise UnservableRequest(
+            f"{serving.mode.describe()}: the served model holds its catalog in one process, "
+            f"up to score.candidates.max_memory_items ({cfg.score.candidates.max_memory_items})"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f.name: getattr(serving.catalog, f.name) for f in fields(ItemCatalog)}
+    arrays["ids"] = np.asarray(arrays["ids"]).astype(str)
+    np.savez(
+        folder / CATALOG_FILE,
+        **arrays,
+        factor_items=np.asarray(serving.factor_items).astype(str),
+        factors=serving.factors,
+    )
+    users = scoring.load_user_frame(spark, serving.warehouse, serving.catalog, SERVED_FOLD)
+    staged = f"{staging.rstrip('/')}/served_users_{run_id}"
+    users.drop("target").write.mode("overwrite").parquet(staged)
+    local = Path(staged.removeprefix("file:"))
+    shutil.copytree(local, folder / USERS_DIR, ignore=shutil.ignore_patterns(".*", "_*"))
+    shutil.rmtree(local, ignore_errors=True)
+    state = {
+        "run_id": run_id,
+        "weights": serving.weights,
+        "recent_sharpness": serving.recent_sharpness,
+        "over_candidates": serving.mode.over_candidates,
+        "als": asdict(serving.als),
+        "model_id": serving.model_id,
+        "config": {section: cfg[section].to_dict() for section in CONFIG_SECTIONS},
+    }
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
+
+
+class ServedRanking:
+    """A run's exported ranking, in this process (no Spark)."""
+
+    def __init__(self, folder: Path):
+        from hybridrec.ranking import rank
+        from hybridrec.streaming.live import Serving
+        from hybridrec.streaming.local import LocalServing
+
+        state = json.loads((folder / STATE_FILE).read_text())
+        with np.load(folder / CATALOG_FILE, allow_pickle=False) as saved:
+            catalog = ItemCatalog(**{f.name: saved[f.name] for f in fields(ItemCatalog)})
+            factor_items, factors = saved["factor_items"], saved["factors"]
+        self.cfg = Config(state["config"])
+        self.run_id = state["run_id"]
+        how = rank.MEMORY if state["over_candidates"] else rank.FULL
+        self.serving = Serving(
+            run_id=self.run_id,
+            warehouse=None,
+            mode=rank.RankingMode(len(catalog), how),
+            catalog=catalog,
+            weights=state["weights"],
+            recent_sharpness=float(state["recent_sharpness"]),
+            als=AlsSettings(**state["als"]),
+            factor_items=factor_items,
+            factors=factors,
+            factor_gram=gram(factors),
+            model_id=state["model_id"],
+        )
+        item_vectors = pd.Series(list(catalog.text), index=catalog.ids, dtype=object)
+        self.local = LocalServing(
+            interactions=None, texts=None, item_vectors=item_vectors[catalog.has_text]
+        )
+        users = pd.read_parquet(folder / USERS_DIR)
+        self.users = users.set_index(USER_COL, drop=False)
+        log.info(
+            "served model of run %s: %d items, %d users", self.run_id, len(catalog), len(users)
+        )
+
+    def recommend(self, request: pd.DataFrame) -> pd.DataFrame:
+        """The recommendations table's rows for every user of ``request`` (the module doc),
+        in the order the users first appear."""
+        from hybridrec.ranking import scoring
+
+        if USER_COL not in request.columns:
+            raise UnservableRequest(f"the request has no {USER_COL} column")
+        request = request.assign(**{USER_COL: request[USER_COL].astype(str)})
+        order = list(dict.fromkeys(request[USER_COL]))
+        has_event = (
+            request[ITEM_COL].notna()
+            if ITEM_COL in request.columns
+            else pd.Series(False, index=request.index)
+        )
+        with_events = set(request.loc[has_event, USER_COL])
+        known = [u for u in order if u in self.users.index]
+        refused = sorted(with_events & set(known))
+        if refused:
+            raise UnservableRequest(
+                f"users {refused[:5]} are known to run {self.run_id}: send their ids alone "
+                "(events since the run are folded in by the stream job, recommendations_live)"
+            )
+        frames = []
+        models = {"hybrid": self.serving.weights}
+        if known:
+            block = self.users.loc[known].reset_index(drop=True).assign(target=None)
+            frames.append(self._rank(scoring, block, models))
+        new = [u for u in order if u in with_events]
+        if new:
+            frames.append(self._fold_in(request[has_event & request[USER_COL].isin(new)]))
+        unknown = [u for u in order if u not in self.users.index and u not in with_events]
+        if unknown:  # no history, no vector: popularity is all there is to rank them by
+            cold = pd.DataFrame(
+                {
+                    USER_COL: unknown,
+                    "seen": [np.empty(0, np.int32)] * len(unknown),
+                    FACTORS_COL: [None] * len(unknown),
+                    EMBEDDING_COL: [None] * len(unknown),
+                    "target": [None] * len(unknown),
+                }
+            )
+            frames.append(self._rank(scoring, cold, {"hybrid": POPULAR_ONLY}))
+        lists = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if lists.empty:
+            return lists
+        lists["_user_order"] = lists[USER_COL].map({u: n for n, u in enumerate(order)})
+        lists = lists.sort_values(["_user_order", "rank"], kind="stable")
+        return lists.drop(columns=["_user_order", "model"], errors="ignore").reset_index(drop=True)
+
+    def _rank(self, scoring, block: pd.DataFrame, models) -> pd.DataFrame:
+        return scoring.recommend_block(
+            block,
+            self.serving.catalog,
+            models,
+            self.cfg,
+            self.serving.recent_sharpness,
+            over_candidates=self.serving.mode.over_candidates,
+        )
+
+    def _fold_in(self, events: pd.DataFrame) -> pd.DataFrame:
+        from hybridrec.streaming import local
+
+        history = events.reindex(columns=[USER_COL, *EVENT_INPUT, "origin"]).copy()
+        history[EVENT_COL] = history[EVENT_COL].fillna("rating")
+        history[RATING_COL] = pd.to_numeric(history[RATING_COL], errors="coerce")
+        stamps = pd.to_datetime(history[TS_COL], utc=True, errors="coerce")
+        history[TS_COL] = stamps.fillna(pd.Timestamp.now(tz="UTC"))
+        history[ITEM_COL] = history[ITEM_COL].astype(str)
+        texts = history[TEXT_COL]
+        history[TEXT_COL] = texts.where(texts.notna(), None)
+        docs = local.review_documents(history, self.cfg)
+        fresh = set(docs["text_hash"])  # nothing to look up: this process encodes them
+        lists, _ = local.live_lists(
+            self.serving, self.local, history, self.cfg, self.run_id, fresh=fresh
+        )
+        return lists.drop(columns="newest_event_ts")
+
+
+class HybridRecommender(mlflow.pyfunc.PythonModel):
+    """The MLflow ``python_function`` model around ``ServedRanking``; its artifact ``ranking``
+    is ``export``'s folder."""
+
+    def load_context(self, context) -> None:
+        self.ranking = ServedRanking(Path(context.artifacts["ranking"]))
+
+    def predict(self, context, model_input, params=None):
+        return self.ranking.recommend(pd.DataFrame(model_input))
+
+
+def log_served_model(spark, warehouse, cfg: Config, run_id: str) -> str | None:
+    """Export run ``run_id``'s ranking, log it on the active (job) run as the MLflow model
+    ``served_model`` and register it as a version of ``mlflow.registered_model`` tagged with
+    the run id; a retried run's earlier version is deleted. Returns ``models:/<name>/<version>``.
+    The model carries hybridrec and udfs as code and names its requirements (inferring them
+    reloads the model in a subprocess)."""
+    import tempfile
+    from importlib import resources
+
+    import pyspark
+    from mlflow.tracking import MlflowClient
+
+    from hybridrec.ops import tracking
+
+    name = cfg.mlflow.registered_model
+    with tempfile.TemporaryDirectory(prefix="hybridrec-served-") as tmp:
+        folder = Path(tmp) / "ranking"
+        export(spark, warehouse, cfg, run_id, folder, warehouse.staging_path())
+        code = [
+            str(tracking.copy_package(Path(tmp) / "code" / top, resources.files(top)))
+            for top in ("hybridrec", "udfs")
+        ]
+        info = mlflow.pyfunc.log_model(
+            name=SERVED_MODEL,
+            python_model=HybridRecommender(),
+            artifacts={"ranking": str(folder)},
+            code_paths=code,
+            pip_requirements=_requirements(pyspark.__version__),
+            registered_model_name=name,
+            tags={"hybridrec_run_id": run_id},
+            signature=signature(),
+        )
+    client = MlflowClient()
+    version = info.registered_model_version
+    client.set_model_version_tag(name, version, "hybridrec_run_id", run_id)
+    for earlier in client.search_model_versions(f"name = '{name}'"):
+        if earlier.version != version and earlier.tags.get("hybridrec_run_id") == run_id:
+            client.delete_model_version(name, earlier.version)
+    uri = f"models:/{name}/{version}"
+    log.info("served model of run %s registered: %s", run_id, uri)
+    return uri
+
+
+def signature():
+    """The request: ``user_id``, and the optional event columns of a user the run has not seen;
+    the response: the recommendations table's columns."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from hybridrec.ranking.scoring import RECOMMENDATION_SCHEMA
+
+    request = Schema(
+        [
+            ColSpec("string", USER_COL),
+            ColSpec("string", ITEM_COL, required=False),
+            ColSpec("string", EVENT_COL, required=False),
+            ColSpec("string", TS_COL, required=False),
+            ColSpec("double", RATING_COL, required=False),
+            ColSpec("string", TEXT_COL, required=False),
+        ]
+    )
+    types = {"StringType": "string", "IntegerType": "integer", "DoubleType": "double"}
+    response = Schema(
+        [
+            ColSpec(types.get(type(f.dataType).__name__, "string"), f.name, required=False)
+            for f in RECOMMENDATION_SCHEMA.fields
+            if f.name != "model"
+        ]
+    )
+    return ModelSignature(inputs=request, outputs=response)
+
+
+def _requirements(pyspark_version: str) -> list[str]:
+    from importlib.metadata import version
+
+    pinned = ["numpy", "pandas", "pyarrow", "mlflow", "torch", "transformers"]
+    return [f"pyspark=={pyspark_version}", *(f"{p}=={version(p)}" for p in pinned)]
