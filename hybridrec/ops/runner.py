@@ -137,8 +137,14 @@ def _run_stages(
             lines += summary.format_headline(metrics, gaps, cfg.evaluate.confidence)
         mlflow_run_id = tracking.pipeline_run_id(cfg, run_id)
         model = mlflow_run_id and tracking.logged_artifact_uri(mlflow_run_id, "als_model")
+        served = mlflow_run_id and tracking.served_model_uri(cfg, run_id)
         lines += summary.where_things_are(
-            cfg, warehouse, tracking.tracking_uri(cfg), mlflow_run_id, als_model_uri=model
+            cfg,
+            warehouse,
+            tracking.tracking_uri(cfg),
+            mlflow_run_id,
+            als_model_uri=model,
+            served_model_uri=served,
         )
     except Exception:  # the run itself succeeded: a summary that cannot be made is no failure
         log.warning("could not summarise run %s", run_id, exc_info=True)

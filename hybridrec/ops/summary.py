@@ -96,6 +96,7 @@ def where_things_are(
     tracking_uri: str,
     mlflow_run_id: str | None,
     als_model_uri: str | None = None,
+    served_model_uri: str | None = None,
 ) -> list[str]:
     """Ready-to-paste commands for what this run left, each line only for what exists.
 
@@ -105,6 +106,7 @@ def where_things_are(
         tracking_uri: the MLflow store.
         mlflow_run_id: the run's parent MLflow run, if it has one.
         als_model_uri: the ALS model's ``runs:/`` URI, if the run logged one.
+        served_model_uri: the registered served recommender's ``models:/`` URI, if any.
     """
     args = " ".join(shlex.quote(a) for a in config_args(cfg))
     lines = _table_lines(warehouse, args) + _notebook_lines(warehouse, args)
@@ -114,6 +116,15 @@ def where_things_are(
         if als_model_uri:
             run += f"; ALS model: {als_model_uri} (README, 'MLflow', shows how to load it)"
         lines.append(run)
+    if served_model_uri:
+        parts = urlsplit(tracking_uri)
+        # Credentials stay out of the line (the serving shell has its own).
+        bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        store = shlex.quote(mask_text(bare))
+        lines.append(
+            f"served model: {served_model_uri}; REST: MLFLOW_TRACKING_URI={store} "
+            f"mlflow models serve -m {served_model_uri} --env-manager local -p 5000"
+        )
     return lines
 
 

@@ -57,6 +57,10 @@ class TrackingUnreachableError(RuntimeError):
     credentials masked, why, and the setting to check."""
 
 
+# The tag on a registered model version naming the pipeline run it serves.
+SERVED_RUN_TAG = "hybridrec_run_id"
+
+
 def tracking_uri(cfg: Config) -> str:
     if cfg.mlflow.tracking_uri:
         return cfg.mlflow.tracking_uri
@@ -191,6 +195,16 @@ def logged_artifact_uri(mlflow_run_id: str, name: str) -> str | None:
     if not MlflowClient().list_artifacts(mlflow_run_id, name):
         return None
     return f"runs:/{mlflow_run_id}/{name}"
+
+
+def served_model_uri(cfg: Config, run_id: str) -> str | None:
+    """``models:/<name>/<version>`` of the registry version logged for pipeline run ``run_id``
+    (``hybridrec.serving.recommender``), else None."""
+    name = cfg.mlflow.registered_model
+    for version in MlflowClient().search_model_versions(f"name = '{name}'"):
+        if version.tags.get(SERVED_RUN_TAG) == run_id:
+            return f"models:/{name}/{version.version}"
+    return None
 
 
 def _experiment_id(cfg: Config) -> str:

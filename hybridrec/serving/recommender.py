@@ -266,14 +266,14 @@ def log_served_model(spark, warehouse, cfg: Config, run_id: str) -> str | None:
             code_paths=code,
             pip_requirements=_requirements(pyspark.__version__),
             registered_model_name=name,
-            tags={"hybridrec_run_id": run_id},
+            tags={tracking.SERVED_RUN_TAG: run_id},
             signature=signature(),
         )
     client = MlflowClient()
     version = info.registered_model_version
-    client.set_model_version_tag(name, version, "hybridrec_run_id", run_id)
+    client.set_model_version_tag(name, version, tracking.SERVED_RUN_TAG, run_id)
     for earlier in client.search_model_versions(f"name = '{name}'"):
-        if earlier.version != version and earlier.tags.get("hybridrec_run_id") == run_id:
+        if earlier.version != version and earlier.tags.get(tracking.SERVED_RUN_TAG) == run_id:
             client.delete_model_version(name, earlier.version)
     uri = f"models:/{name}/{version}"
     log.info("served model of run %s registered: %s", run_id, uri)

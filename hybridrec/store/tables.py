@@ -379,18 +379,16 @@ class Warehouse:
             specs = [
                 ({RUN_COL: run_id, inner[0]: c[len(prefix) :]}, f"{snapshot}/{c}") for c in children
             ]
-        # One statement for all of the snapshot's partitions: each statement is a metastore
-        # round trip and a Spark analysis, and a fold-partitioned table has several.
+        # One statement for all folds: each is a metastore round trip and a Spark analysis.
         clauses, args = [], {"t": self.qualified(name)}
         for p, (values, location) in enumerate(specs):
-            names = list(values)
-            spec = ", ".join(f"{_quoted(n)} = :p{p}v{i}" for i, n in enumerate(names))
+            spec = ", ".join(f"{_quoted(n)} = :p{p}v{i}" for i, n in enumerate(values))
             clauses.append(f"PARTITION ({spec}) LOCATION :p{p}loc")
+            args |= {f"p{p}v{i}": v for i, v in enumerate(values.values())}
             args[f"p{p}loc"] = location
-            args.update({f"p{p}v{i}": values[n] for i, n in enumerate(names)})
         if clauses:  # an empty snapshot has no partition folder to add
             self.spark.sql(
-                f"ALTER TABLE IDENTIFIER(:t) ADD IF NOT EXISTS {' '.join(clauses)}", args=args
+                f"ALTER TABLE IDENTIFIER(:t) ADD IF NOT EXISTS {' '.join(clauses)}", args
             )
         return True
 

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from hybridrec.config.loader import load_config
 from hybridrec.constants import EARLY, ITEM_NEIGHBOURS, MODELS, TEST, VALIDATION
 from hybridrec.models.folds import held_out
-from hybridrec.ops.tracking import RUN_ID_TAG, tracking_uri
+from hybridrec.ops.tracking import RUN_ID_TAG, SERVED_RUN_TAG, served_model_uri, tracking_uri
 from hybridrec.ranking import catalogs
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
@@ -357,9 +357,12 @@ def _served_model_uri(cfg) -> str:
     mlflow.set_tracking_uri(tracking_uri(cfg))
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{cfg.mlflow.registered_model}'")
-    runs = [v for v in versions if v.tags.get("hybridrec_run_id") == RUN_ID]
+    runs = [v for v in versions if v.tags.get(SERVED_RUN_TAG) == RUN_ID]
     assert len(runs) == 1, [(v.version, v.tags) for v in versions]
-    return f"models:/{cfg.mlflow.registered_model}/{runs[0].version}"
+    assert (
+        served_model_uri(cfg, RUN_ID) == f"models:/{cfg.mlflow.registered_model}/{runs[0].version}"
+    )
+    return served_model_uri(cfg, RUN_ID)
 
 
 def _table_lists(warehouse, users) -> pd.DataFrame:

@@ -73,12 +73,10 @@ def _warehouse(tmp_path, tables=(), catalog=()):
 COMPLETE = ["runs", "metrics", "runs_latest", "metrics_latest", "recommendations_explained"]
 
 
-def _where(tmp_path, warehouse, uri=None, mlflow_run_id="abc123", als_model_uri=None):
+def _where(tmp_path, warehouse, uri=None, mlflow_run_id="abc123", **models):
     cfg = load_config([], [f"run.work_dir={tmp_path}"])
     uri = uri or f"sqlite:///{tmp_path}/mlflow.db"
-    return "\n".join(
-        summary.where_things_are(cfg, warehouse, uri, mlflow_run_id, als_model_uri=als_model_uri)
-    )
+    return "\n".join(summary.where_things_are(cfg, warehouse, uri, mlflow_run_id, **models))
 
 
 def test_the_als_model_is_named_only_when_it_was_logged(tmp_path):
@@ -90,6 +88,22 @@ def test_the_als_model_is_named_only_when_it_was_logged(tmp_path):
     assert "MLflow run abc123" in without
     assert "runs:/" not in without and "ALS model" not in without
     assert "ALS model: runs:/abc123/als_model" in logged
+
+
+def test_the_served_model_is_named_with_its_serve_command_without_credentials(tmp_path):
+    warehouse = _warehouse(tmp_path, ["runs", "metrics"], COMPLETE)
+    uri = "http://bob:hunter22@mlflow:5000/"
+
+    without = _where(tmp_path, warehouse, uri=uri)
+    served = _where(tmp_path, warehouse, uri=uri, served_model_uri="models:/hybridrec/3")
+
+    assert "served model" not in without
+    assert "served model: models:/hybridrec/3" in served
+    assert (
+        "MLFLOW_TRACKING_URI=http://mlflow:5000/ mlflow models serve -m models:/hybridrec/3"
+        in served
+    )
+    assert "hunter22" not in served
 
 
 def test_only_what_exists_is_named(tmp_path):
