@@ -118,9 +118,9 @@ def where_things_are(
         lines.append(run)
     if served_model_uri:
         parts = urlsplit(tracking_uri)
-        # Credentials stay out of the line (the serving shell has its own).
-        bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-        store = shlex.quote(mask_text(bare))
+        if parts.scheme in ("http", "https"):  # credentials stay out (the shell has its own)
+            tracking_uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        store = shlex.quote(mask_text(tracking_uri))
         lines.append(
             f"served model: {served_model_uri}; REST: MLFLOW_TRACKING_URI={store} "
             f"mlflow models serve -m {served_model_uri} --env-manager local -p 5000"

@@ -233,7 +233,7 @@ class HybridRecommender(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.ranking = ServedRanking(Path(context.artifacts["ranking"]))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.ranking.recommend(pd.DataFrame(model_input))
 
 
@@ -255,19 +255,22 @@ def log_served_model(spark, warehouse, cfg: Config, run_id: str) -> str | None:
     with tempfile.TemporaryDirectory(prefix="hybridrec-served-") as tmp:
         folder = Path(tmp) / "ranking"
         export(spark, warehouse, cfg, run_id, folder, warehouse.staging_path())
+        first_user = str(pd.read_parquet(folder / USERS_DIR, columns=[USER_COL])[USER_COL].min())
         code = [
             str(tracking.copy_package(Path(tmp) / "code" / top, resources.files(top)))
             for top in ("hybridrec", "udfs")
         ]
         info = mlflow.pyfunc.log_model(
             name=SERVED_MODEL,
-            python_model=HybridRecommender(),
+            python_model=str(Path(__file__).with_name("served_model.py")),
             artifacts={"ranking": str(folder)},
             code_paths=code,
             pip_requirements=_requirements(pyspark.__version__),
             registered_model_name=name,
             tags={tracking.SERVED_RUN_TAG: run_id},
             signature=signature(),
+            # One known user: saved beside the model, and MLflow checks it predicts.
+            input_example=pd.DataFrame({USER_COL: [first_user]}),
         )
     client = MlflowClient()
     version = info.registered_model_version

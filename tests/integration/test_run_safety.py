@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hybridrec.ops.session import SHORT_RUN_SETTINGS
-from hybridrec.ops.tracking import ROLE_TAG, RUN_ID_TAG
+from hybridrec.ops.tracking import ROLE_TAG, RUN_ID_TAG, SERVED_RUN_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -194,6 +194,10 @@ def test_kills_and_a_busy_warehouse_leave_the_complete_run_whole(work, tmp_path)
         )
     }
     assert statuses == {"P1": "FINISHED", "P2": "FAILED", "P3": "FAILED"}
+    # The resumed evaluate registered the served model again: its version replaced the first.
+    versions = client.search_model_versions("name = 'hybridrec'")
+    assert [v.tags.get(SERVED_RUN_TAG) for v in versions] == ["P1"], versions
+    assert versions[0].version == "2"
     # The catalog and its logs live under the work dir, never in the checkout.
     assert not [p for p in ("metastore_db", "derby.log", "spark-warehouse") if (REPO / p).exists()]
 

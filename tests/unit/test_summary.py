@@ -104,6 +104,8 @@ def test_the_served_model_is_named_with_its_serve_command_without_credentials(tm
         in served
     )
     assert "hunter22" not in served
+    local = _where(tmp_path, warehouse, served_model_uri="models:/hybridrec/3")
+    assert f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/mlflow.db mlflow models serve" in local
 
 
 def test_only_what_exists_is_named(tmp_path):
