@@ -367,6 +367,10 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     if cfg.mlflow.log_model and mode.catalog_broadcast:
         # The last stage: the run's ranking is complete, and a version per run is registered.
         recommender.log_served_model(spark, warehouse, cfg, run_id)
+    elif cfg.mlflow.log_model:
+        log.info(
+            "no served model: %s (one process holds it up to the memory mode)", mode.describe()
+        )
     return headline(every_metric, gaps, k) | kernel
 
 

@@ -72,8 +72,6 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
     """Write run ``run_id``'s served ranking into ``folder`` (the module doc). ``staging``:
     storage the executors and the driver share, where Spark writes the users' rows before they
     are copied into ``folder``."""
-    import shutil
-
     from hybridrec.ranking import scoring
     from hybridrec.streaming.live import SERVED_FOLD, load_serving
 
@@ -95,9 +93,13 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
     users = scoring.load_user_frame(spark, serving.warehouse, serving.catalog, SERVED_FOLD)
     staged = f"{staging.rstrip('/')}/served_users_{run_id}"
     users.drop("target").write.mode("overwrite").parquet(staged)
-    local = Path(staged.removeprefix("file:"))
-    shutil.copytree(local, folder / USERS_DIR, ignore=shutil.ignore_patterns(".*", "_*"))
-    shutil.rmtree(local, ignore_errors=True)
+    # Through Hadoop's file system, as MLflow copies a Spark model: the staging folder may be
+    # HDFS or an object store, not a local path.
+    jvm = spark.sparkContext._jvm
+    source = jvm.org.apache.hadoop.fs.Path(staged)
+    fs = source.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs.copyToLocalFile(False, source, jvm.org.apache.hadoop.fs.Path(str(folder / USERS_DIR)), True)
+    fs.delete(source, True)
     state = {
         "run_id": run_id,
         "weights": serving.weights,
@@ -276,7 +278,10 @@ def log_served_model(spark, warehouse, cfg: Config, run_id: str) -> str | None:
     version = info.registered_model_version
     client.set_model_version_tag(name, version, tracking.SERVED_RUN_TAG, run_id)
     for earlier in client.search_model_versions(f"name = '{name}'"):
-        if earlier.version != version and earlier.tags.get(tracking.SERVED_RUN_TAG) == run_id:
+        if (
+            str(earlier.version) != str(version)
+            and earlier.tags.get(tracking.SERVED_RUN_TAG) == run_id
+        ):
             client.delete_model_version(name, earlier.version)
     uri = f"models:/{name}/{version}"
     log.info("served model of run %s registered: %s", run_id, uri)
