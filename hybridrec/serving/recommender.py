@@ -264,7 +264,8 @@ def log_served_model(spark, warehouse, cfg: Config, run_id: str) -> str | None:
         ]
         info = mlflow.pyfunc.log_model(
             name=SERVED_MODEL,
-            python_model=str(Path(__file__).with_name("served_model.py")),
+            # From the copy: on a cluster this module is imported from a zip, not a folder.
+            python_model=str(Path(code[0]) / "serving" / "served_model.py"),
             artifacts={"ranking": str(folder)},
             code_paths=code,
             pip_requirements=_requirements(pyspark.__version__),

@@ -89,7 +89,11 @@ class AnalystRun:
     def env(self) -> dict[str, str]:
         """The environment of a new process: no tracking URI exported by an earlier in-process
         run, and the notebook's config."""
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        }
         env["HYBRIDREC_ARGS"] = shlex.join(self.conf_args())
         return env
 

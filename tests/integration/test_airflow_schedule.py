@@ -169,7 +169,14 @@ def test_daily_dag_runs_the_logical_dates_partition_and_a_rerun_resumes_it(tmp_p
     base_env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "PYTHONPATH", "PYSPARK_PYTHON")
+        if k
+        not in (
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_REGISTRY_URI",
+            "VIRTUAL_ENV",
+            "PYTHONPATH",
+            "PYSPARK_PYTHON",
+        )
         and not k.startswith(("AIRFLOW", "HYBRIDREC_"))
     }
 

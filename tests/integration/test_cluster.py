@@ -267,7 +267,11 @@ def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        },
         capture_output=True,
         text=True,
         timeout=600,

@@ -355,6 +355,7 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
 
 def _served_model_uri(cfg) -> str:
     mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_registry_uri(tracking_uri(cfg))
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{cfg.mlflow.registered_model}'")
     runs = [v for v in versions if v.tags.get(SERVED_RUN_TAG) == RUN_ID]
@@ -422,7 +423,11 @@ def test_mlflow_models_serve_answers_with_the_table_s_lists(e2e, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg)}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri(cfg),
+        "MLFLOW_REGISTRY_URI": tracking_uri(cfg),
+    }
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]

@@ -132,7 +132,11 @@ def test_without_a_complete_run_the_notebook_says_so(tmp_path):
         yaml.safe_dump({"run": {"work_dir": str(tmp_path / "work")}}), encoding="utf-8"
     )
     env = {
-        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        },
         "HYBRIDREC_ARGS": f"--conf {REPO / 'conf/local.yaml'} --conf {overlay}",
     }
 

@@ -79,7 +79,11 @@ def _cli(work: Path, *args: str) -> list[str]:
 
 def _environment() -> dict[str, str]:
     # An earlier in-process run's mlflow.set_tracking_uri exported its store to this variable.
-    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    }
 
 
 def _run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
