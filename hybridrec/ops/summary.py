@@ -117,10 +117,8 @@ def where_things_are(
             run += f"; ALS model: {als_model_uri} (README, 'MLflow', shows how to load it)"
         lines.append(run)
     if served_model_uri:
-        parts = urlsplit(tracking_uri)
-        if parts.scheme in ("http", "https"):  # credentials stay out (the shell has its own)
-            tracking_uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-        store = shlex.quote(mask_text(tracking_uri))
+        # Credentials stay out (the serving shell has its own).
+        store = shlex.quote(mask_text(_without_credentials(tracking_uri)))
         lines.append(
             f"served model: {served_model_uri}; REST: MLFLOW_TRACKING_URI={store} "
             f"mlflow models serve -m {served_model_uri} --env-manager local -p 5000"
@@ -158,12 +156,20 @@ def _notebook_lines(warehouse: Warehouse, args: str) -> list[str]:
     return [f"notebook: HYBRIDREC_ARGS={shlex.quote(args)} jupyter lab {_notebook()}"]
 
 
+def _without_credentials(uri: str) -> str:
+    """An http(s) store's address without its user and password; any other URI as it is (a
+    sqlite URI's empty host must keep its slashes)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def _mlflow_ui_lines(tracking_uri: str) -> list[str]:
     parts = urlsplit(tracking_uri)
     if parts.scheme in ("http", "https"):
         # A tracking server is its own UI; credentials stay out of the address.
-        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-        return [f"MLflow UI: {urlunsplit(bare)}"]
+        return [f"MLflow UI: {_without_credentials(tracking_uri)}"]
     if parts.scheme == "sqlite" and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         return []
     return [f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(mask_text(tracking_uri))}"]

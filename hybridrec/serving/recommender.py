@@ -220,11 +220,8 @@ class ServedRanking:
         history[ITEM_COL] = history[ITEM_COL].astype(str)
         texts = history[TEXT_COL]
         history[TEXT_COL] = texts.where(texts.notna(), None)
-        docs = local.review_documents(history, self.cfg)
-        fresh = set(docs["text_hash"])  # nothing to look up: this process encodes them
-        lists, _ = local.live_lists(
-            self.serving, self.local, history, self.cfg, self.run_id, fresh=fresh
-        )
+        # No vector store (``texts`` None): every review text is encoded in this process.
+        lists, _ = local.live_lists(self.serving, self.local, history, self.cfg, self.run_id)
         return lists.drop(columns="newest_event_ts")
 
 

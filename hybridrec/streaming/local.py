@@ -73,7 +73,7 @@ class LocalServing:
     """What the driver-side fold needs of one serving run, beyond ``Serving``."""
 
     interactions: DataFrame  # the run's interactions (EVENT_COLUMNS), each review with its vector
-    texts: DataFrame  # text_hash, embedding, run_id: every vector of the serving encoder, cached
+    texts: DataFrame | None  # text_hash, embedding, run_id: the serving encoder's vectors, cached
     item_vectors: pd.Series  # item_id -> the served fold's item text vector
     encoded: dict[str, np.ndarray] = field(default_factory=dict)  # encoded by this process
 
@@ -241,7 +241,7 @@ def text_vectors(
     found = {h: known[h] for h in hashes & known.keys()}
     found |= {h: state.encoded[h] for h in (hashes - found.keys()) & state.encoded.keys()}
     wanted = hashes - found.keys() - fresh
-    if wanted:
+    if wanted and state.texts is not None:  # None: no store to look in (the served model)
         rows = (
             state.texts.where(
                 F.col("text_hash").isin(sorted(wanted)) & (F.col("run_id") != F.lit(exclude_run))
