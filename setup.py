@@ -37,6 +37,8 @@ setup(
         "matplotlib>=3.8",
         # ALS fold-in of a nonnegative model (the stream): NNLS.
         "scipy>=1.11",
+        # The learned ranker (SparkXGBRanker): the CPU wheel; plain "xgboost" pulls CUDA's NCCL.
+        "xgboost-cpu>=3.1",
     ],
     extras_require={
         # venv-pack builds the executor environment (hybridrec pack); the cluster test uses it.

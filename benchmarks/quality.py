@@ -20,7 +20,14 @@ from pathlib import Path
 import pandas as pd
 
 from hybridrec.config.loader import load_config
-from hybridrec.constants import COMPARISONS, DEBIAS_CURVE, FUSION_WEIGHTS, METRICS
+from hybridrec.constants import (
+    COMPARISONS,
+    DEBIAS_CURVE,
+    FUSION_WEIGHTS,
+    HYBRID_LINEAR,
+    LEARNED_RANKER,
+    METRICS,
+)
 from hybridrec.ops.runner import new_run_id, setup_logging
 from hybridrec.ops.session import get_spark
 from hybridrec.store.tables import Warehouse
@@ -82,7 +89,7 @@ def summary(table: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     for label, models in (
         ("als/text/pop", ("als", "text", "popularity")),
         ("ease/item_knn", ("ease", "item_knn")),
-        ("every baseline", tuple(m for m in ndcg if m != "hybrid")),
+        ("every baseline", tuple(m for m in ndcg if m not in ("hybrid", HYBRID_LINEAR))),
     ):
         group = ndcg[[m for m in models if m in ndcg]]
         if group.empty:
@@ -101,6 +108,14 @@ def summary(table: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
         "tail hr hybrid": by_model["tail hr@10"]["hybrid"],
         "tail hr als": by_model["tail hr@10"]["als"],
     }
+    if HYBRID_LINEAR in ndcg:
+        columns |= {
+            "hybrid / hybrid_linear": ndcg["hybrid"] / ndcg[HYBRID_LINEAR],
+            "gap to hybrid_linear": [
+                gap(d, "all", HYBRID_LINEAR, "ndcg") if pd.notna(ndcg.loc[d, HYBRID_LINEAR]) else ""
+                for d in ndcg.index
+            ],
+        }
     return pd.DataFrame(columns)
 
 
@@ -111,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     setup_logging()
-    rows, comparisons, curves, picks = [], [], [], []
+    rows, comparisons, curves, picks, rankers = [], [], [], [], []
     spark = None
     for folder in args.folders:
         conf, overrides = source_settings(folder.resolve())
@@ -132,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         picked = warehouse.read(FUSION_WEIGHTS).where("model = 'hybrid'").toPandas()
         picks.append(picked.assign(**{"data set": folder.name}))
+        if warehouse.exists(LEARNED_RANKER):
+            ranker = warehouse.read(LEARNED_RANKER).drop("model", "features", "note").toPandas()
+            rankers.append(ranker.assign(**{"data set": folder.name}))
         curve = warehouse.read(DEBIAS_CURVE).toPandas()
         if len(curve):
             curves.append(
@@ -152,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     "diversity": values.get(("all", "diversity"), float("nan")),
                     "sparse hr@10": values[("sparse_users", "hr")],
                     "tail hr@10": values[("tail_items", "hr")],
+                    "popular reasons": values.get(("all", "reason_pop"), float("nan")),
                     "rows in": ingest.get("behaviour_in", 0) + ingest.get("reviews_in", 0),
                     "rejected": ingest["rejects"] - ingest.get("items_rejected", 0),
                     "seconds": seconds,
@@ -167,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nThe hybrid's weights, picked on validation\n")
     columns = ["data set", *PARTS, "recent_sharpness", "debias", "validation_ndcg"]
     print(pd.concat(picks)[columns].round(4).to_string(index=False))
+    if rankers:
+        print("\nThe learned ranker, judged on held-back validation users\n")
+        print(pd.concat(rankers).round(4).to_string(index=False))
     if curves:
         print("\nRe-rank curve on test: the hybrid at each popularity de-biasing strength")
         print("(served: the strength picked on validation within score.max_ndcg_loss)\n")

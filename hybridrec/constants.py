@@ -29,7 +29,10 @@ FOLDS = {EARLY: (TRAIN,), VALIDATION: (TRAIN,), TEST: (TRAIN, VALIDATION)}
 TUNING_FOLDS = (EARLY, VALIDATION)
 
 HYBRID = "hybrid"
-MODELS = (HYBRID, "als", "cooc", "text", "popularity", "ease", "item_knn")
+# The linear hybrid, a model row of its own where the learned ranker is served (hybrid is then
+# the ranker's order of the linear hybrid's candidates).
+HYBRID_LINEAR = "hybrid_linear"
+MODELS = (HYBRID, HYBRID_LINEAR, "als", "cooc", "text", "popularity", "ease", "item_knn")
 # The re-rank curve's lists (the hybrid at each popularity de-biasing strength) are named so.
 CURVE_PREFIX = "debias="
 # Fusion weights that turn the hybrid kernel into each single-signal baseline. The text
@@ -62,6 +65,7 @@ BASELINE_RECOMMENDATIONS = "baseline_recommendations"
 METRICS = "metrics"
 COMPARISONS = "comparisons"
 FUSION_WEIGHTS = "fusion_weights"
+LEARNED_RANKER = "learned_ranker"
 DEBIAS_CURVE = "debias_curve"
 ALS_PARAMS = "als_params"
 # Written by the stream (hybridrec stream), one snapshot per micro-batch.

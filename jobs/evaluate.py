@@ -31,9 +31,11 @@ from hybridrec.constants import (
     DEBIAS_CURVE,
     FUSION_WEIGHTS,
     HYBRID,
+    HYBRID_LINEAR,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
     ITEMS,
+    LEARNED_RANKER,
     METRICS,
     MODELS,
     RECOMMENDATIONS,
@@ -89,6 +91,14 @@ def picked_weights(warehouse: Warehouse, cfg: Config) -> dict[str, dict]:
     }
 
 
+def ranker_served(warehouse: Warehouse) -> bool:
+    """Whether the score job served the learned ranker's lists (the learned_ranker table)."""
+    if not warehouse.exists(LEARNED_RANKER):
+        return False
+    row = warehouse.read(LEARNED_RANKER).select("served").first()
+    return bool(row and row["served"])
+
+
 def curve_name(strength: float) -> str:
     return f"{CURVE_PREFIX}{strength:g}"
 
@@ -99,6 +109,8 @@ def kernel_recommendations(
     picked: dict[str, dict],
     mode: rank.RankingMode,
     served: DataFrame,
+    *,
+    learned: bool = False,
 ) -> DataFrame:
     """Top-K of the weight sets ranked by the hybrid's own kernel: the single-signal baselines
     (the text one with the mix and sharpness the score job picked for it) and, with
@@ -110,7 +122,11 @@ def kernel_recommendations(
     growing with users; its point at the served strength is ``served`` (the score job's lists:
     the same fold, weights and kernel) on those users, not ranked again. One ranking pass where
     both sharpnesses agree and the curve needs no sample, else one per sharpness or user set
-    (one pass over the users all the same where the catalog is broadcast)."""
+    (one pass over the users all the same where the catalog is broadcast).
+
+    ``learned``: the served lists are the learned ranker's; the linear hybrid is ranked as its
+    own model (``hybrid_linear``), and the curve's point at the served strength is ranked too,
+    since the curve is the linear hybrid's."""
     baselines = {model: dict(w) for model, w in BASELINE_WEIGHTS.items()}
     baselines["text"] = picked["text"]["weights"]
     passes = [(picked["text"]["sharpness"], 1.0, baselines)]
@@ -126,7 +142,7 @@ def kernel_recommendations(
             )
         hybrid, curve = picked["hybrid"], {}
         for strength in sorted({0.0, *(float(b) for b in cfg.score.debias_grid)}):
-            if strength == hybrid[DEBIAS]:
+            if strength == hybrid[DEBIAS] and not learned:
                 reused.append(
                     scoring.hash_sample(served, sample)
                     .withColumn("model", F.lit(curve_name(strength)))
@@ -138,6 +154,13 @@ def kernel_recommendations(
             baselines.update(curve)
         elif curve:
             passes.append((hybrid["sharpness"], sample, curve))
+    if learned:
+        hybrid = picked["hybrid"]
+        linear = {HYBRID_LINEAR: debiased(hybrid["weights"], hybrid[DEBIAS])}
+        if hybrid["sharpness"] == picked["text"]["sharpness"]:
+            baselines.update(linear)
+        else:
+            passes.append((hybrid["sharpness"], 1.0, linear))
     ranked = rank.rank_fold_passes(warehouse, cfg, TEST, passes, mode=mode)
     return reduce(DataFrame.unionByName, [ranked, *reused])
 
@@ -266,6 +289,11 @@ def headline(every_metric: dict[str, float], gaps: dict[str, float], k: int) -> 
     results[f"{HYBRID}.hr_at_{k}"] = every_metric.get(f"{HYBRID}.hr_at_{k}", float("nan"))
     baselines = {m: v for m, v in ndcg.items() if m != HYBRID}
     results |= {f"{m}.ndcg_at_{k}": v for m, v in baselines.items()}
+    baselines.pop(HYBRID_LINEAR, None)  # the hybrid's own first stage, not a baseline to beat
+    if f"hybrid_minus_{HYBRID_LINEAR}.ndcg_at_{k}" in gaps:
+        results[f"hybrid_minus_{HYBRID_LINEAR}.ndcg_at_{k}"] = gaps[
+            f"hybrid_minus_{HYBRID_LINEAR}.ndcg_at_{k}"
+        ]
     if baselines:
         best = f"hybrid_minus_{max(baselines, key=baselines.get)}"
         for name in (
@@ -288,7 +316,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     picked = picked_weights(warehouse, cfg)
     mode = rank.ranking_mode(warehouse, cfg)
     interactions = warehouse.read(INTERACTIONS)
-    kernel_recs = kernel_recommendations(warehouse, cfg, picked, mode, hybrid)
+    learned = ranker_served(warehouse)
+    kernel_recs = kernel_recommendations(warehouse, cfg, picked, mode, hybrid, learned=learned)
     items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
     linear_recs, linear_picks = linear.tune_and_recommend(
         interactions,
@@ -320,9 +349,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse.write_together(
         {
             METRICS: metrics.where(~is_curve).unionByName(
-                evaluation.reason_shares(recs.where(F.col("model") == HYBRID), k).withColumn(
-                    SEGMENT, F.lit("all")
-                )
+                evaluation.reason_shares(
+                    recs.where(F.col("model").isin(HYBRID, HYBRID_LINEAR)), k
+                ).withColumn(SEGMENT, F.lit("all"))
             ),
             COMPARISONS: comparisons,
             DEBIAS_CURVE: debias_curve(metrics.where(is_curve), picked["hybrid"][DEBIAS]),

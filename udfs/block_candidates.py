@@ -193,6 +193,7 @@ def block_slots(
         parts=parts,
         named=named,
         target_slot=target_slot,
+        item_index=item_at,
     )
 
 

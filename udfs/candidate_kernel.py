@@ -127,6 +127,9 @@ class Slots:
     # (part, rows, slots) -> the history item id whose vote was largest, None where none cast
     named: Callable[[str, np.ndarray, np.ndarray], np.ndarray]
     target_slot: np.ndarray | None = None  # (users,) the held-out item's slot, -1: no candidate
+    # (users, slots) catalog index of each slot's item, -1 at padding: where the catalog is in
+    # memory (``udfs.block_candidates``), for what the learned ranker reads of the items
+    item_index: np.ndarray | None = None
 
     def normalised(self, method: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         normalised = {

@@ -216,6 +216,11 @@ class _Checker:
                 "score.rerank_slots",
                 f"must be <= {self.shown('score.k')}: the re-ranked places are part of the list",
             )
+        if self.get("ranker.candidates") < self.get("score.k"):
+            self.fail(
+                "ranker.candidates",
+                f"must be >= {self.shown('score.k')}: the ranker orders them into the top K",
+            )
         weights = self.get("score.weights")
         if sum(weights.values()) <= 0:
             where = sorted({self.origin(f"score.weights.{part}") for part in weights})

@@ -184,6 +184,19 @@ RANGES: dict[str, Bounds] = {
     "score.max_ndcg_loss": FRACTION,
     "score.rerank_slots": NON_NEGATIVE,  # and at most score.k
     "score.popular_reason_share": FRACTION,
+    "ranker.candidates": COUNT,  # and at least score.k
+    "ranker.train_max_users": COUNT,
+    "ranker.holdout_share": Bounds(0, 1, low_open=True, high_open=True),
+    "ranker.confidence": Bounds(0, 1, high_open=True),
+    "ranker.learning_rate": Bounds(0, 1, low_open=True),
+    "ranker.min_child_weight": NON_NEGATIVE,
+    "ranker.subsample": Bounds(0, 1, low_open=True),
+    "ranker.colsample_bytree": Bounds(0, 1, low_open=True),
+    "ranker.reg_lambda": NON_NEGATIVE,
+    "ranker.max_rounds": COUNT,
+    "ranker.early_stopping_rounds": COUNT,
+    "ranker.trend_days": POSITIVE,
+    "ranker.workers": COUNT,
 }
 # Lists of numbers: each must be non-empty, of the element type, and every element in range.
 LIST_RANGES: dict[str, tuple[type, Bounds]] = {
@@ -195,6 +208,7 @@ LIST_RANGES: dict[str, tuple[type, Bounds]] = {
     "score.next_share_grid": (float, FRACTION),
     "evaluate.ease.l2_grid": (float, POSITIVE),
     "evaluate.item_knn.neighbours_grid": (int, COUNT),
+    "ranker.max_depth_grid": (int, COUNT),
 }
 # Maps whose values are all numbers in one range (each entry is named on its own).
 MAP_RANGES: dict[str, Bounds] = {

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import numpy as np
+import pandas as pd
 import requests
 from mlflow.environment_variables import (
     MLFLOW_TRACKING_CLIENT_CERT_PATH,
@@ -408,6 +411,45 @@ def log_spark_model(model, name: str, *, staging_dir: str) -> None:
         parent_id = _parent_of_active_run()
         if parent_id:
             MlflowClient().log_artifacts(parent_id, str(local), artifact_path=name)
+
+
+RANKER_MODEL = "learned_ranker"
+
+
+def log_ranker_model(model: bytes, features: Sequence[str]) -> None:
+    """The learned ranker (UBJSON bytes of an xgboost Booster) as an MLflow ``xgboost`` flavour
+    model, on the job run and on its parent: ``mlflow.pyfunc.load_model`` scores a frame of
+    the ``features`` columns (NaN where a value is missing) in any process."""
+    import mlflow.xgboost
+    import xgboost
+    from mlflow.models import infer_signature
+
+    booster = xgboost.Booster(model_file=bytearray(model))
+    example = pd.DataFrame([[0.0] * len(features)], columns=list(features), dtype="float32")
+    with tempfile.TemporaryDirectory(prefix="hybridrec-ranker-") as tmp:
+        local = Path(tmp) / RANKER_MODEL
+        mlflow.xgboost.save_model(
+            booster,
+            str(local),
+            signature=infer_signature(example, np.zeros(1, np.float32)),
+            input_example=example,
+            # Stated, not inferred: the CPU wheel's name, not "xgboost", which pulls CUDA.
+            pip_requirements=[distribution_requirement(("xgboost-cpu", "xgboost"))],
+        )
+        mlflow.log_artifacts(str(local), artifact_path=RANKER_MODEL)
+        parent_id = _parent_of_active_run()
+        if parent_id:
+            MlflowClient().log_artifacts(parent_id, str(local), artifact_path=RANKER_MODEL)
+
+
+def distribution_requirement(names: Sequence[str]) -> str:
+    """``name==version`` of the first of ``names`` installed here."""
+    for name in names:
+        try:
+            return f"{name}=={importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    raise RuntimeError(f"none of {', '.join(names)} is installed")
 
 
 def copy_package(target: Path, source: Traversable | None = None) -> Path:

@@ -216,8 +216,9 @@ def build_user_frame(
     with_target: bool = False,
 ) -> DataFrame:
     """One row per user to score: ALS factors, text vector, the fold's history items as catalog
-    indices (newest first) and, ``with_target``, the index of the user's held-out item of
-    ``fold`` (only users that have one are kept)."""
+    indices (newest first), the newest one's time (``last_ts``, epoch seconds) and, with
+    ``with_target``, the index of the user's held-out item of ``fold`` (only users that have
+    one are kept)."""
     index = catalog_index(spark, catalog.ids)
     users = (
         history(interactions, fold)
@@ -226,7 +227,11 @@ def build_user_frame(
         .join(index, ITEM_COL)
         .groupBy(USER_COL)
         .agg(F.sort_array(F.collect_list(F.struct("_last", "idx")), asc=False).alias("_seen"))
-        .select(USER_COL, F.col("_seen.idx").alias("seen"))
+        .select(
+            USER_COL,
+            F.col("_seen.idx").alias("seen"),
+            F.col("_seen")[0]["_last"].cast("double").alias("last_ts"),
+        )
     )
     vector_type = T.ArrayType(T.FloatType())
     for table, column in ((user_factors, FACTORS_COL), (user_vectors, EMBEDDING_COL)):

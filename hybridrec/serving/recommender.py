@@ -9,15 +9,18 @@ servable without Spark.
 - ``users/``: Parquet, one row per user the run ranked (their history as catalog indices, newest
   first, ALS factors and text vector: what the score job's kernel reads);
 - ``serving.json``: the picked weights (de-biasing included), recent sharpness, ranking mode and
-  ALS settings; and the config sections the kernel reads (score, embed, ingest, als).
+  ALS settings; and the config sections the kernel reads (score, embed, ingest, als, ranker);
+- ``ranker.ubj``, where the run serves its learned ranker: the xgboost model, and in
+  ``catalog.npz`` the items' age and trend and the fold's clock it reads.
 
 ``HybridRecommender.predict`` takes rows of ``user_id`` and, for a user the run has not seen,
 optionally that user's events (``item_id``, ``event_type``, ``event_ts``, ``rating``,
 ``review_text``); it returns the recommendations table's columns for each user. A known user is
-ranked from the run's state by the score job's own kernel (``scoring.recommend_block``), so the
-list equals the ``recommendations`` table's; a new user's events are folded in as the stream
-does on a small micro-batch (ALS fold-in, review texts encoded by the run's encoder, the user's
-text vector), then ranked the same way. A known user sent with events is refused: events since
+ranked from the run's state by the score job's own kernel (the learned ranker's where the run
+serves it, else ``scoring.recommend_block``), so the list equals the ``recommendations``
+table's; a new user's events are folded in as the stream does on a small micro-batch (ALS
+fold-in, review texts encoded by the run's encoder, the user's text vector), then ranked the
+same way. A known user sent with events is refused: events since
 the run are the stream job's (``recommendations_live``).
 
 Memory: one process holds the catalog (items x (ALS rank + text dim) floats and the neighbour
@@ -49,6 +52,7 @@ from hybridrec.constants import (
     USER_COL,
 )
 from hybridrec.models.foldin import AlsSettings, gram
+from udfs.learned_ranker import ItemContext
 from udfs.ranking_kernel import PARTS, ItemCatalog
 
 log = logging.getLogger(__name__)
@@ -57,9 +61,10 @@ SERVED_MODEL = "served_model"  # its artifact path in the MLflow run
 CATALOG_FILE = "catalog.npz"
 USERS_DIR = "users"
 STATE_FILE = "serving.json"
+RANKER_FILE = "ranker.ubj"
 # What the kernel, the fold-in and the encoder read of the run's config; nothing else (no
 # credentials) travels with the model.
-CONFIG_SECTIONS = ("score", "embed", "ingest", "als")
+CONFIG_SECTIONS = ("score", "embed", "ingest", "als", "ranker")
 EVENT_INPUT = [ITEM_COL, EVENT_COL, TS_COL, RATING_COL, TEXT_COL]
 POPULAR_ONLY = {part: 1.0 if part == "pop" else 0.0 for part in PARTS}
 
@@ -84,6 +89,14 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {f.name: getattr(serving.catalog, f.name) for f in fields(ItemCatalog)}
     arrays["ids"] = np.asarray(arrays["ids"]).astype(str)
+    ranker = serving.ranker
+    if ranker is not None:
+        (folder / RANKER_FILE).write_bytes(ranker.model)
+        arrays |= {
+            "item_age_days": ranker.context.age_days,
+            "item_trend": ranker.context.trend,
+            "reference_ts": np.float64(ranker.context.reference_ts),
+        }
     np.savez(
         folder / CATALOG_FILE,
         **arrays,
@@ -105,6 +118,7 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
         "weights": serving.weights,
         "recent_sharpness": serving.recent_sharpness,
         "over_candidates": serving.mode.over_candidates,
+        "ranker": ranker is not None,
         "als": asdict(serving.als),
         "model_id": serving.model_id,
         "config": {section: cfg[section].to_dict() for section in CONFIG_SECTIONS},
@@ -117,6 +131,7 @@ class ServedRanking:
 
     def __init__(self, folder: Path):
         from hybridrec.ranking import rank
+        from hybridrec.ranking.learned import RankerInputs
         from hybridrec.streaming.live import Serving
         from hybridrec.streaming.local import LocalServing
 
@@ -124,6 +139,14 @@ class ServedRanking:
         with np.load(folder / CATALOG_FILE, allow_pickle=False) as saved:
             catalog = ItemCatalog(**{f.name: saved[f.name] for f in fields(ItemCatalog)})
             factor_items, factors = saved["factor_items"], saved["factors"]
+            ranker = None
+            if state.get("ranker"):
+                context = ItemContext(
+                    age_days=saved["item_age_days"],
+                    trend=saved["item_trend"],
+                    reference_ts=float(saved["reference_ts"]),
+                )
+                ranker = RankerInputs(catalog, context, (folder / RANKER_FILE).read_bytes())
         self.cfg = Config(state["config"])
         self.run_id = state["run_id"]
         how = rank.MEMORY if state["over_candidates"] else rank.FULL
@@ -139,6 +162,7 @@ class ServedRanking:
             factors=factors,
             factor_gram=gram(factors),
             model_id=state["model_id"],
+            ranker=ranker,
         )
         item_vectors = pd.Series(list(catalog.text), index=catalog.ids, dtype=object)
         self.local = LocalServing(
@@ -154,6 +178,7 @@ class ServedRanking:
         """The recommendations table's rows for every user of ``request`` (the module doc),
         in the order the users first appear."""
         from hybridrec.ranking import scoring
+        from hybridrec.streaming import local
 
         if USER_COL not in request.columns:
             raise UnservableRequest(f"the request has no {USER_COL} column")
@@ -173,10 +198,9 @@ class ServedRanking:
                 "(events since the run are folded in by the stream job, recommendations_live)"
             )
         frames = []
-        models = {"hybrid": self.serving.weights}
         if known:
             block = self.users.loc[known].reset_index(drop=True).assign(target=None)
-            frames.append(self._rank(scoring, block, models))
+            frames.append(local.rank_block(self.serving, block, self.cfg))
         new = [u for u in order if u in with_events]
         if new:
             frames.append(self._fold_in(request[has_event & request[USER_COL].isin(new)]))
@@ -191,23 +215,22 @@ class ServedRanking:
                     "target": [None] * len(unknown),
                 }
             )
-            frames.append(self._rank(scoring, cold, {"hybrid": POPULAR_ONLY}))
+            frames.append(
+                scoring.recommend_block(
+                    cold,
+                    self.serving.catalog,
+                    {"hybrid": POPULAR_ONLY},
+                    self.cfg,
+                    self.serving.recent_sharpness,
+                    over_candidates=self.serving.mode.over_candidates,
+                )
+            )
         lists = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         if lists.empty:
             return lists
         lists["_user_order"] = lists[USER_COL].map({u: n for n, u in enumerate(order)})
         lists = lists.sort_values(["_user_order", "rank"], kind="stable")
         return lists.drop(columns=["_user_order", "model"], errors="ignore").reset_index(drop=True)
-
-    def _rank(self, scoring, block: pd.DataFrame, models) -> pd.DataFrame:
-        return scoring.recommend_block(
-            block,
-            self.serving.catalog,
-            models,
-            self.cfg,
-            self.serving.recent_sharpness,
-            over_candidates=self.serving.mode.over_candidates,
-        )
 
     def _fold_in(self, events: pd.DataFrame) -> pd.DataFrame:
         from hybridrec.streaming import local
@@ -318,5 +341,11 @@ def signature():
 def _requirements(pyspark_version: str) -> list[str]:
     from importlib.metadata import version
 
+    from hybridrec.ops.tracking import distribution_requirement
+
     pinned = ["numpy", "pandas", "pyarrow", "mlflow", "torch", "transformers"]
-    return [f"pyspark=={pyspark_version}", *(f"{p}=={version(p)}" for p in pinned)]
+    return [
+        f"pyspark=={pyspark_version}",
+        *(f"{p}=={version(p)}" for p in pinned),
+        distribution_requirement(("xgboost-cpu", "xgboost")),
+    ]

@@ -32,6 +32,7 @@ from hybridrec.constants import (
     ITEM_TEXT_NEIGHBOURS,
     ITEM_TRANSITIONS,
     ITEMS,
+    LEARNED_RANKER,
     METRICS,
     RECOMMENDATIONS,
     RECOMMENDATIONS_LIVE,
@@ -225,13 +226,16 @@ TABLES: dict[str, TableDoc] = {
         },
     ),
     RECOMMENDATIONS: TableDoc(
-        "Served top-K per user from the hybrid (test fold models), with the parts of each score",
+        "Served top-K per user from the hybrid (test fold models), with the parts of each score: "
+        "the learned ranker's order of the linear hybrid's candidates where learned_ranker says "
+        "it is served (score: the ranker's), else the linear hybrid's",
         RECOMMENDATION_COLUMNS,
     ),
     BASELINE_RECOMMENDATIONS: TableDoc(
         "Top-K per user from each baseline, for evaluation",
         {
-            "model": "als, cooc, text, popularity, ease or item_knn; debias=<b>: the hybrid at "
+            "model": "als, cooc, text, popularity, ease or item_knn; hybrid_linear: the linear "
+            "hybrid where the learned ranker is served; debias=<b>: the linear hybrid at "
             "popularity de-biasing strength b (the debias_curve's lists)",
             **RECOMMENDATION_COLUMNS,
         },
@@ -258,7 +262,8 @@ TABLES: dict[str, TableDoc] = {
     METRICS: TableDoc(
         "Every model's metrics at K on the test split",
         {
-            "model": "hybrid, als, cooc, text, popularity, ease or item_knn",
+            "model": "hybrid, hybrid_linear (where the learned ranker is served), als, cooc, "
+            "text, popularity, ease or item_knn",
             "metric": "ndcg, hr, precision, recall, map (0-1, mean per test user); coverage "
             "(catalog share), diversity (mean 1 - cosine in a list, 0-2), novelty (mean -log2 "
             "popularity, bits); reason_<kind>: share of the hybrid's top-K explained by cf, "
@@ -267,6 +272,27 @@ TABLES: dict[str, TableDoc] = {
             "value": "the metric's value",
             "segment": "all test users, sparse_users (fewest history items) or tail_items "
             "(test items among the least popular); beyond-accuracy metrics only for all",
+            "run_id": RUN_ID,
+        },
+    ),
+    LEARNED_RANKER: TableDoc(
+        "The learned ranker trained on the validation (and early) fold and whether it is served",
+        {
+            "served": "true: the recommendations are the ranker's order of the linear hybrid's "
+            "top ranker.candidates; false: the linear hybrid's (note says why)",
+            "note": "why it is or is not served, with the held-back figures",
+            "max_depth": "tree depth picked on held-back validation users",
+            "rounds": "boosting rounds kept (early stopping on held-back NDCG@K)",
+            "held_back_ndcg": "the ranker's NDCG@K on the held-back validation users (0-1)",
+            "linear_ndcg": "the linear hybrid's NDCG@K on the same users (0-1)",
+            "ndcg_gain": "ranker minus linear hybrid, mean over held-back users",
+            "ndcg_gain_se": "standard error of ndcg_gain",
+            "ndcg_gain_low": "lower end of the ranker.confidence interval of ndcg_gain (> 0: "
+            "served)",
+            "train_users": "query groups (user and fold) the ranker was fitted on",
+            "held_back_users": "held-back users the gain is measured on",
+            "features": "the model's feature names, in column order",
+            "model": "the xgboost model (UBJSON bytes); MLflow holds it as a model too",
             "run_id": RUN_ID,
         },
     ),
@@ -286,7 +312,8 @@ TABLES: dict[str, TableDoc] = {
     COMPARISONS: TableDoc(
         "The hybrid against each baseline, paired by test user, with an interval",
         {
-            "model": "the baseline compared with (als, cooc, text, popularity, ease, item_knn)",
+            "model": "the baseline compared with (als, cooc, text, popularity, ease, item_knn; "
+            "hybrid_linear: the learned ranker against its own first stage)",
             "metric": "ndcg, hr, precision, recall or map",
             "k": "list length",
             "users": "test users in the comparison",

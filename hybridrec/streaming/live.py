@@ -34,6 +34,7 @@ from hybridrec.constants import (
     INTERACTIONS,
     ITEM_COL,
     ITEM_EMBEDDINGS,
+    LEARNED_RANKER,
     SPLIT_COL,
     TEST,
     TEXT_EMBEDDINGS,
@@ -42,7 +43,7 @@ from hybridrec.constants import (
 )
 from hybridrec.models import cf, embedding
 from hybridrec.models.foldin import AlsSettings, fold_in, gram
-from hybridrec.ranking import catalogs, rank, scoring
+from hybridrec.ranking import catalogs, learned, rank, scoring
 from hybridrec.store.tables import MissingTableError, Warehouse
 from hybridrec.streaming.events import EVENT_COLUMNS
 from udfs import ranking_kernel
@@ -78,6 +79,8 @@ class Serving:
     factors: np.ndarray
     factor_gram: np.ndarray
     model_id: str
+    # The learned ranker where the run serves it (``learned_ranker.served``), else None.
+    ranker: learned.RankerInputs | None = None
 
 
 def load_serving(spark: SparkSession, cfg: Config, run_id: str, warehouse: Warehouse) -> Serving:
@@ -118,6 +121,7 @@ def load_serving(spark: SparkSession, cfg: Config, run_id: str, warehouse: Wareh
         factors=factors,
         factor_gram=gram(factors),
         model_id=model_id,
+        ranker=served_ranker(served, cfg, mode),
     )
     log.info(
         "stream serves against run %s: %s; ALS rank %d (%s, reg %g, alpha %g); weights %s",
@@ -218,6 +222,17 @@ def user_vectors(
     ).select(F.col("id").alias(USER_COL), EMBEDDING_COL)
 
 
+def served_ranker(served: Warehouse, cfg: Config, mode: rank.RankingMode):
+    """The run's learned ranker with the served fold's inputs, where the score job served it."""
+    if not (mode.catalog_broadcast and served.exists(LEARNED_RANKER)):
+        return None
+    row = served.read(LEARNED_RANKER).first()
+    if not (row and row["served"]):
+        return None
+    log.info("the run serves its learned ranker: %s", row["note"])
+    return learned.fold_inputs(served, cfg, SERVED_FOLD, bytes(row["model"]))
+
+
 def live_lists(
     serving: Serving,
     history: DataFrame,
@@ -233,16 +248,29 @@ def live_lists(
         factors=folded_factors(serving, history, cfg),
         vectors=user_vectors(serving, history, docs, new_vectors, cache),
     )
-    recs = rank.rank_users(
-        serving.warehouse,
-        cfg,
-        SERVED_FOLD,
-        {"hybrid": serving.weights},
-        recent_sharpness=serving.recent_sharpness,
-        mode=serving.mode,
-        users=users,
-        catalog=serving.catalog,
-    ).drop("model")
+    if serving.ranker is not None:
+        recs = learned.rank_users(
+            serving.warehouse,
+            cfg,
+            SERVED_FOLD,
+            serving.ranker,
+            serving.weights,
+            sharpness=serving.recent_sharpness,
+            mode=serving.mode,
+            users=users,
+        )
+    else:
+        recs = rank.rank_users(
+            serving.warehouse,
+            cfg,
+            SERVED_FOLD,
+            {"hybrid": serving.weights},
+            recent_sharpness=serving.recent_sharpness,
+            mode=serving.mode,
+            users=users,
+            catalog=serving.catalog,
+        )
+    recs = recs.drop("model")
     newest = history.groupBy(USER_COL).agg(F.max(TS_COL).alias("newest_event_ts"))
     return recs.join(newest, USER_COL, "left")
 

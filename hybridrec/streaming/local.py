@@ -47,7 +47,7 @@ from hybridrec.constants import (
 from hybridrec.models import embedding
 from hybridrec.models.embedding import SECONDS_PER_DAY
 from hybridrec.models.foldin import fold_in
-from hybridrec.ranking import scoring
+from hybridrec.ranking import learned, scoring
 from hybridrec.streaming.events import EVENT_COLUMNS
 from hybridrec.streaming.live import SERVED_FOLD, Serving
 from udfs.encoder import get_encoder
@@ -305,6 +305,9 @@ def user_vectors(
     return result
 
 
+EPOCH = pd.Timestamp(0, tz="UTC")
+
+
 def user_frame(
     serving: Serving,
     history: pd.DataFrame,
@@ -312,18 +315,20 @@ def user_frame(
     vectors: dict[str, np.ndarray | None],
 ) -> pd.DataFrame:
     """``scoring.build_user_frame``'s block: per user, the catalog indices of their items
-    (newest first, ties by index, higher first), factors and text vector."""
+    (newest first, ties by index, higher first), factors, text vector and newest event time."""
     last = history.groupby([USER_COL, ITEM_COL], as_index=False)[TS_COL].max()
     last["idx"] = pd.Index(serving.catalog.ids).get_indexer(last[ITEM_COL])
     last = last[last["idx"] >= 0].sort_values([USER_COL, TS_COL, "idx"], ascending=False)
     seen = {u: idx.to_numpy(np.int32) for u, idx in last.groupby(USER_COL, sort=False)["idx"]}
     users = sorted(set(seen) | set(factors) | {u for u, v in vectors.items() if v is not None})
+    newest = pd.to_datetime(history.groupby(USER_COL)[TS_COL].max(), utc=True)
     return pd.DataFrame(
         {
             USER_COL: users,
             "seen": [seen.get(u) for u in users],
             FACTORS_COL: [factors.get(u) for u in users],
             EMBEDDING_COL: [vectors.get(u) for u in users],
+            "last_ts": (newest - EPOCH).dt.total_seconds().reindex(users).to_numpy(float),
             "target": [None] * len(users),
         }
     )
@@ -349,15 +354,23 @@ def live_lists(
         folded_factors(serving, preferences(history, cfg)),
         user_vectors(state, history, docs, vectors),
     )
-    models = {"hybrid": serving.weights}
-    lists = scoring.recommend_block(
+    lists = rank_block(serving, block, cfg)
+    newest = history.groupby(USER_COL)[TS_COL].max().rename("newest_event_ts")
+    lists = lists.drop(columns="model").join(newest, on=USER_COL)
+    return lists, new_texts
+
+
+def rank_block(serving: Serving, block: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """One block of users ranked as the run serves them: by its learned ranker where it has
+    one, by the linear hybrid otherwise (the score job's kernels, in this process)."""
+    if serving.ranker is not None:
+        settings = learned.kernel_settings(cfg, serving.recent_sharpness, serving.mode)
+        return learned.rank_block(block, serving.ranker, serving.weights, settings, cfg)
+    return scoring.recommend_block(
         block,
         serving.catalog,
-        models,
+        {"hybrid": serving.weights},
         cfg,
         serving.recent_sharpness,
         over_candidates=serving.mode.over_candidates,
     )
-    newest = history.groupby(USER_COL)[TS_COL].max().rename("newest_event_ts")
-    lists = lists.drop(columns="model").join(newest, on=USER_COL)
-    return lists, new_texts

@@ -1,0 +1,503 @@
+"""The learned ranker's Spark side: training rows, the fit, the gate and ranking a fold with it.
+
+The linear hybrid (weights picked on validation) proposes each user's ``ranker.candidates`` best
+items; ``udfs.learned_ranker`` describes each (user, candidate). On the tuning folds (validation,
+and the early fold where the score job pooled it) every sampled user whose held-out item is
+among its candidates gives one query group, label 1 on that item. A hash of the user id holds
+back ``ranker.holdout_share`` of the users (the same users in both folds). xgboost's
+``SparkXGBRanker`` (LambdaMART, NDCG; boosting from the linear score, its base margin) fits the
+rest once per depth of
+``ranker.max_depth_grid``, stopping when the held-back users' NDCG@K stops rising; the depth
+and round with the best held-back NDCG are kept.
+
+The gate: on every held-back user (those whose item is not a candidate too: the ranker cannot
+find it, and the linear hybrid rarely does), the ranker's NDCG@K less the served linear
+hybrid's (its re-rank included), paired by user. The ranker is served where the lower end of the
+``ranker.confidence`` interval of that gain is above zero, the rule the ``next`` share follows;
+otherwise the linear hybrid is, and the note says why. Nothing here reads the test fold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import reduce
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.window import Window
+
+from hybridrec.config.loader import Config
+from hybridrec.constants import INTERACTIONS, ITEM_COL, TS_COL, USER_COL
+from hybridrec.models.folds import history
+from hybridrec.ops import progress
+from hybridrec.ranking import blocks, catalogs, scoring
+from hybridrec.ranking.rank import RankingMode, UserState
+from hybridrec.store.tables import Warehouse
+from udfs import learned_ranker, ranking_kernel
+from udfs.candidate_kernel import RECOMMENDATION_COLUMNS
+
+log = logging.getLogger(__name__)
+
+FOLD = "fold"
+HELD_BACK = "held_back"
+QID = "qid"
+LABEL = "label"
+FEATURES = "features"
+SCORE = "score"
+BASE_MARGIN = "base_margin"
+TRAIN_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_COL, T.StringType()),
+        T.StructField(LABEL, T.FloatType()),
+        T.StructField(FEATURES, T.ArrayType(T.FloatType())),
+        T.StructField(BASE_MARGIN, T.FloatType()),
+    ]
+)
+_HOLDOUT_SALT = "ranker-holdout"
+_QID_BUCKETS = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RankerInputs:
+    """What a task needs besides its users: the fold's catalog and item context, and the
+    ranker's saved model (None while training rows are made)."""
+
+    catalog: ranking_kernel.ItemCatalog
+    context: learned_ranker.ItemContext
+    model: bytes | None = None
+
+
+@dataclass
+class Fitted:
+    """The outcome of ``fit_and_gate``: the model (UBJSON bytes), whether it is served and why,
+    and what was measured on the way."""
+
+    model: bytes | None
+    served: bool
+    note: str
+    max_depth: int = 0
+    rounds: int = 0
+    held_back_ndcg: float = float("nan")
+    linear_ndcg: float = float("nan")
+    gain: float = float("nan")
+    gain_se: float = float("nan")
+    gain_low: float = float("nan")
+    train_users: int = 0
+    held_back_users: int = 0
+    seconds: float = 0.0
+    importance: dict[str, float] = field(default_factory=dict)
+    curve: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def row(self) -> dict:
+        """The learned_ranker table's row."""
+        return {
+            "served": self.served,
+            "note": self.note,
+            "max_depth": self.max_depth,
+            "rounds": self.rounds,
+            "held_back_ndcg": self.held_back_ndcg,
+            "linear_ndcg": self.linear_ndcg,
+            "ndcg_gain": self.gain,
+            "ndcg_gain_se": self.gain_se,
+            "ndcg_gain_low": self.gain_low,
+            "train_users": self.train_users,
+            "held_back_users": self.held_back_users,
+            "features": list(learned_ranker.FEATURES),
+            "model": self.model,
+        }
+
+
+LEARNED_RANKER_SCHEMA = T.StructType(
+    [
+        T.StructField("served", T.BooleanType()),
+        T.StructField("note", T.StringType()),
+        T.StructField("max_depth", T.IntegerType()),
+        T.StructField("rounds", T.IntegerType()),
+        T.StructField("held_back_ndcg", T.DoubleType()),
+        T.StructField("linear_ndcg", T.DoubleType()),
+        T.StructField("ndcg_gain", T.DoubleType()),
+        T.StructField("ndcg_gain_se", T.DoubleType()),
+        T.StructField("ndcg_gain_low", T.DoubleType()),
+        T.StructField("train_users", T.IntegerType()),
+        T.StructField("held_back_users", T.IntegerType()),
+        T.StructField("features", T.ArrayType(T.StringType())),
+        T.StructField("model", T.BinaryType()),
+    ]
+)
+
+
+def item_context(
+    interactions: DataFrame, catalog: ranking_kernel.ItemCatalog, fold: str, trend_days: float
+) -> learned_ranker.ItemContext:
+    """Each catalog item's age and trend in ``fold``'s history, and the fold's clock (its newest
+    event). Item-sized, like the catalog it is aligned with."""
+    seen = history(interactions, fold).select(ITEM_COL, F.col(TS_COL).cast("double").alias("_t"))
+    reference = seen.agg(F.max("_t")).first()[0]
+    if reference is None:
+        n = len(catalog)
+        return learned_ranker.ItemContext(np.full(n, np.nan), np.full(n, np.nan), float("nan"))
+    since = reference - trend_days * learned_ranker.SECONDS_PER_DAY
+    per_item = (
+        seen.groupBy(ITEM_COL)
+        .agg(
+            F.min("_t").alias("first"),
+            F.count(F.lit(1)).alias("events"),
+            F.sum(F.when(F.col("_t") >= since, 1).otherwise(0)).alias("recent"),
+        )
+        .toPandas()  # item-sized
+        .set_index(ITEM_COL)
+        .reindex(catalog.ids)
+    )
+    return learned_ranker.ItemContext(
+        age_days=((reference - per_item["first"]) / learned_ranker.SECONDS_PER_DAY).to_numpy(float),
+        trend=(per_item["recent"] / per_item["events"]).to_numpy(float),
+        reference_ts=float(reference),
+    )
+
+
+def kernel_settings(cfg: Config, sharpness: float, mode: RankingMode) -> dict:
+    """``learned_ranker.candidate_set``'s settings: the linear hybrid's, as the score job ranks."""
+    return {
+        **scoring.kernel_settings(cfg, sharpness),
+        "n_candidates": cfg.ranker.candidates,
+        "over_candidates": mode.over_candidates,
+        "counts": scoring.candidate_counts(cfg),
+    }
+
+
+def fold_inputs(
+    warehouse: Warehouse, cfg: Config, fold: str, model: bytes | None = None
+) -> RankerInputs:
+    catalog = catalogs.load_catalog(warehouse, cfg, fold)
+    context = item_context(warehouse.read(INTERACTIONS), catalog, fold, cfg.ranker.trend_days)
+    return RankerInputs(catalog, context, model)
+
+
+def training_rows(
+    users: DataFrame, inputs: RankerInputs, weights: Mapping[str, float], settings: dict, cfg
+) -> DataFrame:
+    """user_id, label, features: every candidate of each user whose held-out item (``target``)
+    is among its candidates."""
+    weights = dict(weights)
+
+    def rows(block: pd.DataFrame, shared: RankerInputs) -> pd.DataFrame:
+        block = block[block["target"].notna()].reset_index(drop=True)
+        candidates = learned_ranker.candidate_set(
+            block, shared.catalog, shared.context, weights, **settings
+        )
+        labels = candidates.labels(block["target"].to_numpy(np.int64))
+        keep = (labels.sum(axis=1) > 0)[:, None] & candidates.valid
+        user, slot = np.nonzero(keep)
+        return pd.DataFrame(
+            {
+                USER_COL: candidates.user_ids[user],
+                LABEL: labels[user, slot],
+                FEATURES: list(candidates.features[user, slot]),
+                BASE_MARGIN: learned_ranker.base_margin(candidates.features[user, slot]),
+            }
+        )
+
+    shared = users.sparkSession.sparkContext.broadcast(inputs)
+    return blocks.map_user_blocks(users, shared, cfg.score.user_block_rows, TRAIN_SCHEMA, rows)
+
+
+def held_back(share: float):
+    """Whether the row's user is held back (the same users in every fold)."""
+    return F.pmod(F.xxhash64(F.lit(_HOLDOUT_SALT), USER_COL), F.lit(10_000)) < F.lit(
+        int(share * 10_000)
+    )
+
+
+def fit_and_gate(
+    warehouse: Warehouse,
+    cfg: Config,
+    mode: RankingMode,
+    folds: tuple[str, ...],
+    weights: Mapping[str, float],
+    sharpness: float,
+) -> Fitted:
+    """Train on ``folds``' candidates, pick depth and rounds on the held-back users, and decide
+    whether the ranker is served (the module doc). ``weights``: the served linear hybrid's,
+    its ``debias`` strength included (the gate compares with the list actually served)."""
+    started = time.perf_counter()
+    if not mode.catalog_broadcast:
+        return Fitted(None, False, f"linear hybrid served: the ranker needs {mode.describe()}")
+    rows, linear_ranks = training_data(warehouse, cfg, mode, folds, weights, sharpness)
+    counts = rows.groupBy(HELD_BACK).agg(F.countDistinct(FOLD, USER_COL).alias("n")).collect()
+    n = {bool(r[HELD_BACK]): int(r["n"]) for r in counts}
+    train_users, held_users = n.get(False, 0), linear_ranks.count()
+    log.info(
+        "learned ranker: %d training queries, %d held-back users (%d with the item among "
+        "their %d candidates)",
+        train_users,
+        held_users,
+        n.get(True, 0),
+        cfg.ranker.candidates,
+    )
+    if train_users < 10 or n.get(True, 0) < 10:
+        return Fitted(
+            None,
+            False,
+            f"linear hybrid served: too few users to train and judge a ranker "
+            f"({train_users} training, {n.get(True, 0)} held-back queries)",
+            train_users=train_users,
+            held_back_users=held_users,
+            seconds=time.perf_counter() - started,
+        )
+    best, curve = None, []
+    for depth in cfg.ranker.max_depth_grid:
+        with progress.working_on(f"learned ranker (depth {depth})"):
+            booster, score, rounds = _fit(rows, cfg, depth)
+        curve.append({"max_depth": depth, "rounds": rounds, "held_back_ndcg_xgb": score})
+        log.info(
+            "ranker depth %d: %d rounds, held-back NDCG@%d %.4f", depth, rounds, cfg.score.k, score
+        )
+        if best is None or score > best[1]:
+            best = (booster, score, rounds, depth)
+    booster, _, rounds, depth = best
+    booster.feature_names = list(learned_ranker.FEATURES)
+    model = bytes(booster.save_raw("ubj"))
+    gain = _paired_gain(rows.where(F.col(HELD_BACK)), linear_ranks, model, cfg)
+    z = NormalDist().inv_cdf(0.5 + cfg.ranker.confidence / 2)
+    low = gain["gain"] - z * gain["se"]
+    served = low > 0
+    verdict = (
+        f"ranker served: held-back NDCG@{cfg.score.k} {gain['ranker']:.4f} against the linear "
+        f"hybrid's {gain['linear']:.4f}, gain {gain['gain']:+.4f} ± {gain['se']:.4f} "
+        f"(low end {low:+.4f} > 0 at {cfg.ranker.confidence:g})"
+    )
+    if not served:
+        verdict = "linear hybrid served: " + verdict.split(": ", 1)[1].replace("> 0", "<= 0")
+    log.info("%s", verdict)
+    importance = booster.get_score(importance_type="total_gain")
+    return Fitted(
+        model=model,
+        served=served,
+        note=verdict,
+        max_depth=depth,
+        rounds=rounds,
+        held_back_ndcg=gain["ranker"],
+        linear_ndcg=gain["linear"],
+        gain=gain["gain"],
+        gain_se=gain["se"],
+        gain_low=low,
+        train_users=train_users,
+        held_back_users=held_users,
+        seconds=time.perf_counter() - started,
+        importance={name: float(importance.get(name, 0.0)) for name in learned_ranker.FEATURES},
+        curve=pd.DataFrame(curve),
+    )
+
+
+def training_data(
+    warehouse: Warehouse,
+    cfg: Config,
+    mode: RankingMode,
+    folds: tuple[str, ...],
+    weights: Mapping[str, float],
+    sharpness: float,
+) -> tuple[DataFrame, DataFrame]:
+    """``folds``' training rows (fold, user_id, label, features, qid, held_back), and the
+    served linear hybrid's target rank of every held-back user (fold, user_id, target_rank),
+    both materialised."""
+    spark = warehouse.spark
+    settings = kernel_settings(cfg, sharpness, mode)
+    frames, linear = [], []
+    for fold in folds:
+        inputs = fold_inputs(warehouse, cfg, fold)
+        users = scoring.load_user_frame(spark, warehouse, inputs.catalog, fold, with_target=True)
+        users = scoring.tuning_sample(users, cfg.ranker.train_max_users).cache()
+        frames.append(
+            training_rows(users, inputs, weights, settings, cfg).withColumn(FOLD, F.lit(fold))
+        )
+        ranks = scoring.tune_ranks(
+            users,
+            inputs.catalog,
+            [dict(weights)],
+            cfg,
+            recent_sharpness=sharpness,
+            over_candidates=mode.over_candidates,
+        )
+        linear.append(ranks.select(USER_COL, "target_rank").withColumn(FOLD, F.lit(fold)))
+    rows = (
+        frames_union(frames)
+        .withColumn(QID, F.pmod(F.xxhash64(FOLD, USER_COL), F.lit(_QID_BUCKETS)).cast("long"))
+        .withColumn(HELD_BACK, held_back(cfg.ranker.holdout_share))
+    )
+    rows = rows.localCheckpoint(eager=True)
+    linear_ranks = (
+        frames_union(linear).where(held_back(cfg.ranker.holdout_share)).localCheckpoint(eager=True)
+    )
+    return rows, linear_ranks
+
+
+def frames_union(frames: list[DataFrame]) -> DataFrame:
+    return reduce(DataFrame.unionByName, frames)
+
+
+def _fit(rows: DataFrame, cfg: Config, depth: int):
+    """One SparkXGBRanker fit at ``depth``; the booster cut at its best round, the held-back
+    NDCG@K xgboost measured there, and the number of rounds."""
+    from xgboost.spark import SparkXGBRanker
+
+    k = cfg.score.k
+    estimator = SparkXGBRanker(
+        features_col=FEATURES,
+        label_col=LABEL,
+        qid_col=QID,
+        validation_indicator_col=HELD_BACK,
+        base_margin_col=BASE_MARGIN,
+        objective="rank:ndcg",
+        eval_metric=f"ndcg@{k}",
+        max_depth=depth,
+        learning_rate=cfg.ranker.learning_rate,
+        min_child_weight=cfg.ranker.min_child_weight,
+        subsample=cfg.ranker.subsample,
+        colsample_bytree=cfg.ranker.colsample_bytree,
+        reg_lambda=cfg.ranker.reg_lambda,
+        n_estimators=cfg.ranker.max_rounds,
+        early_stopping_rounds=cfg.ranker.early_stopping_rounds,
+        num_workers=cfg.ranker.workers,
+        tree_method="hist",
+        random_state=0,
+    )
+    booster = estimator.fit(rows).get_booster()
+    best = int(booster.best_iteration) if booster.attr("best_iteration") is not None else None
+    rounds = (best + 1) if best is not None else booster.num_boosted_rounds()
+    score = float(booster.attr("best_score") or "nan")
+    return booster[:rounds], score, rounds
+
+
+def _paired_gain(
+    held_rows: DataFrame, linear_ranks: DataFrame, model: bytes, cfg: Config
+) -> dict[str, float]:
+    """The ranker's and the linear hybrid's NDCG@K over every held-back user, and the mean and
+    standard error of their difference per user."""
+    k = cfg.score.k
+    shared = held_rows.sparkSession.sparkContext.broadcast(model)
+
+    def scored(batches):
+        booster = learned_ranker.booster(shared.value, nthread=1)
+        for batch in batches:
+            x = np.stack(batch[FEATURES].to_numpy()).astype(np.float32) if len(batch) else None
+            batch = batch.drop(columns=[FEATURES])
+            batch[SCORE] = learned_ranker.predict(booster, x) if x is not None else []
+            yield batch
+
+    schema = f"{FOLD} string, {USER_COL} string, {LABEL} float, {SCORE} float"
+    predictions = held_rows.select(FOLD, USER_COL, LABEL, FEATURES).mapInPandas(scored, schema)
+    target = F.max(F.when(F.col(LABEL) > 0, F.col(SCORE))).over(Window.partitionBy(FOLD, USER_COL))
+    ranker_ranks = (
+        predictions.withColumn("_target", target)
+        .groupBy(FOLD, USER_COL)
+        .agg(
+            (
+                F.sum(
+                    F.when((F.col(LABEL) == 0) & (F.col(SCORE) >= F.col("_target")), 1).otherwise(0)
+                )
+                + 1
+            ).alias("ranker_rank")
+        )
+    )
+
+    def ndcg(rank):
+        return F.when((rank >= 1) & (rank <= k), 1.0 / F.log2(rank + 1)).otherwise(0.0)
+
+    paired = (
+        linear_ranks.join(ranker_ranks, [FOLD, USER_COL], "left")
+        .select(
+            ndcg(F.coalesce(F.col("ranker_rank"), F.lit(0))).alias("r"),
+            ndcg(F.col("target_rank")).alias("l"),
+        )
+        .withColumn("g", F.col("r") - F.col("l"))
+        .agg(
+            F.avg("r").alias("ranker"),
+            F.avg("l").alias("linear"),
+            F.avg("g").alias("gain"),
+            F.stddev_samp("g").alias("sd"),
+            F.count(F.lit(1)).alias("n"),
+        )
+        .first()
+    )
+    shared.unpersist()
+    n = int(paired["n"] or 0)
+    sd = float(paired["sd"] or 0.0)
+    return {
+        "ranker": float(paired["ranker"] or 0.0),
+        "linear": float(paired["linear"] or 0.0),
+        "gain": float(paired["gain"] or 0.0),
+        "se": sd / math.sqrt(n) if n else float("inf"),
+    }
+
+
+def rank_users(
+    warehouse: Warehouse,
+    cfg: Config,
+    fold: str,
+    inputs: RankerInputs,
+    weights: Mapping[str, float],
+    *,
+    sharpness: float,
+    mode: RankingMode,
+    users: UserState | None = None,
+) -> DataFrame:
+    """Top-K rows (the recommendations columns with ``model``) of ``fold``'s users (or those of
+    ``users``: the stream's live users), ordered by the ranker of ``inputs`` (``fold_inputs``
+    of ``fold`` with the model)."""
+    if users is None:
+        frame = scoring.load_user_frame(warehouse.spark, warehouse, inputs.catalog, fold)
+    else:
+        frame = scoring.build_user_frame(
+            warehouse.spark,
+            users.interactions,
+            inputs.catalog,
+            fold,
+            users.factors,
+            users.vectors,
+        )
+    settings = kernel_settings(cfg, sharpness, mode)
+    weights = dict(weights)
+
+    def ranked(block: pd.DataFrame, shared: RankerInputs) -> pd.DataFrame:
+        return rank_block(block, shared, weights, settings, cfg, nthread=1)
+
+    shared = warehouse.spark.sparkContext.broadcast(inputs)
+    return blocks.map_user_blocks(
+        frame, shared, cfg.score.user_block_rows, scoring.RECOMMENDATION_SCHEMA, ranked
+    )
+
+
+def rank_block(
+    block: pd.DataFrame,
+    inputs: RankerInputs,
+    weights: Mapping[str, float],
+    settings: dict,
+    cfg: Config,
+    *,
+    nthread: int = 0,
+) -> pd.DataFrame:
+    """One block's top-K by the ranker, in this process (a task's, or the served model's)."""
+    if block.empty:
+        return pd.DataFrame({c: [] for c in RECOMMENDATION_COLUMNS})
+    candidates = learned_ranker.candidate_set(
+        block, inputs.catalog, inputs.context, weights, **settings
+    )
+    return learned_ranker.rank_candidates(
+        candidates,
+        learned_ranker.booster(inputs.model, nthread=nthread),
+        weights,
+        k=cfg.score.k,
+        popular_share=cfg.score.popular_reason_share,
+    )[list(RECOMMENDATION_COLUMNS)]
+
+
+def spark_row(spark: SparkSession, fitted: Fitted) -> DataFrame:
+    return spark.createDataFrame([fitted.row()], LEARNED_RANKER_SCHEMA)
