@@ -469,7 +469,8 @@ RANKING_STAGES = ("score", "evaluate")
 def overhead_row(label: str, measured: dict) -> dict:
     """Score's and evaluate's seconds next to the ranking kernel's own (the seconds its tasks
     spent in the numpy kernel, summed, over the task slots: what the stage would take if it
-    were nothing but the kernel on the same cores), and their ratio."""
+    were nothing but the kernel on the same cores), and their ratio; and the learned ranker's
+    seconds within score."""
     slots = measured.get("task_slots", os.cpu_count())
     row = {"size": label, "slots": slots}
     for name in RANKING_STAGES:
@@ -478,6 +479,8 @@ def overhead_row(label: str, measured: dict) -> dict:
         row[f"{name} s"] = stage["seconds"]
         row[f"{name} kernel s"] = kernel
         row[f"{name} ratio"] = stage["seconds"] / kernel if kernel > 0 else math.nan
+    # The learned ranker's part of score: training rows, fits and the gate on validation.
+    row["score ranker s"] = measured["stages"]["score"]["results"].get("ranker_seconds", math.nan)
     return row
 
 

@@ -36,6 +36,7 @@ CHOICES = {
     "score.early_target": {"auto", "always", "never"},
     "score.near_best_prior": {"centre", "configured"},
     "score.candidates.mode": {"auto", "full", "candidates"},
+    "ranker.serve": {"auto", "always"},
     "stream.format": {"csv", "amazon"},
     "stream.source": {"folder", "kafka"},
 }

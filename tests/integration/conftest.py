@@ -43,6 +43,9 @@ TINY_SETTINGS = {
     # One point per baseline grid: these runs test the platform, not the picks.
     "evaluate": {"k": 5, "ease": {"l2_grid": [10.0]}, "item_knn": {"neighbours_grid": [10]}},
     "embed": {"text_neighbours": 10},
+    # The learned ranker's whole path (score, evaluate, stream, served model, a cluster), served
+    # whatever a few dozen held-back users say; one depth.
+    "ranker": {"serve": "always", "max_depth_grid": [3]},
     "spark": {
         "master": "local[2]",
         "shuffle_partitions": 2,

@@ -271,8 +271,11 @@ def test_score_and_evaluate_run_over_candidates_without_broadcasting_the_catalog
     recs = warehouse.read(RECOMMENDATIONS).toPandas()
     assert recs.groupby("user_id").size().max() == K
     metrics = warehouse.read(METRICS).toPandas()
-    # EASE needs an items x items matrix on every task: not where nothing item-sized may go.
-    assert set(metrics["model"]) == set(MODELS) - {"ease"}
+    # EASE needs an items x items matrix on every task: not where nothing item-sized may go;
+    # nor the learned ranker, which reads the catalog's arrays: the linear hybrid is served.
+    assert set(metrics["model"]) == set(MODELS) - {"ease", "hybrid_linear"}
+    note = warehouse.read("learned_ranker").first()["note"]
+    assert note.startswith("linear hybrid served") and "Spark rows" in note
     truth_users = (
         warehouse.read("interactions").where(F.col(SPLIT_COL) == TEST).select("user_id").distinct()
     )

@@ -13,10 +13,18 @@ from pyspark.sql import functions as F
 from hybridrec.config.loader import load_config
 from hybridrec.constants import EARLY, ITEM_NEIGHBOURS, MODELS, TEST, VALIDATION
 from hybridrec.models.folds import held_out
-from hybridrec.ops.tracking import RUN_ID_TAG, SERVED_RUN_TAG, served_model_uri, tracking_uri
-from hybridrec.ranking import catalogs
+from hybridrec.ops.tracking import (
+    RANKER_MODEL,
+    RUN_ID_TAG,
+    SERVED_RUN_TAG,
+    pipeline_run_id,
+    served_model_uri,
+    tracking_uri,
+)
+from hybridrec.ranking import catalogs, learned, rank, scoring
 from hybridrec.store.tables import Warehouse
 from pipelines.end_to_end import run_pipeline
+from udfs import learned_ranker
 from udfs.ranking_kernel import PARTS
 
 pytestmark = pytest.mark.slow
@@ -48,6 +56,9 @@ def e2e(spark, tmp_path_factory):
             "score.next_share_grid=[0.0, 0.1]",
             "evaluate.ease.l2_grid=[10.0, 50.0]",
             "evaluate.item_knn.neighbours_grid=[10, 20]",
+            # The ranker's whole path: served whatever 60-odd held-back users would say.
+            "ranker.serve=always",
+            "ranker.max_depth_grid=[3]",
         ],
     )
     results = run_pipeline(spark, cfg, RUN_ID)
@@ -205,7 +216,14 @@ def test_recommendations_are_top_k_unseen_items(e2e):
     for _, user_rows in rows.sort_values("rank").groupby("user_id"):
         assert (np.diff(user_rows["score"].to_numpy()) <= 1e-9).all()
     assert rows["reason"].str.len().min() > 0
-    # Each score is its normalised parts weighted as picked on validation.
+    # The served lists are the ranker's; the linear hybrid's, its first stage, score each item
+    # by its normalised parts weighted as picked on validation.
+    linear = (
+        warehouse.read("baseline_recommendations")
+        .where(f"run_id = '{RUN_ID}' and model = 'hybrid_linear'")
+        .toPandas()
+    )
+    assert linear["user_id"].nunique() == 120
     weights = (
         warehouse.read("fusion_weights")
         .where(f"run_id = '{RUN_ID}' and model = 'hybrid'")
@@ -213,8 +231,8 @@ def test_recommendations_are_top_k_unseen_items(e2e):
         .iloc[0]
     )
     assert weights["recent_sharpness"] in cfg.score.recent_sharpness_grid
-    fused = sum(weights[p] * rows[f"{p}_score"] for p in PARTS)
-    np.testing.assert_allclose(rows["score"], fused, rtol=1e-4, atol=1e-5)
+    fused = sum(weights[p] * linear[f"{p}_score"] for p in PARTS)
+    np.testing.assert_allclose(linear["score"], fused, rtol=1e-4, atol=1e-5)
 
 
 def test_metrics_hold_every_model(e2e):
@@ -224,10 +242,11 @@ def test_metrics_hold_every_model(e2e):
     expected = {"ndcg", "hr", "precision", "recall", "map", "coverage", "diversity", "novelty"}
     reasons = {f"reason_{kind}" for kind in ("cf", "cooc", "text", "next", "pop", "none")}
     for model in MODELS:
-        extra = reasons if model == "hybrid" else set()
+        extra = reasons if model in ("hybrid", "hybrid_linear") else set()
         assert set(metrics.loc[metrics["model"] == model, "metric"]) == expected | extra
-    shares = metrics[metrics["metric"].isin(reasons)]["value"]
-    assert shares.sum() == pytest.approx(1.0) and shares.between(0, 1).all()
+    shares = metrics[metrics["metric"].isin(reasons)]
+    assert shares.groupby("model")["value"].sum().to_numpy() == pytest.approx([1.0, 1.0])
+    assert shares["value"].between(0, 1).all()
     assert set(metrics["segment"]) == {"all", "sparse_users", "tail_items"}
     metrics = metrics[metrics["segment"] == "all"]
     ranking = metrics[metrics["metric"].isin(["ndcg", "hr", "precision", "recall", "map"])]
@@ -261,9 +280,10 @@ def test_debias_curve_ranks_the_hybrid_at_every_strength_and_flags_the_served_on
         .first()["debias"]
     )
     assert curve.loc[curve["served"], "debias"].unique() == pytest.approx([served])
-    # The served point is the hybrid itself: the same lists, the same NDCG.
+    # The curve is the linear hybrid's (the ranker is served): its served point is
+    # hybrid_linear's lists, the same NDCG.
     metrics = warehouse.read("metrics").where(F.col("run_id") == RUN_ID).toPandas()
-    hybrid = metrics.query("model == 'hybrid' and metric == 'ndcg' and segment == 'all'")
+    hybrid = metrics.query("model == 'hybrid_linear' and metric == 'ndcg' and segment == 'all'")
     assert wide.loc[served, "ndcg"] == pytest.approx(hybrid["value"].item())
     # Taking popularity off never makes lists more popular: novelty does not fall.
     assert wide["novelty"].iloc[-1] >= wide["novelty"].iloc[0] - 1e-9
@@ -383,8 +403,10 @@ def test_the_served_model_ranks_known_new_and_unknown_users(e2e):
     assert list(served["user_id"].unique()) == known
     for column in ["user_id", "rank", "item_id", "reason", "reason_item_id"]:
         assert served[column].tolist() == table[column].tolist(), column
+    # float32 products of another block size (BLAS picks its kernel by the rows it gets): the
+    # same figures to within 1e-5.
     for column in ["score", *(f"{p}_score" for p in PARTS)]:
-        np.testing.assert_allclose(served[column], table[column], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(served[column], table[column], rtol=1e-5, atol=1e-5)
 
     items = warehouse.read("items").select("item_id").toPandas()["item_id"].tolist()
     history = pd.DataFrame(
@@ -466,6 +488,62 @@ def test_mlflow_models_serve_answers_with_the_table_s_lists(e2e, tmp_path):
     table = _table_lists(warehouse, ["u5"])
     known = answer[answer["user_id"] == "u5"]
     assert known["item_id"].tolist() == table["item_id"].tolist()
-    np.testing.assert_allclose(known["score"], table["score"], rtol=1e-5)
+    np.testing.assert_allclose(known["score"], table["score"], rtol=1e-5, atol=1e-5)
     fresh = answer[answer["user_id"] == "fresh"]
     assert len(fresh) == K and "i1" not in set(fresh["item_id"])
+
+
+def test_the_ranker_scores_a_served_row_from_mlflow_in_a_fresh_process(e2e, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg, warehouse, _ = e2e
+    row = warehouse.read("learned_ranker").where(F.col("run_id") == RUN_ID).first()
+    assert row["served"] and "ranker.serve is always" in row["note"]
+    assert list(row["features"]) == list(learned_ranker.FEATURES)
+    assert row["train_users"] > 0 and row["rounds"] >= 1 and row["max_depth"] == 3
+    assert -1 <= row["ndcg_gain"] <= 1 and row["ndcg_gain_se"] >= 0
+    # One user's served items as feature rows, made as the score job made them.
+    picked = (
+        warehouse.read("fusion_weights").where(f"run_id = '{RUN_ID}' and model = 'hybrid'").first()
+    )
+    weights = {**{p: float(picked[p]) for p in PARTS}, "debias": float(picked["debias"])}
+    inputs = learned.fold_inputs(warehouse, cfg, TEST, bytes(row["model"]))
+    block = (
+        scoring.load_user_frame(warehouse.spark, warehouse, inputs.catalog, TEST)
+        .where(F.col("user_id") == "u3")
+        .toPandas()
+    )
+    settings = learned.kernel_settings(
+        cfg, float(picked["recent_sharpness"]), rank.ranking_mode(warehouse, cfg)
+    )
+    candidates = learned_ranker.candidate_set(
+        block, inputs.catalog, inputs.context, weights, **settings
+    )
+    table = _table_lists(warehouse, ["u3"])
+    slots = [list(candidates.item_ids[0]).index(item) for item in table["item_id"]]
+    features = candidates.features[0, slots]
+    rows = tmp_path / "rows.parquet"
+    pd.DataFrame(features, columns=list(learned_ranker.FEATURES)).to_parquet(rows)
+
+    # A fresh process with MLflow alone: the logged model scores the rows.
+    uri = f"runs:/{pipeline_run_id(cfg, RUN_ID)}/{RANKER_MODEL}"
+    code = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "print(json.dumps([float(x) for x in model.predict(pd.read_parquet(sys.argv[2]))]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, uri, str(rows)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trees = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    # The logged model is the trees; the served score adds their base margin, the linear score.
+    served = trees + features[:, learned_ranker.LINEAR_SCORE]
+    np.testing.assert_allclose(served, table["score"], rtol=1e-5, atol=1e-5)

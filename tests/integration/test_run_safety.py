@@ -46,6 +46,7 @@ TINY = [
     "spark.shuffle_partitions=2",
     # These runs test kills and locks, not the picks: no early fold (the end-to-end test has it).
     "score.early_target=never",
+    "ranker.enabled=false",
     *SHORT_RUN_SETTINGS,
 ]
 RUNS = ("P1", "P2", "P3", "P4")
