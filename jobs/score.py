@@ -31,7 +31,7 @@ from hybridrec.constants import (
 )
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
-from hybridrec.ranking import blocks, learned, rank, tuning
+from hybridrec.ranking import blocks, learned, rank, ranker_fit, tuning
 from hybridrec.store.tables import Warehouse
 from udfs import learned_ranker
 from udfs.ranking_kernel import PARTS
@@ -73,7 +73,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         {
             RECOMMENDATIONS: recs.drop("model"),
             FUSION_WEIGHTS: spark.createDataFrame(picks),
-            LEARNED_RANKER: learned.spark_row(spark, fitted),
+            LEARNED_RANKER: ranker_fit.spark_row(spark, fitted),
         },
         run_id=run_id,
     )
@@ -109,19 +109,19 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
 
 def learn_ranker(
     warehouse, cfg: Config, mode: rank.RankingMode, linear: dict, sharpness: float
-) -> learned.Fitted:
+) -> ranker_fit.Fitted:
     """The learned ranker trained and judged on the tuning folds (``ranker.enabled``), logged
     to MLflow: its choice, the held-back figures, the feature importance and the model."""
     if not cfg.ranker.enabled:
-        return learned.Fitted(None, False, "linear hybrid served: ranker.enabled is false")
+        return ranker_fit.Fitted(None, False, "linear hybrid served: ranker.enabled is false")
     if not cfg.score.tune_on_validation:
-        return learned.Fitted(
+        return ranker_fit.Fitted(
             None,
             False,
             "linear hybrid served: the ranker trains on validation, which "
             "score.tune_on_validation false leaves out",
         )
-    fitted = learned.fit_and_gate(
+    fitted = ranker_fit.fit_and_gate(
         warehouse, cfg, mode, tuning.tuning_folds(warehouse, cfg), linear, sharpness
     )
     mlflow.set_tag("served_ranking", "learned ranker" if fitted.served else "linear hybrid")

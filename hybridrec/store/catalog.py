@@ -281,16 +281,18 @@ TABLES: dict[str, TableDoc] = {
             "served": "true: the recommendations are the ranker's order of the linear hybrid's "
             "top ranker.candidates; false: the linear hybrid's (note says why)",
             "note": "why it is or is not served, with the held-back figures",
-            "max_depth": "tree depth picked on held-back validation users",
+            "max_depth": "tree depth picked on held-back users",
             "rounds": "boosting rounds kept (early stopping on held-back NDCG@K)",
-            "held_back_ndcg": "the ranker's NDCG@K on the held-back validation users (0-1)",
+            "held_back_ndcg": "the ranker's NDCG@K on the judged users: the validation fold's "
+            "(the ranker trained on the early fold) where the early fold is fitted, else "
+            "held-back validation users (0-1)",
             "linear_ndcg": "the linear hybrid's NDCG@K on the same users (0-1)",
-            "ndcg_gain": "ranker minus linear hybrid, mean over held-back users",
+            "ndcg_gain": "ranker minus linear hybrid, mean over the judged users",
             "ndcg_gain_se": "standard error of ndcg_gain",
             "ndcg_gain_low": "lower end of the ranker.confidence interval of ndcg_gain (> 0: "
             "served)",
             "train_users": "query groups (user and fold) the ranker was fitted on",
-            "held_back_users": "held-back users the gain is measured on",
+            "held_back_users": "users the gain is judged on",
             "features": "the model's feature names, in column order",
             "model": "the xgboost model (UBJSON bytes); MLflow holds it as a model too",
             "run_id": RUN_ID,

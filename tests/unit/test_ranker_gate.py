@@ -8,27 +8,27 @@ import numpy as np
 import pytest
 
 from hybridrec.constants import ITEM_COL, SPLIT_COL, TS_COL, USER_COL
-from hybridrec.ranking import learned
+from hybridrec.ranking import learned, ranker_fit
 from udfs.ranking_kernel import ItemCatalog
 
 GAIN = {"ranker": 0.31, "linear": 0.30, "gain": 0.01, "se": 0.004}
 
 
 def test_the_ranker_is_served_only_where_the_gains_interval_clears_zero():
-    served, low, note = learned.decide(GAIN, 0.95, 10, "auto")
+    served, low, note = ranker_fit.decide(GAIN, 0.95, 10, "auto")
     assert served and low == pytest.approx(0.01 - 1.959964 * 0.004)
     assert note.startswith("ranker served") and "+0.0100" in note
     weak = {**GAIN, "se": 0.006}  # the same gain, noisier: its interval spans zero
-    served, low, note = learned.decide(weak, 0.95, 10, "auto")
+    served, low, note = ranker_fit.decide(weak, 0.95, 10, "auto")
     assert not served and low < 0
     assert note.startswith("linear hybrid served") and "<= 0" in note
     # Confidence 0: any gain above zero serves it.
-    assert learned.decide(weak, 0.0, 10, "auto")[0]
-    assert not learned.decide({**GAIN, "gain": -0.001}, 0.0, 10, "auto")[0]
+    assert ranker_fit.decide(weak, 0.0, 10, "auto")[0]
+    assert not ranker_fit.decide({**GAIN, "gain": -0.001}, 0.0, 10, "auto")[0]
 
 
 def test_serve_always_serves_a_losing_ranker_and_says_so():
-    served, _, note = learned.decide({**GAIN, "gain": -0.02}, 0.95, 10, "always")
+    served, _, note = ranker_fit.decide({**GAIN, "gain": -0.02}, 0.95, 10, "always")
     assert served
     assert "ranker.serve is always" in note and "-0.0200" in note
 
