@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["data set", *PARTS, "recent_sharpness", "debias", "validation_ndcg"]
     print(pd.concat(picks)[columns].round(4).to_string(index=False))
     if rankers:
-        print("\nThe learned ranker, judged on held-back validation users\n")
+        print("\nThe learned ranker, judged on validation (forward: trained on the early fold)\n")
         print(pd.concat(rankers).round(4).to_string(index=False))
     if curves:
         print("\nRe-rank curve on test: the hybrid at each popularity de-biasing strength")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import xgboost
 
 from udfs.block_candidates import CandidateCounts, block_slots
 from udfs.candidate_kernel import RECOMMENDATION_COLUMNS, _reasons
@@ -231,8 +232,6 @@ _BOOSTERS: dict[str, object] = {}
 def booster(model: bytes, nthread: int = 0):
     """The xgboost Booster saved as ``model`` (UBJSON bytes), loaded once per process: every
     block of a task, and every task of an executor's Python worker, reuses it."""
-    import xgboost
-
     key = hashlib.sha1(model).hexdigest() + f"/{nthread}"
     if key not in _BOOSTERS:
         loaded = xgboost.Booster(model_file=bytearray(model))
@@ -264,8 +263,6 @@ def contributions(model, features: np.ndarray) -> np.ndarray:
     """(rows, len(FEATURES) + 1) each feature's additive share of the row's score, the bias
     last (xgboost's ``pred_contribs``: exact tree SHAP values; the bias holds the base margin,
     the linear score)."""
-    import xgboost
-
     matrix = xgboost.DMatrix(features, missing=np.nan, feature_names=list(FEATURES))
     matrix.set_base_margin(base_margin(features))
     return model.predict(matrix, pred_contribs=True)

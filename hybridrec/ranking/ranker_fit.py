@@ -18,9 +18,9 @@ of the validation fold judge it. The judged gain is, on every judged user (those
 not a candidate too), the ranker's NDCG@K less the served linear hybrid's (its re-rank
 included), paired by user; the ranker is served where the lower end of the
 ``ranker.confidence`` interval of that gain is above zero, the rule the ``next`` share follows;
-otherwise the linear hybrid is, and the note says why. A forward-judged ranker is then refitted
-on both folds with the depth and rounds picked (as ALS is refitted on train and validation).
-Nothing here reads the test fold.
+otherwise the linear hybrid is, and the note says why. A forward-judged ranker that is served is
+then refitted on both folds with the depth and rounds picked (as ALS is refitted on train and
+validation). Nothing here reads the test fold.
 """
 
 from __future__ import annotations
