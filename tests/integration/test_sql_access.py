@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SPARK_BIN = Path(pyspark.__file__).parent / "bin"
-MODELS = ["als", "cooc", "ease", "hybrid", "item_knn", "popularity", "text"]
+# The analyst run serves the learned ranker (ranker.serve: always), so hybrid_linear is a model.
+MODELS = ["als", "cooc", "ease", "hybrid", "hybrid_linear", "item_knn", "popularity", "text"]
 NDCG_LATEST = (
     "SELECT model, value FROM hybridrec.metrics_latest "
     "WHERE metric = 'ndcg' AND segment = 'all' ORDER BY model"

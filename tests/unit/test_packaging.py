@@ -35,6 +35,7 @@ DRIVER = {
     "pyyaml": "6.0.3",
     "onnxruntime": "1.32.0",
     "onnx": "1.23.2",
+    "xgboost-cpu": "3.2.0",
     "tokenizers": "0.23.1",
     "pyspark": "4.3.0",
     "mlflow": "3.1.0",
@@ -205,6 +206,7 @@ def test_requirements_pin_the_drivers_versions_and_leave_out_driver_only_package
         "pyyaml==6.0.3",
         "onnxruntime==1.32.0",
         "onnx==1.23.2",
+        "xgboost-cpu==3.2.0",
         "torch==2.13.0",
     ]
     assert torch_mode == "cpu"
