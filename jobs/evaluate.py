@@ -35,7 +35,6 @@ from hybridrec.constants import (
     INTERACTIONS,
     ITEM_EMBEDDINGS,
     ITEMS,
-    LEARNED_RANKER,
     METRICS,
     MODELS,
     RECOMMENDATIONS,
@@ -50,6 +49,7 @@ from hybridrec.models.folds import history
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
 from hybridrec.ranking import blocks, rank, scoring
+from hybridrec.ranking import learned as learned_ranking
 from hybridrec.serving import recommender
 from hybridrec.store.tables import Warehouse
 from udfs.ranking_kernel import PARTS
@@ -89,14 +89,6 @@ def picked_weights(warehouse: Warehouse, cfg: Config) -> dict[str, dict]:
         }
         for row in rows
     }
-
-
-def ranker_served(warehouse: Warehouse) -> bool:
-    """Whether the score job served the learned ranker's lists (the learned_ranker table)."""
-    if not warehouse.exists(LEARNED_RANKER):
-        return False
-    row = warehouse.read(LEARNED_RANKER).select("served").first()
-    return bool(row and row["served"])
 
 
 def curve_name(strength: float) -> str:
@@ -316,7 +308,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     picked = picked_weights(warehouse, cfg)
     mode = rank.ranking_mode(warehouse, cfg)
     interactions = warehouse.read(INTERACTIONS)
-    learned = ranker_served(warehouse)
+    learned = learned_ranking.served_ranker_row(warehouse) is not None
     kernel_recs = kernel_recommendations(warehouse, cfg, picked, mode, hybrid, learned=learned)
     items = scoring.catalog_items(interactions, warehouse.read(ITEMS), cfg)
     linear_recs, linear_picks = linear.tune_and_recommend(

@@ -212,7 +212,7 @@ def recommend_slots(
         rows, ranks = np.nonzero(best >= 0)
         picked = best[rows, ranks]
         contributions = part_contributions(normalised, defined, weights, rows, picked)
-        reasons, reason_items = _reasons(slots, rows, picked, contributions, popular_share)
+        reasons, reason_items = slot_reasons(slots, rows, picked, contributions, popular_share)
         frame = {
             "model": model,
             "user_id": slots.user_ids[rows],
@@ -229,7 +229,7 @@ def recommend_slots(
     return pd.concat(frames, ignore_index=True)[list(RECOMMENDATION_COLUMNS)]
 
 
-def _reasons(
+def slot_reasons(
     slots: Slots,
     rows: np.ndarray,
     picked: np.ndarray,

@@ -36,7 +36,7 @@ import pandas as pd
 import xgboost
 
 from udfs.block_candidates import CandidateCounts, block_slots
-from udfs.candidate_kernel import RECOMMENDATION_COLUMNS, _reasons
+from udfs.candidate_kernel import RECOMMENDATION_COLUMNS, slot_reasons
 from udfs.ranking_kernel import (
     PARTS,
     ItemCatalog,
@@ -47,7 +47,6 @@ from udfs.ranking_kernel import (
     top_k,
 )
 from udfs.reasons import part_contributions, pick_reasons
-from udfs.rerank import DEBIAS
 
 SECONDS_PER_DAY = 86_400.0
 _FLAGGED = ("cf", "text", "recent")  # parts whose presence varies by user and item
@@ -129,7 +128,6 @@ def candidate_set(
     """The block's (``scoring.build_user_frame``'s columns, ``last_ts`` optional) linear top
     ``n_candidates`` per user with their feature rows. ``weights``: the linear hybrid's (its
     ``debias`` strength is ignored: the ranker orders the whole list)."""
-    weights = {p: w for p, w in weights.items() if p != DEBIAS}
     vote_settings = dict(settings, history_cap=history_cap, next_items=next_items)
     if over_candidates:
         slots = block_slots(block, catalog, counts, **vote_settings)
@@ -189,7 +187,7 @@ def candidate_set(
     if over_candidates:
 
         def reasons(rows, cols, contributions, popular_share):
-            return _reasons(slots, rows, top[rows, cols], contributions, popular_share)
+            return slot_reasons(slots, rows, top[rows, cols], contributions, popular_share)
 
     else:
 
@@ -313,7 +311,6 @@ def rank_candidates(
     cols = best[rows, ranks]
     if not len(rows):
         return pd.DataFrame({c: [] for c in RECOMMENDATION_COLUMNS})
-    weights = {p: w for p, w in weights.items() if p != DEBIAS}
     linear_parts = part_contributions(
         candidates.normalised, candidates.defined, weights, rows, cols
     )

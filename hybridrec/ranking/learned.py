@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from hybridrec.config.loader import Config
-from hybridrec.constants import INTERACTIONS, ITEM_COL, TS_COL
+from hybridrec.constants import INTERACTIONS, ITEM_COL, LEARNED_RANKER, TS_COL
 from hybridrec.models.folds import history
 from hybridrec.ranking import blocks, catalogs, scoring
 from hybridrec.ranking.rank import RankingMode, UserState
@@ -62,6 +62,15 @@ def item_context(
         trend=(per_item["recent"] / per_item["events"]).to_numpy(float),
         reference_ts=float(reference),
     )
+
+
+def served_ranker_row(warehouse: Warehouse):
+    """The run's ``learned_ranker`` row where the score job served the ranker, else None (a
+    run without the table, or one whose gate kept the linear hybrid)."""
+    if not warehouse.exists(LEARNED_RANKER):
+        return None
+    row = warehouse.read(LEARNED_RANKER).first()
+    return row if row and row["served"] else None
 
 
 def kernel_settings(cfg: Config, sharpness: float, mode: RankingMode) -> dict:

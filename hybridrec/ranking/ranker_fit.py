@@ -132,8 +132,8 @@ LEARNED_RANKER_SCHEMA = T.StructType(
 def training_rows(
     users: DataFrame, inputs: RankerInputs, weights: Mapping[str, float], settings: dict, cfg
 ) -> DataFrame:
-    """user_id, label, features: every candidate of each user whose held-out item (``target``)
-    is among its candidates."""
+    """user_id, label, features, base_margin: every candidate of each user whose held-out item
+    (``target``) is among its candidates, materialised."""
     weights = dict(weights)
 
     def rows(block: pd.DataFrame, shared: RankerInputs) -> pd.DataFrame:
@@ -153,8 +153,8 @@ def training_rows(
             }
         )
 
-    shared = users.sparkSession.sparkContext.broadcast(inputs)
-    return blocks.map_user_blocks(users, shared, cfg.score.user_block_rows, TRAIN_SCHEMA, rows)
+    # Materialised, so that the catalog's broadcast is freed before the next fold's is made.
+    return blocks.map_with_broadcast(users, inputs, cfg.score.user_block_rows, TRAIN_SCHEMA, rows)
 
 
 def held_back(share: float):
@@ -281,29 +281,33 @@ def training_data(
         inputs = fold_inputs(warehouse, cfg, fold)
         users = scoring.load_user_frame(spark, warehouse, inputs.catalog, fold, with_target=True)
         users = scoring.tuning_sample(users, cfg.ranker.train_max_users).cache()
-        frames.append(
-            training_rows(users, inputs, weights, settings, cfg).withColumn(FOLD, F.lit(fold))
-        )
-        ranks = scoring.tune_ranks(
-            users,
-            inputs.catalog,
-            [dict(weights)],
-            cfg,
-            recent_sharpness=sharpness,
-            over_candidates=mode.over_candidates,
-        )
-        linear.append(ranks.select(USER_COL, "target_rank").withColumn(FOLD, F.lit(fold)))
+        try:
+            frames.append(
+                training_rows(users, inputs, weights, settings, cfg).withColumn(FOLD, F.lit(fold))
+            )
+            ranks = scoring.tune_ranks(
+                users,
+                inputs.catalog,
+                [dict(weights)],
+                cfg,
+                recent_sharpness=sharpness,
+                over_candidates=mode.over_candidates,
+            )
+            linear.append(
+                ranks.select(USER_COL, "target_rank")
+                .withColumn(FOLD, F.lit(fold))
+                .localCheckpoint(eager=True)
+            )
+        finally:
+            users.unpersist()
+    held = held_back(cfg.ranker.holdout_share)
     rows = (
-        frames_union(frames)
+        reduce(DataFrame.unionByName, frames)
         .withColumn(QID, F.pmod(F.xxhash64(FOLD, USER_COL), F.lit(_QID_BUCKETS)).cast("long"))
-        .withColumn(HELD_BACK, held_back(cfg.ranker.holdout_share))
-    )
-    rows = rows.localCheckpoint(eager=True)
-    linear_ranks = (
-        frames_union(linear)
-        .withColumn(HELD_BACK, held_back(cfg.ranker.holdout_share))
+        .withColumn(HELD_BACK, held)
         .localCheckpoint(eager=True)
     )
+    linear_ranks = reduce(DataFrame.unionByName, linear).withColumn(HELD_BACK, held)
     return rows, linear_ranks
 
 
@@ -325,10 +329,6 @@ def decide(
     if low > 0:
         return True, low, f"ranker served: {figures} > 0"
     return False, low, f"linear hybrid served: {figures} <= 0"
-
-
-def frames_union(frames: list[DataFrame]) -> DataFrame:
-    return reduce(DataFrame.unionByName, frames)
 
 
 def _estimator(cfg: Config, depth: int, **settings):

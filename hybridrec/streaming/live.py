@@ -34,7 +34,6 @@ from hybridrec.constants import (
     INTERACTIONS,
     ITEM_COL,
     ITEM_EMBEDDINGS,
-    LEARNED_RANKER,
     SPLIT_COL,
     TEST,
     TEXT_EMBEDDINGS,
@@ -224,10 +223,8 @@ def user_vectors(
 
 def served_ranker(served: Warehouse, cfg: Config, mode: rank.RankingMode):
     """The run's learned ranker with the served fold's inputs, where the score job served it."""
-    if not (mode.catalog_broadcast and served.exists(LEARNED_RANKER)):
-        return None
-    row = served.read(LEARNED_RANKER).first()
-    if not (row and row["served"]):
+    row = learned.served_ranker_row(served) if mode.catalog_broadcast else None
+    if row is None:
         return None
     log.info("the run serves its learned ranker: %s", row["note"])
     return learned.fold_inputs(served, cfg, SERVED_FOLD, bytes(row["model"]))
