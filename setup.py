@@ -41,6 +41,8 @@ setup(
         "xgboost-cpu>=3.1",
         # xgboost.spark's estimators are built on xgboost's scikit-learn classes.
         "scikit-learn>=1.3",
+        # topics.sentiment: a lexicon-based analyser whose lexicon ships in the wheel (offline).
+        "vaderSentiment>=3.3",
     ],
     extras_require={
         # venv-pack builds the executor environment (hybridrec pack); the cluster test uses it.

@@ -1,6 +1,6 @@
 """Column and table names shared by every stage (the table contracts in README.md, 'Tables')."""
 
-from hybridrec.views import ITEMS, RECOMMENDATIONS  # noqa: F401 (the views need them light)
+from hybridrec.views import INTEREST_TABLES, ITEMS, RECOMMENDATIONS  # noqa: F401 (the views need them light)
 from udfs.ranking_kernel import PARTS
 
 USER_COL = "user_id"
@@ -49,7 +49,7 @@ BASELINE_WEIGHTS = {
 TEXT_PARTS = ("text", "recent")
 
 # The pipeline's stages in order; a run is complete once all of them have succeeded.
-STAGE_NAMES = ("ingest", "embed", "als", "score", "evaluate")
+STAGE_NAMES = ("ingest", "embed", "topics", "als", "score", "evaluate")
 
 INTERACTIONS = "interactions"
 REJECTS = "rejects"
@@ -66,6 +66,7 @@ METRICS = "metrics"
 COMPARISONS = "comparisons"
 FUSION_WEIGHTS = "fusion_weights"
 LEARNED_RANKER = "learned_ranker"
+USER_INTERESTS, ITEM_TOPICS, TOPICS = INTEREST_TABLES
 DEBIAS_CURVE = "debias_curve"
 ALS_PARAMS = "als_params"
 # Written by the stream (hybridrec stream), one snapshot per micro-batch.

@@ -2,7 +2,9 @@
 
 ``<table>_latest`` holds a table's rows of the newest complete run (``runs.status =
 'complete'``, latest ``started_at``); ``recommendations_explained`` joins the newest complete
-run's recommendations with the titles of the item and of the history item the reason names.
+run's recommendations with the titles of the item and of the history item the reason names,
+and where the run has interests (``INTEREST_TABLES``, the topics job) with the user's tags and,
+for a pick the text parts explain that lies in one of them, "for your interest in <tag>".
 ``recommendations_current`` is what to serve now: per user, the newest live list the stream
 ranked against the newest complete run (a micro-batch counts once its ``stream_progress`` row is
 published, so a half-written one never shows), else that run's batch list. The stream's own
@@ -27,6 +29,9 @@ CURRENT = "recommendations_current"
 RECOMMENDATIONS_LIVE = "recommendations_live"
 STREAM_PROGRESS = "stream_progress"
 STREAM_TABLES = ("events_live", RECOMMENDATIONS_LIVE, STREAM_PROGRESS)
+INTEREST_TABLES = ("user_interests", "item_topics", "topics")
+# The reasons the text parts give (udfs.reasons.NAMED_REASONS for text and recent).
+TEXT_REASONS = "(r.reason LIKE 'similar to %' OR r.reason = 'matches your reviews')"
 _LIST_COLUMNS = (
     "user_id, rank, item_id, score, cf_score, cooc_score, text_score, recent_score, pop_score, "
     "next_score, reason, reason_item_id"
@@ -44,17 +49,38 @@ def latest_view_body(db: str, table: str, quote: Quote) -> str:
     )
 
 
-def explained_view_body(db: str, quote: Quote) -> str:
-    """The SELECT of ``recommendations_explained``; ``db`` comes quoted."""
-    recs = f"{db}.{quote(RECOMMENDATIONS + LATEST_SUFFIX)}"
-    items = f"{db}.{quote(ITEMS + LATEST_SUFFIX)}"
-    return (
-        "SELECT r.user_id, r.rank, r.item_id, i.title, r.score, r.cf_score, r.cooc_score, "
+def explained_view_body(db: str, quote: Quote, *, interests: bool = False) -> str:
+    """The SELECT of ``recommendations_explained``; ``db`` comes quoted. ``interests``: the
+    ``INTEREST_TABLES`` exist, and the view adds ``user_tags``, ``interest`` and
+    ``interest_topic_id``."""
+
+    def latest(table: str) -> str:
+        return f"{db}.{quote(table + LATEST_SUFFIX)}"
+
+    columns = (
+        "r.user_id, r.rank, r.item_id, i.title, r.score, r.cf_score, r.cooc_score, "
         "r.text_score, r.recent_score, r.pop_score, r.next_score, r.reason, r.reason_item_id, "
-        f"p.title AS reason_item_title, r.{RUN_COL} FROM {recs} r "
-        f"LEFT JOIN {items} i ON i.item_id = r.item_id "
-        f"LEFT JOIN {items} p ON p.item_id = r.reason_item_id"
+        "p.title AS reason_item_title"
     )
+    joins = (
+        f"FROM {latest(RECOMMENDATIONS)} r "
+        f"LEFT JOIN {latest(ITEMS)} i ON i.item_id = r.item_id "
+        f"LEFT JOIN {latest(ITEMS)} p ON p.item_id = r.reason_item_id"
+    )
+    if interests:
+        users, assigned, topics = INTEREST_TABLES
+        named = f"{TEXT_REASONS} AND array_contains(u.tag_topic_ids, t.topic_id)"
+        columns += (
+            f", u.tags AS user_tags, CASE WHEN {named} THEN 'for your interest in ' || "
+            f"n.label END AS interest, CASE WHEN {named} THEN t.topic_id END AS "
+            "interest_topic_id"
+        )
+        joins += (
+            f" LEFT JOIN {latest(users)} u ON u.user_id = r.user_id "
+            f"LEFT JOIN {latest(assigned)} t ON t.item_id = r.item_id "
+            f"LEFT JOIN {latest(topics)} n ON n.topic_id = t.topic_id"
+        )
+    return f"SELECT {columns}, r.{RUN_COL} {joins}"
 
 
 def has_latest_view(table: str) -> bool:

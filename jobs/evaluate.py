@@ -34,6 +34,7 @@ from hybridrec.constants import (
     HYBRID_LINEAR,
     INTERACTIONS,
     ITEM_EMBEDDINGS,
+    ITEM_TOPICS,
     ITEMS,
     METRICS,
     MODELS,
@@ -41,10 +42,12 @@ from hybridrec.constants import (
     SPLIT_COL,
     TEST,
     USER_COL,
+    USER_INTERESTS,
 )
 from hybridrec.evaluation import blocked, linear, plots
 from hybridrec.evaluation import metrics as evaluation
 from hybridrec.evaluation.matrix import catalog_ids
+from hybridrec.models import topics
 from hybridrec.models.folds import history
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
@@ -392,7 +395,44 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         log.info(
             "no served model: %s (one process holds it up to the memory mode)", mode.describe()
         )
-    return headline(every_metric, gaps, k) | kernel
+    return headline(every_metric, gaps, k) | kernel | interest_checks(warehouse, cfg, interactions)
+
+
+def interest_checks(warehouse: Warehouse, cfg: Config, interactions: DataFrame) -> dict[str, float]:
+    """How often each user's test item falls in their interest tags (topics job), against the
+    same number of most popular topics for everyone, paired per user (MLflow and the results)."""
+    if not (cfg.topics.enabled and warehouse.exists(USER_INTERESTS)):
+        return {}
+    hits = topics.next_item_hits(
+        interactions,
+        warehouse.read(ITEM_TOPICS),
+        warehouse.read(USER_INTERESTS),
+        cfg.evaluate.confidence,
+    )
+    if not hits.users:
+        return {}
+    checks = {
+        "interests.users": float(hits.users),
+        "interests.next_item_hit": hits.interests,
+        "interests.popular_topics_hit": hits.prior,
+        "interests.gain_low": hits.low,
+        "interests.gain_high": hits.high,
+    }
+    log.info(
+        "next item in the user's %d interest tags: %.4f of %d users; in the %d most popular "
+        "topics: %.4f (difference %.4f, %.0f%% interval [%.4f, %.4f])",
+        cfg.topics.interests_top,
+        hits.interests,
+        hits.users,
+        cfg.topics.interests_top,
+        hits.prior,
+        hits.interests - hits.prior,
+        100 * cfg.evaluate.confidence,
+        hits.low,
+        hits.high,
+    )
+    tracking.log_job_metrics(checks, parent_too=True)
+    return checks
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Airflow 3 DAG ``hybridrec``: each job is one ``spark-submit jobs/<name>.py`` task, run daily.
 
-    ingest -+-> embed -+-> score -> evaluate
-            +-> als ---+
+    ingest -+-> embed -+-----------> score -+-> evaluate
+            |          +-> topics ----------+
+            +-> als ---------------^
 
 Run id and input partition come from the logical date. Every task of a DAG run gets the same
 ``--conf`` files, the same ``--set`` overrides and the same ``--run-id``, made from the run's
 logical date: ``d20261123`` for 2026-11-23 00:00 UTC, ``d20261123T060000`` when the time is not
-midnight (a sub-daily schedule). So the five separately submitted jobs log under one MLflow parent
+midnight (a sub-daily schedule). So the six separately submitted jobs log under one MLflow parent
 run and write one ``recommendations`` partition, and a retried task, a cleared task or a re-run of
 the same date (``airflow dags test hybridrec 2026-11-23`` twice) resumes that same pipeline run.
 ``HYBRIDREC_SET`` values are Jinja templates rendered per run, so an input partition is named
@@ -81,7 +82,7 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG
 
-JOBS = ("ingest", "embed", "als", "score", "evaluate")
+JOBS = ("ingest", "embed", "topics", "als", "score", "evaluate")
 
 HOME = Path(os.environ.get("HYBRIDREC_HOME") or Path(__file__).resolve().parents[1])
 CONF_FILES = [
@@ -151,7 +152,7 @@ def job_arguments() -> list[str]:
 
 with DAG(
     dag_id="hybridrec",
-    description="hybridrec batch recommender: ingest, embed + ALS, score, evaluate",
+    description="hybridrec batch recommender: ingest, embed + topics + ALS, score, evaluate",
     schedule=None if SCHEDULE.lower() in ("", "none") else SCHEDULE,
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
@@ -177,3 +178,5 @@ with DAG(
         for job in JOBS
     }
     tasks["ingest"] >> [tasks["embed"], tasks["als"]] >> tasks["score"] >> tasks["evaluate"]
+    # Evaluate checks the interests against each user's next item; score does not read them.
+    tasks["embed"] >> tasks["topics"] >> tasks["evaluate"]

@@ -1,5 +1,5 @@
-"""The whole pipeline in one process and one Spark session: ingest -> embed -> als -> score ->
-evaluate, each stage a nested MLflow run of one parent run."""
+"""The whole pipeline in one process and one Spark session: ingest -> embed -> topics -> als ->
+score -> evaluate, each stage a nested MLflow run of one parent run."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pyspark.sql import SparkSession
 
 from hybridrec.config.loader import Config
 from hybridrec.ops.runner import JobFn, run_stages
-from jobs import als, embed, evaluate, ingest, score
+from jobs import als, embed, evaluate, ingest, score, topics
 
 STAGES: dict[str, JobFn] = {
     ingest.NAME: ingest.run,
     embed.NAME: embed.run,
+    topics.NAME: topics.run,
     als.NAME: als.run,
     score.NAME: score.run,
     evaluate.NAME: evaluate.run,

@@ -174,7 +174,8 @@ def define_views(con, db_root: Path, database: str) -> list[str]:
                 f"CREATE VIEW {_qualified(database, table + views.LATEST_SUFFIX)} AS {body}"
             )
         if {views.RECOMMENDATIONS, views.ITEMS} <= set(tables):
-            body = views.explained_view_body(_quoted(database), _quoted)
+            interests = set(views.INTEREST_TABLES) <= set(tables)
+            body = views.explained_view_body(_quoted(database), _quoted, interests=interests)
             con.execute(f"CREATE VIEW {_qualified(database, views.EXPLAINED)} AS {body}")
         if views.RECOMMENDATIONS in tables:
             live = {views.RECOMMENDATIONS_LIVE, views.STREAM_PROGRESS} <= set(tables)

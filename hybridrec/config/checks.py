@@ -221,6 +221,11 @@ class _Checker:
                 "ranker.candidates",
                 f"must be >= {self.shown('score.k')}: the ranker orders them into the top K",
             )
+        if self.get("topics.label_words") > self.get("topics.top_words"):
+            self.fail(
+                "topics.label_words",
+                f"must be <= {self.shown('topics.top_words')}: the label is the top words' head",
+            )
         weights = self.get("score.weights")
         if sum(weights.values()) <= 0:
             where = sorted({self.origin(f"score.weights.{part}") for part in weights})

