@@ -47,7 +47,7 @@ from hybridrec.constants import (
 from hybridrec.evaluation import blocked, linear, plots
 from hybridrec.evaluation import metrics as evaluation
 from hybridrec.evaluation.matrix import catalog_ids
-from hybridrec.models import topics
+from hybridrec.models import interests
 from hybridrec.models.folds import history
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import job_main
@@ -403,7 +403,7 @@ def interest_checks(warehouse: Warehouse, cfg: Config, interactions: DataFrame) 
     same number of most popular topics for everyone, paired per user (MLflow and the results)."""
     if not (cfg.topics.enabled and warehouse.exists(USER_INTERESTS)):
         return {}
-    hits = topics.next_item_hits(
+    hits = interests.next_item_hits(
         interactions,
         warehouse.read(ITEM_TOPICS),
         warehouse.read(USER_INTERESTS),

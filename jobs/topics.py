@@ -30,7 +30,7 @@ from hybridrec.constants import (
     TOPICS,
     USER_INTERESTS,
 )
-from hybridrec.models import topics
+from hybridrec.models import interests, topics
 from hybridrec.ops.runner import job_main
 from hybridrec.store.small_files import SmallFrame
 from hybridrec.store.tables import Warehouse
@@ -91,8 +91,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
 
     started = time.perf_counter()
     named = dict(zip(frame["topic_id"], frame["label"], strict=True))
-    interests = topics.user_interests(interactions, assigned, named, cfg)
-    n_users = warehouse.write(interests, USER_INTERESTS)
+    n_users = warehouse.write(
+        interests.user_interests(interactions, assigned, named, cfg), USER_INTERESTS
+    )
     log.info("interests of %d users in %.1fs", n_users, time.perf_counter() - started)
 
     results = {
@@ -106,7 +107,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         **({f"silhouette_k{k}": s for k, s in fitted.silhouettes.items()}),
     }
     if cfg.topics.sentiment == "vader":
-        results |= topics.sentiment_agreement(interactions, cfg)
+        results |= interests.sentiment_agreement(interactions, cfg)
     return {k: v for k, v in results.items() if not (isinstance(v, float) and math.isnan(v))}
 
 

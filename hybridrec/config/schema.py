@@ -38,7 +38,7 @@ CHOICES = {
     "score.candidates.mode": {"auto", "full", "candidates"},
     "ranker.serve": {"auto", "always"},
     "topics.algorithm": {"kmeans", "bisecting"},
-    "topics.sentiment": {"vader", "off"},
+    "topics.sentiment": {"vader", "none"},
     "stream.format": {"csv", "amazon"},
     "stream.source": {"folder", "kafka"},
 }

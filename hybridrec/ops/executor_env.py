@@ -77,6 +77,7 @@ EXECUTOR_MODULES = (
     "hybridrec.models.cooc",
     "hybridrec.models.embedding",
     "hybridrec.models.topics",
+    "hybridrec.models.interests",
     "hybridrec.evaluation.metrics",
     "hybridrec.evaluation.linear",
     "hybridrec.evaluation.item_knn",

@@ -460,16 +460,9 @@ class Warehouse:
             comment = f"{catalog.table_comment(table) or table}: the newest complete run"
             body = views.latest_view_body(quoted_db, table, _quoted)
             self._create_view(table + views.LATEST_SUFFIX, body, comment)
-        registered = {
-            t: self.spark.catalog.tableExists(self.qualified(t))
-            for t in (
-                RECOMMENDATIONS,
-                ITEMS,
-                views.RECOMMENDATIONS_LIVE,
-                views.STREAM_PROGRESS,
-                *views.INTEREST_TABLES,
-            )
-        }
+        # STREAM_TABLES[1:]: the stream's lists and progress, which recommendations_current reads.
+        viewed = (RECOMMENDATIONS, ITEMS, *views.STREAM_TABLES[1:], *views.INTEREST_TABLES)
+        registered = {t: self.spark.catalog.tableExists(self.qualified(t)) for t in viewed}
         if (
             {RECOMMENDATIONS, ITEMS, *views.INTEREST_TABLES} & set(names)
             and registered[RECOMMENDATIONS]

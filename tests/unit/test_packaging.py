@@ -210,7 +210,7 @@ def test_requirements_pin_the_drivers_versions_and_leave_out_driver_only_package
         "onnx==1.23.2",
         "xgboost-cpu==3.2.0",
         "scikit-learn==1.9.1",
-        "vadersentiment==3.3.2",
+        "vaderSentiment==3.3.2",
         "torch==2.13.0",
     ]
     assert torch_mode == "cpu"

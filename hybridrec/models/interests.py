@@ -1,0 +1,249 @@
+"""What each user is into: the topics' shares of their history, their tags and recent shift,
+and how well those tags foresee the next item (``hybridrec.models.topics`` makes the topics).
+
+- ``user_interests``: per user, each topic's share of their history weighted as the user text
+  vector weighs reviews (rating, recency), with VADER's sentiment standing in for a missing
+  rating where the event has review text (``with_felt_ratings``); the top tags and the shift
+  between the last ``topics.recent_days`` of the history and before.
+- ``next_item_hits``: how often each user's next item (the test split) falls in their tags,
+  against as many of the most popular topics; ``sentiment_agreement``: VADER's polarity
+  against the stars.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from hybridrec.config.loader import Config
+from hybridrec.constants import (
+    ITEM_COL,
+    RATING_COL,
+    SPLIT_COL,
+    TEST,
+    TEXT_COL,
+    TS_COL,
+    USER_COL,
+)
+from hybridrec.models.folds import history
+from hybridrec.models.topics import TOPIC_COL
+from udfs import sentiment
+
+SECONDS_PER_DAY = 86400.0
+
+
+def with_felt_ratings(events: DataFrame, cfg: Config) -> DataFrame:
+    """``events`` where an event with review text and no rating gets the text's sentiment as its
+    rating (``topics.sentiment`` vader). Only those rows reach the analyser: a pandas UDF inside
+    a CASE would run on every row."""
+    if cfg.topics.sentiment != "vader":
+        return events
+    has_text = F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
+    unrated = F.col(RATING_COL).isNull() & has_text
+    felt = sentiment.as_rating(
+        sentiment.compound_udf(TEXT_COL), cfg.ingest.min_rating, cfg.ingest.max_rating
+    )
+    return events.where(~unrated).unionByName(
+        events.where(unrated).withColumn(RATING_COL, felt.cast(T.DoubleType()))
+    )
+
+
+def event_weight(cfg: Config) -> Column:
+    """An event's weight in its user's interests, as the user text vector weighs a review: the
+    rating scaled to (0, 1] (after ``with_felt_ratings``), else the scale's middle; halved every
+    ``embed.recency_half_life_days`` before the user's newest event when that is set."""
+    low, high = cfg.ingest.min_rating, cfg.ingest.max_rating
+    weight = F.coalesce(F.col(RATING_COL), F.lit((low + high) / 2)) / F.lit(high)
+    half_life = cfg.embed.recency_half_life_days
+    if half_life:
+        latest = F.max(TS_COL).over(Window.partitionBy(USER_COL))
+        age_days = (F.unix_timestamp(latest) - F.unix_timestamp(TS_COL)) / SECONDS_PER_DAY
+        weight = weight * F.pow(F.lit(0.5), age_days / F.lit(float(half_life)))
+    return weight
+
+
+def user_interests(
+    interactions: DataFrame, assigned: DataFrame, named: dict[int, str], cfg: Config
+) -> DataFrame:
+    """Per user with history on topic-assigned items: every topic's share of their weighted
+    history (``topic_ids`` / ``shares``, largest first, ties to the more popular topic), the top
+    ``topics.interests_top`` as tags, and the shift: half the L1 distance between the topic
+    shares of the last ``topics.recent_days`` before the history's newest event and those before
+    (null where either is empty), with the topic that rose most."""
+    spark = interactions.sparkSession
+    events = history(interactions, TEST)
+    newest = events.agg(F.max(TS_COL)).first()[0]
+    if newest is None:
+        raise ValueError("user interests need a history: the served fold has no event")
+    recent_from = F.lit(newest) - F.expr(f"INTERVAL {int(cfg.topics.recent_days * 86400)} SECONDS")
+    tags = spark.createDataFrame(list(named.items()), f"{TOPIC_COL} int, tag string")
+    # A user with one event in each of several topics has ties; the more popular topic goes
+    # first, the likelier guess for what comes next.
+    popularity = (
+        events.join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)
+        .groupBy(TOPIC_COL)
+        .agg(F.count("*").alias("popularity"))
+    )
+    tags = tags.join(popularity, TOPIC_COL, "left").fillna(0, ["popularity"])
+    weighted = (
+        with_felt_ratings(events, cfg)
+        .select(
+            USER_COL,
+            ITEM_COL,
+            event_weight(cfg).alias("weight"),
+            (F.col(TS_COL) > recent_from).alias("recent"),
+        )
+        .join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)
+    )
+    per_topic = weighted.groupBy(USER_COL, TOPIC_COL).agg(
+        F.count("*").alias("events"),
+        F.sum("weight").alias("w"),
+        F.sum(F.when(F.col("recent"), F.col("weight")).otherwise(0.0)).alias("w_recent"),
+        F.sum(F.when(~F.col("recent"), F.col("weight")).otherwise(0.0)).alias("w_earlier"),
+        F.sum(F.col("recent").cast("int")).alias("n_recent"),
+    )
+    user = Window.partitionBy(USER_COL)
+    shares = (
+        per_topic.withColumn("share", F.try_divide("w", F.sum("w").over(user)))
+        # Null where the user has no event on that side of the cut (no share to compare).
+        .withColumn("recent_share", F.try_divide("w_recent", F.sum("w_recent").over(user)))
+        .withColumn("earlier_share", F.try_divide("w_earlier", F.sum("w_earlier").over(user)))
+        .join(F.broadcast(tags), TOPIC_COL)
+    )
+    ordered = F.sort_array(
+        F.collect_list(
+            F.struct(
+                (-F.col("share")).alias("neg"),
+                (-F.col("popularity")).alias("neg_popularity"),
+                TOPIC_COL,
+                "share",
+                "tag",
+            )
+        )
+    )
+    rise = F.coalesce("recent_share", F.lit(0.0)) - F.coalesce("earlier_share", F.lit(0.0))
+    top_n = cfg.topics.interests_top
+    grouped = shares.groupBy(USER_COL).agg(
+        F.sum("events").cast("int").alias("events"),
+        ordered.alias("ordered"),
+        F.sum("n_recent").cast("int").alias("recent_events"),
+        (F.sum("events") - F.sum("n_recent")).cast("int").alias("earlier_events"),
+        (
+            F.sum(
+                F.abs(
+                    F.coalesce("recent_share", F.lit(0.0)) - F.coalesce("earlier_share", F.lit(0.0))
+                )
+            )
+            / 2.0
+        ).alias("distance"),
+        F.max_by(F.struct(TOPIC_COL, "tag"), rise).alias("rising"),
+    )
+    both = (F.col("recent_events") > 0) & (F.col("earlier_events") > 0)
+    return grouped.select(
+        USER_COL,
+        "events",
+        F.transform("ordered", lambda s: s[TOPIC_COL]).alias("topic_ids"),
+        F.transform("ordered", lambda s: s["share"]).alias("shares"),
+        F.col("ordered")[0][TOPIC_COL].alias("top_topic_id"),
+        F.col("ordered")[0]["tag"].alias("top_tag"),
+        F.col("ordered")[0]["share"].alias("top_share"),
+        F.transform(F.slice("ordered", 1, top_n), lambda s: s[TOPIC_COL]).alias("tag_topic_ids"),
+        F.transform(F.slice("ordered", 1, top_n), lambda s: s["tag"]).alias("tags"),
+        "recent_events",
+        "earlier_events",
+        F.when(both, F.col("distance")).alias("shift"),
+        F.when(both & (F.col("distance") > 0), F.col("rising")[TOPIC_COL]).alias("rising_topic_id"),
+        F.when(both & (F.col("distance") > 0), F.col("rising")["tag"]).alias("rising_tag"),
+    )
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Next-item checks: users counted, the share whose test item's topic is among their tags,
+    the share for the same number of most popular topics, and the paired difference's interval."""
+
+    users: int
+    interests: float
+    prior: float
+    low: float
+    high: float
+
+
+def next_item_hits(
+    interactions: DataFrame, assigned: DataFrame, interests: DataFrame, confidence: float
+) -> Hits:
+    """How often a user's test item falls in one of their tags, against the most popular topics
+    of the served history, paired per user and as many as the user's tags: a user whose history
+    holds one topic has one tag, and is compared with the one most popular topic, so that both
+    sides make the same number of guesses."""
+    popular_rank = F.row_number().over(Window.orderBy(F.desc("count"), TOPIC_COL))
+    prior = (
+        history(interactions, TEST)
+        .join(assigned, ITEM_COL)
+        .groupBy(TOPIC_COL)
+        .count()
+        .select(TOPIC_COL, popular_rank.alias("popular_rank"))
+    )  # one row per topic
+    nexts = (
+        interactions.where(F.col(SPLIT_COL) == TEST)
+        .select(USER_COL, ITEM_COL)
+        .join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)
+        .join(interests.select(USER_COL, "tag_topic_ids"), USER_COL)
+        .join(F.broadcast(prior), TOPIC_COL, "left")
+        .select(
+            F.array_contains("tag_topic_ids", F.col(TOPIC_COL)).cast("double").alias("hit"),
+            F.coalesce(F.col("popular_rank") <= F.size("tag_topic_ids"), F.lit(False))
+            .cast("double")
+            .alias("prior"),
+        )
+    )
+    row = nexts.agg(
+        F.count("*").alias("n"),
+        F.avg("hit").alias("hit"),
+        F.avg("prior").alias("prior"),
+        F.stddev_samp(F.col("hit") - F.col("prior")).alias("sd"),
+    ).first()
+    n = int(row["n"])
+    if not n:
+        return Hits(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    half = z * (row["sd"] or 0.0) / np.sqrt(n)
+    gain = row["hit"] - row["prior"]
+    return Hits(n, float(row["hit"]), float(row["prior"]), float(gain - half), float(gain + half))
+
+
+def sentiment_agreement(interactions: DataFrame, cfg: Config) -> dict[str, float]:
+    """VADER against the stars on up to ``topics.sentiment_check_rows`` rated reviews: the share
+    of polar reviews (stars at or above 4, or at or below 2 on a 1-5 scale, scaled to the
+    configured one) whose compound score has the same sign past VADER's thresholds, and the
+    Spearman correlation of compound and stars."""
+    n = cfg.topics.sentiment_check_rows
+    rated = interactions.where(
+        F.col(RATING_COL).isNotNull() & F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
+    )
+    total = rated.count()
+    if not n or not total:
+        return {}
+    picked = (
+        rated.sample(fraction=min(1.0, 1.2 * n / total), seed=cfg.topics.seed)
+        .limit(n)
+        .select(RATING_COL, sentiment.compound_udf(TEXT_COL).alias("compound"))
+        .toPandas()
+    )
+    low, high = cfg.ingest.min_rating, cfg.ingest.max_rating
+    scaled = 1 + 4 * (picked[RATING_COL] - low) / (high - low)
+    polar = (scaled >= 4) | (scaled <= 2)
+    agree = ((scaled >= 4) & (picked["compound"] >= sentiment.POSITIVE)) | (
+        (scaled <= 2) & (picked["compound"] <= sentiment.NEGATIVE)
+    )
+    spearman = picked[RATING_COL].rank().corr(picked["compound"].rank())
+    return {
+        "sentiment_checked": float(len(picked)),
+        "sentiment_polar_agreement": float(agree[polar].mean()) if polar.any() else float("nan"),
+        "sentiment_spearman": float(spearman) if spearman == spearman else float("nan"),
+    }
