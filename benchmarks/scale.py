@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scale_data, when imp
 import scale_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "embed", "als", "score", "evaluate"]
+STAGES = ["ingest", "embed", "topics", "als", "score", "evaluate"]
 DEFAULT_SIZES = "3000:1000,30000:3000,300000:10000"
 # Grids cut down so that the big sizes finish: 70 weight points x 2 sharpness values instead of
 # 1,001 x 2, and one ALS point instead of four (still tuned on validation, then refitted).

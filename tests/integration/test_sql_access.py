@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shlex
 import signal
 import socket
@@ -101,6 +102,43 @@ COUNTS = (
     "(SELECT count(*) FROM hybridrec.interactions_latest) AS interactions_latest, "
     "(SELECT count(*) FROM hybridrec.metrics_latest) AS metrics_latest"
 )
+
+
+def _readme_query(marker: str) -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(
+        rf"<!-- {marker}:begin -->\n```sql\n(.*?)```\n<!-- {marker}:end -->", text, re.S
+    )
+    assert block, f"README.md lost its {marker} query"
+    return block.group(1)
+
+
+def test_the_readme_s_shared_interest_query_answers_alike_on_both_engines(analyst_run):
+    """Which users share u42's top interest, and what do we recommend them: the README's one
+    query, answered by DuckDB over the snapshot files and by Spark over the catalog's views."""
+    query = _readme_query("interests-query")
+    answers = {}
+    for engine in ("duckdb", "spark"):
+        done = _hybridrec(
+            analyst_run, "sql", query, "--engine", engine, "--format", "csv", "--max-rows", "10000"
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        answers[engine] = list(csv.DictReader(io.StringIO(done.stdout)))
+    rows = answers["duckdb"]
+    assert rows and rows == answers["spark"]
+    top = _hybridrec(
+        analyst_run,
+        "sql",
+        "SELECT top_tag FROM hybridrec.user_interests_latest WHERE user_id = 'u42'",
+        "--format",
+        "csv",
+    )
+    (u42,) = csv.DictReader(io.StringIO(top.stdout))
+    assert {r["top_tag"] for r in rows} == {u42["top_tag"]}
+    assert "u42" not in {r["user_id"] for r in rows}
+    # Each interest a reason names is one of the topics' labels, said the one way.
+    named = [r["interest"] for r in rows if r["interest"]]
+    assert named and all(n.startswith("for your interest in ") for n in named)
 
 
 def _counts(analyst_run) -> dict[str, str]:
