@@ -116,8 +116,31 @@ def test_the_notebook_runs_as_is(analyst_run, tmp_path):
         assert item in reasons
     assert all(part in reasons for part in PARTS)  # every part of the score, named by the table
 
+    # The topics, named by words from the run's own table, and the user with the most events.
+    topics = pd.read_parquet(
+        analyst_run.work_dir
+        / "warehouse"
+        / "hybridrec.db"
+        / "topics"
+        / f"run_id={analyst_run.run_id}"
+    )
+    sizes = _text(_cell(executed, "Topic sizes"))
+    assert all(label in sizes for label in topics.label)
+    interests = pd.read_parquet(
+        analyst_run.work_dir
+        / "warehouse"
+        / "hybridrec.db"
+        / "user_interests"
+        / f"run_id={analyst_run.run_id}"
+    ).sort_values(["events", "user_id"], ascending=[False, True])
+    assert interests.user_id.iloc[0] in _text(_cell(executed, "topics per month"))
+    for marker in ("Topic sizes", "principal components", "topics per month"):
+        assert any("image/png" in o.get("data", {}) for o in _cell(executed, marker)["outputs"])
+
     images = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
-    assert images >= 4  # metrics and gaps, segments, beyond accuracy, rejects
+    # metrics and gaps, segments, beyond accuracy, topic sizes, the topic map, one user's
+    # interests over time, rejects
+    assert images >= 7
     rejects = _cell(executed, "rejects_latest")
     assert "records" in _text(rejects)  # the sample's bad rows, counted by reason
     assert any("image/png" in o.get("data", {}) for o in rejects["outputs"])
