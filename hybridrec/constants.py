@@ -1,6 +1,12 @@
 """Column and table names shared by every stage (the table contracts in README.md, 'Tables')."""
 
-from hybridrec.views import INTEREST_TABLES, ITEMS, RECOMMENDATIONS  # noqa: F401 (the views need them light)
+# The views need these light (no Spark): they are defined there.
+from hybridrec.views import (  # noqa: F401
+    INTEREST_TABLES,
+    ITEMS,
+    RECOMMENDATIONS,
+    USER_INTERESTS_LIVE,
+)
 from udfs.ranking_kernel import PARTS
 
 USER_COL = "user_id"

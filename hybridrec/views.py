@@ -28,13 +28,25 @@ EXPLAINED = "recommendations_explained"
 CURRENT = "recommendations_current"
 RECOMMENDATIONS_LIVE = "recommendations_live"
 STREAM_PROGRESS = "stream_progress"
-STREAM_TABLES = ("events_live", RECOMMENDATIONS_LIVE, STREAM_PROGRESS)
+USER_INTERESTS_LIVE = "user_interests_live"
+STREAM_TABLES = ("events_live", RECOMMENDATIONS_LIVE, STREAM_PROGRESS, USER_INTERESTS_LIVE)
+INTERESTS_CURRENT = "user_interests_current"
 INTEREST_TABLES = ("user_interests", "item_topics", "topics")
+# The tables the views over several tables read (analyst_views).
+VIEWED_TABLES = (
+    RECOMMENDATIONS, ITEMS, RECOMMENDATIONS_LIVE, STREAM_PROGRESS, USER_INTERESTS_LIVE,
+    *INTEREST_TABLES,
+)  # fmt: skip
 # The reasons the text parts give (udfs.reasons.NAMED_REASONS for text and recent).
 TEXT_REASONS = "(r.reason LIKE 'similar to %' OR r.reason = 'matches your reviews')"
 _LIST_COLUMNS = (
     "user_id, rank, item_id, score, cf_score, cooc_score, text_score, recent_score, pop_score, "
     "next_score, reason, reason_item_id"
+)
+
+_INTEREST_COLUMNS = (
+    "user_id, events, topic_ids, shares, top_topic_id, top_tag, top_share, tag_topic_ids, tags, "
+    "recent_events, earlier_events, shift, rising_topic_id, rising_tag"
 )
 
 Quote = Callable[[str], str]
@@ -83,6 +95,25 @@ def explained_view_body(db: str, quote: Quote, *, interests: bool = False) -> st
     return f"SELECT {columns}, r.{RUN_COL} {joins}"
 
 
+def analyst_views(db: str, quote: Quote, present: set[str]) -> list[tuple[str, set[str], str]]:
+    """The views over several tables that ``present`` (the registered tables) allows: each
+    view's name, the tables whose registration re-creates it, and its SELECT."""
+    defined = []
+    if {RECOMMENDATIONS, ITEMS} <= present:
+        interests = set(INTEREST_TABLES) <= present
+        body = explained_view_body(db, quote, interests=interests)
+        defined.append((EXPLAINED, {RECOMMENDATIONS, ITEMS, *INTEREST_TABLES}, body))
+    if RECOMMENDATIONS in present:
+        live = {RECOMMENDATIONS_LIVE, STREAM_PROGRESS} <= present
+        body = current_view_body(db, quote, live=live)
+        defined.append((CURRENT, {RECOMMENDATIONS, *STREAM_TABLES}, body))
+    if INTEREST_TABLES[0] in present:
+        live = {USER_INTERESTS_LIVE, STREAM_PROGRESS} <= present
+        body = interests_current_view_body(db, quote, live=live)
+        defined.append((INTERESTS_CURRENT, {INTEREST_TABLES[0], *STREAM_TABLES}, body))
+    return defined
+
+
 def has_latest_view(table: str) -> bool:
     return table not in STREAM_TABLES
 
@@ -90,19 +121,38 @@ def has_latest_view(table: str) -> bool:
 def current_view_body(db: str, quote: Quote, *, live: bool) -> str:
     """The SELECT of ``recommendations_current``; ``live``: the stream's tables exist (without
     them, every list is the batch's)."""
+    return _current_body(
+        db, quote, RECOMMENDATIONS, RECOMMENDATIONS_LIVE, _LIST_COLUMNS, live, "list_source"
+    )
+
+
+def interests_current_view_body(db: str, quote: Quote, *, live: bool) -> str:
+    """The SELECT of ``user_interests_current``: per user the interests of the newest
+    committed micro-batch against the newest complete run, else that run's."""
+    return _current_body(
+        db, quote, INTEREST_TABLES[0], USER_INTERESTS_LIVE, _INTEREST_COLUMNS, live, "source"
+    )
+
+
+def _current_body(
+    db: str, quote: Quote, batch_table: str, live_table: str, listed: str, live: bool, source: str
+) -> str:
+    """Per user, the newest rows of ``live_table`` committed (a ``stream_progress`` row)
+    against the newest complete run, else that run's rows of ``batch_table``."""
     serving = (
         f"(SELECT max_by({RUN_COL}, started_at) FROM {db}.{quote(RUNS)} WHERE status = 'complete')"
     )
-    columns = ", ".join(f"r.{c.strip()}" for c in _LIST_COLUMNS.split(","))
+    columns = ", ".join(f"r.{c.strip()}" for c in listed.split(","))
     batch = (
-        f"SELECT {columns}, r.{RUN_COL} AS serving_run_id, 'batch' AS list_source, "
-        "CAST(NULL AS BIGINT) AS batch_id, CAST(NULL AS TIMESTAMP) AS newest_event_ts "
-        f"FROM {db}.{quote(RECOMMENDATIONS)} r WHERE r.{RUN_COL} = {serving}"
+        f"SELECT {columns}, r.{RUN_COL} AS serving_run_id, 'batch' AS {source}, "
+        "CAST(NULL AS BIGINT) AS batch_id"
+        + (", CAST(NULL AS TIMESTAMP) AS newest_event_ts" if batch_table == RECOMMENDATIONS else "")
+        + f" FROM {db}.{quote(batch_table)} r WHERE r.{RUN_COL} = {serving}"
     )
     if not live:
         return batch
     committed = (
-        f"SELECT l.*, p.committed_at FROM {db}.{quote(RECOMMENDATIONS_LIVE)} l "
+        f"SELECT l.*, p.committed_at FROM {db}.{quote(live_table)} l "
         f"JOIN {db}.{quote(STREAM_PROGRESS)} p ON p.{RUN_COL} = l.{RUN_COL} "
         f"WHERE l.serving_run_id = {serving}"
     )
@@ -110,12 +160,13 @@ def current_view_body(db: str, quote: Quote, *, live: bool) -> str:
         f"SELECT user_id, max_by({RUN_COL}, committed_at) AS newest_snapshot "
         "FROM committed GROUP BY user_id"
     )
-    live_lists = (
-        f"SELECT {columns}, r.serving_run_id, 'live' AS list_source, r.batch_id, "
-        "r.newest_event_ts FROM committed r JOIN newest n "
+    live_rows = (
+        f"SELECT {columns}, r.serving_run_id, 'live' AS {source}, r.batch_id"
+        + (", r.newest_event_ts" if batch_table == RECOMMENDATIONS else "")
+        + " FROM committed r JOIN newest n "
         f"ON n.user_id = r.user_id AND n.newest_snapshot = r.{RUN_COL}"
     )
     return (
-        f"WITH committed AS ({committed}), newest AS ({newest}) {live_lists} UNION ALL "
+        f"WITH committed AS ({committed}), newest AS ({newest}) {live_rows} UNION ALL "
         f"{batch} AND NOT EXISTS (SELECT 1 FROM newest n WHERE n.user_id = r.user_id)"
     )

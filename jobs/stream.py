@@ -42,6 +42,7 @@ from hybridrec.constants import (
     TEXT_COL,
     TEXT_EMBEDDINGS,
     USER_COL,
+    USER_INTERESTS_LIVE,
 )
 from hybridrec.ops import progress
 from hybridrec.ops.cli_base import argument_parser, protect_secrets, setup_logging
@@ -123,7 +124,9 @@ class MicroBatches:
         if self.serving is None or self.serving.run_id != run_id:
             if self.serving is not None:
                 log.info("stream: switching from run %s to run %s", self.serving.run_id, run_id)
-            self.serving = live.load_serving(self.spark, self.cfg, run_id, self.warehouse)
+            self.serving = live.load_serving(
+                self.spark, self.cfg, run_id, self.warehouse, topics=True
+            )
         return self.serving
 
     def __call__(self, arrivals: DataFrame, batch_id: int) -> None:
@@ -263,12 +266,28 @@ class MicroBatches:
                 F.lit(serving.run_id).alias("serving_run_id"),
             )
             write(lists, RECOMMENDATIONS_LIVE)
+            interests = live.live_interests(serving, history, self.cfg)
+            if interests is None:
+                self.clear(USER_INTERESTS_LIVE, snapshot)
+            else:
+                write(self.stamped(interests, batch_id, serving), USER_INTERESTS_LIVE)
             history.unpersist()
             published = self.warehouse.read(RECOMMENDATIONS_LIVE, run_id=snapshot)
             users = published.select(USER_COL).distinct().count()
             newest = batch_events.agg(F.max("event_ts")).first()[0]
             newest = newest and newest.astimezone(timezone.utc)  # Spark gives local time
+        else:
+            self.clear(USER_INTERESTS_LIVE, snapshot)
         return folded, users, texts, newest, {}
+
+    @staticmethod
+    def stamped(interests: DataFrame, batch_id: int, serving: live.Serving) -> DataFrame:
+        """``user_interests_live`` rows: the interests with the micro-batch and serving run."""
+        return interests.select(
+            "*",
+            F.lit(batch_id).cast("long").alias("batch_id"),
+            F.lit(serving.run_id).alias("serving_run_id"),
+        )
 
     def fold_locally(
         self,
@@ -293,7 +312,7 @@ class MicroBatches:
             batch_id=np.int64(batch_id), serving_run_id=serving.run_id
         )
         if fresh.empty:
-            for table in (EVENTS_LIVE, TEXT_EMBEDDINGS, RECOMMENDATIONS_LIVE):
+            for table in (EVENTS_LIVE, TEXT_EMBEDDINGS, RECOMMENDATIONS_LIVE, USER_INTERESTS_LIVE):
                 self.clear(table, snapshot)
             return 0, 0, 0, None, {}
         mine = theirs[theirs["serving_run_id"] == serving.run_id]
@@ -310,6 +329,11 @@ class MicroBatches:
             EVENTS_LIVE: SmallFrame(fresh, local.live_events_schema(schema)),
             RECOMMENDATIONS_LIVE: SmallFrame(lists, local.LIST_SCHEMA),
         }
+        interests = live.live_interests(serving, self.as_spark(history, schema), self.cfg)
+        if interests is None:
+            self.clear(USER_INTERESTS_LIVE, snapshot)
+        else:
+            outputs[USER_INTERESTS_LIVE] = self.stamped(interests, batch_id, serving)
         if new_texts.empty:
             self.clear(TEXT_EMBEDDINGS, snapshot)
         else:
@@ -319,6 +343,14 @@ class MicroBatches:
         self._live_events = pd.concat([earlier, fresh.assign(run_id=snapshot)], ignore_index=True)
         newest = fresh["event_ts"].max().tz_localize("UTC").to_pydatetime()  # session time: UTC
         return folded, int(lists[USER_COL].nunique()), texts, newest, outputs
+
+    def as_spark(self, history: pd.DataFrame, schema: T.StructType) -> DataFrame:
+        """A small micro-batch's touched users' history (pandas) as a Spark frame, for the
+        one interests implementation (a few small jobs)."""
+        fields = T.StructType([schema[c] for c in events.EVENT_COLUMNS])
+        frame = self.spark.createDataFrame(history[events.EVENT_COLUMNS], schema=fields)
+        # pandas holds a missing rating as NaN: null again, as Spark holds it.
+        return frame.withColumn(RATING_COL, F.nanvl(F.col(RATING_COL), F.lit(None)))
 
     def clear(self, table: str, snapshot: str) -> None:
         """Remove a snapshot this micro-batch does not write, left by an earlier attempt of it:

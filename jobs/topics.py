@@ -27,10 +27,12 @@ from hybridrec.constants import (
     ITEM_EMBEDDINGS,
     ITEM_TOPICS,
     ITEMS,
+    TEST,
     TOPICS,
     USER_INTERESTS,
 )
 from hybridrec.models import interests, topics
+from hybridrec.models.folds import history
 from hybridrec.ops.runner import job_main
 from hybridrec.store.small_files import SmallFrame
 from hybridrec.store.tables import Warehouse
@@ -92,7 +94,8 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     started = time.perf_counter()
     named = dict(zip(frame["topic_id"], frame["label"], strict=True))
     n_users = warehouse.write(
-        interests.user_interests(interactions, assigned, named, cfg), USER_INTERESTS
+        interests.user_interests(history(interactions, TEST), assigned, named, cfg),
+        USER_INTERESTS,
     )
     log.info("interests of %d users in %.1fs", n_users, time.perf_counter() - started)
 

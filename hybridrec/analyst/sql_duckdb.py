@@ -173,14 +173,8 @@ def define_views(con, db_root: Path, database: str) -> list[str]:
             con.execute(
                 f"CREATE VIEW {_qualified(database, table + views.LATEST_SUFFIX)} AS {body}"
             )
-        if {views.RECOMMENDATIONS, views.ITEMS} <= set(tables):
-            interests = set(views.INTEREST_TABLES) <= set(tables)
-            body = views.explained_view_body(_quoted(database), _quoted, interests=interests)
-            con.execute(f"CREATE VIEW {_qualified(database, views.EXPLAINED)} AS {body}")
-        if views.RECOMMENDATIONS in tables:
-            live = {views.RECOMMENDATIONS_LIVE, views.STREAM_PROGRESS} <= set(tables)
-            body = views.current_view_body(_quoted(database), _quoted, live=live)
-            con.execute(f"CREATE VIEW {_qualified(database, views.CURRENT)} AS {body}")
+        for view, _, body in views.analyst_views(_quoted(database), _quoted, set(tables)):
+            con.execute(f"CREATE VIEW {_qualified(database, view)} AS {body}")
     return tables
 
 

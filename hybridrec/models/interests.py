@@ -67,28 +67,42 @@ def event_weight(cfg: Config) -> Column:
     return weight
 
 
-def user_interests(
-    interactions: DataFrame, assigned: DataFrame, named: dict[int, str], cfg: Config
-) -> DataFrame:
-    """Per user with history on topic-assigned items: every topic's share of their weighted
-    history (``topic_ids`` / ``shares``, largest first, ties to the more popular topic), the top
-    ``topics.interests_top`` as tags, and the shift: half the L1 distance between the topic
-    shares of the last ``topics.recent_days`` before the history's newest event and those before
-    (null where either is empty), with the topic that rose most."""
-    spark = interactions.sparkSession
-    events = history(interactions, TEST)
-    newest = events.agg(F.max(TS_COL)).first()[0]
-    if newest is None:
-        raise ValueError("user interests need a history: the served fold has no event")
-    recent_from = F.lit(newest) - F.expr(f"INTERVAL {int(cfg.topics.recent_days * 86400)} SECONDS")
-    tags = spark.createDataFrame(list(named.items()), f"{TOPIC_COL} int, tag string")
-    # A user with one event in each of several topics has ties; the more popular topic goes
-    # first, the likelier guess for what comes next.
-    popularity = (
+def topic_popularity(events: DataFrame, assigned: DataFrame) -> DataFrame:
+    """topic_id, popularity: the history events on each topic's items (one row per topic)."""
+    return (
         events.join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)
         .groupBy(TOPIC_COL)
         .agg(F.count("*").alias("popularity"))
     )
+
+
+def user_interests(
+    events: DataFrame,
+    assigned: DataFrame,
+    named: dict[int, str],
+    cfg: Config,
+    popularity: DataFrame | None = None,
+) -> DataFrame:
+    """Per user with history on topic-assigned items: every topic's share of their weighted
+    history (``topic_ids`` / ``shares``, largest first, ties to the more popular topic), the top
+    ``topics.interests_top`` as tags, and the shift: half the L1 distance between the topic
+    shares of the last ``topics.recent_days`` before the newest of ``events`` and those before
+    (null where either is empty), with the topic that rose most.
+
+    ``events``: the users' history rows (the batch: the served fold's history; the stream: the
+    touched users' whole history). ``popularity`` (``topic_popularity``): the ties' order,
+    counted over ``events`` when not given.
+    """
+    spark = events.sparkSession
+    newest = events.agg(F.max(TS_COL)).first()[0]
+    if newest is None:
+        raise ValueError("user interests need a history: no event was given")
+    recent_from = F.lit(newest) - F.expr(f"INTERVAL {int(cfg.topics.recent_days * 86400)} SECONDS")
+    tags = spark.createDataFrame(list(named.items()), f"{TOPIC_COL} int, tag string")
+    # A user with one event in each of several topics has ties; the more popular topic goes
+    # first, the likelier guess for what comes next.
+    if popularity is None:
+        popularity = topic_popularity(events, assigned)
     tags = tags.join(popularity, TOPIC_COL, "left").fillna(0, ["popularity"])
     weighted = (
         with_felt_ratings(events, cfg)

@@ -46,8 +46,9 @@ from hybridrec.constants import (
     TOPICS,
     USER_EMBEDDINGS,
     USER_INTERESTS,
+    USER_INTERESTS_LIVE,
 )
-from hybridrec.views import EXPLAINED, LATEST_SUFFIX, RUNS  # noqa: F401 (re-exported)
+from hybridrec.views import CURRENT, EXPLAINED, INTERESTS_CURRENT, LATEST_SUFFIX, RUNS  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -286,14 +287,12 @@ TABLES: dict[str, TableDoc] = {
         {
             "topic_id": "the topic (0 to k-1)",
             "label": "its first topics.label_words top words: how a reader and a reason name it",
-            "top_words": "its topics.top_words most distinctive words, best first (class-based "
-            "TF-IDF of its items' review and item texts)",
+            "top_words": "its topics.top_words most distinctive words (c-TF-IDF), best first",
             "word_scores": "each top word's class-based TF-IDF score, in the same order",
             "items": "items assigned to it",
             "texts": "review and item texts of those items its words were counted in",
             "central_item_ids": "the topics.central_items items nearest its centre, nearest first",
-            "npmi": "coherence: mean NPMI of its top-word pairs over the texts (-1 to 1; random "
-            "sets of the same words: the topics job's MLflow metric coherence_npmi_random)",
+            "npmi": "coherence: mean NPMI of its top-word pairs over the texts (-1 to 1)",
             "run_id": RUN_ID,
         },
     ),
@@ -312,20 +311,17 @@ TABLES: dict[str, TableDoc] = {
             "user_id": "user",
             "events": "history events (train and validation) on items with a topic",
             "topic_ids": "every topic of their history, largest share first",
-            "shares": "each of those topics' share of the weighted history (rating, or the "
-            "review's sentiment where no rating; recency as the user text vector), same order",
+            "shares": "each of those topics' share of the weighted history, same order",
             "top_topic_id": "their largest topic",
             "top_tag": "its label",
             "top_share": "its share (0-1)",
             "tag_topic_ids": "their top topics.interests_top topics",
             "tags": "those topics' labels: the user's interest tags",
-            "recent_events": "events in the last topics.recent_days days before the newest "
-            "event of the history",
+            "recent_events": "events in the topics.recent_days before the history's newest event",
             "earlier_events": "events before those",
             "shift": "half the L1 distance between the recent and the earlier topic shares (0: "
             "same mix, 1: no topic in common); null without events on both sides",
-            "rising_topic_id": "the topic whose share rose most in the recent days (null "
-            "without a shift)",
+            "rising_topic_id": "the topic whose share rose most recently (null without a shift)",
             "rising_tag": "its label",
             "run_id": RUN_ID,
         },
@@ -411,6 +407,19 @@ TABLES.update(
                 "run_id": "stream-<stream start>-<batch>: the micro-batch's snapshot",
             },
         ),
+        USER_INTERESTS_LIVE: TableDoc(
+            "Interests of the users a micro-batch touched, against the serving run's topics",
+            {
+                **{
+                    name: meaning
+                    for name, meaning in TABLES[USER_INTERESTS].columns.items()
+                    if name != "run_id"
+                },
+                "batch_id": "the stream's micro-batch id",
+                "serving_run_id": "the batch run whose topics named the interests",
+                "run_id": "stream-<stream start>-<batch>: the micro-batch's snapshot",
+            },
+        ),
         STREAM_PROGRESS: TableDoc(
             "One row per completed micro-batch: what came in and where each event went",
             {
@@ -445,6 +454,17 @@ EXPLAINED_DESCRIPTION = (
     "item its reason names; with the user's interest tags, and the interest a text-explained "
     "pick lies in, where the run has them"
 )
+
+
+INTERESTS_CURRENT_DESCRIPTION = (
+    "Users' interests now: per user those of the stream's newest micro-batch against the newest "
+    "complete run, else that run's (source says which)"
+)
+VIEW_DESCRIPTIONS = {
+    EXPLAINED: EXPLAINED_DESCRIPTION,
+    CURRENT: CURRENT_DESCRIPTION,
+    INTERESTS_CURRENT: INTERESTS_CURRENT_DESCRIPTION,
+}
 
 
 def table_comment(name: str) -> str | None:

@@ -28,7 +28,6 @@ from pyspark.sql import functions as F
 
 from hybridrec import views
 from hybridrec.config.loader import Config, work_path
-from hybridrec.constants import ITEMS, RECOMMENDATIONS
 from hybridrec.store import catalog
 from hybridrec.store.small_files import SmallFrame
 
@@ -460,21 +459,12 @@ class Warehouse:
             comment = f"{catalog.table_comment(table) or table}: the newest complete run"
             body = views.latest_view_body(quoted_db, table, _quoted)
             self._create_view(table + views.LATEST_SUFFIX, body, comment)
-        # STREAM_TABLES[1:]: the stream's lists and progress, which recommendations_current reads.
-        viewed = (RECOMMENDATIONS, ITEMS, *views.STREAM_TABLES[1:], *views.INTEREST_TABLES)
-        registered = {t: self.spark.catalog.tableExists(self.qualified(t)) for t in viewed}
-        if (
-            {RECOMMENDATIONS, ITEMS, *views.INTEREST_TABLES} & set(names)
-            and registered[RECOMMENDATIONS]
-            and registered[ITEMS]
-        ):
-            interests = all(registered[t] for t in views.INTEREST_TABLES)
-            body = views.explained_view_body(quoted_db, _quoted, interests=interests)
-            self._create_view(views.EXPLAINED, body, catalog.EXPLAINED_DESCRIPTION)
-        if {RECOMMENDATIONS, *views.STREAM_TABLES} & set(names) and registered[RECOMMENDATIONS]:
-            live = registered[views.RECOMMENDATIONS_LIVE] and registered[views.STREAM_PROGRESS]
-            body = views.current_view_body(quoted_db, _quoted, live=live)
-            self._create_view(views.CURRENT, body, catalog.CURRENT_DESCRIPTION)
+        present = {
+            t for t in views.VIEWED_TABLES if self.spark.catalog.tableExists(self.qualified(t))
+        }
+        for view, readers, body in views.analyst_views(quoted_db, _quoted, present):
+            if readers & set(names):
+                self._create_view(view, body, catalog.VIEW_DESCRIPTIONS[view])
 
     def _create_view(self, view: str, body: str, comment: str) -> None:
         self.spark.sql(

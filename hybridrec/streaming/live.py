@@ -34,14 +34,18 @@ from hybridrec.constants import (
     INTERACTIONS,
     ITEM_COL,
     ITEM_EMBEDDINGS,
+    ITEM_TOPICS,
     SPLIT_COL,
     TEST,
     TEXT_EMBEDDINGS,
+    TOPICS,
     TS_COL,
     USER_COL,
+    USER_INTERESTS,
 )
-from hybridrec.models import cf, embedding
+from hybridrec.models import cf, embedding, interests
 from hybridrec.models.foldin import AlsSettings, fold_in, gram
+from hybridrec.models.folds import history as fold_history
 from hybridrec.ranking import catalogs, learned, rank, scoring
 from hybridrec.store.tables import MissingTableError, Warehouse
 from hybridrec.streaming.events import EVENT_COLUMNS
@@ -80,10 +84,25 @@ class Serving:
     model_id: str
     # The learned ranker where the run serves it (``learned_ranker.served``), else None.
     ranker: learned.RankerInputs | None = None
+    # The run's topics where it has interests (the topics stage), else None.
+    topics: TopicInputs | None = None
 
 
-def load_serving(spark: SparkSession, cfg: Config, run_id: str, warehouse: Warehouse) -> Serving:
-    """The serving run ``run_id``'s weights, ALS settings and item factors (catalog-sized)."""
+@dataclass(frozen=True)
+class TopicInputs:
+    """What updating a user's interests needs from the serving run: each item's topic, the
+    topics' labels and their popularity (the order of ties), as the batch counted it."""
+
+    assigned: DataFrame  # item_id, topic_id; cached, item-sized
+    named: dict[int, str]
+    popularity: DataFrame  # topic_id, popularity; k rows
+
+
+def load_serving(
+    spark: SparkSession, cfg: Config, run_id: str, warehouse: Warehouse, *, topics: bool = False
+) -> Serving:
+    """The serving run ``run_id``'s weights, ALS settings and item factors (catalog-sized);
+    ``topics``: and its topics, for the stream's interests (``served_topics``)."""
     served = Warehouse(spark, warehouse.root, warehouse.database, run_id, catalog_writes=False)
     if not served.exists(ALS_PARAMS):
         raise MissingTableError(
@@ -121,6 +140,7 @@ def load_serving(spark: SparkSession, cfg: Config, run_id: str, warehouse: Wareh
         factor_gram=gram(factors),
         model_id=model_id,
         ranker=served_ranker(served, cfg, mode),
+        topics=served_topics(served, cfg) if topics else None,
     )
     log.info(
         "stream serves against run %s: %s; ALS rank %d (%s, reg %g, alpha %g); weights %s",
@@ -219,6 +239,31 @@ def user_vectors(
     return embedding.user_embeddings(
         docs, vectors, history, items, serving.model_id, SERVED_FOLD
     ).select(F.col("id").alias(USER_COL), EMBEDDING_COL)
+
+
+def served_topics(served: Warehouse, cfg: Config) -> TopicInputs | None:
+    """The run's topics, where it wrote users' interests and topics are on."""
+    if not (cfg.topics.enabled and served.exists(USER_INTERESTS)):
+        return None
+    spark = served.spark
+    assigned = served.read(ITEM_TOPICS).select(ITEM_COL, "topic_id").cache()
+    named = {int(r.topic_id): r.label for r in served.read(TOPICS).collect()}  # k rows
+    history = fold_history(served.read(INTERACTIONS), SERVED_FOLD)
+    counted = interests.topic_popularity(history, assigned).toPandas()  # k rows
+    popularity = spark.createDataFrame(counted, "topic_id int, popularity long")
+    return TopicInputs(assigned, named, popularity)
+
+
+def live_interests(serving: Serving, history: DataFrame, cfg: Config) -> DataFrame | None:
+    """The touched users' interests from their whole ``history`` (serving run and live
+    events), against the serving run's topics; None where the run has none. An item newer than
+    the run has no topic yet: it counts from the next batch run on."""
+    if serving.topics is None:
+        return None
+    topics = serving.topics
+    return interests.user_interests(
+        history, topics.assigned, topics.named, cfg, popularity=topics.popularity
+    )
 
 
 def served_ranker(served: Warehouse, cfg: Config, mode: rank.RankingMode):

@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
+from hybridrec.analyst import sql_duckdb
 from hybridrec.config.loader import load_config
 from hybridrec.constants import EARLY, ITEM_NEIGHBOURS, MODELS, TEST, VALIDATION
 from hybridrec.models.folds import held_out
@@ -334,10 +335,17 @@ def test_mlflow_run_has_params_metrics_model_and_plot(e2e):
     assert {c.data.tags["mlflow.runName"] for c in children} == {
         "ingest",
         "embed",
+        "topics",
         "als",
         "score",
         "evaluate",
     }
+    topics_run = next(c for c in children if c.data.tags["mlflow.runName"] == "topics")
+    assert (
+        topics_run.data.metrics["coherence_npmi"] > topics_run.data.metrics["coherence_npmi_random"]
+    )
+    assert "topics.csv" in {a.path for a in client.list_artifacts(topics_run.info.run_id)}
+    assert 0 <= parent.data.metrics["interests.next_item_hit"] <= 1
     evaluate_run = next(c for c in children if c.data.tags["mlflow.runName"] == "evaluate")
     evaluate_artifacts = {a.path for a in client.list_artifacts(evaluate_run.info.run_id)}
     assert {"metrics.csv", "comparisons.csv"} <= evaluate_artifacts
@@ -547,3 +555,66 @@ def test_the_ranker_scores_a_served_row_from_mlflow_in_a_fresh_process(e2e, tmp_
     # The logged model is the trees; the served score adds their base margin, the linear score.
     served = trees + features[:, learned_ranker.LINEAR_SCORE]
     np.testing.assert_allclose(served, table["score"], rtol=1e-5, atol=1e-5)
+
+
+def test_topics_are_named_by_their_words_and_every_user_s_interests_add_up(e2e):
+    cfg, warehouse, results = e2e
+    topics = warehouse.read("topics").toPandas().set_index("topic_id")
+    k = int(results["topics"]["topics"])
+    assert list(topics.index.sort_values()) == list(range(k)) and k in cfg.topics.k_grid
+    for topic in topics.itertuples():
+        assert len(topic.top_words) == cfg.topics.top_words
+        assert topic.label == ", ".join(topic.top_words[: cfg.topics.label_words])
+        assert list(topic.word_scores) == sorted(topic.word_scores, reverse=True)
+        assert 1 <= len(topic.central_item_ids) <= cfg.topics.central_items
+    # Every item the served fold has a text vector for is in exactly one topic.
+    assigned = warehouse.read("item_topics").toPandas()
+    vectors = warehouse.read("item_embeddings").where(F.col("fold") == TEST)
+    assert sorted(assigned.item_id) == sorted(r.id for r in vectors.select("id").collect())
+    assert topics["items"].sum() == len(assigned)
+
+    interests = warehouse.read("user_interests").toPandas()
+    history_users = (
+        warehouse.read("interactions").where(F.col("split") != TEST).select("user_id").distinct()
+    )
+    assert len(interests) == history_users.count()
+    for user in interests.itertuples():
+        assert sum(user.shares) == pytest.approx(1.0)
+        assert list(user.shares) == sorted(user.shares, reverse=True)
+        assert list(user.tag_topic_ids) == list(user.topic_ids[: cfg.topics.interests_top])
+        assert list(user.tags) == [topics.label[t] for t in user.tag_topic_ids]
+        assert user.top_tag == user.tags[0]
+    checks = results["evaluate"]
+    assert (
+        checks["interests.gain_low"]
+        <= (checks["interests.next_item_hit"] - checks["interests.popular_topics_hit"])
+        <= checks["interests.gain_high"]
+    )
+
+
+def test_recommendations_explained_names_the_interest_a_text_pick_lies_in(e2e):
+    cfg, warehouse, _ = e2e
+    # The view as DuckDB defines it over the snapshot files (the SQL test asks Spark's too).
+    columns, rows = sql_duckdb.query(
+        sql_duckdb.local_folder(warehouse.db_root),
+        cfg.run.database,
+        f"SELECT * FROM {cfg.run.database}.recommendations_explained",
+        100000,
+    )
+    explained = pd.DataFrame(rows, columns=columns)
+    assert {"user_tags", "interest", "interest_topic_id"} <= set(explained.columns)
+    named = explained[explained.interest.notna()]
+    assert len(named) > 0
+    labels = warehouse.read("topics").toPandas().set_index("topic_id").label
+    assigned = warehouse.read("item_topics").toPandas().set_index("item_id").topic_id
+    for row in named.itertuples():
+        assert row.reason.startswith("similar to") or row.reason == "matches your reviews"
+        assert row.interest_topic_id == assigned[row.item_id]
+        assert row.interest == f"for your interest in {labels[row.interest_topic_id]}"
+        assert labels[row.interest_topic_id] in list(row.user_tags)
+    # A pick some other part explains names no interest.
+    other = explained[
+        ~explained.reason.str.startswith("similar to")
+        & (explained.reason != "matches your reviews")
+    ]
+    assert other.interest.isna().all()

@@ -142,6 +142,29 @@ def test_three_files_one_malformed_reach_the_current_view(stream_home):
     )
     assert not {"i1", "i2"} & {r["item_id"] for r in offered}
 
+    # The touched users' interests, from their whole history against the serving run's topics:
+    # u1's count the event it just had.
+    live = {r["user_id"]: r for r in stream_home.sql("SELECT * FROM hybridrec.user_interests_live")}
+    assert {"new1", "new2", "u1", "u2"} <= set(live)
+    labels = {r["label"] for r in stream_home.sql("SELECT label FROM hybridrec.topics_latest")}
+    assert all(set(r["tags"]) <= labels and r["tags"] for r in live.values())
+    batch_u1 = stream_home.sql(
+        "SELECT events FROM hybridrec.user_interests_latest WHERE user_id = 'u1'"
+    )[0]
+    history_u1 = stream_home.sql(
+        "SELECT count(*) AS n FROM hybridrec.interactions_latest i "
+        "JOIN hybridrec.item_topics_latest t ON t.item_id = i.item_id WHERE i.user_id = 'u1'"
+    )[0]
+    assert live["u1"]["events"] == history_u1["n"] + 1 > batch_u1["events"]
+    assert live["new1"]["events"] == 2  # i1 and i2, its first events
+    current = {
+        r["user_id"]: r
+        for r in stream_home.sql("SELECT user_id, source FROM hybridrec.user_interests_current")
+    }
+    assert {u for u, r in current.items() if r["source"] == "live"} == set(live)
+    batch_users = stream_home.sql("SELECT count(*) AS n FROM hybridrec.user_interests_latest")
+    assert len(current) == batch_users[0]["n"] + 2  # new1 and new2
+
     columns = {
         name: set(stream_home.sql(f"SELECT * FROM hybridrec.{name} LIMIT 1")[0])
         for name in STREAM_TABLES

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from hybridrec.config.loader import load_config
 from hybridrec.models import interests as interest_model
 from hybridrec.models import topics
+from hybridrec.models.folds import history
 from udfs import sentiment
 
 NOW = datetime(2026, 11, 30, 12, 0, 0)
@@ -126,6 +127,15 @@ def _interactions(spark, rows):
     return spark.createDataFrame(rows, INTERACTIONS)
 
 
+def _history_of(interactions):
+    """The served fold's history, as the topics job passes it."""
+    return history(interactions, "test")
+
+
+def _history(spark, rows):
+    return _history_of(_interactions(spark, rows))
+
+
 def _assigned(spark, mapping: dict[str, int]):
     return spark.createDataFrame(
         [(i, t, 1.0) for i, t in mapping.items()], "item_id string, topic_id int, similarity float"
@@ -153,7 +163,7 @@ def test_interests_are_the_rated_shares_of_the_history_with_tags_and_the_recent_
     got = {
         r.user_id: r
         for r in interest_model.user_interests(
-            _interactions(spark, rows), assigned, NAMED, cfg
+            _history(spark, rows), assigned, NAMED, cfg
         ).collect()
     }
 
@@ -177,7 +187,7 @@ def test_a_tie_goes_to_the_more_popular_topic(spark):
     rows += [(f"v{i}", "c1", 3.0, NOW, None, "train") for i in range(3)]
     assigned = _assigned(spark, {"m1": 0, "c1": 1})
 
-    interests = interest_model.user_interests(_interactions(spark, rows), assigned, NAMED, cfg)
+    interests = interest_model.user_interests(_history(spark, rows), assigned, NAMED, cfg)
 
     assert interests.where("user_id = 'u1'").first().tags == ["camping"]
 
@@ -190,11 +200,9 @@ def test_the_reviews_sentiment_stands_in_for_a_missing_rating(spark):
     ]
     assigned = _assigned(spark, {"m1": 0, "c1": 1, "k1": 2})
 
-    felt = interest_model.user_interests(
-        _interactions(spark, rows), assigned, NAMED, _cfg()
-    ).first()
+    felt = interest_model.user_interests(_history(spark, rows), assigned, NAMED, _cfg()).first()
     flat = interest_model.user_interests(
-        _interactions(spark, rows), assigned, NAMED, _cfg("topics.sentiment=none")
+        _history(spark, rows), assigned, NAMED, _cfg("topics.sentiment=none")
     ).first()
 
     shares = dict(zip(felt.topic_ids, felt.shares, strict=True))
@@ -241,7 +249,7 @@ def test_the_next_item_check_pairs_the_tags_with_as_many_popular_topics(spark):
     ]
     interactions = _interactions(spark, rows)
     assigned = _assigned(spark, {"m1": 0, "c1": 1, "c2": 1})
-    interests = interest_model.user_interests(interactions, assigned, NAMED, _cfg())
+    interests = interest_model.user_interests(_history_of(interactions), assigned, NAMED, _cfg())
 
     hits = interest_model.next_item_hits(interactions, assigned, interests, 0.95)
 
