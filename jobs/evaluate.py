@@ -419,12 +419,11 @@ def interest_checks(warehouse: Warehouse, cfg: Config, interactions: DataFrame) 
         "interests.gain_high": hits.high,
     }
     log.info(
-        "next item in the user's %d interest tags: %.4f of %d users; in the %d most popular "
-        "topics: %.4f (difference %.4f, %.0f%% interval [%.4f, %.4f])",
+        "next item in the user's (up to %d) interest tags: %.4f of %d users; in as many of the "
+        "most popular topics: %.4f (difference %.4f, %.0f%% interval [%.4f, %.4f])",
         cfg.topics.interests_top,
         hits.interests,
         hits.users,
-        cfg.topics.interests_top,
         hits.prior,
         hits.interests - hits.prior,
         100 * cfg.evaluate.confidence,

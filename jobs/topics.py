@@ -51,7 +51,12 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     vectors = topics.served_item_vectors(warehouse.read(ITEM_EMBEDDINGS)).cache()
 
     started = time.perf_counter()
-    fitted = topics.fit(vectors, cfg)
+    try:
+        fitted = topics.fit(vectors, cfg)
+    except topics.TooFewItems as exc:
+        log.warning("no topics this run: %s", exc)
+        vectors.unpersist()
+        return {"topics": 0.0}
     if fitted.silhouettes:
         mlflow.log_text(
             pd.Series(fitted.silhouettes, name="silhouette")

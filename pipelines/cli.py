@@ -1,7 +1,7 @@
 """``hybridrec`` console script.
 
 hybridrec run [--conf conf/local.yaml] [--set key=value ...] [--stages ingest,embed] [--run-id R]
-hybridrec job <ingest|embed|als|score|evaluate> [--conf ...] [--set ...] --run-id R
+hybridrec job <ingest|embed|topics|als|score|evaluate> [--conf ...] [--set ...] --run-id R
 hybridrec stream [--conf ...] [--set ...] [--available-now]
     new events landed in stream.landing_dir folded into recommendations_live (README, Streaming)
 hybridrec sql "SELECT ..." | -f FILE|- [--conf ...] [--set ...] [--max-rows 100]

@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -195,14 +196,20 @@ def next_item_hits(
     of the served history, paired per user and as many as the user's tags: a user whose history
     holds one topic has one tag, and is compared with the one most popular topic, so that both
     sides make the same number of guesses."""
-    popular_rank = F.row_number().over(Window.orderBy(F.desc("count"), TOPIC_COL))
-    prior = (
-        history(interactions, TEST)
-        .join(assigned, ITEM_COL)
-        .groupBy(TOPIC_COL)
-        .count()
-        .select(TOPIC_COL, popular_rank.alias("popular_rank"))
-    )  # one row per topic
+    counted = (
+        topic_popularity(history(interactions, TEST), assigned)
+        .toPandas()  # one row per topic
+        .sort_values(["popularity", TOPIC_COL], ascending=[False, True])
+    )
+    prior = interactions.sparkSession.createDataFrame(
+        pd.DataFrame(
+            {
+                TOPIC_COL: counted[TOPIC_COL].astype("int32"),
+                "popular_rank": range(1, len(counted) + 1),
+            }
+        ),
+        f"{TOPIC_COL} int, popular_rank int",
+    )
     nexts = (
         interactions.where(F.col(SPLIT_COL) == TEST)
         .select(USER_COL, ITEM_COL)

@@ -89,10 +89,14 @@ def _estimator(cfg: Config, k: int):
     return KMeans(k=k, seed=t.seed, distanceMeasure="cosine", initMode="k-means||")
 
 
+class TooFewItems(ValueError):
+    """Fewer item vectors than topics can be made of."""
+
+
 def candidate_ks(cfg: Config, n_items: int) -> list[int]:
     """The k values to try: the set one, else the grid's below the item count (at least 2)."""
     if n_items < 3:
-        raise ValueError(f"topics need at least 3 items with a text vector, got {n_items}")
+        raise TooFewItems(f"topics need at least 3 items with a text vector, got {n_items}")
     if cfg.topics.k is not None:
         return [min(cfg.topics.k, n_items - 1)]
     ks = sorted({k for k in cfg.topics.k_grid if k < n_items})
@@ -198,18 +202,25 @@ def topic_words(words: DataFrame, vocab: list[str], cfg: Config) -> pd.DataFrame
         .groupBy(TOPIC_COL, "word")
         .agg(F.count(F.lit(1)).alias("tf"))
     )
-    per_topic = Window.partitionBy(TOPIC_COL)
-    per_word = Window.partitionBy("word")
-    everything = Window.partitionBy()
-    topic_size = F.sum("tf").over(per_topic)
-    mean_size = F.sum("tf").over(everything) / F.size(F.collect_set(TOPIC_COL).over(everything))
-    scored = counts.select(
-        TOPIC_COL,
-        "word",
-        (F.col("tf") / topic_size * F.log(1.0 + mean_size / F.sum("tf").over(per_word))).alias(
-            "score"
-        ),
+    # Topic and word totals by aggregation (k and vocabulary rows): a window over everything
+    # would move every count into one partition.
+    topic_size = counts.groupBy(TOPIC_COL).agg(F.sum("tf").alias("topic_size"))
+    word_total = counts.groupBy("word").agg(F.sum("tf").alias("word_total"))
+    mean_size = topic_size.agg(F.avg("topic_size")).first()[0] or 0.0
+    scored = (
+        counts.join(topic_size, TOPIC_COL)
+        .join(word_total, "word")
+        .select(
+            TOPIC_COL,
+            "word",
+            (
+                F.col("tf")
+                / F.col("topic_size")
+                * F.log(1.0 + F.lit(float(mean_size)) / F.col("word_total"))
+            ).alias("score"),
+        )
     )
+    per_topic = Window.partitionBy(TOPIC_COL)
     ranked = scored.withColumn(
         "rank", F.row_number().over(per_topic.orderBy(F.desc("score"), "word"))
     ).where(F.col("rank") <= cfg.topics.top_words)

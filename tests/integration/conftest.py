@@ -46,6 +46,8 @@ TINY_SETTINGS = {
     # The learned ranker's whole path (score, evaluate, stream, served model, a cluster), served
     # whatever a few dozen held-back users say; one depth.
     "ranker": {"serve": "always", "max_depth_grid": [3]},
+    # Two k to pick from by silhouette: the pick runs, at half the fits.
+    "topics": {"k_grid": [4, 8]},
     "spark": {
         "master": "local[2]",
         "shuffle_partitions": 2,

@@ -108,7 +108,7 @@ def test_the_notebook_runs_as_is(analyst_run, tmp_path):
         / f"run_id={analyst_run.run_id}"
     )
     user = recommendations.user_id.min()
-    history = _text(_cell(executed, "interactions_latest"))
+    history = _text(_cell(executed, "substr(t.review_text"))
     assert f"user {user}\n" in history
     reasons = _text(_cell(executed, "reason_item_title"))
     assert "similar to" in reasons or "often had with" in reasons

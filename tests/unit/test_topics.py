@@ -62,7 +62,7 @@ def test_a_set_k_is_used_as_given_and_kept_below_the_item_count(spark):
     assert topics.candidate_ks(_cfg("topics.k=2"), 4) == [2]
     assert topics.candidate_ks(_cfg("topics.k=9"), 4) == [3]
     assert topics.candidate_ks(_cfg("topics.k_grid=[8,12]"), 6) == [3]
-    with pytest.raises(ValueError, match="at least 3 items"):
+    with pytest.raises(topics.TooFewItems, match="at least 3 items"):
         topics.candidate_ks(_cfg(), 2)
     assert topics.fit(vectors, _cfg("topics.k=2")).silhouettes == {}
 
