@@ -27,7 +27,7 @@ import pandas as pd
 from pyspark.ml.clustering import BisectingKMeans, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import CountVectorizer, RegexTokenizer, StopWordsRemover
-from pyspark.ml.functions import array_to_vector
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -138,8 +138,6 @@ def item_topics(vectors: DataFrame, fitted: Fitted) -> DataFrame:
         F.col("prediction").cast("int").alias(TOPIC_COL),
         F.col("features"),
     )
-    from pyspark.ml.functions import vector_to_array
-
     dot = F.aggregate(
         F.zip_with(vector_to_array("features"), "centre", lambda x, y: x * y),
         F.lit(0.0),
@@ -257,6 +255,8 @@ def npmi_of(words: list[str], doc_freq: dict, pair_freq: dict, n_docs: int) -> f
 
 @dataclass(frozen=True)
 class Coherence:
+    """Mean NPMI per topic, of each random word set, and the texts counted."""
+
     per_topic: dict[int, float]
     random_sets: list[float]
     texts: int

@@ -84,6 +84,75 @@ def test_explained_view_joins_the_titles(work_dir):
     ]
 
 
+def _interests(root, run: str, users: list[str], tag: str, **extra) -> None:
+    n = len(users)
+    _write(
+        root,
+        "user_interests" + ("_live" if extra else ""),
+        run,
+        {
+            "user_id": users,
+            "events": [3] * n,
+            "topic_ids": [[0]] * n,
+            "shares": [[1.0]] * n,
+            "top_topic_id": [0] * n,
+            "top_tag": [tag] * n,
+            "top_share": [1.0] * n,
+            "tag_topic_ids": [[0]] * n,
+            "tags": [[tag]] * n,
+            "recent_events": [1] * n,
+            "earlier_events": [2] * n,
+            "shift": [0.5] * n,
+            "rising_topic_id": [0] * n,
+            "rising_tag": [tag] * n,
+            **{k: [v] * n for k, v in extra.items()},
+        },
+    )
+
+
+def _topics(root, run: str) -> None:
+    _write(root, "topics", run, {"topic_id": [0, 1], "label": ["first words", "other words"]})
+    _write(root, "item_topics", run, {"item_id": ["i1", "i2"], "topic_id": [1, 0]})
+
+
+def test_explained_view_names_the_interest_a_text_pick_lies_in(work_dir):
+    root = work_dir / "warehouse" / f"{DB}.db"
+    for run in ("r1", "r2"):
+        _topics(root, run)
+        _interests(root, run, ["u1"], "first words")
+
+    _, rows = _ask(work_dir, "SELECT * FROM hybridrec.recommendations_explained")
+
+    # u1 is into topic 0, and i2, picked as "similar to i1", lies in it.
+    assert [(r["user_tags"], r["interest"], r["interest_topic_id"]) for r in rows] == [
+        (["first words"], "for your interest in first words", 0)
+    ]
+
+
+def test_current_interests_are_the_newest_committed_live_ones_else_the_batch_s(work_dir):
+    root = work_dir / "warehouse" / f"{DB}.db"
+    _interests(root, "r2", ["u1", "u2"], "batch tag")
+    for batch, (snapshot, tag) in enumerate((("s0", "older live"), ("s1", "newer live"))):
+        _interests(root, snapshot, ["u1"], tag, batch_id=batch, serving_run_id="r2")
+        _write(
+            root,
+            "stream_progress",
+            snapshot,
+            {"batch_id": [batch], "committed_at": [datetime(2026, 1, 2, batch)]},
+        )
+    # Written, never committed (no stream_progress row): not seen.
+    _interests(root, "s2", ["u2"], "uncommitted", batch_id=2, serving_run_id="r2")
+
+    _, rows = _ask(
+        work_dir, "SELECT user_id, top_tag, source FROM hybridrec.user_interests_current"
+    )
+
+    assert sorted((r["user_id"], r["top_tag"], r["source"]) for r in rows) == [
+        ("u1", "newer live", "live"),
+        ("u2", "batch tag", "batch"),
+    ]
+
+
 def test_nulls_sort_first_ascending_as_in_spark(work_dir):
     _, rows = _ask(work_dir, "SELECT value FROM hybridrec.metrics_latest ORDER BY value")
 
