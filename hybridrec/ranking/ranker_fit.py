@@ -55,14 +55,16 @@ FOLD = "fold"
 HELD_BACK = "held_back"
 QID = "qid"
 LABEL = "label"
-FEATURES = "features"
+# One float column per feature, named as the model's features: xgboost.spark takes a list of
+# numeric columns, so the training rows hold no per-row array objects.
+FEATURE_COLUMNS = list(learned_ranker.FEATURES)
 SCORE = "score"
 BASE_MARGIN = "base_margin"
 TRAIN_SCHEMA = T.StructType(
     [
         T.StructField(USER_COL, T.StringType()),
         T.StructField(LABEL, T.FloatType()),
-        T.StructField(FEATURES, T.ArrayType(T.FloatType())),
+        *[T.StructField(name, T.FloatType()) for name in FEATURE_COLUMNS],
         T.StructField(BASE_MARGIN, T.FloatType()),
     ]
 )
@@ -132,8 +134,8 @@ LEARNED_RANKER_SCHEMA = T.StructType(
 def training_rows(
     users: DataFrame, inputs: RankerInputs, weights: Mapping[str, float], settings: dict, cfg
 ) -> DataFrame:
-    """user_id, label, features, base_margin: every candidate of each user whose held-out item
-    (``target``) is among its candidates, materialised."""
+    """user_id, label, the feature columns, base_margin: every candidate of each user whose
+    held-out item (``target``) is among its candidates, materialised."""
     weights = dict(weights)
 
     def rows(block: pd.DataFrame, shared: RankerInputs) -> pd.DataFrame:
@@ -144,12 +146,13 @@ def training_rows(
         labels = candidates.labels(block["target"].to_numpy(np.int64))
         keep = (labels.sum(axis=1) > 0)[:, None] & candidates.valid
         user, slot = np.nonzero(keep)
+        features = candidates.features[user, slot]
         return pd.DataFrame(
             {
                 USER_COL: candidates.user_ids[user],
                 LABEL: labels[user, slot],
-                FEATURES: list(candidates.features[user, slot]),
-                BASE_MARGIN: learned_ranker.base_margin(candidates.features[user, slot]),
+                **{name: features[:, i] for i, name in enumerate(FEATURE_COLUMNS)},
+                BASE_MARGIN: learned_ranker.base_margin(features),
             }
         )
 
@@ -271,9 +274,9 @@ def training_data(
     weights: Mapping[str, float],
     sharpness: float,
 ) -> tuple[DataFrame, DataFrame]:
-    """``folds``' training rows (fold, user_id, label, features, base_margin, qid, held_back),
-    and the served linear hybrid's target rank of every sampled user (fold, user_id,
-    target_rank, held_back), both materialised."""
+    """``folds``' training rows (fold, user_id, label, the feature columns, base_margin, qid,
+    held_back), and the served linear hybrid's target rank of every sampled user (fold,
+    user_id, target_rank, held_back), both materialised."""
     spark = warehouse.spark
     settings = kernel_settings(cfg, sharpness, mode)
     frames, linear = [], []
@@ -335,7 +338,7 @@ def _estimator(cfg: Config, depth: int, **settings):
     from xgboost.spark import SparkXGBRanker
 
     return SparkXGBRanker(
-        features_col=FEATURES,
+        features_col=FEATURE_COLUMNS,
         label_col=LABEL,
         qid_col=QID,
         base_margin_col=BASE_MARGIN,
@@ -388,13 +391,15 @@ def _paired_gain(
     def scored(batches):
         booster = learned_ranker.booster(shared.value, nthread=1)
         for batch in batches:
-            x = np.stack(batch[FEATURES].to_numpy()).astype(np.float32) if len(batch) else None
-            batch = batch.drop(columns=[FEATURES])
+            x = batch[FEATURE_COLUMNS].to_numpy(np.float32) if len(batch) else None
+            batch = batch.drop(columns=FEATURE_COLUMNS)
             batch[SCORE] = learned_ranker.predict(booster, x) if x is not None else []
             yield batch
 
     schema = f"{FOLD} string, {USER_COL} string, {LABEL} float, {SCORE} float"
-    predictions = held_rows.select(FOLD, USER_COL, LABEL, FEATURES).mapInPandas(scored, schema)
+    predictions = held_rows.select(FOLD, USER_COL, LABEL, *FEATURE_COLUMNS).mapInPandas(
+        scored, schema
+    )
     target = F.max(F.when(F.col(LABEL) > 0, F.col(SCORE))).over(Window.partitionBy(FOLD, USER_COL))
     ranker_ranks = (
         predictions.withColumn("_target", target)
