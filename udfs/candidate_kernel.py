@@ -17,7 +17,13 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from udfs.ranking_kernel import PARTS, normalise, stack_vectors
+from udfs.ranking_kernel import (  # noqa: F401 (RECOMMENDATION_COLUMNS: re-exported)
+    PARTS,
+    RECOMMENDATION_COLUMNS,
+    normalise,
+    recommendation_frame,
+    stack_vectors,
+)
 from udfs.reasons import NAMED_REASONS, REASONS, UNEXPLAINED, dominant_parts, part_contributions
 from udfs.rerank import (
     grid_rank_rows,
@@ -29,18 +35,6 @@ from udfs.rerank import (
 
 # A target that is not among a user's candidates ranks below any top-K.
 MISS_RANK = 2**31 - 1
-# The recommendations table's columns in order
-# (``hybridrec.ranking.scoring.RECOMMENDATION_SCHEMA``).
-RECOMMENDATION_COLUMNS = (
-    "model",
-    "user_id",
-    "rank",
-    "item_id",
-    "score",
-    *(f"{p}_score" for p in PARTS),
-    "reason",
-    "reason_item_id",
-)
 
 
 def _slots(pairs: pd.DataFrame, users: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
@@ -212,18 +206,17 @@ def recommend_slots(
         rows, ranks = np.nonzero(best >= 0)
         picked = best[rows, ranks]
         contributions = part_contributions(normalised, defined, weights, rows, picked)
-        reasons, reason_items = slot_reasons(slots, rows, picked, contributions, popular_share)
-        frame = {
-            "model": model,
-            "user_id": slots.user_ids[rows],
-            "rank": (ranks + 1).astype(np.int32),
-            "item_id": slots.item_ids[rows, picked],
-            "score": best_scores[rows, ranks].astype(np.float64),
-        }
-        for p in PARTS:
-            frame[f"{p}_score"] = normalised[p][rows, picked].astype(np.float64)
-        frame.update(reason=reasons, reason_item_id=reason_items)
-        frames.append(pd.DataFrame(frame))
+        frames.append(
+            recommendation_frame(
+                model,
+                (rows, picked, ranks),
+                slots.user_ids[rows],
+                slots.item_ids[rows, picked],
+                best_scores[rows, ranks],
+                normalised,
+                slot_reasons(slots, rows, picked, contributions, popular_share),
+            )
+        )
     if not frames:
         return pd.DataFrame({c: [] for c in RECOMMENDATION_COLUMNS})
     return pd.concat(frames, ignore_index=True)[list(RECOMMENDATION_COLUMNS)]

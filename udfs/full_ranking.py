@@ -13,7 +13,12 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from udfs.ranking_kernel import ItemCatalog, normalised_parts, ragged_mask
+from udfs.ranking_kernel import (
+    ItemCatalog,
+    normalised_parts,
+    ragged_mask,
+    recommendation_frame,
+)
 from udfs.reasons import part_contributions, pick_reasons
 from udfs.rerank import (
     grid_rank_rows,
@@ -64,26 +69,18 @@ def recommend_block(
         rows, ranks = np.nonzero(best >= 0)
         items = best[rows, ranks]
         contributions = part_contributions(parts, defined, weights, rows, items)
-        reasons, reason_items = pick_reasons(
+        reasons = pick_reasons(
             block, catalog, rows, items, contributions, history_cap, next_items, popular_share
         )
         frames.append(
-            pd.DataFrame(
-                {
-                    "model": model,
-                    "user_id": block["user_id"].to_numpy()[rows],
-                    "rank": (ranks + 1).astype(np.int32),
-                    "item_id": catalog.ids[items],
-                    "score": best_scores[rows, ranks].astype(np.float64),
-                    "cf_score": parts["cf"][rows, items].astype(np.float64),
-                    "cooc_score": parts["cooc"][rows, items].astype(np.float64),
-                    "text_score": parts["text"][rows, items].astype(np.float64),
-                    "recent_score": parts["recent"][rows, items].astype(np.float64),
-                    "pop_score": parts["pop"][rows, items].astype(np.float64),
-                    "next_score": parts["next"][rows, items].astype(np.float64),
-                    "reason": reasons,
-                    "reason_item_id": reason_items,
-                }
+            recommendation_frame(
+                model,
+                (rows, items, ranks),
+                block["user_id"].to_numpy()[rows],
+                catalog.ids[items],
+                best_scores[rows, ranks],
+                parts,
+                reasons,
             )
         )
     return pd.concat(frames, ignore_index=True)

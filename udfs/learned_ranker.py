@@ -44,6 +44,7 @@ from udfs.ranking_kernel import (
     normalise,
     ragged_mask,
     raw_parts,
+    recommendation_frame,
     top_k,
 )
 from udfs.reasons import part_contributions, pick_reasons
@@ -321,18 +322,15 @@ def rank_candidates(
         rows,
         cols,
     )
-    reasons, reason_items = candidates.reasons(rows, cols, shares, popular_share)
-    frame = {
-        "model": model_name,
-        "user_id": candidates.user_ids[rows],
-        "rank": (ranks + 1).astype(np.int32),
-        "item_id": candidates.item_ids[rows, cols],
-        "score": best_scores[rows, ranks].astype(np.float64),
-    }
-    for p in PARTS:
-        frame[f"{p}_score"] = candidates.normalised[p][rows, cols].astype(np.float64)
-    frame.update(reason=reasons, reason_item_id=reason_items)
-    return pd.DataFrame(frame)
+    return recommendation_frame(
+        model_name,
+        (rows, cols, ranks),
+        candidates.user_ids[rows],
+        candidates.item_ids[rows, cols],
+        best_scores[rows, ranks],
+        candidates.normalised,
+        candidates.reasons(rows, cols, shares, popular_share),
+    )
 
 
 def target_ranks(candidates: CandidateSet, scores: np.ndarray, target: np.ndarray) -> np.ndarray:

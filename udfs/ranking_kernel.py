@@ -294,6 +294,47 @@ def top_set(masked: np.ndarray, n: int) -> np.ndarray:
     return picked
 
 
+# The recommendations table's columns in order
+# (``hybridrec.ranking.scoring.RECOMMENDATION_SCHEMA``).
+RECOMMENDATION_COLUMNS = (
+    "model",
+    "user_id",
+    "rank",
+    "item_id",
+    "score",
+    *(f"{p}_score" for p in PARTS),
+    "reason",
+    "reason_item_id",
+)
+
+
+def recommendation_frame(
+    model: str,
+    picks: tuple[np.ndarray, np.ndarray, np.ndarray],
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    scores: np.ndarray,
+    parts: Mapping[str, np.ndarray],
+    reasons: tuple[np.ndarray, np.ndarray],
+) -> pd.DataFrame:
+    """The recommendations rows (``RECOMMENDATION_COLUMNS``) of ``picks`` (rows, cols and
+    0-based ranks): each pick's user and item id, score, every normalised part at [row, col],
+    and the reason with the history item it names. Full, candidate and learned ranking all
+    write their rows through here."""
+    rows, cols, ranks = picks
+    frame = {
+        "model": model,
+        "user_id": user_ids,
+        "rank": (ranks + 1).astype(np.int32),
+        "item_id": item_ids,
+        "score": scores.astype(np.float64),
+    }
+    for p in PARTS:
+        frame[f"{p}_score"] = parts[p][rows, cols].astype(np.float64)
+    frame["reason"], frame["reason_item_id"] = reasons
+    return pd.DataFrame(frame)
+
+
 def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (rows, k) of the best candidates by score, best first; -1 where a row has fewer
     than k candidates. Ties go to the lower item index, so results are deterministic."""
