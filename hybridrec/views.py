@@ -122,8 +122,9 @@ def current_view_body(db: str, quote: Quote, *, live: bool) -> str:
     """The SELECT of ``recommendations_current``; ``live``: the stream's tables exist (without
     them, every list is the batch's)."""
     return _current_body(
-        db, quote, RECOMMENDATIONS, RECOMMENDATIONS_LIVE, _LIST_COLUMNS, live, "list_source"
-    )
+        db, quote, RECOMMENDATIONS, RECOMMENDATIONS_LIVE, _LIST_COLUMNS, live, "list_source",
+        live_only=("newest_event_ts", "TIMESTAMP"),
+    )  # fmt: skip
 
 
 def interests_current_view_body(db: str, quote: Quote, *, live: bool) -> str:
@@ -135,10 +136,19 @@ def interests_current_view_body(db: str, quote: Quote, *, live: bool) -> str:
 
 
 def _current_body(
-    db: str, quote: Quote, batch_table: str, live_table: str, listed: str, live: bool, source: str
+    db: str,
+    quote: Quote,
+    batch_table: str,
+    live_table: str,
+    listed: str,
+    live: bool,
+    source: str,
+    live_only: tuple[str, str] | None = None,
 ) -> str:
     """Per user, the newest rows of ``live_table`` committed (a ``stream_progress`` row)
-    against the newest complete run, else that run's rows of ``batch_table``."""
+    against the newest complete run, else that run's rows of ``batch_table``; ``source`` names
+    the column saying which. ``live_only``: a column (name, SQL type) only the live table has,
+    null on batch rows."""
     serving = (
         f"(SELECT max_by({RUN_COL}, started_at) FROM {db}.{quote(RUNS)} WHERE status = 'complete')"
     )
@@ -146,7 +156,7 @@ def _current_body(
     batch = (
         f"SELECT {columns}, r.{RUN_COL} AS serving_run_id, 'batch' AS {source}, "
         "CAST(NULL AS BIGINT) AS batch_id"
-        + (", CAST(NULL AS TIMESTAMP) AS newest_event_ts" if batch_table == RECOMMENDATIONS else "")
+        + (f", CAST(NULL AS {live_only[1]}) AS {live_only[0]}" if live_only else "")
         + f" FROM {db}.{quote(batch_table)} r WHERE r.{RUN_COL} = {serving}"
     )
     if not live:
@@ -162,7 +172,7 @@ def _current_body(
     )
     live_rows = (
         f"SELECT {columns}, r.serving_run_id, 'live' AS {source}, r.batch_id"
-        + (", r.newest_event_ts" if batch_table == RECOMMENDATIONS else "")
+        + (f", r.{live_only[0]}" if live_only else "")
         + " FROM committed r JOIN newest n "
         f"ON n.user_id = r.user_id AND n.newest_snapshot = r.{RUN_COL}"
     )

@@ -260,12 +260,8 @@ class MicroBatches:
             else:
                 texts = write(new_vectors, TEXT_EMBEDDINGS)
                 vectors = self.warehouse.read(TEXT_EMBEDDINGS, run_id=snapshot).drop("run_id")
-            lists = live.live_lists(serving, history, vectors, cache, self.cfg).select(
-                "*",
-                F.lit(batch_id).cast("long").alias("batch_id"),
-                F.lit(serving.run_id).alias("serving_run_id"),
-            )
-            write(lists, RECOMMENDATIONS_LIVE)
+            lists = live.live_lists(serving, history, vectors, cache, self.cfg)
+            write(self.stamped(lists, batch_id, serving), RECOMMENDATIONS_LIVE)
             interests = live.live_interests(serving, history, self.cfg)
             if interests is None:
                 self.clear(USER_INTERESTS_LIVE, snapshot)
@@ -281,9 +277,9 @@ class MicroBatches:
         return folded, users, texts, newest, {}
 
     @staticmethod
-    def stamped(interests: DataFrame, batch_id: int, serving: live.Serving) -> DataFrame:
-        """``user_interests_live`` rows: the interests with the micro-batch and serving run."""
-        return interests.select(
+    def stamped(rows: DataFrame, batch_id: int, serving: live.Serving) -> DataFrame:
+        """A live table's rows (lists, interests) with the micro-batch and the serving run."""
+        return rows.select(
             "*",
             F.lit(batch_id).cast("long").alias("batch_id"),
             F.lit(serving.run_id).alias("serving_run_id"),

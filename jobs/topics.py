@@ -77,7 +77,9 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     assigned = warehouse.read(ITEM_TOPICS)
 
     started = time.perf_counter()
-    words = topics.tokenised(topics.topic_documents(interactions, items, assigned), cfg).cache()
+    words = topics.tokenised(
+        topics.topic_documents(interactions, items, assigned, cfg), cfg
+    ).cache()
     vocab = topics.vocabulary(words, cfg)
     top = topics.topic_words(words, vocab, cfg)
     scores = topics.coherence(words, top, cfg)

@@ -32,17 +32,13 @@ def text_hash(text: Column) -> Column:
     return F.sha2(text, 256)
 
 
-def review_documents(interactions: DataFrame, cfg: Config, fold: str = VALIDATION) -> DataFrame:
-    """The fold's history reviews with the weight each gets in its user's vector.
-
-    Weight: rating scaled to (0, 1] (a missing rating counts as the scale's middle), halved every
-    ``recency_half_life_days`` before the user's latest review when that is set.
-    """
+def review_weight(cfg: Config) -> Column:
+    """The weight a history row gets in its user's profile: the rating scaled to (0, 1] (a
+    missing rating counts as the scale's middle), halved every ``embed.recency_half_life_days``
+    before the user's latest row when that is set. The user text vector and the user's topic
+    interests (``hybridrec.models.interests``) both weigh by it."""
     low, high = cfg.ingest.min_rating, cfg.ingest.max_rating
     weight = F.coalesce(F.col(RATING_COL), F.lit((low + high) / 2)) / F.lit(high)
-    reviews = history(interactions, fold).where(
-        F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
-    )
     half_life = cfg.embed.recency_half_life_days
     if half_life:
         from pyspark.sql import Window
@@ -50,12 +46,21 @@ def review_documents(interactions: DataFrame, cfg: Config, fold: str = VALIDATIO
         latest = F.max(TS_COL).over(Window.partitionBy(USER_COL))
         age_days = (F.unix_timestamp(latest) - F.unix_timestamp(TS_COL)) / SECONDS_PER_DAY
         weight = weight * F.pow(F.lit(0.5), age_days / F.lit(float(half_life)))
+    return weight
+
+
+def review_documents(interactions: DataFrame, cfg: Config, fold: str = VALIDATION) -> DataFrame:
+    """The fold's history reviews with the weight each gets in its user's vector
+    (``review_weight``)."""
+    reviews = history(interactions, fold).where(
+        F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
+    )
     return reviews.select(
         USER_COL,
         ITEM_COL,
         F.col(TEXT_COL).alias("text"),
         text_hash(F.col(TEXT_COL)).alias("text_hash"),
-        weight.alias("weight"),
+        review_weight(cfg).alias("weight"),
     )
 
 

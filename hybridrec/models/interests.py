@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -31,11 +31,10 @@ from hybridrec.constants import (
     TS_COL,
     USER_COL,
 )
+from hybridrec.models.embedding import review_weight
 from hybridrec.models.folds import history
 from hybridrec.models.topics import TOPIC_COL
 from udfs import sentiment
-
-SECONDS_PER_DAY = 86400.0
 
 
 def with_felt_ratings(events: DataFrame, cfg: Config) -> DataFrame:
@@ -52,20 +51,6 @@ def with_felt_ratings(events: DataFrame, cfg: Config) -> DataFrame:
     return events.where(~unrated).unionByName(
         events.where(unrated).withColumn(RATING_COL, felt.cast(T.DoubleType()))
     )
-
-
-def event_weight(cfg: Config) -> Column:
-    """An event's weight in its user's interests, as the user text vector weighs a review: the
-    rating scaled to (0, 1] (after ``with_felt_ratings``), else the scale's middle; halved every
-    ``embed.recency_half_life_days`` before the user's newest event when that is set."""
-    low, high = cfg.ingest.min_rating, cfg.ingest.max_rating
-    weight = F.coalesce(F.col(RATING_COL), F.lit((low + high) / 2)) / F.lit(high)
-    half_life = cfg.embed.recency_half_life_days
-    if half_life:
-        latest = F.max(TS_COL).over(Window.partitionBy(USER_COL))
-        age_days = (F.unix_timestamp(latest) - F.unix_timestamp(TS_COL)) / SECONDS_PER_DAY
-        weight = weight * F.pow(F.lit(0.5), age_days / F.lit(float(half_life)))
-    return weight
 
 
 def topic_popularity(events: DataFrame, assigned: DataFrame) -> DataFrame:
@@ -110,7 +95,7 @@ def user_interests(
         .select(
             USER_COL,
             ITEM_COL,
-            event_weight(cfg).alias("weight"),
+            review_weight(cfg).alias("weight"),
             (F.col(TS_COL) > recent_from).alias("recent"),
         )
         .join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)

@@ -38,10 +38,8 @@ from hybridrec.constants import (
     FOLD_COL,
     ITEM_COL,
     TEST,
-    TEXT_COL,
 )
-from hybridrec.models.embedding import item_documents
-from hybridrec.models.folds import history
+from hybridrec.models.embedding import item_documents, review_documents
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +146,14 @@ def item_topics(vectors: DataFrame, fitted: Fitted) -> DataFrame:
     )
 
 
-def topic_documents(interactions: DataFrame, items: DataFrame, assigned: DataFrame) -> DataFrame:
+def topic_documents(
+    interactions: DataFrame, items: DataFrame, assigned: DataFrame, cfg: Config
+) -> DataFrame:
     """Each text a topic is named by (text_id, topic_id, text): the served fold's history
-    reviews of its items and the items' own title and description."""
-    reviews = history(interactions, TEST).where(
-        F.col(TEXT_COL).isNotNull() & (F.trim(TEXT_COL) != "")
-    )
-    texts = reviews.select(ITEM_COL, F.col(TEXT_COL).alias("text")).unionByName(
+    reviews of its items (those its item vectors were made of) and the items' own title and
+    description."""
+    reviews = review_documents(interactions, cfg, TEST)
+    texts = reviews.select(ITEM_COL, "text").unionByName(
         item_documents(items).select(ITEM_COL, "text")
     )
     return texts.join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL).select(
