@@ -185,6 +185,7 @@ RANGES: dict[str, Bounds] = {
     "evaluate.segment_fraction": Bounds(0, 1, low_open=True),
     "evaluate.confidence": Bounds(0, 1, low_open=True, high_open=True),
     "evaluate.ease.max_items": NON_NEGATIVE,  # 0: EASE never runs
+    "evaluate.ease.tuning_broadcast_mb": POSITIVE,
     "score.max_ndcg_loss": FRACTION,
     "score.rerank_slots": NON_NEGATIVE,  # and at most score.k
     "score.popular_reason_share": FRACTION,

@@ -46,6 +46,7 @@ from hybridrec.evaluation.matrix import (
     item_lists,
     recommend_dense,
     seen_lists,
+    tuning_seen_lists,
 )
 from hybridrec.models import cooc
 from hybridrec.models.folds import history
@@ -182,6 +183,14 @@ def _picked(model: str, key: str, value: float, scores: tuple | None) -> dict[st
     return params
 
 
+def ease_passes(grid: Sequence[float], n_items: int, budget_mb: float) -> list[list[int]]:
+    """The grid's positions in passes over the users: as many EASE matrices per pass as fit
+    ``budget_mb`` (float32, n² x 4 bytes each, held by every task), at least one."""
+    per_pass = max(1, int(budget_mb * 2**20 // (4 * n_items * n_items)))
+    positions = list(range(len(grid)))
+    return [positions[i : i + per_pass] for i in range(0, len(positions), per_pass)]
+
+
 def _ease_validation(
     interactions: DataFrame,
     targets: DataFrame,
@@ -190,26 +199,49 @@ def _ease_validation(
     grid: Sequence[float],
     cfg: Config,
 ) -> tuple[int, tuple[float, float, int]]:
-    """``_grid_search`` over the l2 values on the validation fold."""
+    """Each l2 value of ``grid`` judged on the validation fold: the users' seen lists built
+    once, then as many l2 values per pass over them as ``evaluate.ease.tuning_broadcast_mb``
+    holds (each pass is a Spark job, a broadcast and a checkpoint: one pass instead of one per
+    value where the catalog is small). The best NDCG wins, the first on ties."""
+    k = cfg.evaluate.k
     matrix = grams.of(VALIDATION)
-    fit = history(interactions, VALIDATION).join(targets, USER_COL, "left_semi").persist()
-    try:
-        return _grid_search(
-            EASE,
-            "l2",
-            grid,
-            lambda combo, l2: dense_tuning_ranks(
-                fit,
-                targets,
-                ids,
-                ease_weights(matrix, l2),
-                combo=combo,
-                block_rows=cfg.score.user_block_rows,
-            ),
-            cfg.evaluate.k,
+    seen = tuning_seen_lists(history(interactions, VALIDATION), targets, ids).localCheckpoint(
+        eager=True
+    )
+    scores: list[tuple[float, float, int]] = []
+    for positions in ease_passes(grid, len(ids), cfg.evaluate.ease.tuning_broadcast_mb):
+        started = time.perf_counter()
+        ranks = dense_tuning_ranks(
+            seen,
+            [ease_weights(matrix, grid[p]) for p in positions],
+            first_combo=positions[0],
+            block_rows=cfg.score.user_block_rows,
         )
-    finally:
-        fit.unpersist()
+        summary = scoring.summarise_ranks(ranks, k).toPandas().set_index("combo")
+        seconds = time.perf_counter() - started
+        for p in positions:
+            row = summary.loc[p] if p in summary.index else None
+            scores.append(
+                (0.0, 0.0, 0)
+                if row is None
+                else (float(row["ndcg"]), float(row["hr"]), int(row["users"]))
+            )
+            log.info(
+                "%s l2=%s: validation NDCG@%d %.4f, HR@%d %.4f over %d users "
+                "(%d value(s) in %.1fs)",
+                EASE,
+                grid[p],
+                k,
+                scores[p][0],
+                k,
+                scores[p][1],
+                scores[p][2],
+                len(positions),
+                seconds,
+            )
+    best = max(range(len(grid)), key=lambda c: scores[c][0])
+    log.info("%s: picked l2=%s", EASE, grid[best])
+    return best, scores[best]
 
 
 def tune_ease(

@@ -9,6 +9,8 @@ item-kNN's in-memory path. Used by ``hybridrec.evaluation.linear``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
@@ -78,21 +80,32 @@ def list_rows(user_ids: np.ndarray, ids: np.ndarray, best: np.ndarray, model: st
     )
 
 
-def dense_target_ranks(block: pd.DataFrame, weights: np.ndarray, combo: int) -> pd.DataFrame:
-    """Rows combo, user_id, target_rank: each target's rank among the user's unseen items by
-    ``x_u @ weights`` (ties count against it); ``MISS_RANK`` for a target the user already had,
-    since seen items are never recommended."""
-    seen = ragged_mask(block["seen"], weights.shape[0])
+def dense_target_ranks(
+    block: pd.DataFrame, weights: Sequence[np.ndarray], first_combo: int = 0
+) -> pd.DataFrame:
+    """Rows combo, user_id, target_rank: under each of ``weights`` (combos ``first_combo``,
+    ``first_combo + 1``, ...), each target's rank among the user's unseen items by
+    ``x_u @ weights[c]`` (ties count against it); ``MISS_RANK`` for a target the user already
+    had, since seen items are never recommended."""
+    n_items = weights[0].shape[0]
+    seen = ragged_mask(block["seen"], n_items)
+    x = seen.astype(np.float32)
     target = block["target"].to_numpy().astype(np.int64)
-    ranks = target_ranks(seen.astype(np.float32) @ weights, ~seen, target)
-    ranks = np.where(seen[np.arange(len(target)), target], MISS_RANK, ranks)
-    return pd.DataFrame(
-        {
-            "combo": np.full(len(target), combo, dtype=np.int32),
-            USER_COL: block[USER_COL].to_numpy(),
-            "target_rank": ranks.astype(np.int64),
-        }
-    )
+    had_target = seen[np.arange(len(target)), target]
+    users = block[USER_COL].to_numpy()
+    frames = []
+    for offset, matrix in enumerate(weights):
+        ranks = np.where(had_target, MISS_RANK, target_ranks(x @ matrix, ~seen, target))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "combo": np.full(len(target), first_combo + offset, dtype=np.int32),
+                    USER_COL: users,
+                    "target_rank": ranks.astype(np.int64),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def item_lists(history: DataFrame, index: DataFrame) -> DataFrame:
@@ -148,25 +161,32 @@ def recommend_dense(
     )
 
 
-def dense_tuning_ranks(
-    history: DataFrame,
-    targets: DataFrame,
-    ids: np.ndarray,
-    weights: np.ndarray,
-    *,
-    combo: int = 0,
-    block_rows: int = 256,
-) -> DataFrame:
-    """combo, user_id, target_rank for each user of ``targets`` (user_id, target: an item_id)
-    with catalog history and a catalog target; see ``dense_target_ranks``."""
+def tuning_seen_lists(history: DataFrame, targets: DataFrame, ids: np.ndarray) -> DataFrame:
+    """user_id, seen, target: for each user of ``targets`` (user_id, target: an item_id) with
+    catalog history and a catalog target, her catalog positions and her target's; the input of
+    ``dense_tuning_ranks``, built once for every weight matrix it is given."""
     index = scoring.catalog_index(history.sparkSession, ids)
     target_idx = targets.join(
         index.select(F.col(ITEM_COL).alias("target"), F.col(IDX_COL).alias("_idx")), "target"
     ).select(USER_COL, F.col("_idx").alias("target"))
+    return seen_lists(history, index, target_idx).join(target_idx, USER_COL)
+
+
+def dense_tuning_ranks(
+    seen: DataFrame,
+    weights: Sequence[np.ndarray],
+    *,
+    first_combo: int = 0,
+    block_rows: int = 256,
+) -> DataFrame:
+    """combo, user_id, target_rank for each user of ``seen`` (``tuning_seen_lists``) under
+    each of ``weights`` (combos from ``first_combo``), in one pass over the users: every task
+    holds all of ``weights``; see ``dense_target_ranks``."""
+    shared = [w.astype(np.float32, copy=False) for w in weights]
     return blocks.map_with_broadcast(
-        seen_lists(history, index, target_idx).join(target_idx, USER_COL),
-        weights.astype(np.float32, copy=False),
+        seen,
+        shared,
         block_rows,
         scoring.TUNE_SCHEMA,
-        lambda block, shared: dense_target_ranks(block, shared, combo),
+        lambda block, matrices: dense_target_ranks(block, matrices, first_combo),
     )

@@ -18,12 +18,13 @@ from hybridrec.evaluation.item_knn import (
     neighbours_from_gram,
     recommend_knn,
 )
-from hybridrec.evaluation.linear import ease_weights, gram, tune_and_recommend
+from hybridrec.evaluation.linear import ease_passes, ease_weights, gram, tune_and_recommend
 from hybridrec.evaluation.matrix import (
     dense_tuning_ranks,
     item_index,
     item_lists,
     recommend_dense,
+    tuning_seen_lists,
 )
 from hybridrec.models import cooc
 from hybridrec.models.folds import history
@@ -182,19 +183,35 @@ def test_dense_tuning_ranks_count_ties_against_the_target_and_miss_seen_targets(
     )
     # Tie i03 with u02's target: ties count against it.
     weights[5, 3] = weights[5, 1]
+    # A second matrix in the same pass ranks by its own scores: the order reversed.
+    reversed_weights = -weights
 
-    ranks = dense_tuning_ranks(interactions, targets, ids, weights, combo=4)
+    ranks = dense_tuning_ranks(
+        tuning_seen_lists(interactions, targets, ids), [reversed_weights, weights], first_combo=3
+    )
 
-    scores = x.astype(np.float32) @ weights
-    got = {r["user_id"]: (r["combo"], r["target_rank"]) for r in ranks.collect()}
-    assert got == {
-        "u01": (4, _numpy_rank(scores, x > 0, 1, 4, voted_only=False)),
-        "u02": (4, _numpy_rank(scores, x > 0, 2, 1, voted_only=False)),
-        "u03": (4, MISS_RANK),  # already had its target
-    }
+    got = {(r["combo"], r["user_id"]): r["target_rank"] for r in ranks.collect()}
+    expected = {}
+    for combo, matrix in ((3, reversed_weights), (4, weights)):
+        scores = x.astype(np.float32) @ matrix
+        expected |= {
+            (combo, "u01"): _numpy_rank(scores, x > 0, 1, 4, voted_only=False),
+            (combo, "u02"): _numpy_rank(scores, x > 0, 2, 1, voted_only=False),
+            (combo, "u03"): MISS_RANK,  # already had its target
+        }
+    assert got == expected
+    assert got[(3, "u01")] != got[(4, "u01")]
     # u02 (had i05) ranks i01 behind i00 and i02 (higher) and i03 (tied), ahead of i04.
+    scores = x.astype(np.float32) @ weights
     assert scores[2, 3] == scores[2, 1]
-    assert got["u02"][1] == 1 + sum(scores[2, j] >= scores[2, 1] for j in (0, 2, 3, 4))
+    assert got[(4, "u02")] == 1 + sum(scores[2, j] >= scores[2, 1] for j in (0, 2, 3, 4))
+
+
+def test_ease_passes_hold_as_many_matrices_as_the_budget_allows():
+    # 1,000 items: 4 MB per float32 matrix (3.81 MiB).
+    assert ease_passes([1, 2, 3, 4, 5], 1000, 512) == [[0, 1, 2, 3, 4]]
+    assert ease_passes([1, 2, 3, 4, 5], 1000, 8) == [[0, 1], [2, 3], [4]]
+    assert ease_passes([1, 2, 3], 1000, 1) == [[0], [1], [2]]  # one at least, over budget
 
 
 def test_cosine_positions_are_the_brute_force_top_n_as_arrays(spark):
@@ -316,14 +333,19 @@ def _validation_metrics(
 # item-kNN's neighbour lists from the Gram matrix EASE counts (catalogs up to
 # evaluate.ease.max_items), from a self-join with the votes summed in numpy, or all in Spark:
 # the same picks, scores and lists.
-@pytest.mark.parametrize("path", ["gram", "in-memory", "spark"])
+# EASE's l2 values are judged in one pass over the users, or one pass each where the budget
+# holds one matrix: the same picks.
+@pytest.mark.parametrize("path", ["gram", "gram-pass-per-value", "in-memory", "spark"])
 def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_path, path):
     interactions, train, validation = _split_case(spark)
     # On this case the second value of each grid wins, so taking the first would fail.
     l2_grid, knn_grid = [0.5, 5.0], [1, 3]
+    with_ease = path.startswith("gram")
+    budget_mb = "0.000001" if path == "gram-pass-per-value" else "512.0"
     cfg = _cfg(
         tmp_path,
-        f"evaluate.ease.max_items={100 if path == 'gram' else 0}",
+        f"evaluate.ease.max_items={100 if with_ease else 0}",
+        f"evaluate.ease.tuning_broadcast_mb={budget_mb}",
         f"evaluate.ease.l2_grid={l2_grid}",
         f"evaluate.item_knn.neighbours_grid={knn_grid}",
     )
@@ -348,7 +370,7 @@ def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_pat
         "item_knn.validation_ndcg": knn[1][0],
         "item_knn.validation_hr": knn[1][1],
     }
-    if path == "gram":
+    if with_ease:
         expected |= {
             "ease.l2": best_l2,
             "ease.validation_ndcg": ease[1][0],
@@ -362,7 +384,7 @@ def test_tuning_picks_the_best_validation_ndcg_and_refits_on_test(spark, tmp_pat
         _knn_scores(test_fit, best_n), test_fit > 0, 3, voted_only=True
     )
     models = {r["model"] for r in recs.select("model").distinct().collect()}
-    if path == "gram":
+    if with_ease:
         ease_scores = test_fit.astype(np.float32) @ ease_weights(test_fit.T @ test_fit, best_l2)
         assert _by_user(by_model["ease"]) == _numpy_top_k(ease_scores, test_fit > 0, 3)
         assert models == {"ease", "item_knn"}
