@@ -7,7 +7,8 @@ and where the run has interests (``INTEREST_TABLES``, the topics job) with the u
 for a pick the text parts explain that lies in one of them, "for your interest in <tag>".
 ``recommendations_current`` is what to serve now: per user, the newest live list the stream
 ranked against the newest complete run (a micro-batch counts once its ``stream_progress`` row is
-published, so a half-written one never shows), else that run's batch list. The stream's own
+published, so a half-written one never shows), else that run's batch list; with interests, the
+same tags and interest from ``user_interests_current``. The stream's own
 tables (``STREAM_TABLES``) have no ``_latest`` view: their snapshots are micro-batches, not runs.
 Spark registers them in the catalog (``hybridrec.store.tables``); ``hybridrec sql`` rebuilds them
 over the snapshot files in DuckDB (``hybridrec.analyst.sql_duckdb``). Each engine passes its own
@@ -64,7 +65,7 @@ def latest_view_body(db: str, table: str, quote: Quote) -> str:
 def explained_view_body(db: str, quote: Quote, *, interests: bool = False) -> str:
     """The SELECT of ``recommendations_explained``; ``db`` comes quoted. ``interests``: the
     ``INTEREST_TABLES`` exist, and the view adds ``user_tags``, ``interest`` and
-    ``interest_topic_id``."""
+    ``interest_topic_id`` (``interest_naming``, the batch's interests)."""
 
     def latest(table: str) -> str:
         return f"{db}.{quote(table + LATEST_SUFFIX)}"
@@ -80,37 +81,48 @@ def explained_view_body(db: str, quote: Quote, *, interests: bool = False) -> st
         f"LEFT JOIN {latest(ITEMS)} p ON p.item_id = r.reason_item_id"
     )
     if interests:
-        users, assigned, topics = INTEREST_TABLES
-        named = f"{TEXT_REASONS} AND array_contains(u.tag_topic_ids, t.topic_id)"
-        columns += (
-            f", u.tags AS user_tags, CASE WHEN {named} THEN 'for your interest in ' || "
-            f"n.label END AS interest, CASE WHEN {named} THEN t.topic_id END AS "
-            "interest_topic_id"
-        )
-        joins += (
-            f" LEFT JOIN {latest(users)} u ON u.user_id = r.user_id "
-            f"LEFT JOIN {latest(assigned)} t ON t.item_id = r.item_id "
-            f"LEFT JOIN {latest(topics)} n ON n.topic_id = t.topic_id"
-        )
+        named, named_joins = interest_naming(db, quote, latest(INTEREST_TABLES[0]))
+        columns += f", {named}"
+        joins += f" {named_joins}"
     return f"SELECT {columns}, r.{RUN_COL} {joins}"
+
+
+def interest_naming(db: str, quote: Quote, users: str) -> tuple[str, str]:
+    """The columns and joins that give a list ``r`` the user's tags (``user_tags``) and, for a
+    pick the text parts explain that lies in one of the tagged topics, ``interest`` ("for your
+    interest in <label>") and ``interest_topic_id``: ``users`` is the interests' table or view
+    (quoted); the topics are the newest complete run's. One definition for every list view."""
+    _, assigned, topics = INTEREST_TABLES
+    named = f"{TEXT_REASONS} AND array_contains(u.tag_topic_ids, t.topic_id)"
+    columns = (
+        f"u.tags AS user_tags, CASE WHEN {named} THEN 'for your interest in ' || n.label END "
+        f"AS interest, CASE WHEN {named} THEN t.topic_id END AS interest_topic_id"
+    )
+    joins = (
+        f"LEFT JOIN {users} u ON u.user_id = r.user_id "
+        f"LEFT JOIN {db}.{quote(assigned + LATEST_SUFFIX)} t ON t.item_id = r.item_id "
+        f"LEFT JOIN {db}.{quote(topics + LATEST_SUFFIX)} n ON n.topic_id = t.topic_id"
+    )
+    return columns, joins
 
 
 def analyst_views(db: str, quote: Quote, present: set[str]) -> list[tuple[str, set[str], str]]:
     """The views over several tables that ``present`` (the registered tables) allows: each
-    view's name, the tables whose registration re-creates it, and its SELECT."""
+    view's name, the tables whose registration re-creates it, and its SELECT. A view comes
+    after the views it reads (both engines check a view's body when it is created)."""
     defined = []
-    if {RECOMMENDATIONS, ITEMS} <= present:
-        interests = set(INTEREST_TABLES) <= present
-        body = explained_view_body(db, quote, interests=interests)
-        defined.append((EXPLAINED, {RECOMMENDATIONS, ITEMS, *INTEREST_TABLES}, body))
-    if RECOMMENDATIONS in present:
-        live = {RECOMMENDATIONS_LIVE, STREAM_PROGRESS} <= present
-        body = current_view_body(db, quote, live=live)
-        defined.append((CURRENT, {RECOMMENDATIONS, *STREAM_TABLES}, body))
+    interests = set(INTEREST_TABLES) <= present
     if INTEREST_TABLES[0] in present:
         live = {USER_INTERESTS_LIVE, STREAM_PROGRESS} <= present
         body = interests_current_view_body(db, quote, live=live)
         defined.append((INTERESTS_CURRENT, {INTEREST_TABLES[0], *STREAM_TABLES}, body))
+    if {RECOMMENDATIONS, ITEMS} <= present:
+        body = explained_view_body(db, quote, interests=interests)
+        defined.append((EXPLAINED, {RECOMMENDATIONS, ITEMS, *INTEREST_TABLES}, body))
+    if RECOMMENDATIONS in present:
+        live = {RECOMMENDATIONS_LIVE, STREAM_PROGRESS} <= present
+        body = current_view_body(db, quote, live=live, interests=interests)
+        defined.append((CURRENT, {RECOMMENDATIONS, *STREAM_TABLES, *INTEREST_TABLES}, body))
     return defined
 
 
@@ -118,13 +130,19 @@ def has_latest_view(table: str) -> bool:
     return table not in STREAM_TABLES
 
 
-def current_view_body(db: str, quote: Quote, *, live: bool) -> str:
+def current_view_body(db: str, quote: Quote, *, live: bool, interests: bool = False) -> str:
     """The SELECT of ``recommendations_current``; ``live``: the stream's tables exist (without
-    them, every list is the batch's)."""
-    return _current_body(
+    them, every list is the batch's); ``interests``: the ``INTEREST_TABLES`` exist, and each
+    list gets the user's current tags and interest (``interest_naming`` over
+    ``user_interests_current``: a live list meets the same micro-batch's interests)."""
+    lists = _current_body(
         db, quote, RECOMMENDATIONS, RECOMMENDATIONS_LIVE, _LIST_COLUMNS, live, "list_source",
         live_only=("newest_event_ts", "TIMESTAMP"),
     )  # fmt: skip
+    if not interests:
+        return lists
+    named, joins = interest_naming(db, quote, f"{db}.{quote(INTERESTS_CURRENT)}")
+    return f"SELECT r.*, {named} FROM ({lists}) r {joins}"
 
 
 def interests_current_view_body(db: str, quote: Quote, *, live: bool) -> str:

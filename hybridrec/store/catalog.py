@@ -11,6 +11,9 @@ the README equal to it) and the analyst views built on the tables:
   topics job), the user's tags (``user_tags``) and, for a pick the text parts explain that lies
   in one of the user's tags, ``interest`` ("for your interest in <tag>") and its
   ``interest_topic_id``.
+- ``recommendations_current``: per user the stream's newest live list, else the batch's; where
+  the run has interests, the same ``user_tags``, ``interest`` and ``interest_topic_id`` from
+  ``user_interests_current`` (a live list meets its micro-batch's interests).
 """
 
 from __future__ import annotations
@@ -447,7 +450,8 @@ TABLES.update(
 
 CURRENT_DESCRIPTION = (
     "What to serve now: per user the newest live list of the stream against the newest complete "
-    "run, else that run's batch list (list_source says which)"
+    "run, else that run's batch list (list_source says which); with the user's current interest "
+    "tags and the interest a text-explained pick lies in, as recommendations_explained names them"
 )
 EXPLAINED_DESCRIPTION = (
     "Newest complete run's recommendations with the item's title and the title of the history "

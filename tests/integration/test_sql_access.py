@@ -141,6 +141,32 @@ def test_the_readme_s_shared_interest_query_answers_alike_on_both_engines(analys
     assert named and all(n.startswith("for your interest in ") for n in named)
 
 
+def test_current_lists_name_the_same_interests_as_the_explained_view(analyst_run):
+    """Without a stream every current list is the batch's, and both views name its interests
+    by the one definition, on both engines."""
+    query = (
+        "SELECT c.user_id, c.rank, c.list_source, c.interest, c.interest_topic_id, "
+        "e.interest AS explained, e.interest_topic_id AS explained_topic_id "
+        "FROM hybridrec.recommendations_current c JOIN hybridrec.recommendations_explained e "
+        "ON e.user_id = c.user_id AND e.rank = c.rank ORDER BY c.user_id, c.rank"
+    )
+    answers = {}
+    for engine in ("duckdb", "spark"):
+        done = _hybridrec(
+            analyst_run, "sql", query, "--engine", engine, "--format", "csv", "--max-rows", "100000"
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        answers[engine] = list(csv.DictReader(io.StringIO(done.stdout)))
+    rows = answers["duckdb"]
+    assert rows and rows == answers["spark"]
+    assert {r["list_source"] for r in rows} == {"batch"}
+    assert all(
+        (r["interest"], r["interest_topic_id"]) == (r["explained"], r["explained_topic_id"])
+        for r in rows
+    )
+    assert any(r["interest"] for r in rows)
+
+
 def _counts(analyst_run) -> dict[str, str]:
     done = _hybridrec(analyst_run, "sql", COUNTS, "--format", "csv")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -164,6 +164,17 @@ def test_three_files_one_malformed_reach_the_current_view(stream_home):
     assert {u for u, r in current.items() if r["source"] == "live"} == set(live)
     batch_users = stream_home.sql("SELECT count(*) AS n FROM hybridrec.user_interests_latest")
     assert len(current) == batch_users[0]["n"] + 2  # new1 and new2
+    # A live list names its user's live tags, and an interest only among them.
+    lists = stream_home.sql(
+        "SELECT user_id, user_tags, interest, interest_topic_id "
+        "FROM hybridrec.recommendations_current WHERE list_source = 'live'"
+    )
+    assert {r["user_id"]: r["user_tags"] for r in lists} == {
+        user: live[user]["tags"] for user in ("new1", "new2", "u1", "u2")
+    }
+    for row in lists:
+        if row["interest"] is not None:
+            assert row["interest_topic_id"] in live[row["user_id"]]["tag_topic_ids"]
 
     columns = {
         name: set(stream_home.sql(f"SELECT * FROM hybridrec.{name} LIMIT 1")[0])

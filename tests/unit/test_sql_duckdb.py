@@ -84,7 +84,7 @@ def test_explained_view_joins_the_titles(work_dir):
     ]
 
 
-def _interests(root, run: str, users: list[str], tag: str, **extra) -> None:
+def _interests(root, run: str, users: list[str], tag: str, topic: int = 0, **extra) -> None:
     n = len(users)
     _write(
         root,
@@ -93,17 +93,17 @@ def _interests(root, run: str, users: list[str], tag: str, **extra) -> None:
         {
             "user_id": users,
             "events": [3] * n,
-            "topic_ids": [[0]] * n,
+            "topic_ids": [[topic]] * n,
             "shares": [[1.0]] * n,
-            "top_topic_id": [0] * n,
+            "top_topic_id": [topic] * n,
             "top_tag": [tag] * n,
             "top_share": [1.0] * n,
-            "tag_topic_ids": [[0]] * n,
+            "tag_topic_ids": [[topic]] * n,
             "tags": [[tag]] * n,
             "recent_events": [1] * n,
             "earlier_events": [2] * n,
             "shift": [0.5] * n,
-            "rising_topic_id": [0] * n,
+            "rising_topic_id": [topic] * n,
             "rising_tag": [tag] * n,
             **{k: [v] * n for k, v in extra.items()},
         },
@@ -126,6 +126,43 @@ def test_explained_view_names_the_interest_a_text_pick_lies_in(work_dir):
     # u1 is into topic 0, and i2, picked as "similar to i1", lies in it.
     assert [(r["user_tags"], r["interest"], r["interest_topic_id"]) for r in rows] == [
         (["first words"], "for your interest in first words", 0)
+    ]
+
+
+def test_current_lists_name_the_interest_from_the_current_interests(work_dir):
+    root = work_dir / "warehouse" / f"{DB}.db"
+    _topics(root, "r2")  # i1 in topic 1 "other words", i2 in topic 0 "first words"
+    _interests(root, "r2", ["u1", "u2"], "first words", topic=0)
+    # A committed micro-batch re-ranked u1 (i1 first, a text pick) and moved her tags to
+    # topic 1; u2 keeps the batch's list, but has no recommendations there.
+    _write(
+        root,
+        "recommendations_live",
+        "s0",
+        {
+            "user_id": ["u1"],
+            "rank": [1],
+            "item_id": ["i1"],
+            "score": [0.7],
+            **{f"{p}_score": [0.1] for p in ("cf", "cooc", "text", "recent", "pop", "next")},
+            "reason": ["matches your reviews"],
+            "reason_item_id": ["i2"],
+            "batch_id": [0],
+            "serving_run_id": ["r2"],
+            "newest_event_ts": [datetime(2026, 1, 2)],
+        },
+    )
+    _interests(root, "s0", ["u1"], "other words", topic=1, batch_id=0, serving_run_id="r2")
+    _write(root, "stream_progress", "s0", {"batch_id": [0], "committed_at": [datetime(2026, 1, 2)]})
+
+    _, rows = _ask(
+        work_dir,
+        "SELECT user_id, item_id, list_source, user_tags, interest, interest_topic_id "
+        "FROM hybridrec.recommendations_current",
+    )
+
+    assert [tuple(r.values()) for r in rows] == [
+        ("u1", "i1", "live", ["other words"], "for your interest in other words", 1)
     ]
 
 
