@@ -40,6 +40,8 @@ VIEWED_TABLES = (
 )  # fmt: skip
 # The reasons the text parts give (udfs.reasons.NAMED_REASONS for text and recent).
 TEXT_REASONS = "(r.reason LIKE 'similar to %' OR r.reason = 'matches your reviews')"
+# How a list names the interest a pick lies in: this, then the topic's label.
+INTEREST_PREFIX = "for your interest in "
 _LIST_COLUMNS = (
     "user_id, rank, item_id, score, cf_score, cooc_score, text_score, recent_score, pop_score, "
     "next_score, reason, reason_item_id"
@@ -95,7 +97,7 @@ def interest_naming(db: str, quote: Quote, users: str) -> tuple[str, str]:
     _, assigned, topics = INTEREST_TABLES
     named = f"{TEXT_REASONS} AND array_contains(u.tag_topic_ids, t.topic_id)"
     columns = (
-        f"u.tags AS user_tags, CASE WHEN {named} THEN 'for your interest in ' || n.label END "
+        f"u.tags AS user_tags, CASE WHEN {named} THEN '{INTEREST_PREFIX}' || n.label END "
         f"AS interest, CASE WHEN {named} THEN t.topic_id END AS interest_topic_id"
     )
     joins = (

@@ -30,6 +30,16 @@ NAMED_REASONS = {
     "next": ("often had after ", "often had after your recent items"),
 }
 UNEXPLAINED = "ranked by the remaining signals"
+TEXT_PARTS = ("text", "recent")
+
+
+def text_explained(reasons: pd.Series) -> np.ndarray:
+    """Whether each reason is one the text parts give (``similar to <item>`` or their fallback),
+    the picks an interest can name (``hybridrec.views.TEXT_REASONS`` in SQL)."""
+    prefixes = tuple({NAMED_REASONS[p][0] for p in TEXT_PARTS})
+    fallbacks = {NAMED_REASONS[p][1] for p in TEXT_PARTS}
+    text = reasons.fillna("").astype(str)
+    return (text.str.startswith(prefixes) | text.isin(fallbacks)).to_numpy()
 
 
 def part_contributions(

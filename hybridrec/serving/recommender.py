@@ -11,7 +11,9 @@ servable without Spark.
 - ``serving.json``: the picked weights (de-biasing included), recent sharpness, ranking mode and
   ALS settings; and the config sections the kernel reads (score, embed, ingest, als, ranker);
 - ``ranker.ubj``, where the run serves its learned ranker: the xgboost model, and in
-  ``catalog.npz`` the items' age and trend and the fold's clock it reads.
+  ``catalog.npz`` the items' age and trend and the fold's clock it reads;
+- where the run has topics (the topics stage): each catalog item's topic and the topics' labels
+  in ``catalog.npz``, and each user's interest tags (``tag_topic_ids``, ``tags``) in ``users/``.
 
 ``HybridRecommender.predict`` takes rows of ``user_id`` and, for a user the run has not seen,
 optionally that user's events (``item_id``, ``event_type``, ``event_ts``, ``rating``,
@@ -21,7 +23,10 @@ serves it, else ``scoring.recommend_block``), so the list equals the ``recommend
 table's; a new user's events are folded in as the stream does on a small micro-batch (ALS
 fold-in, review texts encoded by the run's encoder, the user's text vector), then ranked the
 same way. A known user sent with events is refused: events since
-the run are the stream job's (``recommendations_live``).
+the run are the stream job's (``recommendations_live``). Where the run has topics, each row
+also carries the user's tags (``user_tags``) and, for a pick the text parts explain that lies in
+one of them, ``interest`` and ``interest_topic_id``, as ``recommendations_explained`` names them;
+a user the run has not seen has no interests yet (null).
 
 Memory: one process holds the catalog (items x (ALS rank + text dim) floats and the neighbour
 lists) and every user's row (users x (rank + dim) floats): about 1.7 KB per user and 2 KB per
@@ -50,10 +55,13 @@ from hybridrec.constants import (
     TEXT_COL,
     TS_COL,
     USER_COL,
+    USER_INTERESTS,
 )
 from hybridrec.models.foldin import AlsSettings, gram
+from hybridrec.views import INTEREST_PREFIX
 from udfs.learned_ranker import ItemContext
 from udfs.ranking_kernel import PARTS, ItemCatalog
+from udfs.reasons import text_explained
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,8 @@ RANKER_FILE = "ranker.ubj"
 CONFIG_SECTIONS = ("score", "embed", "ingest", "als", "ranker")
 EVENT_INPUT = [ITEM_COL, EVENT_COL, TS_COL, RATING_COL, TEXT_COL]
 POPULAR_ONLY = {part: 1.0 if part == "pop" else 0.0 for part in PARTS}
+TAG_COLUMNS = ["tag_topic_ids", "tags"]
+NO_TOPIC = -1
 
 
 class UnservableRequest(ValueError):
@@ -80,7 +90,7 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
     from hybridrec.ranking import scoring
     from hybridrec.streaming.live import SERVED_FOLD, load_serving
 
-    serving = load_serving(spark, cfg, run_id, warehouse)
+    serving = load_serving(spark, cfg, run_id, warehouse, topics=True)
     if serving.catalog is None:
         raise UnservableRequest(
             f"{serving.mode.describe()}: the served model holds its catalog in one process, "
@@ -97,6 +107,8 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
             "item_trend": ranker.context.trend,
             "reference_ts": np.float64(ranker.context.reference_ts),
         }
+    if serving.topics is not None:
+        arrays |= topic_arrays(serving.topics, arrays["ids"])
     np.savez(
         folder / CATALOG_FILE,
         **arrays,
@@ -104,6 +116,9 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
         factors=serving.factors,
     )
     users = scoring.load_user_frame(spark, serving.warehouse, serving.catalog, SERVED_FOLD)
+    if serving.topics is not None:
+        tags = serving.warehouse.read(USER_INTERESTS).select(USER_COL, *TAG_COLUMNS)
+        users = users.join(tags, USER_COL, "left")
     staged = f"{staging.rstrip('/')}/served_users_{run_id}"
     users.drop("target").write.mode("overwrite").parquet(staged)
     # Through Hadoop's file system, as MLflow copies a Spark model: the staging folder may be
@@ -124,6 +139,21 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
         "config": {section: cfg[section].to_dict() for section in CONFIG_SECTIONS},
     }
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
+
+
+def topic_arrays(topics, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """``item_topic`` (each catalog item's topic, ``NO_TOPIC`` for none), ``topic_ids`` and
+    ``topic_labels``: what naming an interest needs of the run's topics (catalog-sized)."""
+    assigned = topics.assigned.toPandas()  # one row per item: catalog-sized
+    position = pd.Index(ids).get_indexer(assigned[ITEM_COL])
+    item_topic = np.full(len(ids), NO_TOPIC, dtype=np.int32)
+    item_topic[position[position >= 0]] = assigned["topic_id"].to_numpy()[position >= 0]
+    topic_ids = np.array(sorted(topics.named), dtype=np.int32)
+    return {
+        "item_topic": item_topic,
+        "topic_ids": topic_ids,
+        "topic_labels": np.array([topics.named[t] for t in topic_ids]).astype(str),
+    }
 
 
 class ServedRanking:
@@ -147,6 +177,12 @@ class ServedRanking:
                     reference_ts=float(saved["reference_ts"]),
                 )
                 ranker = RankerInputs(catalog, context, (folder / RANKER_FILE).read_bytes())
+            self.item_topic = None
+            if "item_topic" in saved.files:
+                self.item_topic = pd.Series(saved["item_topic"], index=catalog.ids)
+                self.labels = dict(
+                    zip(saved["topic_ids"].tolist(), saved["topic_labels"].tolist(), strict=True)
+                )
         self.cfg = Config(state["config"])
         self.run_id = state["run_id"]
         how = rank.MEMORY if state["over_candidates"] else rank.FULL
@@ -230,7 +266,45 @@ class ServedRanking:
             return lists
         lists["_user_order"] = lists[USER_COL].map({u: n for n, u in enumerate(order)})
         lists = lists.sort_values(["_user_order", "rank"], kind="stable")
-        return lists.drop(columns=["_user_order", "model"], errors="ignore").reset_index(drop=True)
+        lists = lists.drop(columns=["_user_order", "model"], errors="ignore")
+        return self._with_interests(lists.reset_index(drop=True))
+
+    def _with_interests(self, lists: pd.DataFrame) -> pd.DataFrame:
+        """``lists`` with ``user_tags``, ``interest`` and ``interest_topic_id`` where the run
+        has topics: the interest of a text-explained pick that lies in one of its user's tags
+        (``recommendations_explained``'s rule); null for users the run has not seen."""
+        if self.item_topic is None:
+            return lists
+        users = lists[USER_COL].drop_duplicates()
+        known = (
+            self.users.reindex(users.to_numpy())[TAG_COLUMNS]
+            .reset_index(drop=True)
+            .assign(**{USER_COL: users.to_numpy()})
+        )
+        tagged = (
+            known[[USER_COL, "tag_topic_ids"]]
+            .explode("tag_topic_ids")
+            .dropna()
+            .rename(columns={"tag_topic_ids": "_topic"})
+            .astype({"_topic": np.int64})
+            .assign(_tagged=True)
+        )
+        topic = self.item_topic.reindex(lists[ITEM_COL]).fillna(NO_TOPIC).astype(np.int64)
+        lists = lists.assign(_topic=topic.to_numpy()).merge(
+            tagged, on=[USER_COL, "_topic"], how="left"
+        )
+        named = text_explained(lists["reason"]) & lists["_tagged"].eq(True).to_numpy()
+        tags = {  # per requested user: lists, not arrays, for the JSON answer
+            user: [str(t) for t in user_tags] if isinstance(user_tags, np.ndarray | list) else None
+            for user, user_tags in zip(known[USER_COL], known["tags"], strict=True)
+        }
+        labels = lists["_topic"].map(self.labels)
+        # Python ints and None (object columns): what the REST answer's JSON can carry.
+        return lists.drop(columns=["_topic", "_tagged"]).assign(
+            user_tags=lists[USER_COL].map(tags).to_numpy(),
+            interest=np.where(named, INTEREST_PREFIX + labels.fillna("").astype(str), None),
+            interest_topic_id=np.where(named, lists["_topic"].astype(object), None),
+        )
 
     def _fold_in(self, events: pd.DataFrame) -> pd.DataFrame:
         from hybridrec.streaming import local
@@ -311,9 +385,11 @@ def log_served_model(spark, warehouse, cfg: Config, run_id: str) -> str | None:
 
 def signature():
     """The request: ``user_id``, and the optional event columns of a user the run has not seen;
-    the response: the recommendations table's columns."""
+    the response: the recommendations table's columns, and the interests where the run has
+    topics."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
 
     from hybridrec.ranking.scoring import RECOMMENDATION_SCHEMA
 
@@ -333,6 +409,11 @@ def signature():
             ColSpec(types.get(type(f.dataType).__name__, "string"), f.name, required=False)
             for f in RECOMMENDATION_SCHEMA.fields
             if f.name != "model"
+        ]
+        + [
+            ColSpec(Array("string"), "user_tags", required=False),
+            ColSpec("string", "interest", required=False),
+            ColSpec("integer", "interest_topic_id", required=False),
         ]
     )
     return ModelSignature(inputs=request, outputs=response)

@@ -399,6 +399,27 @@ def _table_lists(warehouse, users) -> pd.DataFrame:
     return recs.where(F.col("user_id").isin(users)).toPandas().sort_values(["user_id", "rank"])
 
 
+def _explained(cfg, warehouse, users) -> pd.DataFrame:
+    """``recommendations_explained``'s rows of ``users``, as DuckDB defines the view over the
+    snapshot files (the SQL test asks Spark's too), in list order."""
+    columns, rows = sql_duckdb.query(
+        sql_duckdb.local_folder(warehouse.db_root),
+        cfg.run.database,
+        f"SELECT * FROM {cfg.run.database}.recommendations_explained",
+        100000,
+    )
+    explained = pd.DataFrame(rows, columns=columns)
+    explained = explained[explained.user_id.isin(users)]
+    explained = explained.sort_values(["user_id", "rank"]).reset_index(drop=True)
+    # None for a null, whatever dtype pandas gave the column (a null int column is float).
+    return explained.assign(
+        interest=[None if pd.isna(v) else v for v in explained.interest],
+        interest_topic_id=pd.Series(
+            [None if pd.isna(v) else int(v) for v in explained.interest_topic_id], dtype=object
+        ),
+    )
+
+
 def test_the_served_model_ranks_known_new_and_unknown_users(e2e):
     cfg, warehouse, _ = e2e
     model = mlflow.pyfunc.load_model(_served_model_uri(cfg))
@@ -415,6 +436,11 @@ def test_the_served_model_ranks_known_new_and_unknown_users(e2e):
     # same figures to within 1e-5.
     for column in ["score", *(f"{p}_score" for p in PARTS)]:
         np.testing.assert_allclose(served[column], table[column], rtol=1e-5, atol=1e-5)
+    # The interests the explained view names, row for row.
+    explained = _explained(cfg, warehouse, known)
+    assert served["interest"].tolist() == explained["interest"].tolist()
+    assert served["interest_topic_id"].tolist() == explained["interest_topic_id"].tolist()
+    assert served["user_tags"].tolist() == [list(t) for t in explained["user_tags"]]
 
     items = warehouse.read("items").select("item_id").toPandas()["item_id"].tolist()
     history = pd.DataFrame(
@@ -428,6 +454,7 @@ def test_the_served_model_ranks_known_new_and_unknown_users(e2e):
     )
     new = model.predict(history)
     assert len(new) == K and set(new["user_id"]) == {"newcomer"}
+    assert new[["user_tags", "interest", "interest_topic_id"]].isna().all().all()  # none yet
     assert not set(new["item_id"]) & set(items[:3])  # nothing the user already has
     assert (np.diff(new["score"].to_numpy()) <= 1e-9).all()
 
@@ -496,6 +523,8 @@ def test_mlflow_models_serve_answers_with_the_table_s_lists(e2e, tmp_path):
     table = _table_lists(warehouse, ["u5"])
     known = answer[answer["user_id"] == "u5"]
     assert known["item_id"].tolist() == table["item_id"].tolist()
+    explained = _explained(cfg, warehouse, ["u5"])
+    assert known["interest"].tolist() == explained["interest"].tolist()
     np.testing.assert_allclose(known["score"], table["score"], rtol=1e-5, atol=1e-5)
     fresh = answer[answer["user_id"] == "fresh"]
     assert len(fresh) == K and "i1" not in set(fresh["item_id"])
@@ -594,14 +623,8 @@ def test_topics_are_named_by_their_words_and_every_user_s_interests_add_up(e2e):
 
 def test_recommendations_explained_names_the_interest_a_text_pick_lies_in(e2e):
     cfg, warehouse, _ = e2e
-    # The view as DuckDB defines it over the snapshot files (the SQL test asks Spark's too).
-    columns, rows = sql_duckdb.query(
-        sql_duckdb.local_folder(warehouse.db_root),
-        cfg.run.database,
-        f"SELECT * FROM {cfg.run.database}.recommendations_explained",
-        100000,
-    )
-    explained = pd.DataFrame(rows, columns=columns)
+    users = warehouse.read("recommendations").select("user_id").distinct().toPandas()
+    explained = _explained(cfg, warehouse, users["user_id"].tolist())
     assert {"user_tags", "interest", "interest_topic_id"} <= set(explained.columns)
     named = explained[explained.interest.notna()]
     assert len(named) > 0

@@ -262,3 +262,28 @@ def test_table_output_keeps_long_values_whole_on_one_line():
 
     assert comment in text and "..." not in text
     assert sql_access.table_text(["t"], [{"t": "two\nlines"}]).splitlines()[1] == "two\\nlines"
+
+
+def test_the_views_and_the_served_model_agree_on_which_reasons_the_text_parts_give():
+    import duckdb
+    import pandas as pd
+
+    from hybridrec import views
+    from udfs.reasons import NAMED_REASONS, REASONS, UNEXPLAINED, text_explained
+
+    named = [prefix + "i7" for prefix, _ in NAMED_REASONS.values()]
+    fallbacks = [fallback for _, fallback in NAMED_REASONS.values()]
+    reasons = [*named, *fallbacks, *filter(None, REASONS.values()), UNEXPLAINED, None]
+    con = duckdb.connect()
+    in_sql = [
+        bool(
+            con.execute(f"SELECT {views.TEXT_REASONS} FROM (SELECT ? AS reason) r", [x]).fetchone()[
+                0
+            ]
+        )
+        for x in reasons
+    ]
+
+    assert list(text_explained(pd.Series(reasons))) == in_sql
+    named_by_text = {r for r, text in zip(reasons, in_sql, strict=True) if text}
+    assert named_by_text == {"similar to i7", "matches your reviews"}
