@@ -467,18 +467,21 @@ RANKING_STAGES = ("score", "evaluate")
 
 
 def overhead_row(label: str, measured: dict) -> dict:
-    """Score's and evaluate's seconds next to the ranking kernel's own (the seconds its tasks
-    spent in the numpy kernel, summed, over the task slots: what the stage would take if it
-    were nothing but the kernel on the same cores), and their ratio; and the learned ranker's
-    seconds within score."""
+    """Score's and evaluate's seconds next to the kernel's own: the seconds their tasks spent
+    in the numpy kernels, summed, over the task slots, plus the driver's numpy arithmetic
+    between them (EASE's inverses; on every core already): what the stage would take if it
+    were nothing but its arithmetic on the same cores; the ratio, and the ratio over the
+    tasks' kernels alone; and the learned ranker's seconds within score."""
     slots = measured.get("task_slots", os.cpu_count())
     row = {"size": label, "slots": slots}
     for name in RANKING_STAGES:
         stage = measured["stages"][name]
-        kernel = stage["results"].get("kernel_seconds", math.nan) / slots
+        tasks = stage["results"].get("kernel_seconds", math.nan) / slots
+        kernel = tasks + stage["results"].get("driver_kernel_seconds", 0.0)
         row[f"{name} s"] = stage["seconds"]
         row[f"{name} kernel s"] = kernel
         row[f"{name} ratio"] = stage["seconds"] / kernel if kernel > 0 else math.nan
+        row[f"{name} tasks-only ratio"] = stage["seconds"] / tasks if tasks > 0 else math.nan
     # The learned ranker's part of score: training rows, fits and the gate on validation.
     row["score ranker s"] = measured["stages"]["score"]["results"].get("ranker_seconds", math.nan)
     return row

@@ -306,6 +306,7 @@ def headline(every_metric: dict[str, float], gaps: dict[str, float], k: int) -> 
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
     kernel_started = blocks.kernel_clock(spark).value
+    driver_started = blocks.driver_kernel_seconds(spark)
     k = cfg.evaluate.k
     hybrid = hybrid_recommendations(warehouse, run_id)
     picked = picked_weights(warehouse, cfg)
@@ -387,7 +388,10 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
         plots.close(figure)  # pyplot keeps every open figure alive
     mlflow.log_text(table.to_csv(index=False), "metrics.csv")
     mlflow.log_text(compared.drop(columns="run_id").to_csv(index=False), "comparisons.csv")
-    kernel = {"kernel_seconds": blocks.kernel_clock(spark).value - kernel_started}
+    kernel = {
+        "kernel_seconds": blocks.kernel_clock(spark).value - kernel_started,
+        "driver_kernel_seconds": blocks.driver_kernel_seconds(spark) - driver_started,
+    }
     if cfg.mlflow.log_model and mode.catalog_broadcast:
         # The last stage: the run's ranking is complete, and a version per run is registered.
         recommender.log_served_model(spark, warehouse, cfg, run_id)

@@ -95,7 +95,8 @@ class FoldGrams:
             self._held = (None, None)  # freed before the next one is counted
             started = time.perf_counter()
             matrix = gram(history(self.interactions, fold), self.index, self.n_items)
-            self._lists[fold] = neighbours_from_gram(matrix, self.knn_width)
+            with blocks.driver_kernel(self.interactions.sparkSession):
+                self._lists[fold] = neighbours_from_gram(matrix, self.knn_width)
             log.info(
                 "Gram matrix of the %s fold (%d items) and item_knn's neighbour lists in %.1fs",
                 fold,
@@ -211,9 +212,11 @@ def _ease_validation(
     scores: list[tuple[float, float, int]] = []
     for positions in ease_passes(grid, len(ids), cfg.evaluate.ease.tuning_broadcast_mb):
         started = time.perf_counter()
+        with blocks.driver_kernel(interactions.sparkSession):
+            weights = [ease_weights(matrix, grid[p]) for p in positions]
         ranks = dense_tuning_ranks(
             seen,
-            [ease_weights(matrix, grid[p]) for p in positions],
+            weights,
             first_combo=positions[0],
             block_rows=cfg.score.user_block_rows,
         )
@@ -261,7 +264,9 @@ def tune_ease(
         best, scores = _ease_validation(interactions, targets, ids, grams, grid, cfg)
     started = time.perf_counter()
     fit = history(interactions, TEST)
-    weights = ease_weights(grams.of(TEST), grid[best])
+    matrix = grams.of(TEST)
+    with blocks.driver_kernel(interactions.sparkSession):
+        weights = ease_weights(matrix, grid[best])
     recommendations = recommend_dense(
         fit, None, ids, weights, cfg.evaluate.k, EASE, block_rows=cfg.score.user_block_rows
     )

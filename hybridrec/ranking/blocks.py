@@ -2,14 +2,16 @@
 
 ``map_user_blocks`` hands each task's users to a kernel in blocks against a broadcast value;
 ``map_with_broadcast`` does the same and materialises the result so that the broadcast can be
-freed at once; ``kernel_clock`` sums the seconds the kernel took in the tasks (the score and
-evaluate jobs report theirs next to their wall time).
+freed at once; ``kernel_clock`` sums the seconds the kernel took in the tasks, and
+``driver_kernel`` the seconds of numpy arithmetic the driver does between them (EASE's inverse):
+the score and evaluate jobs report both next to their wall time.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -20,6 +22,7 @@ from pyspark.sql import types as T
 from hybridrec.constants import USER_COL
 
 _KERNEL_CLOCKS: dict[int, Accumulator] = {}
+_DRIVER_SECONDS: dict[int, float] = {}
 
 
 def kernel_clock(spark: SparkSession) -> Accumulator:
@@ -31,6 +34,24 @@ def kernel_clock(spark: SparkSession) -> Accumulator:
     if key not in _KERNEL_CLOCKS:
         _KERNEL_CLOCKS[key] = context.accumulator(0.0)
     return _KERNEL_CLOCKS[key]
+
+
+@contextmanager
+def driver_kernel(spark: SparkSession) -> Iterator[None]:
+    """Count the block's seconds as kernel time spent on the driver: numpy arithmetic of the
+    work itself (an inverse, a sort of a Gram matrix), not Spark's plumbing. Wall seconds: the
+    driver's BLAS uses every core it has."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        key = id(spark.sparkContext)
+        _DRIVER_SECONDS[key] = _DRIVER_SECONDS.get(key, 0.0) + time.perf_counter() - started
+
+
+def driver_kernel_seconds(spark: SparkSession) -> float:
+    """The seconds ``driver_kernel`` has counted in this SparkContext so far."""
+    return _DRIVER_SECONDS.get(id(spark.sparkContext), 0.0)
 
 
 def map_user_blocks(

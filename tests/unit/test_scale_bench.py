@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,29 @@ def test_slowest_spark_stages_name_the_table_written_and_the_pipeline_stage(tmp_
     assert list(slow["seconds"]) == pytest.approx([30.0, 2.0])
     assert list(slow["pipeline stage"]) == ["score", "ingest"]
     assert slow.iloc[0]["execution"] == "write recommendations [MapInPandas]"
+
+
+def test_the_overhead_ratio_counts_the_driver_s_arithmetic_as_kernel_time():
+    stage = {"seconds": 90.0, "results": {"kernel_seconds": 80.0, "driver_kernel_seconds": 5.0}}
+    measured = {"task_slots": 2, "stages": {"score": stage, "evaluate": stage}}
+
+    row = scale.overhead_row("u1", measured)
+
+    # 80 task-seconds over 2 slots, and the driver's 5 s on top: 45 s of kernel.
+    assert row["evaluate kernel s"] == pytest.approx(45.0)
+    assert row["evaluate ratio"] == pytest.approx(2.0)
+    assert row["evaluate tasks-only ratio"] == pytest.approx(2.25)
+
+
+def test_the_driver_kernel_clock_adds_up_its_blocks(spark):
+    from hybridrec.ranking import blocks
+
+    before = blocks.driver_kernel_seconds(spark)
+    for _ in range(2):
+        with blocks.driver_kernel(spark):
+            time.sleep(0.05)
+    with pytest.raises(RuntimeError), blocks.driver_kernel(spark):
+        time.sleep(0.05)
+        raise RuntimeError("a failed block's seconds count too")
+
+    assert 0.15 <= blocks.driver_kernel_seconds(spark) - before < 1.0
