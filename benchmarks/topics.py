@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from hybridrec.constants import INTERACTIONS, TOPICS, USER_INTERESTS
+from hybridrec.constants import (
+    INTERACTIONS,
+    ITEM_EMBEDDINGS,
+    TOPICS,
+    USER_INTERESTS,
+    VALIDATION,
+)
+from hybridrec.models import interests, topics
+from hybridrec.models.folds import history
 from hybridrec.ops import tracking
 from hybridrec.ops.runner import setup_logging
 from jobs import evaluate
@@ -29,6 +37,27 @@ from jobs import topics as topics_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import measured_runs  # noqa: E402
+
+
+def validation_hits(warehouse, cfg) -> interests.Hits:
+    """The next-item check on the validation split, with nothing fitted on it: topics of the
+    validation fold's item vectors, weighted by its history, and users' interests from that
+    history; what a topics setting is chosen on, before test is looked at."""
+    interactions = warehouse.read(INTERACTIONS)
+    seen = history(interactions, VALIDATION)
+    vectors = topics.weighted(
+        topics.served_item_vectors(warehouse.read(ITEM_EMBEDDINGS), VALIDATION), seen, cfg
+    ).cache()
+    fitted = topics.fit(vectors, cfg)
+    assigned = topics.item_topics(vectors, fitted).cache()
+    named = {t: f"topic {t}" for t in range(fitted.k)}  # the check needs ids, not labels
+    tags = interests.user_interests(seen, assigned, named, cfg)
+    hits = interests.next_item_hits(
+        interactions, assigned, tags, cfg.evaluate.confidence, fold=VALIDATION
+    )
+    vectors.unpersist()
+    assigned.unpersist()
+    return hits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         with tracking.job_run(cfg, run_id, "evaluate"):
             checks = evaluate.interest_checks(warehouse, cfg, warehouse.read(INTERACTIONS))
+        validation = validation_hits(warehouse, cfg)
         table = warehouse.read(TOPICS).toPandas().sort_values("items", ascending=False)
         interests = warehouse.read(USER_INTERESTS)
         users = interests.count()
@@ -63,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 "topics above random": float(
                     (table["npmi"] > results.get("coherence_npmi_random", 1.0)).mean()
                 ),
+                "validation: in tags": validation.interests,
+                "in popular": validation.prior,
+                "low": validation.low,
+                "high": validation.high,
                 "next in tags": checks.get("interests.next_item_hit"),
                 "next in popular": checks.get("interests.popular_topics_hit"),
                 "gain low": checks.get("interests.gain_low"),

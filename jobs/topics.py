@@ -48,7 +48,11 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
     interactions = warehouse.read(INTERACTIONS)
     items = warehouse.read(ITEMS)
-    vectors = topics.served_item_vectors(warehouse.read(ITEM_EMBEDDINGS)).cache()
+    vectors = topics.weighted(
+        topics.served_item_vectors(warehouse.read(ITEM_EMBEDDINGS)),
+        history(interactions, TEST),
+        cfg,
+    ).cache()
 
     started = time.perf_counter()
     try:

@@ -39,6 +39,7 @@ CHOICES = {
     "ranker.serve": {"auto", "always"},
     "topics.algorithm": {"kmeans", "bisecting"},
     "topics.sentiment": {"vader", "none"},
+    "topics.item_weight": {"uniform", "events"},
     "stream.format": {"csv", "amazon"},
     "stream.source": {"folder", "kafka"},
 }

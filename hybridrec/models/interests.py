@@ -175,14 +175,19 @@ class Hits:
 
 
 def next_item_hits(
-    interactions: DataFrame, assigned: DataFrame, interests: DataFrame, confidence: float
+    interactions: DataFrame,
+    assigned: DataFrame,
+    interests: DataFrame,
+    confidence: float,
+    fold: str = TEST,
 ) -> Hits:
-    """How often a user's test item falls in one of their tags, against the most popular topics
-    of the served history, paired per user and as many as the user's tags: a user whose history
-    holds one topic has one tag, and is compared with the one most popular topic, so that both
-    sides make the same number of guesses."""
+    """How often a user's ``fold`` item (the test split; the validation split for choices made
+    without test) falls in one of their tags (``interests``, from that fold's history), against
+    the most popular topics of that history, paired per user and as many as the user's tags: a
+    user whose history holds one topic has one tag, and is compared with the one most popular
+    topic, so that both sides make the same number of guesses."""
     counted = (
-        topic_popularity(history(interactions, TEST), assigned)
+        topic_popularity(history(interactions, fold), assigned)
         .toPandas()  # one row per topic
         .sort_values(["popularity", TOPIC_COL], ascending=[False, True])
     )
@@ -196,7 +201,7 @@ def next_item_hits(
         f"{TOPIC_COL} int, popular_rank int",
     )
     nexts = (
-        interactions.where(F.col(SPLIT_COL) == TEST)
+        interactions.where(F.col(SPLIT_COL) == fold)
         .select(USER_COL, ITEM_COL)
         .join(assigned.select(ITEM_COL, TOPIC_COL), ITEM_COL)
         .join(interests.select(USER_COL, "tag_topic_ids"), USER_COL)

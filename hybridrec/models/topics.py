@@ -2,8 +2,8 @@
 interests in them.
 
 - **Topics**: Spark MLlib k-means (or bisecting k-means) with cosine distance on the served
-  fold's item vectors; k set, or the one of ``topics.k_grid`` with the best silhouette on a
-  sample (``fit``).
+  fold's item vectors, each item weighted by its history events (``weighted``); k set, or the
+  one of ``topics.k_grid`` with the best silhouette on a sample (``fit``).
 - **Labels**: class-based TF-IDF (Grootendorst 2022, BERTopic's c-TF-IDF). Each topic's texts
   (its items' reviews and own text) are one document: a word scores ``tf(t, c) / |c| * ln(1 + A /
   f(t))``, its share of the topic's words times how rare it is across topics (A the mean words
@@ -44,6 +44,7 @@ from hybridrec.models.embedding import item_documents, review_documents
 log = logging.getLogger(__name__)
 
 TOPIC_COL = "topic_id"
+WEIGHT_COL = "weight"
 # Letters and apostrophes make a token; tokens still holding an apostrophe after the stop words
 # ("don't" is one, "it's" another) are dropped rather than split into fragments.
 TOKEN_PATTERN = r"[^\p{L}']+"
@@ -73,18 +74,37 @@ class Fitted:
     model: object
 
 
-def served_item_vectors(item_embeddings: DataFrame) -> DataFrame:
-    """The item vectors the served lists use (the test fold: fitted on train and validation)."""
-    return item_embeddings.where(F.col(FOLD_COL) == TEST).select(
+def served_item_vectors(item_embeddings: DataFrame, fold: str = TEST) -> DataFrame:
+    """The item vectors the served lists use (the test fold: fitted on train and validation);
+    another ``fold``'s for a check that must not see that fold's target."""
+    return item_embeddings.where(F.col(FOLD_COL) == fold).select(
         F.col("id").alias(ITEM_COL), array_to_vector(EMBEDDING_COL).alias("features")
+    )
+
+
+def weighted(vectors: DataFrame, history: DataFrame, cfg: Config) -> DataFrame:
+    """``vectors`` with each item's ``weight`` in the clustering (``topics.item_weight``):
+    ``events``, once plus once per event on it in ``history``, so that the centres sit where
+    users' attention is while an item nobody had still counts; ``uniform``, once each."""
+    if cfg.topics.item_weight == "uniform":
+        return vectors.withColumn(WEIGHT_COL, F.lit(1.0))
+    counts = history.groupBy(ITEM_COL).agg(F.count("*").cast("double").alias("_events"))
+    return (
+        vectors.join(counts, ITEM_COL, "left")
+        .withColumn(WEIGHT_COL, 1.0 + F.coalesce(F.col("_events"), F.lit(0.0)))
+        .drop("_events")
     )
 
 
 def _estimator(cfg: Config, k: int):
     t = cfg.topics
     if t.algorithm == "bisecting":
-        return BisectingKMeans(k=k, seed=t.seed, distanceMeasure="cosine")
-    return KMeans(k=k, seed=t.seed, distanceMeasure="cosine", initMode="k-means||")
+        return BisectingKMeans(
+            k=k, seed=t.seed, distanceMeasure="cosine", weightCol=WEIGHT_COL
+        )  # fmt: skip
+    return KMeans(
+        k=k, seed=t.seed, distanceMeasure="cosine", initMode="k-means||", weightCol=WEIGHT_COL
+    )
 
 
 class TooFewItems(ValueError):
@@ -102,14 +122,19 @@ def candidate_ks(cfg: Config, n_items: int) -> list[int]:
 
 
 def fit(vectors: DataFrame, cfg: Config) -> Fitted:
-    """Cluster ``vectors`` (item_id, features), picking k by the silhouette (cosine) on a seeded
-    sample of at most ``topics.silhouette_sample`` items where more than one k is tried."""
+    """Cluster ``vectors`` (item_id, features and ``weighted``'s weight, 1 without), picking k
+    by the silhouette (cosine, weighted the same) on a seeded sample of at most
+    ``topics.silhouette_sample`` items where more than one k is tried."""
+    if WEIGHT_COL not in vectors.columns:
+        vectors = vectors.withColumn(WEIGHT_COL, F.lit(1.0))
     n_items = vectors.count()
     ks = candidate_ks(cfg, n_items)
     sample = vectors.sample(
         fraction=min(1.0, cfg.topics.silhouette_sample / n_items), seed=cfg.topics.seed
     ).cache()
-    evaluator = ClusteringEvaluator(distanceMeasure="cosine", featuresCol="features")
+    evaluator = ClusteringEvaluator(
+        distanceMeasure="cosine", featuresCol="features", weightCol=WEIGHT_COL
+    )
     models, silhouettes = {}, {}
     for k in ks:
         models[k] = _estimator(cfg, k).fit(vectors)

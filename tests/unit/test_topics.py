@@ -67,6 +67,39 @@ def test_a_set_k_is_used_as_given_and_kept_below_the_item_count(spark):
     assert topics.fit(vectors, _cfg("topics.k=2")).silhouettes == {}
 
 
+def test_weighting_by_events_draws_a_topic_s_centre_to_what_users_had(spark):
+    rng = np.random.default_rng(1)
+    rows = []
+    for group in range(2):  # two groups of ten, loosely around orthogonal directions
+        for i in range(10):
+            v = np.eye(8)[group] + rng.normal(0, 0.15, 8)
+            rows.append((f"g{group}_{i}", (v / np.linalg.norm(v)).tolist()))
+    vectors = topics.served_item_vectors(
+        spark.createDataFrame(rows, "id string, embedding array<float>").withColumn(
+            "fold", F.lit("test")
+        )
+    )
+    had = spark.createDataFrame([("g0_3",)] * 20 + [("g1_1",)], "item_id string")
+
+    def similarity(weighting: str) -> pd.Series:
+        cfg = _cfg("topics.k=2", f"topics.item_weight={weighting}")
+        weighted = topics.weighted(vectors, had, cfg)
+        assigned = topics.item_topics(weighted, topics.fit(weighted, cfg)).toPandas()
+        assert assigned.groupby(assigned["item_id"].str[:2])["topic_id"].nunique().max() == 1
+        return assigned.set_index("item_id")["similarity"]
+
+    weights = topics.weighted(vectors, had, _cfg("topics.item_weight=events")).toPandas()
+    assert weights.set_index("item_id")["weight"][["g0_3", "g1_1", "g1_2"]].tolist() == [
+        21.0,
+        2.0,
+        1.0,
+    ]
+    uniform, events = similarity("uniform"), similarity("events")
+    # The same two topics; the much-had item's now lies nearly on its centre, the others less.
+    assert uniform["g0_3"] < 0.9 < 0.95 < events["g0_3"]
+    assert (events.drop("g0_3").filter(like="g0_") < uniform.filter(like="g0_").drop("g0_3")).all()
+
+
 def _documents(spark):
     music = ["guitar drum melody great", "melody guitar chords", "drum kit great", "guitar great"]
     camping = ["tent trail canteen great", "trail tent boots", "canteen trail water great"]
