@@ -113,19 +113,24 @@ def _readme_query(marker: str) -> str:
     return block.group(1)
 
 
-def test_the_readme_s_shared_interest_query_answers_alike_on_both_engines(analyst_run):
-    """Which users share u42's top interest, and what do we recommend them: the README's one
-    query, answered by DuckDB over the snapshot files and by Spark over the catalog's views."""
-    query = _readme_query("interests-query")
+def _on_both_engines(analyst_run, query: str) -> list[dict[str, str]]:
+    """``query``'s rows (CSV) from DuckDB over the snapshot files, checked to be Spark's over
+    the catalog's views, and not empty."""
     answers = {}
     for engine in ("duckdb", "spark"):
         done = _hybridrec(
-            analyst_run, "sql", query, "--engine", engine, "--format", "csv", "--max-rows", "10000"
+            analyst_run, "sql", query, "--engine", engine, "--format", "csv", "--max-rows", "100000"
         )
         assert done.returncode == 0, done.stderr[-3000:]
         answers[engine] = list(csv.DictReader(io.StringIO(done.stdout)))
-    rows = answers["duckdb"]
-    assert rows and rows == answers["spark"]
+    assert answers["duckdb"] and answers["duckdb"] == answers["spark"]
+    return answers["duckdb"]
+
+
+def test_the_readme_s_shared_interest_query_answers_alike_on_both_engines(analyst_run):
+    """Which users share u42's top interest, and what do we recommend them: the README's one
+    query, answered by DuckDB over the snapshot files and by Spark over the catalog's views."""
+    rows = _on_both_engines(analyst_run, _readme_query("interests-query"))
     top = _hybridrec(
         analyst_run,
         "sql",
@@ -150,15 +155,7 @@ def test_current_lists_name_the_same_interests_as_the_explained_view(analyst_run
         "FROM hybridrec.recommendations_current c JOIN hybridrec.recommendations_explained e "
         "ON e.user_id = c.user_id AND e.rank = c.rank ORDER BY c.user_id, c.rank"
     )
-    answers = {}
-    for engine in ("duckdb", "spark"):
-        done = _hybridrec(
-            analyst_run, "sql", query, "--engine", engine, "--format", "csv", "--max-rows", "100000"
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        answers[engine] = list(csv.DictReader(io.StringIO(done.stdout)))
-    rows = answers["duckdb"]
-    assert rows and rows == answers["spark"]
+    rows = _on_both_engines(analyst_run, query)
     assert {r["list_source"] for r in rows} == {"batch"}
     assert all(
         (r["interest"], r["interest_topic_id"]) == (r["explained"], r["explained_topic_id"])
