@@ -2,8 +2,9 @@
 interests in them.
 
 - **Topics**: Spark MLlib k-means (or bisecting k-means) with cosine distance on the served
-  fold's item vectors, each item weighted by its history events (``weighted``); k set, or the
-  one of ``topics.k_grid`` with the best silhouette on a sample (``fit``).
+  fold's item vectors, each item counting once or, with ``topics.item_weight`` events, once
+  plus once per history event (``weighted``); k set, or the one of ``topics.k_grid`` with the
+  best silhouette on a sample (``fit``).
 - **Labels**: class-based TF-IDF (Grootendorst 2022, BERTopic's c-TF-IDF). Each topic's texts
   (its items' reviews and own text) are one document: a word scores ``tf(t, c) / |c| * ln(1 + A /
   f(t))``, its share of the topic's words times how rare it is across topics (A the mean words
