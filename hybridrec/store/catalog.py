@@ -6,14 +6,9 @@ the README equal to it) and the analyst views built on the tables:
 
 - ``<table>_latest``: the table's rows of the newest complete run (``runs.status = 'complete'``,
   latest ``started_at``), for every table partitioned by run.
-- ``recommendations_explained``: the newest complete run's recommendations with the item's
-  title and the title of the history item the reason names; where the run has interests (the
-  topics job), the user's tags (``user_tags``) and, for a pick the text parts explain that lies
-  in one of the user's tags, ``interest`` ("for your interest in <tag>") and its
-  ``interest_topic_id``.
-- ``recommendations_current``: per user the stream's newest live list, else the batch's; where
-  the run has interests, the same ``user_tags``, ``interest`` and ``interest_topic_id`` from
-  ``user_interests_current`` (a live list meets its micro-batch's interests).
+- ``recommendations_explained``, ``recommendations_current`` and ``user_interests_current``:
+  ``VIEW_DESCRIPTIONS`` below; their SQL, one definition for both engines, is
+  ``hybridrec.views``.
 """
 
 from __future__ import annotations
@@ -458,8 +453,6 @@ EXPLAINED_DESCRIPTION = (
     "item its reason names; with the user's interest tags, and the interest a text-explained "
     "pick lies in, where the run has them"
 )
-
-
 INTERESTS_CURRENT_DESCRIPTION = (
     "Users' interests now: per user those of the stream's newest micro-batch against the newest "
     "complete run, else that run's (source says which)"
