@@ -139,6 +139,21 @@ def _validation_scores(ranks: DataFrame, k: int) -> tuple[float, float, int]:
     return float(rows[0]["ndcg"]), float(rows[0]["hr"]), int(rows[0]["users"])
 
 
+Scores = tuple[float, float, int]  # NDCG@k, HR@k, users
+
+
+def _combo_scores(ranks: DataFrame, k: int, combos: Sequence[int]) -> list[Scores]:
+    """(NDCG@k, HR@k, users) of each of ``combos`` in ``ranks`` (combo, user_id, target_rank),
+    from one summary; zeros for a combo no user reached."""
+    summary = scoring.summarise_ranks(ranks, k).toPandas().set_index("combo")  # a row per combo
+    return [
+        (float(summary.at[c, "ndcg"]), float(summary.at[c, "hr"]), int(summary.at[c, "users"]))
+        if c in summary.index
+        else (0.0, 0.0, 0)
+        for c in combos
+    ]
+
+
 def _grid_search(
     model: str,
     key: str,
@@ -206,42 +221,27 @@ def _ease_validation(
     value where the catalog is small). The best NDCG wins, the first on ties."""
     k = cfg.evaluate.k
     matrix = grams.of(VALIDATION)
-    seen = tuning_seen_lists(history(interactions, VALIDATION), targets, ids).localCheckpoint(
-        eager=True
-    )
-    scores: list[tuple[float, float, int]] = []
-    for positions in ease_passes(grid, len(ids), cfg.evaluate.ease.tuning_broadcast_mb):
-        started = time.perf_counter()
-        with blocks.driver_kernel(interactions.sparkSession):
-            weights = [ease_weights(matrix, grid[p]) for p in positions]
-        ranks = dense_tuning_ranks(
-            seen,
-            weights,
-            first_combo=positions[0],
-            block_rows=cfg.score.user_block_rows,
-        )
-        summary = scoring.summarise_ranks(ranks, k).toPandas().set_index("combo")
-        seconds = time.perf_counter() - started
-        for p in positions:
-            row = summary.loc[p] if p in summary.index else None
-            scores.append(
-                (0.0, 0.0, 0)
-                if row is None
-                else (float(row["ndcg"]), float(row["hr"]), int(row["users"]))
+    seen = tuning_seen_lists(history(interactions, VALIDATION), targets, ids).persist()
+    scores: list[Scores] = []
+    try:
+        for positions in ease_passes(grid, len(ids), cfg.evaluate.ease.tuning_broadcast_mb):
+            started = time.perf_counter()
+            with blocks.driver_kernel(interactions.sparkSession):
+                weights = [ease_weights(matrix, grid[p]) for p in positions]
+            ranks = dense_tuning_ranks(
+                seen, weights, first_combo=positions[0], block_rows=cfg.score.user_block_rows
             )
-            log.info(
-                "%s l2=%s: validation NDCG@%d %.4f, HR@%d %.4f over %d users "
-                "(%d value(s) in %.1fs)",
-                EASE,
-                grid[p],
-                k,
-                scores[p][0],
-                k,
-                scores[p][1],
-                scores[p][2],
-                len(positions),
-                seconds,
-            )
+            scores += _combo_scores(ranks, k, positions)
+            seconds = time.perf_counter() - started
+            for p in positions:
+                log.info(
+                    "%s l2=%s: validation NDCG@%d %.4f, HR@%d %.4f over %d users "
+                    "(%d value(s) in %.1fs)",
+                    EASE, grid[p], k, scores[p][0], k, scores[p][1], scores[p][2],
+                    len(positions), seconds,
+                )  # fmt: skip
+    finally:
+        seen.unpersist()
     best = max(range(len(grid)), key=lambda c: scores[c][0])
     log.info("%s: picked l2=%s", EASE, grid[best])
     return best, scores[best]
@@ -358,13 +358,7 @@ def _knn_validation_in_memory(
         scoring.TUNE_SCHEMA,
         lambda block, shared: block_target_ranks(block, *shared, list(grid)),
     )
-    summary = scoring.summarise_ranks(ranks, cfg.evaluate.k).toPandas().set_index("combo")
-    scores = [
-        (float(summary.at[c, "ndcg"]), float(summary.at[c, "hr"]), int(summary.at[c, "users"]))
-        if c in summary.index
-        else (0.0, 0.0, 0)
-        for c in range(len(grid))
-    ]
+    scores = _combo_scores(ranks, cfg.evaluate.k, range(len(grid)))
     for value, (ndcg, hr, users) in zip(grid, scores, strict=True):
         log.info(
             "%s neighbours=%s: validation NDCG@%d %.4f, HR@%d %.4f over %d users",

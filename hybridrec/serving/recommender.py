@@ -51,8 +51,10 @@ from hybridrec.constants import (
     EVENT_COL,
     FACTORS_COL,
     ITEM_COL,
+    ITEM_TOPICS,
     RATING_COL,
     TEXT_COL,
+    TOPICS,
     TS_COL,
     USER_COL,
     USER_INTERESTS,
@@ -88,9 +90,9 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
     storage the executors and the driver share, where Spark writes the users' rows before they
     are copied into ``folder``."""
     from hybridrec.ranking import scoring
-    from hybridrec.streaming.live import SERVED_FOLD, load_serving
+    from hybridrec.streaming.live import SERVED_FOLD, has_topics, load_serving
 
-    serving = load_serving(spark, cfg, run_id, warehouse, topics=True)
+    serving = load_serving(spark, cfg, run_id, warehouse)
     if serving.catalog is None:
         raise UnservableRequest(
             f"{serving.mode.describe()}: the served model holds its catalog in one process, "
@@ -107,8 +109,9 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
             "item_trend": ranker.context.trend,
             "reference_ts": np.float64(ranker.context.reference_ts),
         }
-    if serving.topics is not None:
-        arrays |= topic_arrays(serving.topics, arrays["ids"])
+    topics = has_topics(serving.warehouse, cfg)
+    if topics:
+        arrays |= topic_arrays(serving.warehouse, arrays["ids"])
     np.savez(
         folder / CATALOG_FILE,
         **arrays,
@@ -116,7 +119,7 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
         factors=serving.factors,
     )
     users = scoring.load_user_frame(spark, serving.warehouse, serving.catalog, SERVED_FOLD)
-    if serving.topics is not None:
+    if topics:
         tags = serving.warehouse.read(USER_INTERESTS).select(USER_COL, *TAG_COLUMNS)
         users = users.join(tags, USER_COL, "left")
     staged = f"{staging.rstrip('/')}/served_users_{run_id}"
@@ -141,18 +144,19 @@ def export(spark, warehouse, cfg: Config, run_id: str, folder: Path, staging: st
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1, default=float))
 
 
-def topic_arrays(topics, ids: np.ndarray) -> dict[str, np.ndarray]:
+def topic_arrays(served, ids: np.ndarray) -> dict[str, np.ndarray]:
     """``item_topic`` (each catalog item's topic, ``NO_TOPIC`` for none), ``topic_ids`` and
-    ``topic_labels``: what naming an interest needs of the run's topics (catalog-sized)."""
-    assigned = topics.assigned.toPandas()  # one row per item: catalog-sized
+    ``topic_labels``: what naming an interest needs of run ``served``'s topics (its
+    ``item_topics`` and ``topics`` tables, catalog-sized and k rows)."""
+    assigned = served.read(ITEM_TOPICS).select(ITEM_COL, "topic_id").toPandas()
+    labels = served.read(TOPICS).select("topic_id", "label").toPandas().sort_values("topic_id")
     position = pd.Index(ids).get_indexer(assigned[ITEM_COL])
     item_topic = np.full(len(ids), NO_TOPIC, dtype=np.int32)
     item_topic[position[position >= 0]] = assigned["topic_id"].to_numpy()[position >= 0]
-    topic_ids = np.array(sorted(topics.named), dtype=np.int32)
     return {
         "item_topic": item_topic,
-        "topic_ids": topic_ids,
-        "topic_labels": np.array([topics.named[t] for t in topic_ids]).astype(str),
+        "topic_ids": labels["topic_id"].to_numpy().astype(np.int32),
+        "topic_labels": labels["label"].to_numpy().astype(str),
     }
 
 

@@ -241,9 +241,14 @@ def user_vectors(
     ).select(F.col("id").alias(USER_COL), EMBEDDING_COL)
 
 
+def has_topics(served: Warehouse, cfg: Config) -> bool:
+    """Whether the run wrote users' interests (the topics stage ran) and topics are on."""
+    return bool(cfg.topics.enabled and served.exists(USER_INTERESTS))
+
+
 def served_topics(served: Warehouse, cfg: Config) -> TopicInputs | None:
-    """The run's topics, where it wrote users' interests and topics are on."""
-    if not (cfg.topics.enabled and served.exists(USER_INTERESTS)):
+    """The run's topics, where it has them (``has_topics``)."""
+    if not has_topics(served, cfg):
         return None
     spark = served.spark
     assigned = served.read(ITEM_TOPICS).select(ITEM_COL, "topic_id").cache()
