@@ -170,6 +170,7 @@ RANGES: dict[str, Bounds] = {
     "score.near_best_se": NON_NEGATIVE,
     "score.weight_grid_step": Bounds(0, 1, low_open=True),
     "score.user_block_rows": COUNT,
+    "score.catalog_cache_mb": POSITIVE,
     "score.tune_max_users": COUNT,
     "score.early_target_below": COUNT,
     "score.history_items": COUNT,

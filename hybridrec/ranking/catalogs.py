@@ -1,12 +1,15 @@
 """A fold's item catalog, read from the written tables once per process while they are unchanged.
 
-The score job ranks the test fold last and the evaluate job ranks it first: under ``hybridrec
-run`` (one process) the second reuses the first's arrays instead of collecting them again.
+The score job reads the early and validation folds' catalogs twice (to tune the weights, then
+to train the learned ranker) and ranks the test fold last; the evaluate job ranks test first.
+Under ``hybridrec run`` (one process) each is collected once: the newest catalogs are kept while
+their arrays fit ``score.catalog_cache_mb``, the last one loaded always.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import numpy as np
 
@@ -38,16 +41,15 @@ CATALOG_TABLES = (
     ITEM_TEXT_NEIGHBOURS,
     ITEM_TRANSITIONS,
 )
-# The last catalog loaded in this process, by what it was loaded from: the evaluate job ranks
-# the test fold the score job has just ranked (one process under ``hybridrec run``), and
-# collecting it again took a few seconds of Spark jobs at any size. One is kept: item-sized.
-_LAST_CATALOG: dict[tuple, ranking_kernel.ItemCatalog] = {}
+# The catalogs loaded in this process, by what they were loaded from, oldest first: collecting
+# one again took a few seconds of Spark jobs at any size (4 s each on the built-in sample).
+_CATALOGS: OrderedDict[tuple, ranking_kernel.ItemCatalog] = OrderedDict()
 
 
 def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> ranking_kernel.ItemCatalog:
-    """The catalog of ``fold`` from the written factor and embedding tables (the one this
-    process loaded last where those tables are the same snapshots; the arrays are shared, so
-    no caller changes them)."""
+    """The catalog of ``fold`` from the written factor and embedding tables (one this process
+    has kept where those tables are the same snapshots; the arrays are shared, so no caller
+    changes them)."""
     key = (
         warehouse.db_root,
         warehouse.run_id,
@@ -55,16 +57,27 @@ def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> ranking_kernel
         cfg.score.catalog,
         tuple(warehouse.files_stamp(t, run_id=warehouse.run_id) for t in CATALOG_TABLES),
     )
-    if key in _LAST_CATALOG:
+    if key in _CATALOGS:
+        _CATALOGS.move_to_end(key)
         log.info("catalog (%s fold): reused, its tables unchanged since it was loaded", fold)
-        return _LAST_CATALOG[key]
+        return _CATALOGS[key]
     catalog = _read_catalog(warehouse, cfg, fold)
     for value in vars(catalog).values():
         if isinstance(value, np.ndarray):
             value.flags.writeable = False  # shared by every later caller: a change would leak
-    _LAST_CATALOG.clear()
-    _LAST_CATALOG[key] = catalog
+    _CATALOGS[key] = catalog
+    _keep_within(cfg.score.catalog_cache_mb * 2**20)
     return catalog
+
+
+def _keep_within(budget_bytes: float) -> None:
+    """Drop the oldest catalogs until the rest fit ``budget_bytes`` (the newest stays)."""
+    while len(_CATALOGS) > 1 and sum(map(_nbytes, _CATALOGS.values())) > budget_bytes:
+        _CATALOGS.popitem(last=False)
+
+
+def _nbytes(catalog: ranking_kernel.ItemCatalog) -> int:
+    return sum(v.nbytes for v in vars(catalog).values() if isinstance(v, np.ndarray))
 
 
 def _read_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> ranking_kernel.ItemCatalog:

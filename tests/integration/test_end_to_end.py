@@ -66,7 +66,7 @@ def e2e(spark, tmp_path_factory):
     return cfg, Warehouse.from_config(spark, cfg, RUN_ID), results
 
 
-def test_evaluate_reused_the_test_catalog_score_loaded(e2e, monkeypatch):
+def test_each_fold_catalog_was_collected_once_and_is_still_held(e2e, monkeypatch):
     cfg, warehouse, _ = e2e
     reads, real = [], catalogs._read_catalog
 
@@ -77,8 +77,11 @@ def test_evaluate_reused_the_test_catalog_score_loaded(e2e, monkeypatch):
     monkeypatch.setattr(catalogs, "_read_catalog", counted)
 
     catalog = catalogs.load_catalog(warehouse, cfg, TEST)
+    # Held: evaluate's test catalog (the score job's), and the early and validation ones that
+    # the weight tuning and the learned ranker both read.
+    for fold in (VALIDATION, EARLY):
+        catalogs.load_catalog(warehouse, cfg, fold)
 
-    # The pipeline's last load (evaluate's, of the score job's test fold) is still held.
     assert reads == [] and len(catalog) > 0
     with pytest.raises(ValueError):
         catalog.pop[0] = 1.0  # shared: no caller may change it under another
