@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
+import xgboost
 
+from hybridrec.config.loader import load_config
 from hybridrec.constants import ITEM_COL, SPLIT_COL, TS_COL, USER_COL
 from hybridrec.ranking import learned, ranker_fit
 from udfs.ranking_kernel import ItemCatalog
@@ -68,3 +71,57 @@ def test_item_context_is_each_items_age_and_trend_in_the_folds_history(spark):
     # The clock is the newest history event (timestamps are read as UTC epoch seconds).
     newest = spark.createDataFrame([(now,)], ["t"]).selectExpr("cast(t as double)").first()[0]
     assert context.reference_ts == pytest.approx(newest)
+
+
+def test_depths_fitted_side_by_side_are_the_fits_made_one_after_the_other(spark, monkeypatch):
+    rng = np.random.default_rng(3)
+    queries, per_query = 60, 12
+    features = rng.normal(size=(queries * per_query, len(ranker_fit.FEATURE_COLUMNS)))
+    label = np.zeros(queries * per_query, np.float32)
+    # The relevant item of each query is the one with the highest first two features.
+    signal = (features[:, 0] + features[:, 1]).reshape(queries, per_query)
+    label[np.arange(queries) * per_query + signal.argmax(axis=1)] = 1.0
+    qid = np.repeat(np.arange(queries), per_query)
+    rows = spark.createDataFrame(
+        [
+            (
+                int(q),
+                float(y),
+                0.0,
+                bool(q % 4 == 0),
+                *map(float, x),
+            )
+            for q, y, x in zip(qid, label, features, strict=True)
+        ],
+        ", ".join(
+            [
+                f"{ranker_fit.QID} long",
+                f"{ranker_fit.LABEL} float",
+                f"{ranker_fit.BASE_MARGIN} float",
+                f"{ranker_fit.HELD_BACK} boolean",
+                *(f"`{c}` float" for c in ranker_fit.FEATURE_COLUMNS),
+            ]
+        ),
+    ).cache()
+    cfg = load_config([], ["ranker.max_depth_grid=[2, 3]", "ranker.max_rounds=15"])
+    threads = []
+    fit = ranker_fit._fit
+
+    def traced(rows, cfg, depth):
+        threads.append(threading.current_thread().name)
+        return fit(rows, cfg, depth)
+
+    monkeypatch.setattr(ranker_fit, "_fit", traced)
+    together = ranker_fit._fit_depths(rows, cfg)
+    assert all(name.startswith("ranker-fit") for name in threads), threads  # 2 task slots
+    alone = [fit(rows, cfg, depth) for depth in (2, 3)]
+    x = xgboost.DMatrix(features[:50].astype(np.float32), feature_names=None)
+    for (booster, score, rounds), (booster_alone, score_alone, rounds_alone) in zip(
+        together, alone, strict=True
+    ):
+        assert (rounds, score) == (rounds_alone, score_alone)
+        np.testing.assert_array_equal(
+            booster.predict(x, validate_features=False),
+            booster_alone.predict(x, validate_features=False),
+        )
+    rows.unpersist()
