@@ -365,6 +365,9 @@ def target_ranks(scores: np.ndarray, candidates: np.ndarray, target: np.ndarray)
 # of its largest part, so a candidate below the target by more than this in every part scores
 # below it under any weight set.
 _BELOW_MARGIN = 1e-5
+# Rows fused together per weight set in ``grid_target_ranks``, grouped by how many candidates
+# they leave undecided.
+_GROUP_ROWS = 32
 
 
 def grid_target_ranks(
@@ -372,9 +375,13 @@ def grid_target_ranks(
     candidates: np.ndarray,
     target: np.ndarray,
     grid: Sequence[Mapping[str, float]],
+    *,
+    exact_up_to: int | None = None,
 ) -> np.ndarray:
     """(weight sets, rows): ``target_ranks`` of ``fuse(parts, weights)`` for each weight set of
     ``grid``, the same numbers, with the work of each set cut to the candidates it can decide.
+    ``exact_up_to`` (a metric's K): ranks above it may come back as any number above it (the
+    candidates that beat the target under every weight), and such rows are not fused at all.
 
     With weights >= 0 (not all 0), a candidate at or above the target in every weighted part
     fuses at or above it whatever the weights (float rounding is monotone), and one below it by
@@ -402,18 +409,34 @@ def grid_target_ranks(
     undecided = candidates & ~above & ~below
     undecided[rows, target] = False
     settled = 1 + above.sum(axis=1)
-    width = int(undecided.sum(axis=1).max(initial=0))
-    if width == 0:
-        return np.broadcast_to(settled, (len(grid), len(target))).copy()
+    ranks = np.broadcast_to(settled, (len(grid), len(target))).copy()
+    open_rows = undecided.any(axis=1)
+    if exact_up_to is not None:
+        open_rows &= settled <= exact_up_to  # the rest miss under every weight set
+    if not open_rows.any():
+        return ranks
+    # Rows in groups of similar undecided counts, so that each group is only as wide as its
+    # own most undecided row.
+    opened = np.flatnonzero(open_rows)
+    counts = undecided[opened].sum(axis=1)
+    order = opened[np.argsort(counts, kind="stable")]
+    for group in np.array_split(order, max(1, len(order) // _GROUP_ROWS)):
+        _fuse_undecided(parts, at_target, used, undecided[group], group, grid, ranks)
+    return ranks
+
+
+def _fuse_undecided(parts, at_target, used, undecided, group, grid, ranks) -> None:
+    """Add to ``ranks[:, group]`` each weight set's undecided candidates that fuse at or above
+    the target (``undecided``: the group's rows)."""
+    width = int(undecided.sum(axis=1).max())
     # Each row's undecided candidates first (stable), the rest of its width masked off.
     columns = np.argsort(~undecided, axis=1, kind="stable")[:, :width]
     open_slot = np.take_along_axis(undecided, columns, axis=1)
-    gathered = {p: np.take_along_axis(parts[p], columns, axis=1) for p in used}
-    ranks = np.empty((len(grid), len(target)), dtype=np.int64)
+    gathered = {p: np.take_along_axis(parts[p][group], columns, axis=1) for p in used}
+    at_group = {p: at_target[p][group] for p in used}
     for combo, w in enumerate(grid):
-        ahead = (fuse(gathered, w) >= fuse(at_target, w)) & open_slot
-        ranks[combo] = settled + ahead.sum(axis=1)
-    return ranks
+        ahead = (fuse(gathered, w) >= fuse(at_group, w)) & open_slot
+        ranks[combo, group] += ahead.sum(axis=1)
 
 
 def with_next(weights: Mapping[str, float], share: float) -> dict[str, float]:

@@ -130,14 +130,17 @@ def grid_reranked_target_ranks(
     k: int,
     slots: int,
 ) -> np.ndarray:
-    """(weight sets, rows): ``reranked_target_ranks`` under each weight set of ``grid``; the
-    sets that re-rank nothing (no de-biasing strength, or no slots) go through
-    ``grid_target_ranks`` together."""
+    """(weight sets, rows): ``reranked_target_ranks`` under each weight set of ``grid`` where
+    it is at most ``k``, else a number above ``k`` (what NDCG@k and HR@k need); the sets that
+    re-rank nothing (no de-biasing strength, or no slots) go through ``grid_target_ranks``
+    together."""
     reranks = [slots > 0 and bool(float(w.get(DEBIAS, 0.0))) for w in grid]
     plain = [c for c, r in enumerate(reranks) if not r]
     ranks = np.empty((len(grid), len(target)), dtype=np.int64)
     if plain:
-        ranks[plain] = grid_target_ranks(parts, candidates, target, [grid[c] for c in plain])
+        ranks[plain] = grid_target_ranks(
+            parts, candidates, target, [grid[c] for c in plain], exact_up_to=k
+        )
     for combo in (c for c, r in enumerate(reranks) if r):
         fused, debiased = model_scores(parts, grid[combo], ties)
         ranks[combo] = reranked_target_ranks(fused, debiased, candidates, target, k, slots)

@@ -402,8 +402,9 @@ def tune_ranks(
     over_candidates: bool = False,
 ) -> DataFrame:
     """combo, user_id, target_rank: the held-out target's rank under each weight set of
-    ``grid`` (its place in the re-ranked list where the set has a de-biasing strength);
-    ``over_candidates``, among the user's candidates, ``MISS_RANK`` where it is not one."""
+    ``grid`` (its place in the re-ranked list where the set has a de-biasing strength), exact
+    up to ``score.k`` and only known to be above it beyond; ``over_candidates``, among the
+    user's candidates, ``MISS_RANK`` where it is not one."""
     grid = [dict(w) for w in grid]
     settings = kernel_settings(cfg, recent_sharpness)
     rerank = _rerank_settings(cfg)

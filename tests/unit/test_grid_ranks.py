@@ -1,6 +1,7 @@
 """Target ranks over a whole weight grid (``grid_target_ranks``, ``grid_reranked_target_ranks``)
 are the ranks of fusing every weight set in full, bit for bit: ties, near-ties inside the
-rounding margin, undefined parts and the sets the shortcut does not apply to included."""
+rounding margin, undefined parts and the sets the shortcut does not apply to included. Asked to
+be exact only up to a metric's K, they are exact there and above K beyond it."""
 
 from __future__ import annotations
 
@@ -112,10 +113,39 @@ def test_de_biased_sets_keep_their_re_ranked_places():
 
     ranks = grid_reranked_target_ranks(parts, candidates, target, grid, lambda: ties, 5, 2)
 
-    for combo, weights in enumerate(grid):
+    expected = []
+    for weights in grid:
         fused, debiased = model_scores(parts, weights, lambda: ties)
-        expected = reranked_target_ranks(fused, debiased, candidates, target, 5, 2)
-        np.testing.assert_array_equal(ranks[combo], expected)
+        expected.append(reranked_target_ranks(fused, debiased, candidates, target, 5, 2))
+    _equal_up_to(ranks, np.array(expected), 5)
+
+
+def _equal_up_to(ranks, exact, k):
+    """Equal where either is at most k; both above k elsewhere, the exact rank no lower."""
+    within = (exact <= k) | (ranks <= k)
+    assert within.any() and (~within).any()  # both kinds of row are checked
+    np.testing.assert_array_equal(ranks[within], exact[within])
+    assert (ranks[~within] > k).all() and (ranks[~within] <= exact[~within]).all()
+
+
+@pytest.mark.parametrize("levels", [None, 2])
+def test_ranks_asked_up_to_k_are_exact_there_and_above_k_beyond(levels):
+    parts, candidates, target = _block(7, users=300, items=80, levels=levels)
+    exact = _one_by_one(parts, candidates, target, GRID)
+
+    ranks = grid_target_ranks(parts, candidates, target, GRID, exact_up_to=10)
+
+    _equal_up_to(ranks, exact, 10)
+
+
+def test_many_rows_fused_in_groups_rank_as_one_by_one():
+    # More rows than one group fuses together, with very different numbers left undecided.
+    parts, candidates, target = _block(8, users=300, items=80, levels=3)
+    candidates[:100, 40:] = False
+
+    ranks = grid_target_ranks(parts, candidates, target, GRID)
+
+    np.testing.assert_array_equal(ranks, _one_by_one(parts, candidates, target, GRID))
 
 
 def test_grid_rank_rows_one_row_per_weight_set_and_user():
