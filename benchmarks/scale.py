@@ -468,22 +468,27 @@ RANKING_STAGES = ("score", "evaluate")
 
 def overhead_row(label: str, measured: dict) -> dict:
     """Score's and evaluate's seconds next to the kernel's own: the seconds their tasks spent
-    in the numpy kernels, summed, over the task slots, plus the driver's numpy arithmetic
-    between them (EASE's inverses; on every core already): what the stage would take if it
-    were nothing but its arithmetic on the same cores; the ratio, and the ratio over the
-    tasks' kernels alone; and the learned ranker's seconds within score."""
+    in the numpy kernels and (score) in the learned ranker's boosting rounds, summed, over the
+    task slots, plus the driver's numpy arithmetic between them (EASE's inverses; on every core
+    already): what the stage would take if it were nothing but its arithmetic on the same
+    cores; the ratio, and the ratio over the tasks' arithmetic alone; the learned ranker's
+    seconds within score, and its boosting rounds' share of them (summed over its fits)."""
     slots = measured.get("task_slots", os.cpu_count())
     row = {"size": label, "slots": slots}
     for name in RANKING_STAGES:
         stage = measured["stages"][name]
-        tasks = stage["results"].get("kernel_seconds", math.nan) / slots
+        summed = stage["results"].get("kernel_seconds", math.nan)
+        summed += stage["results"].get("ranker_boosting_seconds", 0.0)
+        tasks = summed / slots
         kernel = tasks + stage["results"].get("driver_kernel_seconds", 0.0)
         row[f"{name} s"] = stage["seconds"]
         row[f"{name} kernel s"] = kernel
         row[f"{name} ratio"] = stage["seconds"] / kernel if kernel > 0 else math.nan
         row[f"{name} tasks-only ratio"] = stage["seconds"] / tasks if tasks > 0 else math.nan
     # The learned ranker's part of score: training rows, fits and the gate on validation.
-    row["score ranker s"] = measured["stages"]["score"]["results"].get("ranker_seconds", math.nan)
+    score = measured["stages"]["score"]["results"]
+    row["score ranker s"] = score.get("ranker_seconds", math.nan)
+    row["score ranker boosting s"] = score.get("ranker_boosting_seconds", math.nan)
     return row
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     warehouse = Warehouse.from_config(spark, cfg, run_id)
     kernel_started = blocks.kernel_clock(spark).value
+    boosting_started = blocks.boosting_clock(spark).value
     driver_started = blocks.driver_kernel_seconds(spark)
     mode = rank.ranking_mode(warehouse, cfg)
     log.info("%s", mode.describe())
@@ -106,6 +107,7 @@ def run(spark: SparkSession, cfg: Config, run_id: str) -> dict[str, float]:
     # Summed over tasks; next to the stage's seconds, what Spark's plumbing costs.
     results["kernel_seconds"] = blocks.kernel_clock(spark).value - kernel_started
     results["driver_kernel_seconds"] = blocks.driver_kernel_seconds(spark) - driver_started
+    results["ranker_boosting_seconds"] = blocks.boosting_clock(spark).value - boosting_started
     return results
 
 

@@ -28,6 +28,7 @@ imports it back.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -342,3 +343,21 @@ def target_ranks(candidates: CandidateSet, scores: np.ndarray, target: np.ndarra
     target_score = scores[np.arange(len(target)), at]
     ahead = (candidates.valid & (scores >= target_score[:, None]) & ~is_target).sum(axis=1)
     return np.where(found, ahead + 1, 0)
+
+
+class BoostingClock(xgboost.callback.TrainingCallback):
+    """Adds the seconds of a fit's boosting rounds, timed in the training task, to ``seconds``
+    (a Spark accumulator): what the fit costs in arithmetic, without the job around it."""
+
+    def __init__(self, seconds) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._started = 0.0
+
+    def before_training(self, model):
+        self._started = time.perf_counter()
+        return model
+
+    def after_training(self, model):
+        self._seconds.add(time.perf_counter() - self._started)
+        return model

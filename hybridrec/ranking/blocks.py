@@ -21,7 +21,7 @@ from pyspark.sql import types as T
 
 from hybridrec.constants import USER_COL
 
-_KERNEL_CLOCKS: dict[int, Accumulator] = {}
+_CLOCKS: dict[tuple[int, str], Accumulator] = {}
 _DRIVER_SECONDS: dict[int, float] = {}
 
 
@@ -29,11 +29,22 @@ def kernel_clock(spark: SparkSession) -> Accumulator:
     """Seconds the tasks of this SparkContext have spent in the ranking kernel
     (``map_user_blocks``' ``score_block``), summed over tasks: the score and evaluate jobs report
     theirs next to their wall time, so the share of Spark's plumbing is a measured figure."""
+    return _clock(spark, "ranking")
+
+
+def boosting_clock(spark: SparkSession) -> Accumulator:
+    """Seconds the learned ranker's xgboost fits have spent in their boosting rounds, summed
+    over training tasks (``udfs.learned_ranker.BoostingClock``): arithmetic of the work, as the
+    ranking kernel's is, reported beside it."""
+    return _clock(spark, "boosting")
+
+
+def _clock(spark: SparkSession, name: str) -> Accumulator:
     context = spark.sparkContext
-    key = id(context)
-    if key not in _KERNEL_CLOCKS:
-        _KERNEL_CLOCKS[key] = context.accumulator(0.0)
-    return _KERNEL_CLOCKS[key]
+    key = (id(context), name)
+    if key not in _CLOCKS:
+        _CLOCKS[key] = context.accumulator(0.0)
+    return _CLOCKS[key]
 
 
 @contextmanager

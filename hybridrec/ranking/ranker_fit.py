@@ -335,7 +335,7 @@ def decide(
     return False, low, f"linear hybrid served: {figures} <= 0"
 
 
-def _estimator(cfg: Config, depth: int, **settings):
+def _estimator(spark: SparkSession, cfg: Config, depth: int, **settings):
     from xgboost.spark import SparkXGBRanker
 
     return SparkXGBRanker(
@@ -354,6 +354,7 @@ def _estimator(cfg: Config, depth: int, **settings):
         num_workers=cfg.ranker.workers,
         tree_method="hist",
         random_state=0,
+        callbacks=[learned_ranker.BoostingClock(blocks.boosting_clock(spark))],
         **settings,
     )
 
@@ -363,6 +364,7 @@ def _fit(rows: DataFrame, cfg: Config, depth: int):
     held back; the booster cut at its best round, the held-back NDCG@K xgboost measured there,
     and the number of rounds."""
     estimator = _estimator(
+        rows.sparkSession,
         cfg,
         depth,
         validation_indicator_col=HELD_BACK,
@@ -393,7 +395,7 @@ def _fit_depths(rows: DataFrame, cfg: Config) -> list[tuple]:
 
 def _refit(rows: DataFrame, cfg: Config, depth: int, rounds: int):
     """A SparkXGBRanker fit on every row (none held back) for ``rounds`` rounds."""
-    return _estimator(cfg, depth, n_estimators=rounds).fit(rows).get_booster()
+    return _estimator(rows.sparkSession, cfg, depth, n_estimators=rounds).fit(rows).get_booster()
 
 
 def _paired_gain(

@@ -11,7 +11,7 @@ import xgboost
 
 from hybridrec.config.loader import load_config
 from hybridrec.constants import ITEM_COL, SPLIT_COL, TS_COL, USER_COL
-from hybridrec.ranking import learned, ranker_fit
+from hybridrec.ranking import blocks, learned, ranker_fit
 from udfs.ranking_kernel import ItemCatalog
 
 GAIN = {"ranker": 0.31, "linear": 0.30, "gain": 0.01, "se": 0.004}
@@ -112,9 +112,14 @@ def test_depths_fitted_side_by_side_are_the_fits_made_one_after_the_other(spark,
         return fit(rows, cfg, depth)
 
     monkeypatch.setattr(ranker_fit, "_fit", traced)
+    clock = blocks.boosting_clock(spark)
+    before = clock.value
     together = ranker_fit._fit_depths(rows, cfg)
     assert all(name.startswith("ranker-fit") for name in threads), threads  # 2 task slots
+    # The boosting rounds were timed in the training tasks and came back to the driver.
+    boosted = clock.value - before
     alone = [fit(rows, cfg, depth) for depth in (2, 3)]
+    assert boosted > 0 and clock.value - before > boosted
     x = xgboost.DMatrix(features[:50].astype(np.float32), feature_names=None)
     for (booster, score, rounds), (booster_alone, score_alone, rounds_alone) in zip(
         together, alone, strict=True

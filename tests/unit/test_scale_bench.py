@@ -193,6 +193,28 @@ def test_the_overhead_ratio_counts_the_driver_s_arithmetic_as_kernel_time():
     assert row["evaluate tasks-only ratio"] == pytest.approx(2.25)
 
 
+def test_the_ranker_s_boosting_rounds_count_as_score_s_task_arithmetic():
+    score = {
+        "seconds": 90.0,
+        "results": {
+            "kernel_seconds": 60.0,
+            "ranker_boosting_seconds": 20.0,
+            "driver_kernel_seconds": 5.0,
+            "ranker_seconds": 30.0,
+        },
+    }
+    evaluate = {"seconds": 90.0, "results": {"kernel_seconds": 80.0}}
+    measured = {"task_slots": 2, "stages": {"score": score, "evaluate": evaluate}}
+
+    row = scale.overhead_row("u1", measured)
+
+    # (60 + 20) task-seconds over 2 slots, and the driver's 5 s: 45 s.
+    assert row["score kernel s"] == pytest.approx(45.0)
+    assert row["score tasks-only ratio"] == pytest.approx(2.25)
+    assert (row["score ranker s"], row["score ranker boosting s"]) == (30.0, 20.0)
+    assert row["evaluate kernel s"] == pytest.approx(40.0)  # no ranker there
+
+
 def test_the_driver_kernel_clock_adds_up_its_blocks(spark):
     from hybridrec.ranking import blocks
 
