@@ -3,7 +3,8 @@
 The score job reads the early and validation folds' catalogs twice (to tune the weights, then
 to train the learned ranker) and ranks the test fold last; the evaluate job ranks test first.
 Under ``hybridrec run`` (one process) each is collected once: the newest catalogs are kept while
-their arrays fit ``score.catalog_cache_mb``, the last one loaded always.
+their arrays fit ``score.catalog_cache_mb``, the last one loaded always, and only those of the
+run the last one belongs to.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> ranking_kernel
     for value in vars(catalog).values():
         if isinstance(value, np.ndarray):
             value.flags.writeable = False  # shared by every later caller: a change would leak
+    # Another run's catalogs are not read again: a process works through one run at a time,
+    # and the stream moves to the newest served run for good.
+    for held in [k for k in _CATALOGS if k[:2] != key[:2]]:
+        del _CATALOGS[held]
     _CATALOGS[key] = catalog
     _keep_within(cfg.score.catalog_cache_mb * 2**20)
     return catalog

@@ -1,5 +1,5 @@
 """The fold catalogs one process keeps: each read once while it fits the budget, the oldest
-dropped first, the newest kept whatever its size."""
+dropped first, the newest kept whatever its size, and none of a run other than the newest's."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def reads(monkeypatch):
     return read
 
 
-def _warehouse(stamp="s1"):
-    return SimpleNamespace(db_root="/w", run_id="r1", files_stamp=lambda name, run_id: (stamp,))
+def _warehouse(stamp="s1", run_id="r1"):
+    return SimpleNamespace(db_root="/w", run_id=run_id, files_stamp=lambda name, run_id: (stamp,))
 
 
 def _cfg(budget_mb: float):
@@ -81,3 +81,13 @@ def test_rewritten_tables_are_read_again(reads):
     catalogs.load_catalog(_warehouse("s1"), cfg, "test")
     catalogs.load_catalog(_warehouse("s2"), cfg, "test")
     assert reads == ["test", "test"]
+
+
+def test_another_runs_catalog_drops_the_last_runs(reads):
+    cfg = _cfg(10)
+    for fold in ("validation", "test"):
+        catalogs.load_catalog(_warehouse(run_id="r1"), cfg, fold)
+    catalogs.load_catalog(_warehouse(run_id="r2"), cfg, "test")  # e.g. the stream's next run
+    assert [key[1] for key in catalogs._CATALOGS] == ["r2"]
+    catalogs.load_catalog(_warehouse(run_id="r1"), cfg, "test")
+    assert reads == ["validation", "test", "test", "test"]
