@@ -419,23 +419,25 @@ def grid_target_ranks(
     # own most undecided row.
     opened = np.flatnonzero(open_rows)
     counts = undecided[opened].sum(axis=1)
-    order = opened[np.argsort(counts, kind="stable")]
-    for group in np.array_split(order, max(1, len(order) // _GROUP_ROWS)):
-        _fuse_undecided(parts, at_target, used, undecided[group], group, grid, ranks)
+    by_count = np.argsort(counts, kind="stable")
+    # The targets' fused scores once per weight set, then sliced per group (the same bits).
+    target_scores = np.stack([fuse(at_target, w) for w in grid])
+    for positions in np.array_split(by_count, max(1, len(by_count) // _GROUP_ROWS)):
+        group = opened[positions]
+        width = int(counts[positions].max())
+        _fuse_undecided(parts, used, undecided[group], group, width, grid, target_scores, ranks)
     return ranks
 
 
-def _fuse_undecided(parts, at_target, used, undecided, group, grid, ranks) -> None:
+def _fuse_undecided(parts, used, undecided, group, width, grid, target_scores, ranks) -> None:
     """Add to ``ranks[:, group]`` each weight set's undecided candidates that fuse at or above
-    the target (``undecided``: the group's rows)."""
-    width = int(undecided.sum(axis=1).max())
+    the target (``undecided``: the group's rows, at most ``width`` of them per row)."""
     # Each row's undecided candidates first (stable), the rest of its width masked off.
     columns = np.argsort(~undecided, axis=1, kind="stable")[:, :width]
     open_slot = np.take_along_axis(undecided, columns, axis=1)
     gathered = {p: np.take_along_axis(parts[p][group], columns, axis=1) for p in used}
-    at_group = {p: at_target[p][group] for p in used}
     for combo, w in enumerate(grid):
-        ahead = (fuse(gathered, w) >= fuse(at_group, w)) & open_slot
+        ahead = (fuse(gathered, w) >= target_scores[combo, group]) & open_slot
         ranks[combo, group] += ahead.sum(axis=1)
 
 

@@ -77,8 +77,9 @@ def load_catalog(warehouse: Warehouse, cfg: Config, fold: str) -> ranking_kernel
 
 def _keep_within(budget_bytes: float) -> None:
     """Drop the oldest catalogs until the rest fit ``budget_bytes`` (the newest stays)."""
-    while len(_CATALOGS) > 1 and sum(map(_nbytes, _CATALOGS.values())) > budget_bytes:
-        _CATALOGS.popitem(last=False)
+    held = sum(map(_nbytes, _CATALOGS.values()))
+    while len(_CATALOGS) > 1 and held > budget_bytes:
+        held -= _nbytes(_CATALOGS.popitem(last=False)[1])
 
 
 def _nbytes(catalog: ranking_kernel.ItemCatalog) -> int:
